@@ -1,0 +1,688 @@
+//! The request decision: from a request view to allow (with the exact header
+//! edits for the upstream), deny (with the response), or "fetch keys first".
+//!
+//! Pure logic: keys, crypto and time come in through arguments, so every path
+//! here is unit-tested on the host without Envoy.
+
+use crate::config::{ProviderKeys, Settings};
+use crate::credentials::{find_token, strip_credentials, HeaderEdit, RequestView, TokenLocation};
+use crate::crypto::SignatureVerifier;
+use crate::decision::{render_denial, Denial, Reason};
+use crate::jwk::KeySet;
+use crate::jwt::{decode, DecodedToken};
+use crate::policy::{find_rule, scopes_of, Requirement};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Where the filter's keys for remote providers come from.
+pub trait KeyStore {
+    /// The current keys of a remote provider, `None` if none have loaded yet.
+    fn remote_keys(&self, provider: usize) -> Option<Arc<KeySet>>;
+    /// Whether a token with an unknown `kid` may trigger a refetch now.
+    fn may_refetch(&self, provider: usize) -> bool;
+}
+
+/// Who a verified request is, for audit lines and metrics (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub provider: String,
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Allow {
+        reason: Reason,
+        edits: Vec<HeaderEdit>,
+        caller: Option<Caller>,
+        token_hash: Option<String>,
+    },
+    Deny {
+        denial: Denial,
+        token_hash: Option<String>,
+    },
+    /// The token names a key the provider does not have; refetch its JWKS and
+    /// decide again (with `may_refetch` then false).
+    FetchKeys { provider: usize },
+}
+
+impl Outcome {
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Outcome::Allow { reason, .. } => Some(*reason),
+            Outcome::Deny { denial, .. } => Some(denial.reason),
+            Outcome::FetchKeys { .. } => None,
+        }
+    }
+}
+
+/// A short, non-reversible token fingerprint for logs: the first 16 hex
+/// digits of SHA-256. Never log the token itself.
+pub fn token_fingerprint(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub struct Authorizer<'a> {
+    pub settings: &'a Settings,
+    pub keys: &'a dyn KeyStore,
+    pub verifier: &'a dyn SignatureVerifier,
+    /// Seconds since the Unix epoch.
+    pub now: u64,
+}
+
+impl Authorizer<'_> {
+    pub fn decide(&self, req: &RequestView<'_>) -> Outcome {
+        let s = self.settings;
+        let mut edits = strip_credentials(req, &s.token_locations);
+        edits.extend(self.purge_identity_headers(req));
+        let rule = find_rule(&s.rules, req.method, req.path_without_query());
+        let requirement = match rule {
+            Some(rule) => &rule.requirement,
+            None if s.allow_unmatched => return allow_anonymous(edits),
+            None => return self.deny(Reason::NoMatchingRule, None, None),
+        };
+        let locations = self.locations_for(requirement);
+        let Some((token, _)) = find_token(req, &locations) else {
+            return if requirement.allow_anonymous {
+                allow_anonymous(edits)
+            } else {
+                self.deny(Reason::MissingCredentials, None, None)
+            };
+        };
+        let hash = token_fingerprint(&token);
+        match self.authenticate(&token, requirement) {
+            Ok(Authenticated { caller, identity }) => {
+                edits.extend(identity);
+                let reason = if requirement.allow_anonymous {
+                    Reason::Anonymous
+                } else {
+                    Reason::Authenticated
+                };
+                Outcome::Allow {
+                    reason,
+                    edits,
+                    caller: Some(caller),
+                    token_hash: Some(hash),
+                }
+            }
+            Err(Failure::FetchKeys(provider)) => Outcome::FetchKeys { provider },
+            // Public routes ignore bad credentials; they are still stripped.
+            Err(Failure::Denied(_)) if requirement.allow_anonymous => Outcome::Allow {
+                reason: Reason::Anonymous,
+                edits,
+                caller: None,
+                token_hash: Some(hash),
+            },
+            Err(Failure::Denied(reason)) => {
+                self.deny(reason, requirement.needed_scope(), Some(hash))
+            }
+        }
+    }
+
+    fn authenticate(
+        &self,
+        token: &str,
+        requirement: &Requirement,
+    ) -> Result<Authenticated, Failure> {
+        let s = self.settings;
+        let decoded = decode(token)?;
+        let issuer = decoded.issuer().ok_or(Reason::UnknownIssuer)?;
+        let provider = s
+            .providers
+            .iter()
+            .position(|p| p.issuer == issuer)
+            .ok_or(Reason::UnknownIssuer)?;
+        if !requirement.accepts_provider(provider) {
+            return Err(Reason::ProviderNotAllowed.into());
+        }
+        let p = &s.providers[provider];
+        if !p.algorithms.contains(&decoded.alg) {
+            return Err(Reason::UnsupportedAlgorithm.into());
+        }
+        let keys = match &p.keys {
+            ProviderKeys::Local(keys) => keys.clone(),
+            ProviderKeys::Remote(_) => self
+                .keys
+                .remote_keys(provider)
+                .ok_or(Reason::KeysUnavailable)?,
+        };
+        match decoded.verify_signature(&keys, self.verifier) {
+            Err(Reason::UnknownKey)
+                if matches!(p.keys, ProviderKeys::Remote(_)) && self.keys.may_refetch(provider) =>
+            {
+                return Err(Failure::FetchKeys(provider));
+            }
+            other => other?,
+        }
+        decoded.validate_claims(&p.claim_rules, self.now)?;
+        let scopes = scopes_of(&decoded.claims, &p.scope_claims);
+        if !requirement.allow_anonymous {
+            requirement.authorize(&scopes, &decoded.claims)?;
+        }
+        let claim = |name: &str| {
+            decoded
+                .claims
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        Ok(Authenticated {
+            caller: Caller {
+                provider: p.name.clone(),
+                subject: claim("sub"),
+                client_id: claim("client_id").or_else(|| claim("azp")),
+            },
+            identity: self.identity_headers(provider, &decoded, &scopes),
+        })
+    }
+
+    fn identity_headers(
+        &self,
+        provider: usize,
+        t: &DecodedToken<'_>,
+        scopes: &[&str],
+    ) -> Vec<HeaderEdit> {
+        let id = &self.settings.identity;
+        let p = &self.settings.providers[provider];
+        let claim_str = |name: &str| t.claims.get(name).and_then(Value::as_str);
+        let mut out = Vec::with_capacity(6 + p.claim_to_headers.len());
+        let mut set = |name: &str, value: Option<String>| {
+            if let Some(v) = value.filter(|v| header_safe(v)) {
+                out.push(HeaderEdit::Set(name.to_string(), v));
+            }
+        };
+        set(&id.subject, claim_str("sub").map(str::to_string));
+        set(
+            &id.client_id,
+            claim_str("client_id")
+                .or_else(|| claim_str("azp"))
+                .map(str::to_string),
+        );
+        set(&id.scopes, Some(scopes.join(" ")).filter(|s| !s.is_empty()));
+        set(&id.issuer, Some(p.issuer.clone()));
+        set(&id.provider, Some(p.name.clone()));
+        for (claim, header) in &p.claim_to_headers {
+            set(header, t.claims.get(claim).and_then(claim_header_value));
+        }
+        if let Some(header) = &p.forward_payload_header {
+            // The payload segment is already base64url JSON, exactly as signed.
+            let payload = t.signing_input.split('.').nth(1).map(str::to_string);
+            set(header, payload);
+        }
+        out
+    }
+
+    /// Client-sent headers in the identity namespace never reach the upstream.
+    fn purge_identity_headers(&self, req: &RequestView<'_>) -> Vec<HeaderEdit> {
+        let s = self.settings;
+        let prefix = &s.identity.header_prefix;
+        let mut edits: Vec<HeaderEdit> = Vec::new();
+        for (name, _) in req.headers {
+            let lower = name.to_ascii_lowercase();
+            let owned = lower.starts_with(prefix.as_str())
+                || s.providers.iter().any(|p| {
+                    p.claim_to_headers.iter().any(|(_, h)| *h == lower)
+                        || p.forward_payload_header.as_deref() == Some(lower.as_str())
+                });
+            let edit = HeaderEdit::Remove(lower);
+            if owned && !edits.contains(&edit) {
+                edits.push(edit);
+            }
+        }
+        edits
+    }
+
+    fn locations_for(&self, requirement: &Requirement) -> Vec<TokenLocation> {
+        let s = self.settings;
+        match &requirement.providers {
+            None => s.token_locations.clone(),
+            Some(ids) => {
+                let mut locs: Vec<TokenLocation> = Vec::new();
+                for loc in ids.iter().flat_map(|&i| s.providers[i].locations.iter()) {
+                    if !locs.contains(loc) {
+                        locs.push(loc.clone());
+                    }
+                }
+                locs
+            }
+        }
+    }
+
+    fn deny(
+        &self,
+        reason: Reason,
+        needed_scope: Option<String>,
+        token_hash: Option<String>,
+    ) -> Outcome {
+        let retry_after = self
+            .settings
+            .providers
+            .iter()
+            .filter_map(|p| match &p.keys {
+                ProviderKeys::Remote(r) => Some(r.failed_refetch_ms.div_ceil(1000)),
+                ProviderKeys::Local(_) => None,
+            })
+            .max()
+            .unwrap_or(1);
+        let scope = if reason == Reason::InsufficientScope {
+            needed_scope
+        } else {
+            None
+        };
+        Outcome::Deny {
+            denial: render_denial(reason, &self.settings.realm, scope.as_deref(), retry_after),
+            token_hash,
+        }
+    }
+}
+
+struct Authenticated {
+    caller: Caller,
+    identity: Vec<HeaderEdit>,
+}
+
+enum Failure {
+    Denied(Reason),
+    FetchKeys(usize),
+}
+
+impl From<Reason> for Failure {
+    fn from(r: Reason) -> Self {
+        Failure::Denied(r)
+    }
+}
+
+fn allow_anonymous(edits: Vec<HeaderEdit>) -> Outcome {
+    Outcome::Allow {
+        reason: Reason::Anonymous,
+        edits,
+        caller: None,
+        token_hash: None,
+    }
+}
+
+/// Scalars and arrays of scalars become header values; objects do not.
+fn claim_header_value(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(items) => {
+            let parts: Option<Vec<String>> = items
+                .iter()
+                .map(|i| match i {
+                    Value::Array(_) | Value::Object(_) | Value::Null => None,
+                    other => claim_header_value(other),
+                })
+                .collect();
+            parts.map(|p| p.join(","))
+        }
+        Value::Object(_) | Value::Null => None,
+    }
+}
+
+/// No control characters (header injection), no empty values.
+fn header_safe(v: &str) -> bool {
+    !v.is_empty() && !v.chars().any(|c| c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use crate::crypto::PureVerifier;
+    use jwt_simple::prelude::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    struct Keys(Option<Arc<KeySet>>, bool);
+
+    impl KeyStore for Keys {
+        fn remote_keys(&self, _provider: usize) -> Option<Arc<KeySet>> {
+            self.0.clone()
+        }
+        fn may_refetch(&self, _provider: usize) -> bool {
+            self.1
+        }
+    }
+
+    struct Fixture {
+        settings: Settings,
+        key: ES256KeyPair,
+    }
+
+    fn fixture() -> Fixture {
+        let key = ES256KeyPair::generate().with_key_id("k1");
+        let jwks = json!({"keys": [crate::jwk::tests::es256_jwk(&key, "k1")]}).to_string();
+        let config = json!({
+            "realm": "api",
+            "providers": {
+                "local": {
+                    "issuer": "https://issuer.test",
+                    "audiences": ["api"],
+                    "local_jwks": {"inline_string": jwks},
+                    "from_params": ["access_token"],
+                    "claim_to_headers": [{"claim_name": "tenant", "header_name": "x-tenant"}],
+                    "forward_payload_header": "x-tollgate-payload"
+                },
+                "remote": {
+                    "issuer": "https://remote.test",
+                    "remote_jwks": {"http_uri": {"uri": "http://idp/jwks", "cluster": "idp"}}
+                }
+            },
+            "rules": [
+                {"match": {"path": "/data", "methods": ["POST"]}, "requires": {"scopes": {"all_of": ["write:data"]}}},
+                {"match": {"path": "/data"}, "requires": {"scopes": {"all_of": ["read:data"]}}},
+                {"match": {"prefix": "/admin/"}, "requires": {"providers": ["local"], "claims": [{"name": "roles", "contains": "admin"}]}},
+                {"match": {"prefix": "/public/"}, "requires": {"allow_anonymous": true}},
+                {"match": {"prefix": "/remote/"}, "requires": {"providers": ["remote"]}}
+            ]
+        });
+        Fixture {
+            settings: parse(config.to_string().as_bytes()).unwrap(),
+            key,
+        }
+    }
+
+    impl Fixture {
+        fn token(&self, extra: serde_json::Value) -> String {
+            let mut claims = json!({"iss": "https://issuer.test", "aud": "api", "sub": "user-1",
+                "client_id": "mobile-app", "scope": "read:data", "exp": NOW + 300, "iat": NOW});
+            for (k, v) in extra.as_object().unwrap() {
+                if v.is_null() {
+                    claims.as_object_mut().unwrap().remove(k);
+                } else {
+                    claims[k] = v.clone();
+                }
+            }
+            let claims: JWTClaims<serde_json::Map<String, serde_json::Value>> =
+                serde_json::from_value(claims).unwrap();
+            self.key.sign(claims).unwrap()
+        }
+
+        fn decide_with(
+            &self,
+            keys: &Keys,
+            method: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+        ) -> Outcome {
+            let headers: Vec<(String, Vec<u8>)> = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            let req = RequestView {
+                method,
+                path,
+                headers: &headers,
+            };
+            Authorizer {
+                settings: &self.settings,
+                keys,
+                verifier: &PureVerifier,
+                now: NOW,
+            }
+            .decide(&req)
+        }
+
+        fn decide(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
+            self.decide_with(&Keys(None, false), method, path, headers)
+        }
+    }
+
+    fn denial(o: &Outcome) -> &Denial {
+        match o {
+            Outcome::Deny { denial, .. } => denial,
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    fn edits(o: &Outcome) -> &[HeaderEdit] {
+        match o {
+            Outcome::Allow { edits, .. } => edits,
+            other => panic!("expected allow, got {other:?}"),
+        }
+    }
+
+    fn set(o: &Outcome, name: &str) -> Option<String> {
+        edits(o).iter().find_map(|e| match e {
+            HeaderEdit::Set(n, v) if n == name => Some(v.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn valid_token_is_allowed_stripped_and_identity_forwarded() {
+        let f = fixture();
+        let t = f.token(json!({"tenant": "acme"}));
+        let o = f.decide(
+            "GET",
+            "/data?x=1",
+            &[("authorization", &format!("Bearer {t}"))],
+        );
+        assert_eq!(o.reason(), Some(Reason::Authenticated));
+        assert!(edits(&o).contains(&HeaderEdit::Remove("authorization".into())));
+        assert_eq!(set(&o, "x-tollgate-subject").as_deref(), Some("user-1"));
+        assert_eq!(
+            set(&o, "x-tollgate-client-id").as_deref(),
+            Some("mobile-app")
+        );
+        assert_eq!(set(&o, "x-tollgate-scopes").as_deref(), Some("read:data"));
+        assert_eq!(
+            set(&o, "x-tollgate-issuer").as_deref(),
+            Some("https://issuer.test")
+        );
+        assert_eq!(set(&o, "x-tenant").as_deref(), Some("acme"));
+        let payload = set(&o, "x-tollgate-payload").unwrap();
+        let decoded: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(decoded["sub"], "user-1");
+        match &o {
+            Outcome::Allow {
+                caller: Some(c),
+                token_hash: Some(h),
+                ..
+            } => {
+                assert_eq!(c.subject.as_deref(), Some("user-1"));
+                assert_eq!(h, &token_fingerprint(&t));
+                assert!(!t.contains(h.as_str()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn spoofed_identity_headers_are_removed_even_when_denied_upstream_never_sees_them() {
+        let f = fixture();
+        let t = f.token(json!({}));
+        let o = f.decide(
+            "GET",
+            "/data",
+            &[
+                ("authorization", &format!("Bearer {t}")),
+                ("x-tollgate-subject", "admin"),
+                ("x-tollgate-role", "root"),
+                ("x-tenant", "evil"),
+            ],
+        );
+        let e = edits(&o);
+        for h in ["x-tollgate-subject", "x-tollgate-role", "x-tenant"] {
+            assert!(e.contains(&HeaderEdit::Remove(h.into())), "{h} not removed");
+        }
+        assert_eq!(set(&o, "x-tollgate-subject").as_deref(), Some("user-1"));
+        assert_eq!(set(&o, "x-tenant"), None, "token has no tenant claim");
+    }
+
+    #[test]
+    fn missing_and_invalid_tokens() {
+        let f = fixture();
+        let o = f.decide("GET", "/data", &[]);
+        let d = denial(&o);
+        assert_eq!((d.status, d.reason), (401, Reason::MissingCredentials));
+        let cases: Vec<(String, Reason)> = vec![
+            ("not-a-jwt".into(), Reason::MalformedToken),
+            (f.token(json!({"exp": NOW - 3600})), Reason::Expired),
+            (f.token(json!({"nbf": NOW + 3600})), Reason::NotYetValid),
+            (
+                f.token(json!({"iss": "https://evil.test"})),
+                Reason::UnknownIssuer,
+            ),
+            (f.token(json!({"aud": "other"})), Reason::AudienceMismatch),
+            (f.token(json!({"exp": null})), Reason::MissingClaim),
+            (
+                {
+                    let t = f.token(json!({}));
+                    let (head, _) = t.rsplit_once('.').unwrap();
+                    format!("{head}.{}", "A".repeat(86))
+                },
+                Reason::BadSignature,
+            ),
+        ];
+        for (token, reason) in cases {
+            let o = f.decide(
+                "GET",
+                "/data",
+                &[("authorization", &format!("Bearer {token}"))],
+            );
+            let d = denial(&o);
+            assert_eq!((d.status, d.reason), (401, reason), "{reason:?}");
+            assert!(d
+                .headers
+                .iter()
+                .any(|(n, v)| *n == "www-authenticate" && v.contains("error=\"invalid_token\"")));
+            assert!(!d.body.contains(&token));
+        }
+    }
+
+    #[test]
+    fn scope_and_claim_checks() {
+        let f = fixture();
+        let t = f.token(json!({}));
+        let o = f.decide(
+            "POST",
+            "/data",
+            &[("authorization", &format!("Bearer {t}"))],
+        );
+        let d = denial(&o);
+        assert_eq!((d.status, d.reason), (403, Reason::InsufficientScope));
+        assert!(d
+            .headers
+            .iter()
+            .any(|(_, v)| v.contains("scope=\"write:data\"")));
+        let admin = f.token(json!({"roles": ["admin"]}));
+        let o = f.decide(
+            "GET",
+            "/admin/users",
+            &[("authorization", &format!("Bearer {admin}"))],
+        );
+        assert_eq!(o.reason(), Some(Reason::Authenticated));
+        let o = f.decide(
+            "GET",
+            "/admin/users",
+            &[("authorization", &format!("Bearer {t}"))],
+        );
+        assert_eq!(denial(&o).reason, Reason::ClaimMismatch);
+    }
+
+    #[test]
+    fn unmatched_requests_are_denied() {
+        let f = fixture();
+        let o = f.decide("GET", "/elsewhere", &[]);
+        assert_eq!(
+            (denial(&o).status, denial(&o).reason),
+            (403, Reason::NoMatchingRule)
+        );
+    }
+
+    #[test]
+    fn public_routes_allow_anonymous_and_still_strip() {
+        let f = fixture();
+        let o = f.decide("GET", "/public/x", &[]);
+        assert_eq!(o.reason(), Some(Reason::Anonymous));
+        let o = f.decide(
+            "GET",
+            "/public/x?access_token=garbage&y=2",
+            &[("x-tollgate-subject", "spoof")],
+        );
+        assert_eq!(o.reason(), Some(Reason::Anonymous));
+        assert_eq!(set(&o, ":path").as_deref(), Some("/public/x?y=2"));
+        assert!(edits(&o).contains(&HeaderEdit::Remove("x-tollgate-subject".into())));
+        assert_eq!(set(&o, "x-tollgate-subject"), None);
+    }
+
+    #[test]
+    fn remote_provider_keys_unavailable_then_unknown_kid_asks_for_a_fetch() {
+        let f = fixture();
+        let other = ES256KeyPair::generate().with_key_id("new");
+        let claims = JWTClaims {
+            issued_at: None,
+            expires_at: Some(UnixTimeStamp::from_secs(NOW + 60)),
+            invalid_before: None,
+            issuer: Some("https://remote.test".into()),
+            subject: Some("s".into()),
+            audiences: None,
+            jwt_id: None,
+            nonce: None,
+            custom: NoCustomClaims {},
+        };
+        let token = other.sign(claims).unwrap();
+        let h = format!("Bearer {token}");
+        let o = f.decide_with(
+            &Keys(None, true),
+            "GET",
+            "/remote/x",
+            &[("authorization", &h)],
+        );
+        let d = denial(&o);
+        assert_eq!((d.status, d.reason), (503, Reason::KeysUnavailable));
+        assert!(d
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "retry-after" && v == "1"));
+        let old_keys = Arc::new(
+            crate::jwk::parse_jwks(
+                json!({"keys":[crate::jwk::tests::es256_jwk(&f.key, "k1")]})
+                    .to_string()
+                    .as_bytes(),
+                crate::jwk::KeySource::Remote,
+                &crate::alg::Algorithm::ALL,
+                crate::jwk::Strictness::Lenient,
+            )
+            .unwrap()
+            .0,
+        );
+        let o = f.decide_with(
+            &Keys(Some(old_keys.clone()), true),
+            "GET",
+            "/remote/x",
+            &[("authorization", &h)],
+        );
+        assert!(matches!(o, Outcome::FetchKeys { provider: 1 }), "{o:?}");
+        let o = f.decide_with(
+            &Keys(Some(old_keys), false),
+            "GET",
+            "/remote/x",
+            &[("authorization", &h)],
+        );
+        assert_eq!(denial(&o).reason, Reason::UnknownKey);
+    }
+
+    #[test]
+    fn provider_restriction_applies() {
+        let f = fixture();
+        let t = f.token(json!({}));
+        let o = f.decide(
+            "GET",
+            "/remote/x",
+            &[("authorization", &format!("Bearer {t}"))],
+        );
+        assert_eq!(denial(&o).reason, Reason::ProviderNotAllowed);
+    }
+}

@@ -1,0 +1,1066 @@
+//! The plugin configuration: the JSON operators write, read into typed structs,
+//! validated, and compiled into [`Settings`] the request path uses as-is.
+//!
+//! Field names follow Envoy's `jwt_authn` where a counterpart exists
+//! (`providers`, `issuer`, `audiences`, `remote_jwks.http_uri`, `local_jwks.inline_string`,
+//! `from_headers`, `from_params`, `from_cookies`, `clock_skew_seconds`,
+//! `max_lifetime`, `claim_to_headers`, `forward_payload_header`), and durations
+//! use protobuf JSON form (`"300s"`, `"1.5s"`). Anything unknown or wrong is an
+//! error that names the field, and the plugin refuses to start.
+
+use crate::alg::Algorithm;
+use crate::credentials::TokenLocation;
+use crate::jwk::{parse_jwks, KeySet, KeySource, Strictness};
+use crate::jwt::ClaimRules;
+use crate::policy::{ClaimCheck, PathMatch, Requirement, Rule, ScopeRequirement};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// A configuration error, with the JSON path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() || self.field == "." {
+            write!(f, "invalid tollgate configuration: {}", self.message)
+        } else {
+            write!(
+                f,
+                "invalid tollgate configuration at `{}`: {}",
+                self.field, self.message
+            )
+        }
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------- raw schema
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    providers: BTreeMap<String, RawProvider>,
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    unmatched: Unmatched,
+    #[serde(default)]
+    realm: Option<String>,
+    #[serde(default)]
+    identity: RawIdentity,
+    #[serde(default)]
+    signature_backend: SignatureBackend,
+}
+
+/// What happens to a request no rule matches.
+#[derive(Deserialize, Default, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Unmatched {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// Which code checks signatures; `auto` uses Envoy's BoringSSL when present.
+#[derive(Deserialize, Default, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureBackend {
+    #[default]
+    Auto,
+    PureRust,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    algorithms: Option<Vec<Algorithm>>,
+    #[serde(default)]
+    remote_jwks: Option<RawRemoteJwks>,
+    #[serde(default)]
+    local_jwks: Option<RawLocalJwks>,
+    #[serde(default)]
+    from_headers: Option<Vec<RawHeaderSource>>,
+    #[serde(default)]
+    from_params: Vec<String>,
+    #[serde(default)]
+    from_cookies: Vec<String>,
+    #[serde(default = "default_clock_skew")]
+    clock_skew_seconds: u64,
+    #[serde(default)]
+    max_lifetime: Option<String>,
+    #[serde(default)]
+    required_typ: Option<String>,
+    #[serde(default)]
+    scope_claims: Option<Vec<String>>,
+    #[serde(default)]
+    claim_to_headers: Vec<RawClaimToHeader>,
+    #[serde(default)]
+    forward_payload_header: Option<String>,
+}
+
+fn default_clock_skew() -> u64 {
+    60
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteJwks {
+    http_uri: RawHttpUri,
+    #[serde(default)]
+    cache_duration: Option<String>,
+    #[serde(default)]
+    failed_refetch_duration: Option<String>,
+    #[serde(default)]
+    unknown_kid_refetch_interval: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpUri {
+    uri: String,
+    cluster: String,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocalJwks {
+    inline_string: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderSource {
+    name: String,
+    #[serde(default)]
+    value_prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimToHeader {
+    header_name: String,
+    claim_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "match")]
+    matcher: RawMatch,
+    requires: RawRequirement,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequirement {
+    #[serde(default)]
+    providers: Option<Vec<String>>,
+    #[serde(default)]
+    scopes: Option<RawScopes>,
+    #[serde(default)]
+    claims: Vec<RawClaimCheck>,
+    #[serde(default)]
+    allow_anonymous: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScopes {
+    #[serde(default)]
+    all_of: Option<Vec<String>>,
+    #[serde(default)]
+    any_of: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimCheck {
+    name: String,
+    #[serde(default)]
+    equals: Option<Value>,
+    #[serde(default)]
+    contains: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default = "default_header_prefix")]
+    header_prefix: String,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity {
+            header_prefix: default_header_prefix(),
+        }
+    }
+}
+
+fn default_header_prefix() -> String {
+    "x-tollgate-".to_string()
+}
+
+// ---------------------------------------------------------- compiled settings
+
+/// The validated configuration, ready for the request path.
+#[derive(Debug)]
+pub struct Settings {
+    pub providers: Vec<Provider>,
+    pub rules: Vec<Rule>,
+    pub allow_unmatched: bool,
+    pub realm: String,
+    pub identity: Identity,
+    pub signature_backend: SignatureBackend,
+    /// Every place any provider reads tokens from, deduplicated, in config order.
+    pub token_locations: Vec<TokenLocation>,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: String,
+    pub algorithms: Vec<Algorithm>,
+    pub claim_rules: ClaimRules,
+    pub keys: ProviderKeys,
+    pub locations: Vec<TokenLocation>,
+    pub scope_claims: Vec<String>,
+    pub claim_to_headers: Vec<(String, String)>,
+    pub forward_payload_header: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum ProviderKeys {
+    Local(Arc<KeySet>),
+    Remote(RemoteJwks),
+}
+
+/// A JWKS fetched through an Envoy cluster. Durations are in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+    pub cache_duration_ms: u64,
+    pub failed_refetch_ms: u64,
+    pub unknown_kid_refetch_ms: u64,
+}
+
+impl RemoteJwks {
+    /// Shared-data namespace for this key source: plugins that fetch the same
+    /// JWKS through the same cluster share one copy.
+    pub fn shared_key(&self) -> String {
+        format!(
+            "tollgate/jwks/{}/{}{}",
+            self.cluster, self.authority, self.path
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub header_prefix: String,
+    pub subject: String,
+    pub client_id: String,
+    pub scopes: String,
+    pub issuer: String,
+    pub provider: String,
+}
+
+impl Identity {
+    fn new(prefix: &str) -> Identity {
+        Identity {
+            header_prefix: prefix.to_string(),
+            subject: format!("{prefix}subject"),
+            client_id: format!("{prefix}client-id"),
+            scopes: format!("{prefix}scopes"),
+            issuer: format!("{prefix}issuer"),
+            provider: format!("{prefix}provider"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- validation
+
+/// Parses and validates a plugin configuration.
+pub fn parse(json: &[u8]) -> Result<Settings, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        err(path, e.into_inner().to_string())
+    })?;
+    compile(raw)
+}
+
+fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
+    if raw.providers.is_empty() {
+        return Err(err("providers", "at least one provider is required"));
+    }
+    let identity_prefix = raw.identity.header_prefix.to_ascii_lowercase();
+    if identity_prefix.len() < 2 || !is_header_name(identity_prefix.trim_end_matches('-')) {
+        return Err(err(
+            "identity.header_prefix",
+            "must be a header-name prefix such as `x-tollgate-`",
+        ));
+    }
+    let mut providers = Vec::with_capacity(raw.providers.len());
+    for (name, p) in raw.providers {
+        let provider = compile_provider(&name, p)?;
+        if let Some(other) = providers
+            .iter()
+            .find(|o: &&Provider| o.issuer == provider.issuer)
+        {
+            return Err(err(
+                format!("providers.{name}.issuer"),
+                format!("issuer is already used by provider `{}`", other.name),
+            ));
+        }
+        providers.push(provider);
+    }
+    let mut token_locations: Vec<TokenLocation> = Vec::new();
+    for loc in providers.iter().flat_map(|p| p.locations.iter()) {
+        if !token_locations.contains(loc) {
+            token_locations.push(loc.clone());
+        }
+    }
+    let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+    let rules = raw
+        .rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| compile_rule(&format!("rules[{i}]"), r, &names))
+        .collect::<Result<Vec<_>, _>>()?;
+    let realm = raw.realm.unwrap_or_else(|| "tollgate".to_string());
+    if realm
+        .chars()
+        .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        return Err(err(
+            "realm",
+            "must not contain quotes, backslashes or control characters",
+        ));
+    }
+    Ok(Settings {
+        providers,
+        rules,
+        allow_unmatched: raw.unmatched == Unmatched::Allow,
+        realm,
+        identity: Identity::new(&identity_prefix),
+        signature_backend: raw.signature_backend,
+        token_locations,
+    })
+}
+
+fn compile_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
+    let at = |field: &str| format!("providers.{name}.{field}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(err(
+            format!("providers.{name}"),
+            "provider names use letters, digits, `-`, `_` and `.`",
+        ));
+    }
+    if p.issuer.is_empty() {
+        return Err(err(at("issuer"), "must not be empty"));
+    }
+    if p.audiences.iter().any(String::is_empty) {
+        return Err(err(at("audiences"), "audiences must not be empty strings"));
+    }
+    let hmac_keys = match &p.local_jwks {
+        Some(local) => local_jwks_has_secret(&local.inline_string),
+        None => false,
+    };
+    let algorithms = match p.algorithms {
+        Some(list) if list.is_empty() => return Err(err(at("algorithms"), "must not be empty")),
+        Some(list) => list,
+        None if hmac_keys => vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        None => Algorithm::ALL
+            .into_iter()
+            .filter(|a| !a.is_hmac())
+            .collect(),
+    };
+    // A provider is either symmetric or asymmetric, never both: that is what
+    // stops a public key being replayed as an HMAC secret.
+    if let Some((i, alg)) = algorithms
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.is_hmac() != hmac_keys)
+    {
+        let message = if hmac_keys {
+            format!("{alg} cannot be used with a shared-secret (`oct`) key set; only HS256/384/512")
+        } else {
+            format!(
+                "{alg} needs a shared secret: put an `oct` key in `local_jwks` of its own provider"
+            )
+        };
+        return Err(err(format!("providers.{name}.algorithms[{i}]"), message));
+    }
+    let keys = match (p.remote_jwks, p.local_jwks) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                format!("providers.{name}"),
+                "set either `remote_jwks` or `local_jwks`, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(err(
+                format!("providers.{name}"),
+                "missing keys: set `remote_jwks` or `local_jwks`",
+            ))
+        }
+        (None, Some(local)) => {
+            let (set, _) = parse_jwks(
+                local.inline_string.as_bytes(),
+                KeySource::Local,
+                &algorithms,
+                Strictness::Strict,
+            )
+            .map_err(|e| {
+                let field = if e.path.is_empty() {
+                    at("local_jwks.inline_string")
+                } else {
+                    format!("providers.{name}.local_jwks.inline_string.{}", e.path)
+                };
+                err(field, e.message)
+            })?;
+            ProviderKeys::Local(Arc::new(set))
+        }
+        (Some(remote), None) => ProviderKeys::Remote(compile_remote(name, remote)?),
+    };
+    let max_lifetime_secs = match &p.max_lifetime {
+        Some(d) => Some(parse_duration_ms(d).map_err(|m| err(at("max_lifetime"), m))? / 1000),
+        None => None,
+    };
+    let required_typ = match p.required_typ {
+        Some(t) if t.trim().is_empty() => return Err(err(at("required_typ"), "must not be empty")),
+        Some(t) => {
+            let t = t.to_ascii_lowercase();
+            Some(t.strip_prefix("application/").unwrap_or(&t).to_string())
+        }
+        None => None,
+    };
+    let mut locations = Vec::new();
+    let headers = p.from_headers.unwrap_or_else(|| {
+        vec![RawHeaderSource {
+            name: "authorization".to_string(),
+            value_prefix: Some("Bearer ".to_string()),
+        }]
+    });
+    for (i, h) in headers.into_iter().enumerate() {
+        let name_lc = h.name.to_ascii_lowercase();
+        if !is_header_name(&name_lc) {
+            return Err(err(
+                format!("providers.{name}.from_headers[{i}].name"),
+                "not a valid header name",
+            ));
+        }
+        locations.push(TokenLocation::Header {
+            name: name_lc,
+            value_prefix: h.value_prefix.filter(|p| !p.is_empty()),
+        });
+    }
+    for (i, param) in p.from_params.into_iter().enumerate() {
+        if param.is_empty() || param.contains(['&', '=', '#']) {
+            return Err(err(
+                format!("providers.{name}.from_params[{i}]"),
+                "not a valid query parameter name",
+            ));
+        }
+        locations.push(TokenLocation::Query(param));
+    }
+    for (i, cookie) in p.from_cookies.into_iter().enumerate() {
+        if cookie.is_empty() || !is_header_name(&cookie.to_ascii_lowercase()) {
+            return Err(err(
+                format!("providers.{name}.from_cookies[{i}]"),
+                "not a valid cookie name",
+            ));
+        }
+        locations.push(TokenLocation::Cookie(cookie));
+    }
+    let scope_claims = p
+        .scope_claims
+        .unwrap_or_else(|| vec!["scope".to_string(), "scp".to_string()]);
+    if scope_claims.is_empty() || scope_claims.iter().any(String::is_empty) {
+        return Err(err(
+            at("scope_claims"),
+            "list at least one non-empty claim name",
+        ));
+    }
+    let mut claim_to_headers = Vec::new();
+    for (i, c) in p.claim_to_headers.into_iter().enumerate() {
+        let header = c.header_name.to_ascii_lowercase();
+        if !is_forwardable_header(&header) {
+            return Err(err(
+                format!("providers.{name}.claim_to_headers[{i}].header_name"),
+                "not a valid, forwardable header name",
+            ));
+        }
+        if c.claim_name.is_empty() {
+            return Err(err(
+                format!("providers.{name}.claim_to_headers[{i}].claim_name"),
+                "must not be empty",
+            ));
+        }
+        claim_to_headers.push((c.claim_name, header));
+    }
+    let forward_payload_header = match p.forward_payload_header {
+        Some(h) if !is_forwardable_header(&h.to_ascii_lowercase()) => {
+            return Err(err(
+                at("forward_payload_header"),
+                "not a valid, forwardable header name",
+            ))
+        }
+        other => other.map(|h| h.to_ascii_lowercase()),
+    };
+    Ok(Provider {
+        name: name.to_string(),
+        issuer: p.issuer,
+        algorithms,
+        claim_rules: ClaimRules {
+            audiences: p.audiences,
+            clock_skew_secs: p.clock_skew_seconds,
+            max_lifetime_secs,
+            required_typ,
+        },
+        keys,
+        locations,
+        scope_claims,
+        claim_to_headers,
+        forward_payload_header,
+    })
+}
+
+/// Whether an inline JWKS holds symmetric keys (decides the provider's kind).
+fn local_jwks_has_secret(inline: &str) -> bool {
+    serde_json::from_str::<Value>(inline)
+        .ok()
+        .and_then(|v| v.get("keys").and_then(Value::as_array).cloned())
+        .is_some_and(|keys| {
+            keys.iter()
+                .any(|k| k.get("kty").and_then(Value::as_str) == Some("oct"))
+        })
+}
+
+fn compile_remote(name: &str, r: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
+    let at = |field: &str| format!("providers.{name}.remote_jwks.{field}");
+    let (authority, path) = split_http_uri(&r.http_uri.uri).ok_or_else(|| {
+        err(
+            at("http_uri.uri"),
+            "must be an absolute http(s) URL such as `http://idp/.well-known/jwks.json`",
+        )
+    })?;
+    if r.http_uri.cluster.is_empty() {
+        return Err(err(at("http_uri.cluster"), "must name an Envoy cluster"));
+    }
+    let duration = |field: &str, v: &Option<String>, default_ms: u64, min_ms: u64| {
+        let ms = match v {
+            Some(s) => parse_duration_ms(s).map_err(|m| err(at(field), m))?,
+            None => default_ms,
+        };
+        if ms < min_ms {
+            return Err(err(at(field), format!("must be at least {min_ms}ms")));
+        }
+        Ok(ms)
+    };
+    Ok(RemoteJwks {
+        cluster: r.http_uri.cluster,
+        authority,
+        path,
+        timeout_ms: duration("http_uri.timeout", &r.http_uri.timeout, 5_000, 10)?,
+        cache_duration_ms: duration("cache_duration", &r.cache_duration, 300_000, 1_000)?,
+        failed_refetch_ms: duration(
+            "failed_refetch_duration",
+            &r.failed_refetch_duration,
+            1_000,
+            100,
+        )?,
+        unknown_kid_refetch_ms: duration(
+            "unknown_kid_refetch_interval",
+            &r.unknown_kid_refetch_interval,
+            10_000,
+            0,
+        )?,
+    })
+}
+
+fn compile_rule(at: &str, r: RawRule, providers: &[&str]) -> Result<Rule, ConfigError> {
+    let m = r.matcher;
+    let path = match (m.path, m.prefix, m.template) {
+        (Some(p), None, None) => PathMatch::Exact(check_path(&format!("{at}.match.path"), p)?),
+        (None, Some(p), None) => PathMatch::Prefix(check_path(&format!("{at}.match.prefix"), p)?),
+        (None, None, Some(t)) => {
+            let t = check_path(&format!("{at}.match.template"), t)?;
+            PathMatch::template(&t).map_err(|m| err(format!("{at}.match.template"), m))?
+        }
+        _ => {
+            return Err(err(
+                format!("{at}.match"),
+                "set exactly one of `path`, `prefix` or `template`",
+            ))
+        }
+    };
+    let mut methods = Vec::with_capacity(m.methods.len());
+    for (i, method) in m.methods.into_iter().enumerate() {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(err(
+                format!("{at}.match.methods[{i}]"),
+                "methods are upper-case HTTP method names such as `GET`",
+            ));
+        }
+        methods.push(method);
+    }
+    let q = r.requires;
+    let provider_ids = match q.providers {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(err(format!("{at}.requires.providers"), "must not be empty"))
+        }
+        Some(list) => {
+            let mut ids = Vec::with_capacity(list.len());
+            for (i, name) in list.iter().enumerate() {
+                let id = providers.iter().position(|p| p == name).ok_or_else(|| {
+                    err(
+                        format!("{at}.requires.providers[{i}]"),
+                        format!("unknown provider `{name}`"),
+                    )
+                })?;
+                ids.push(id);
+            }
+            Some(ids)
+        }
+    };
+    let scopes = match q.scopes {
+        None => None,
+        Some(RawScopes {
+            all_of: Some(s),
+            any_of: None,
+        }) => Some(ScopeRequirement::AllOf(check_scopes(
+            &format!("{at}.requires.scopes.all_of"),
+            s,
+        )?)),
+        Some(RawScopes {
+            all_of: None,
+            any_of: Some(s),
+        }) => Some(ScopeRequirement::AnyOf(check_scopes(
+            &format!("{at}.requires.scopes.any_of"),
+            s,
+        )?)),
+        Some(_) => {
+            return Err(err(
+                format!("{at}.requires.scopes"),
+                "set exactly one of `all_of` or `any_of`",
+            ))
+        }
+    };
+    let mut claims = Vec::with_capacity(q.claims.len());
+    for (i, c) in q.claims.into_iter().enumerate() {
+        let field = format!("{at}.requires.claims[{i}]");
+        if c.name.is_empty() {
+            return Err(err(format!("{field}.name"), "must not be empty"));
+        }
+        let check = match (c.equals, c.contains) {
+            (Some(v), None) if is_scalar(&v) => ClaimCheck::Equals(c.name, v),
+            (None, Some(v)) if is_scalar(&v) => ClaimCheck::Contains(c.name, v),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(err(
+                    field,
+                    "the expected value must be a string, number or boolean",
+                ))
+            }
+            _ => return Err(err(field, "set exactly one of `equals` or `contains`")),
+        };
+        claims.push(check);
+    }
+    if q.allow_anonymous && (scopes.is_some() || !claims.is_empty() || provider_ids.is_some()) {
+        return Err(err(
+            format!("{at}.requires.allow_anonymous"),
+            "an anonymous rule cannot also require providers, scopes or claims",
+        ));
+    }
+    Ok(Rule {
+        path,
+        methods,
+        requirement: Requirement {
+            providers: provider_ids,
+            scopes,
+            claims,
+            allow_anonymous: q.allow_anonymous,
+        },
+    })
+}
+
+fn is_scalar(v: &Value) -> bool {
+    matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
+}
+
+fn check_path(field: &str, p: String) -> Result<String, ConfigError> {
+    if !p.starts_with('/') || p.contains(['?', '#']) {
+        return Err(err(
+            field,
+            "must start with `/` and contain no query or fragment",
+        ));
+    }
+    Ok(p)
+}
+
+fn check_scopes(field: &str, scopes: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if scopes.is_empty() {
+        return Err(err(field, "list at least one scope"));
+    }
+    for (i, s) in scopes.iter().enumerate() {
+        // RFC 6749 §3.3 scope-token: printable ASCII, no space, `"` or `\`.
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b > 0x20 && b < 0x7f && b != b'"' && b != b'\\')
+        {
+            return Err(err(format!("{field}[{i}]"), "not a valid scope token"));
+        }
+    }
+    Ok(scopes)
+}
+
+/// RFC 9110 token characters, lower-case only (Envoy lower-cases header names).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// Header names Tollgate may set on the upstream request.
+fn is_forwardable_header(name: &str) -> bool {
+    const RESERVED: [&str; 8] = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "authorization",
+        "cookie",
+    ];
+    is_header_name(name) && !RESERVED.contains(&name)
+}
+
+/// Splits `http://authority/path` into authority and path (default `/`).
+fn split_http_uri(uri: &str) -> Option<(String, String)> {
+    let rest = uri
+        .strip_prefix("http://")
+        .or_else(|| uri.strip_prefix("https://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains(['@', ' ']) || path.contains(['#', ' ']) {
+        return None;
+    }
+    Some((authority.to_string(), path.to_string()))
+}
+
+/// Parses a protobuf JSON duration (`"5s"`, `"0.250s"`) into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a duration such as \"5s\" or \"0.5s\"");
+    let digits = s.strip_suffix('s').ok_or_else(bad)?;
+    let (whole, frac) = match digits.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (digits, ""),
+    };
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 9
+        || (digits.contains('.') && frac.is_empty())
+    {
+        return Err(bad());
+    }
+    let secs: u64 = whole.parse().map_err(|_| bad())?;
+    let mut millis_str = frac.chars().take(3).collect::<String>();
+    while millis_str.len() < 3 {
+        millis_str.push('0');
+    }
+    let millis: u64 = millis_str.parse().map_err(|_| bad())?;
+    secs.checked_mul(1000)
+        .and_then(|ms| ms.checked_add(millis))
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn remote_provider() -> Value {
+        json!({
+            "issuer": "https://idp.example",
+            "audiences": ["api"],
+            "remote_jwks": {"http_uri": {"uri": "http://idp/.well-known/jwks.json", "cluster": "idp"}}
+        })
+    }
+
+    fn base() -> Value {
+        json!({
+            "providers": {"idp": remote_provider()},
+            "rules": [
+                {"match": {"path": "/data", "methods": ["GET"]},
+                 "requires": {"scopes": {"all_of": ["read:data"]}}},
+                {"match": {"prefix": "/public/"}, "requires": {"allow_anonymous": true}}
+            ]
+        })
+    }
+
+    fn parse_value(v: &Value) -> Result<Settings, ConfigError> {
+        parse(v.to_string().as_bytes())
+    }
+
+    fn error_at(v: Value) -> ConfigError {
+        parse_value(&v).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn minimal_config_compiles_with_defaults() {
+        let s = parse_value(&base()).unwrap();
+        let p = &s.providers[0];
+        assert_eq!(p.claim_rules.clock_skew_secs, 60);
+        assert!(!p.algorithms.contains(&Algorithm::HS256));
+        assert_eq!(
+            p.locations,
+            vec![TokenLocation::Header {
+                name: "authorization".into(),
+                value_prefix: Some("Bearer ".into())
+            }]
+        );
+        match &p.keys {
+            ProviderKeys::Remote(r) => {
+                assert_eq!(r.authority, "idp");
+                assert_eq!(r.path, "/.well-known/jwks.json");
+                assert_eq!(r.cache_duration_ms, 300_000);
+                assert_eq!(r.failed_refetch_ms, 1_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!s.allow_unmatched);
+        assert_eq!(s.identity.subject, "x-tollgate-subject");
+        assert_eq!(s.realm, "tollgate");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let mut v = base();
+        v["providers"]["idp"]["audience"] = json!("api");
+        let e = error_at(v);
+        assert_eq!(e.field, "providers.idp.audience");
+        assert!(e.message.contains("unknown field `audience`"), "{e}");
+
+        let mut v = base();
+        v["rules"][0]["match"]["regex"] = json!(".*");
+        assert_eq!(error_at(v).field, "rules[0].match.regex");
+    }
+
+    #[test]
+    fn bad_algorithms_are_named() {
+        let mut v = base();
+        v["providers"]["idp"]["algorithms"] = json!(["ES256", "none"]);
+        let e = error_at(v);
+        assert_eq!(e.field, "providers.idp.algorithms[1]");
+        assert!(e.message.contains("never accepted"), "{e}");
+
+        let mut v = base();
+        v["providers"]["idp"]["algorithms"] = json!(["RS256", "HS256"]);
+        let e = error_at(v);
+        assert_eq!(e.field, "providers.idp.algorithms[1]");
+        assert!(e.message.contains("shared secret"), "{e}");
+    }
+
+    #[test]
+    fn missing_keys_are_refused() {
+        let mut v = base();
+        v["providers"]["idp"]
+            .as_object_mut()
+            .unwrap()
+            .remove("remote_jwks");
+        let e = error_at(v);
+        assert_eq!(e.field, "providers.idp");
+        assert!(e.message.contains("missing keys"), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with("invalid tollgate configuration at `providers.idp`"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases: Vec<(Value, &str)> = vec![
+            (
+                json!({"remote_jwks": {"http_uri": {"uri": "idp/jwks", "cluster": "idp"}}}),
+                "providers.idp.remote_jwks.http_uri.uri",
+            ),
+            (
+                json!({"remote_jwks": {"http_uri": {"uri": "http://idp/j", "cluster": "idp"}, "cache_duration": "5m"}}),
+                "providers.idp.remote_jwks.cache_duration",
+            ),
+            (
+                json!({"clock_skew_seconds": -1}),
+                "providers.idp.clock_skew_seconds",
+            ),
+            (
+                json!({"claim_to_headers": [{"header_name": "Host", "claim_name": "t"}]}),
+                "providers.idp.claim_to_headers[0].header_name",
+            ),
+            (
+                json!({"from_headers": [{"name": "bad header"}]}),
+                "providers.idp.from_headers[0].name",
+            ),
+            (
+                json!({"local_jwks": {"inline_string": "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\"}]}"}, "remote_jwks": null}),
+                "providers.idp.local_jwks.inline_string.keys[0]",
+            ),
+        ];
+        for (patch, field) in cases {
+            let mut v = base();
+            for (k, val) in patch.as_object().unwrap() {
+                if val.is_null() {
+                    v["providers"]["idp"].as_object_mut().unwrap().remove(k);
+                } else {
+                    v["providers"]["idp"][k] = val.clone();
+                }
+            }
+            assert_eq!(error_at(v).field, field);
+        }
+    }
+
+    #[test]
+    fn rule_errors_are_named() {
+        let cases: Vec<(Value, &str)> = vec![
+            (
+                json!({"match": {"path": "/a", "prefix": "/b"}, "requires": {}}),
+                "rules[0].match",
+            ),
+            (
+                json!({"match": {"path": "a"}, "requires": {}}),
+                "rules[0].match.path",
+            ),
+            (
+                json!({"match": {"path": "/a", "methods": ["get"]}, "requires": {}}),
+                "rules[0].match.methods[0]",
+            ),
+            (
+                json!({"match": {"path": "/a"}, "requires": {"providers": ["nope"]}}),
+                "rules[0].requires.providers[0]",
+            ),
+            (
+                json!({"match": {"path": "/a"}, "requires": {"scopes": {"all_of": ["a"], "any_of": ["b"]}}}),
+                "rules[0].requires.scopes",
+            ),
+            (
+                json!({"match": {"path": "/a"}, "requires": {"scopes": {"all_of": ["a b"]}}}),
+                "rules[0].requires.scopes.all_of[0]",
+            ),
+            (
+                json!({"match": {"path": "/a"}, "requires": {"claims": [{"name": "t"}]}}),
+                "rules[0].requires.claims[0]",
+            ),
+            (
+                json!({"match": {"path": "/a"}, "requires": {"allow_anonymous": true, "scopes": {"any_of": ["x"]}}}),
+                "rules[0].requires.allow_anonymous",
+            ),
+            (
+                json!({"match": {"template": "/a/**/b"}, "requires": {}}),
+                "rules[0].match.template",
+            ),
+        ];
+        for (rule, field) in cases {
+            let mut v = base();
+            v["rules"] = json!([rule]);
+            assert_eq!(error_at(v).field, field);
+        }
+    }
+
+    #[test]
+    fn duplicate_issuers_are_refused() {
+        let mut v = base();
+        v["providers"]["other"] = remote_provider();
+        let e = error_at(v);
+        assert!(
+            e.field.ends_with(".issuer") && e.message.contains("already used"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn non_json_and_wrong_types_are_errors() {
+        assert!(parse(b"not json").is_err());
+        assert!(parse(b"").is_err());
+        assert_eq!(
+            parse(b"{\"providers\": [], \"rules\": []}")
+                .unwrap_err()
+                .field,
+            "providers"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("5s"), Ok(5000));
+        assert_eq!(parse_duration_ms("0.25s"), Ok(250));
+        assert_eq!(parse_duration_ms("1.000000001s"), Ok(1000));
+        for bad in [
+            "5",
+            "s",
+            "-1s",
+            "1.s",
+            "5m",
+            "1e3s",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hmac_provider_defaults_to_hs_algorithms() {
+        let secret =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, [9u8; 32]);
+        let mut v = base();
+        v["providers"]["idp"] = json!({
+            "issuer": "hs",
+            "local_jwks": {"inline_string": json!({"keys":[{"kty":"oct","k":secret}]}).to_string()}
+        });
+        let s = parse_value(&v).unwrap();
+        assert!(s.providers[0].algorithms.iter().all(|a| a.is_hmac()));
+    }
+}

@@ -1,0 +1,243 @@
+//! What the filter decided about a request, and why.
+//!
+//! Every outcome carries a stable, machine-readable [`Reason`]; audit events
+//! and metrics key on it, and HTTP responses are rendered from it, so a
+//! reason's status code and RFC 6750 error are defined exactly once, here.
+
+/// Why a request was allowed or denied. `as_str` values are a public contract
+/// (logs, metrics, dashboards): never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // Allowed.
+    Authenticated,
+    Anonymous,
+    // 401, no error code (RFC 6750 §3.1: the client sent no credentials).
+    MissingCredentials,
+    // 401 invalid_token.
+    MalformedToken,
+    UnsupportedAlgorithm,
+    UnknownIssuer,
+    ProviderNotAllowed,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    LifetimeTooLong,
+    AudienceMismatch,
+    WrongTokenType,
+    MissingClaim,
+    // 403.
+    InsufficientScope,
+    ClaimMismatch,
+    NoMatchingRule,
+    // 503: keys for the token's issuer are not loaded yet.
+    KeysUnavailable,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Authenticated => "authenticated",
+            Reason::Anonymous => "anonymous",
+            Reason::MissingCredentials => "missing_credentials",
+            Reason::MalformedToken => "malformed_token",
+            Reason::UnsupportedAlgorithm => "unsupported_algorithm",
+            Reason::UnknownIssuer => "unknown_issuer",
+            Reason::ProviderNotAllowed => "provider_not_allowed",
+            Reason::UnknownKey => "unknown_key",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::IssuedInFuture => "issued_in_future",
+            Reason::LifetimeTooLong => "lifetime_too_long",
+            Reason::AudienceMismatch => "audience_mismatch",
+            Reason::WrongTokenType => "wrong_token_type",
+            Reason::MissingClaim => "missing_claim",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::ClaimMismatch => "claim_mismatch",
+            Reason::NoMatchingRule => "no_matching_rule",
+            Reason::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    pub fn is_allow(self) -> bool {
+        matches!(self, Reason::Authenticated | Reason::Anonymous)
+    }
+
+    pub fn status(self) -> u32 {
+        match self {
+            Reason::Authenticated | Reason::Anonymous => 200,
+            Reason::InsufficientScope | Reason::ClaimMismatch | Reason::NoMatchingRule => 403,
+            Reason::KeysUnavailable => 503,
+            _ => 401,
+        }
+    }
+
+    /// The `error` value of the JSON body and, where RFC 6750 defines one, of
+    /// `WWW-Authenticate`.
+    fn error_code(self) -> Option<&'static str> {
+        match self {
+            Reason::Authenticated | Reason::Anonymous => None,
+            Reason::MissingCredentials => Some("unauthorized"),
+            Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
+            Reason::NoMatchingRule => Some("access_denied"),
+            Reason::KeysUnavailable => Some("temporarily_unavailable"),
+            _ => Some("invalid_token"),
+        }
+    }
+
+    /// Fixed, human-readable text. Never built from request input, so no
+    /// error can echo a token back.
+    pub fn description(self) -> &'static str {
+        match self {
+            Reason::Authenticated => "authenticated",
+            Reason::Anonymous => "anonymous access allowed",
+            Reason::MissingCredentials => "authentication required",
+            Reason::MalformedToken => "the access token is malformed",
+            Reason::UnsupportedAlgorithm => "the token's signing algorithm is not accepted",
+            Reason::UnknownIssuer => "the token's issuer is not trusted",
+            Reason::ProviderNotAllowed => "the token's issuer is not accepted for this resource",
+            Reason::UnknownKey => "the token was signed with an unknown key",
+            Reason::BadSignature => "the token signature is invalid",
+            Reason::Expired => "the access token expired",
+            Reason::NotYetValid => "the access token is not valid yet",
+            Reason::IssuedInFuture => "the access token was issued in the future",
+            Reason::LifetimeTooLong => "the access token lifetime exceeds the allowed maximum",
+            Reason::AudienceMismatch => "the access token is not meant for this audience",
+            Reason::WrongTokenType => "the token is not an access token of the required type",
+            Reason::MissingClaim => "the access token lacks a required claim",
+            Reason::InsufficientScope => "the access token lacks the required scope",
+            Reason::ClaimMismatch => "the access token does not carry the required claims",
+            Reason::NoMatchingRule => "no access rule allows this request",
+            Reason::KeysUnavailable => "token signing keys are not available yet, retry shortly",
+        }
+    }
+}
+
+/// A denial, rendered: status, headers and a small JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// Renders `reason` as an HTTP response.
+///
+/// * 401 carries `WWW-Authenticate: Bearer realm="…"`, plus `error` and
+///   `error_description` when credentials were presented (RFC 6750 §3).
+/// * 403 for scopes names the needed scope in `scope="…"`.
+/// * 503 carries `Retry-After`.
+pub fn render_denial(
+    reason: Reason,
+    realm: &str,
+    needed_scope: Option<&str>,
+    retry_after_secs: u64,
+) -> Denial {
+    let status = reason.status();
+    let error = reason.error_code().unwrap_or("access_denied");
+    let description = reason.description();
+    let mut headers: Vec<(&'static str, String)> = Vec::with_capacity(3);
+    let mut challenge = format!("Bearer realm=\"{}\"", quote_safe(realm));
+    match reason {
+        Reason::MissingCredentials => {}
+        Reason::InsufficientScope | Reason::ClaimMismatch => {
+            challenge.push_str(&format!(
+                ", error=\"insufficient_scope\", error_description=\"{description}\""
+            ));
+            if let Some(scope) = needed_scope {
+                challenge.push_str(&format!(", scope=\"{}\"", quote_safe(scope)));
+            }
+        }
+        _ if status == 401 => {
+            challenge.push_str(&format!(
+                ", error=\"invalid_token\", error_description=\"{description}\""
+            ));
+        }
+        _ => {}
+    }
+    if status == 401 || matches!(reason, Reason::InsufficientScope | Reason::ClaimMismatch) {
+        headers.push(("www-authenticate", challenge));
+    }
+    if status == 503 {
+        headers.push(("retry-after", retry_after_secs.max(1).to_string()));
+    }
+    headers.push(("content-type", "application/json".to_string()));
+    headers.push(("cache-control", "no-store".to_string()));
+    let body = serde_json::json!({ "error": error, "error_description": description }).to_string();
+    Denial {
+        reason,
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Keeps a value inside a quoted-string: drops `"`, `\` and control characters.
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header<'a>(d: &'a Denial, name: &str) -> Option<&'a str> {
+        d.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn missing_credentials_is_a_bare_challenge() {
+        let d = render_denial(Reason::MissingCredentials, "tollgate", None, 0);
+        assert_eq!(d.status, 401);
+        assert_eq!(
+            header(&d, "www-authenticate"),
+            Some("Bearer realm=\"tollgate\"")
+        );
+        let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["error"], "unauthorized");
+    }
+
+    #[test]
+    fn invalid_token_carries_rfc6750_error() {
+        let d = render_denial(Reason::Expired, "api", None, 0);
+        assert_eq!(d.status, 401);
+        assert_eq!(
+            header(&d, "www-authenticate"),
+            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the access token expired\"")
+        );
+        let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["error"], "invalid_token");
+        assert_eq!(body["error_description"], "the access token expired");
+    }
+
+    #[test]
+    fn insufficient_scope_names_the_scope() {
+        let d = render_denial(Reason::InsufficientScope, "api", Some("write:data"), 0);
+        assert_eq!(d.status, 403);
+        assert!(header(&d, "www-authenticate")
+            .unwrap()
+            .ends_with("error=\"insufficient_scope\", error_description=\"the access token lacks the required scope\", scope=\"write:data\""));
+    }
+
+    #[test]
+    fn keys_unavailable_is_503_with_retry_after() {
+        let d = render_denial(Reason::KeysUnavailable, "api", None, 0);
+        assert_eq!(d.status, 503);
+        assert_eq!(header(&d, "retry-after"), Some("1"));
+        assert_eq!(header(&d, "www-authenticate"), None);
+    }
+
+    #[test]
+    fn realm_cannot_break_out_of_its_quotes() {
+        let d = render_denial(Reason::MissingCredentials, "a\"b\\c\r\n", None, 0);
+        assert_eq!(header(&d, "www-authenticate"), Some("Bearer realm=\"abc\""));
+    }
+}

@@ -1,0 +1,192 @@
+//! The HTTP context: one per request. Reads the request, asks the
+//! [`Authorizer`], and applies its outcome.
+
+use super::host::request_headers;
+use super::root::{now, Worker};
+use crate::authz::{Authorizer, KeyStore, Outcome};
+use crate::credentials::{HeaderEdit, RequestView};
+use crate::decision::Reason;
+use crate::jwk::KeySet;
+use crate::jwks_sync::FetchTrigger;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub struct TollgateHttp {
+    worker: Rc<Worker>,
+    /// Set while this request waits for a JWKS refetch it started.
+    waiting_for: Option<(u32, usize)>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// The worker's keys, as the decision logic sees them.
+struct WorkerKeys<'a> {
+    worker: &'a Worker,
+    now_ms: u64,
+    refetch_allowed: bool,
+}
+
+impl KeyStore for WorkerKeys<'_> {
+    fn remote_keys(&self, provider: usize) -> Option<Arc<KeySet>> {
+        let remote = self.worker.remote.borrow();
+        remote.get(provider)?.as_ref()?.keys()
+    }
+
+    fn may_refetch(&self, provider: usize) -> bool {
+        self.refetch_allowed
+            && self
+                .worker
+                .remote
+                .borrow()
+                .get(provider)
+                .and_then(Option::as_ref)
+                .is_some_and(|k| k.may_refetch(self.now_ms))
+    }
+}
+
+impl TollgateHttp {
+    pub fn new(worker: Rc<Worker>) -> TollgateHttp {
+        TollgateHttp {
+            worker,
+            waiting_for: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn decide(&self, refetch_allowed: bool) -> Outcome {
+        let header = |name: &str| {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .unwrap_or("")
+        };
+        let req = RequestView {
+            method: header(":method"),
+            path: header(":path"),
+            headers: &self.headers,
+        };
+        let now = now(self);
+        let keys = WorkerKeys {
+            worker: &self.worker,
+            now_ms: now.as_millis() as u64,
+            refetch_allowed,
+        };
+        Authorizer {
+            settings: &self.worker.settings,
+            keys: &keys,
+            verifier: self.worker.verifier.as_ref(),
+            now: now.as_secs(),
+        }
+        .decide(&req)
+    }
+
+    /// Applies an outcome. Returns the action for the current callback.
+    fn apply(&mut self, outcome: Outcome, resume: bool) -> Action {
+        match outcome {
+            Outcome::Allow {
+                reason,
+                edits,
+                caller,
+                token_hash,
+            } => {
+                for edit in &edits {
+                    match edit {
+                        HeaderEdit::Remove(name) => self.set_http_request_header(name, None),
+                        HeaderEdit::Set(name, value) => {
+                            self.set_http_request_header(name, Some(value))
+                        }
+                    }
+                }
+                log::debug!(
+                    "allow reason={} token={} subject={:?}",
+                    reason.as_str(),
+                    token_hash.as_deref().unwrap_or("-"),
+                    caller.as_ref().and_then(|c| c.subject.as_deref())
+                );
+                if resume {
+                    self.resume_http_request();
+                }
+                Action::Continue
+            }
+            Outcome::Deny { denial, .. }
+                if denial.reason == Reason::KeysUnavailable && self.worker.sync_keys() =>
+            {
+                // Another worker loaded the keys since this one last looked.
+                let again = self.decide(false);
+                self.apply(again, resume)
+            }
+            Outcome::Deny { denial, token_hash } => {
+                log::debug!(
+                    "deny reason={} status={} token={}",
+                    denial.reason.as_str(),
+                    denial.status,
+                    token_hash.as_deref().unwrap_or("-")
+                );
+                let headers: Vec<(&str, &str)> = denial
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (*n, v.as_str()))
+                    .collect();
+                self.send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
+                Action::Pause
+            }
+            Outcome::FetchKeys { provider } => {
+                // Another worker may already have the new keys.
+                if self.worker.sync_keys() {
+                    let again = self.decide(false);
+                    return self.apply(again, resume);
+                }
+                let now_ms = now(self).as_millis() as u64;
+                match self
+                    .worker
+                    .start_fetch(self, provider, FetchTrigger::UnknownKid, now_ms)
+                {
+                    Some(token) => {
+                        self.waiting_for = Some((token, provider));
+                        Action::Pause
+                    }
+                    None => {
+                        let again = self.decide(false);
+                        self.apply(again, resume)
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Context for TollgateHttp {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some((expected, provider)) = self.waiting_for.take() else {
+            return;
+        };
+        if token != expected {
+            return;
+        }
+        self.worker
+            .complete_fetch(self, provider, body_size, now(self).as_millis() as u64);
+        let outcome = self.decide(false);
+        self.apply(outcome, true);
+    }
+}
+
+impl HttpContext for TollgateHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.headers = request_headers();
+        let outcome = self.decide(true);
+        let action = self.apply(outcome, false);
+        if self.waiting_for.is_none() {
+            // Keep nothing from the request longer than needed.
+            self.headers = Vec::new();
+        }
+        action
+    }
+}
