@@ -1,0 +1,196 @@
+//! Registered OAuth clients: the `clients` table.
+//!
+//! Every client is confidential for now (it holds a secret); `client_type` is stored so
+//! that public clients (authorization code + PKCE) can be added without a migration.
+
+use anyhow::bail;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension as _, Row, ToSql};
+
+use crate::scope::ScopeSet;
+
+/// Longest accepted client id; ids travel in headers, logs and tokens.
+const MAX_CLIENT_ID_LEN: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientType {
+    /// Authenticates with a client secret (RFC 6749 §2.1).
+    Confidential,
+}
+
+impl ClientType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientType::Confidential => "confidential",
+        }
+    }
+}
+
+impl ToSql for ClientType {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl FromSql for ClientType {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value.as_str()? {
+            "confidential" => Ok(ClientType::Confidential),
+            other => Err(FromSqlError::Other(
+                format!("client type {other:?} is not supported by this version").into(),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub client_id: String,
+    pub client_type: ClientType,
+    /// Argon2id PHC string of the client secret.
+    pub secret_hash: String,
+    /// Scopes the client may request.
+    pub scopes: ScopeSet,
+    pub created_at: i64,
+}
+
+/// Client ids are non-empty visible ASCII (RFC 6749 Appendix A.1, without spaces).
+pub fn validate_client_id(client_id: &str) -> Result<(), String> {
+    if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID_LEN {
+        return Err(format!(
+            "client id must be 1 to {MAX_CLIENT_ID_LEN} characters long"
+        ));
+    }
+    if !client_id.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err("client id must be printable ASCII without spaces".to_owned());
+    }
+    Ok(())
+}
+
+pub fn insert(conn: &Connection, client: &Client) -> anyhow::Result<()> {
+    let inserted = conn.execute(
+        "INSERT INTO clients (client_id, client_type, secret_hash, scopes, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (client_id) DO NOTHING",
+        params![
+            client.client_id,
+            client.client_type,
+            client.secret_hash,
+            client.scopes.to_string(),
+            client.created_at
+        ],
+    )?;
+    if inserted == 0 {
+        bail!("client {} already exists", client.client_id);
+    }
+    Ok(())
+}
+
+pub fn find(conn: &Connection, client_id: &str) -> rusqlite::Result<Option<Client>> {
+    conn.prepare_cached(
+        "SELECT client_id, client_type, secret_hash, scopes, created_at
+         FROM clients WHERE client_id = ?1",
+    )?
+    .query_row([client_id], from_row)
+    .optional()
+}
+
+pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Client>> {
+    conn.prepare(
+        "SELECT client_id, client_type, secret_hash, scopes, created_at
+         FROM clients ORDER BY client_id",
+    )?
+    .query_map([], from_row)?
+    .collect()
+}
+
+/// Returns whether a client was removed.
+pub fn remove(conn: &Connection, client_id: &str) -> rusqlite::Result<bool> {
+    conn.execute("DELETE FROM clients WHERE client_id = ?1", [client_id])
+        .map(|removed| removed > 0)
+}
+
+/// The union of every client's allowed scopes: all the scopes this server can grant.
+pub fn all_scopes(conn: &Connection) -> rusqlite::Result<ScopeSet> {
+    let mut joined = String::new();
+    let mut statement = conn.prepare_cached("SELECT scopes FROM clients")?;
+    for scopes in statement.query_map([], |row| row.get::<_, String>(0))? {
+        joined.push(' ');
+        joined.push_str(&scopes?);
+    }
+    parse_scopes(0, &joined)
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Client> {
+    Ok(Client {
+        client_id: row.get(0)?,
+        client_type: row.get(1)?,
+        secret_hash: row.get(2)?,
+        scopes: parse_scopes(3, &row.get::<_, String>(3)?)?,
+        created_at: row.get(4)?,
+    })
+}
+
+fn parse_scopes(column: usize, scopes: &str) -> rusqlite::Result<ScopeSet> {
+    scopes.parse().map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            Box::new(err),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(client_id: &str, scopes: &str) -> Client {
+        Client {
+            client_id: client_id.to_owned(),
+            client_type: ClientType::Confidential,
+            secret_hash: "$argon2id$placeholder".to_owned(),
+            scopes: scopes.parse().expect("scopes"),
+            created_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn insert_find_list_remove() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        insert(&conn, &client("b-app", "read")).expect("insert b");
+        insert(&conn, &client("a-app", "write read")).expect("insert a");
+        let err = insert(&conn, &client("a-app", "")).expect_err("duplicate");
+        assert!(err.to_string().contains("already exists"));
+
+        let found = find(&conn, "a-app").expect("find").expect("present");
+        assert_eq!(found.scopes.to_string(), "read write");
+        assert_eq!(found.client_type, ClientType::Confidential);
+        assert!(find(&conn, "nobody").expect("find").is_none());
+
+        assert_eq!(
+            all_scopes(&conn).expect("all scopes").to_string(),
+            "read write"
+        );
+        let ids: Vec<_> = list(&conn)
+            .expect("list")
+            .into_iter()
+            .map(|c| c.client_id)
+            .collect();
+        assert_eq!(ids, ["a-app", "b-app"]);
+
+        assert!(remove(&conn, "a-app").expect("remove"));
+        assert!(!remove(&conn, "a-app").expect("remove again"));
+    }
+
+    #[test]
+    fn client_id_rules() {
+        assert!(validate_client_id("mobile-app").is_ok());
+        assert!(validate_client_id("svc:billing@example").is_ok());
+        assert!(validate_client_id("").is_err());
+        assert!(validate_client_id("has space").is_err());
+        assert!(validate_client_id("caf\u{e9}").is_err());
+        assert!(validate_client_id(&"x".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! JSON error responses in the shape of RFC 6749 §5.2.
+//!
+//! Every failure, the token endpoint's and the router's (404, 405, 413), answers with
+//! `{"error", "error_description"}` and `Cache-Control: no-store`, so clients can parse
+//! any error the same way. Internal failures are logged and answered with a generic
+//! `server_error` that never carries internal details.
+
+use std::borrow::Cow;
+use std::fmt::Display;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    UnsupportedGrantType,
+    InvalidScope,
+    NotFound,
+    MethodNotAllowed,
+    ServerError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidClient => "invalid_client",
+            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::InvalidScope => "invalid_scope",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::ServerError => "server_error",
+        }
+    }
+}
+
+/// An error answer. Descriptions are fixed text, never echoed request data or secrets.
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    code: ErrorCode,
+    description: Cow<'static, str>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    error_description: &'a str,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, code: ErrorCode, description: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            description,
+        )
+    }
+
+    /// Client authentication failed. One description for every cause, so that an
+    /// unknown client and a wrong secret look the same.
+    pub fn invalid_client() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidClient,
+            "client authentication failed",
+        )
+    }
+
+    pub fn unsupported_grant_type() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UnsupportedGrantType,
+            "only the client_credentials grant is supported",
+        )
+    }
+
+    pub fn invalid_scope(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidScope,
+            description,
+        )
+    }
+
+    pub fn payload_too_large(limit_bytes: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::InvalidRequest,
+            format!("request body exceeds {limit_bytes} bytes"),
+        )
+    }
+
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::InvalidRequest,
+            "request body not received in time",
+        )
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such endpoint",
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this endpoint",
+        )
+    }
+
+    /// Logs `err` with `context` and hides both from the client.
+    pub fn internal(context: &str, err: impl Display) -> Self {
+        eprintln!("error: {context}: {err:#}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::ServerError,
+            "internal error",
+        )
+    }
+
+    #[cfg(test)]
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.as_str(),
+            error_description: &self.description,
+        };
+        let mut response = (self.status, no_store_headers(), Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6749 §5.2 / RFC 9110 §15.5.2: a 401 names the scheme to use.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="tollgate""#),
+            );
+        }
+        response
+    }
+}
+
+/// `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1): responses that
+/// carry tokens or concern credentials must not be cached.
+pub fn no_store_headers() -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_client_carries_the_basic_challenge() {
+        let response = OAuthError::invalid_client().into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            r#"Basic realm="tollgate""#
+        );
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn other_errors_have_no_challenge() {
+        let response = OAuthError::invalid_scope("nope").into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+}

@@ -1,0 +1,144 @@
+//! Which client a token request claims to be: `client_secret_basic` or
+//! `client_secret_post` (RFC 6749 §2.3.1). Only extracts the claimed credentials;
+//! checking the secret is the token endpoint's job.
+
+use axum::http::{header, HeaderMap};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use super::form::{decode_component, Form};
+use crate::errors::OAuthError;
+
+/// Credentials presented by the client. Deliberately not `Debug`: it holds a secret.
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+/// Extracts the client credentials from the `Authorization` header or the form.
+///
+/// RFC 6749 §2.3: a client must not use more than one authentication method in a
+/// request, so a Basic header together with a `client_secret` field is rejected.
+pub fn extract(headers: &HeaderMap, form: &Form) -> Result<ClientCredentials, OAuthError> {
+    let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = authorization.next() else {
+        return from_form(form);
+    };
+    if authorization.next().is_some() {
+        return Err(OAuthError::invalid_request(
+            "the Authorization header is repeated",
+        ));
+    }
+    if form.get("client_secret").is_some() {
+        return Err(OAuthError::invalid_request(
+            "use either HTTP Basic or client_secret in the body, not both",
+        ));
+    }
+    let credentials = parse_basic(value.as_bytes()).ok_or_else(OAuthError::invalid_client)?;
+    if form
+        .get("client_id")
+        .is_some_and(|client_id| client_id != credentials.client_id)
+    {
+        return Err(OAuthError::invalid_request(
+            "client_id in the body differs from the HTTP Basic client id",
+        ));
+    }
+    Ok(credentials)
+}
+
+fn from_form(form: &Form) -> Result<ClientCredentials, OAuthError> {
+    match (form.get("client_id"), form.get("client_secret")) {
+        (Some(client_id), Some(client_secret)) => Ok(ClientCredentials {
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+        }),
+        _ => Err(OAuthError::invalid_client()),
+    }
+}
+
+/// `Basic base64(urlencode(client_id) ":" urlencode(client_secret))`; the scheme name is
+/// case-insensitive (RFC 9110 §11.1).
+fn parse_basic(value: &[u8]) -> Option<ClientCredentials> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = STANDARD.decode(encoded.trim_start()).ok()?;
+    let colon = decoded.iter().position(|&byte| byte == b':')?;
+    let client_id = decode_component(&decoded[..colon]).ok()?;
+    let client_secret = decode_component(&decoded[colon + 1..]).ok()?;
+    if client_id.is_empty() || client_secret.is_empty() {
+        return None;
+    }
+    Some(ClientCredentials {
+        client_id,
+        client_secret,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errors::ErrorCode;
+    use axum::http::HeaderValue;
+
+    fn basic(raw: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!("Basic {}", STANDARD.encode(raw));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&value).expect("header"),
+        );
+        headers
+    }
+
+    fn form(body: &str) -> Form {
+        Form::parse(body.as_bytes()).expect("form")
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let credentials =
+            extract(&basic("svc%3Abilling:s3cr%2Bt+x"), &form("")).expect("credentials");
+        assert_eq!(credentials.client_id, "svc:billing");
+        assert_eq!(credentials.client_secret, "s3cr+t x");
+    }
+
+    #[test]
+    fn post_credentials() {
+        let credentials =
+            extract(&HeaderMap::new(), &form("client_id=app&client_secret=pw")).expect("post");
+        assert_eq!(credentials.client_id, "app");
+        assert_eq!(credentials.client_secret, "pw");
+    }
+
+    #[test]
+    fn both_methods_at_once_is_invalid_request() {
+        let err = extract(&basic("app:pw"), &form("client_secret=pw"))
+            .err()
+            .expect("rejected");
+        assert_eq!(err.code(), ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn missing_or_malformed_credentials_are_invalid_client() {
+        for (headers, body) in [
+            (HeaderMap::new(), ""),
+            (HeaderMap::new(), "client_id=app"),
+            (basic("no-colon"), ""),
+            (basic(":pw"), ""),
+            (basic("app:%zz"), ""),
+        ] {
+            let err = extract(&headers, &form(body)).err().expect("rejected");
+            assert_eq!(err.code(), ErrorCode::InvalidClient, "{body}");
+        }
+        let mut bearer = HeaderMap::new();
+        bearer.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        let err = extract(&bearer, &form("")).err().expect("rejected");
+        assert_eq!(err.code(), ErrorCode::InvalidClient);
+    }
+}

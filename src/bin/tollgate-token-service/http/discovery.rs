@@ -1,0 +1,81 @@
+//! Public, unauthenticated documents: the JWK Set, the authorization-server metadata
+//! (RFC 8414, also served as `openid-configuration` for OIDC-style discovery) and the
+//! health check. They advertise only what this server really supports.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{blocking, AppState};
+use crate::errors::{no_store_headers, OAuthError};
+use crate::{clients, clock};
+
+/// Short enough that verifiers see a rotation's new key within a minute.
+const PUBLIC_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=60");
+
+pub async fn jwks(State(state): State<Arc<AppState>>) -> Result<Response, OAuthError> {
+    let document = blocking(move || {
+        let now = clock::now();
+        let keys = state
+            .db
+            .with(|conn| state.keys.current(conn, now))
+            .map_err(|err| OAuthError::internal("loading signing keys", err))?;
+        Ok(keys.jwks(now))
+    })
+    .await?;
+    Ok(public_json(document))
+}
+
+pub async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, OAuthError> {
+    let scopes = {
+        let state = Arc::clone(&state);
+        blocking(move || {
+            state
+                .db
+                .with(clients::all_scopes)
+                .map_err(|err| OAuthError::internal("listing scopes", err))
+        })
+        .await?
+    };
+    let config = &state.config;
+    let mut document = json!({
+        "issuer": config.issuer,
+        "token_endpoint": config.endpoint("/token"),
+        "jwks_uri": config.endpoint("/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        // No authorization endpoint yet, so no response types.
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+    });
+    if !scopes.is_empty() {
+        document["scopes_supported"] = scopes.iter().collect::<Vec<_>>().into();
+    }
+    Ok(public_json(document))
+}
+
+/// 200 when the database answers and holds an active signing key, i.e. when the
+/// server can issue tokens; 503 otherwise.
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let ready = blocking(move || {
+        state
+            .db
+            .with(|conn| state.keys.current(conn, clock::now()))
+            .map_err(|err| OAuthError::internal("health check", err))
+    })
+    .await
+    .is_ok();
+    let (status, word) = if ready {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (status, no_store_headers(), Json(json!({ "status": word }))).into_response()
+}
+
+fn public_json(document: Value) -> Response {
+    ([(header::CACHE_CONTROL, PUBLIC_CACHE)], Json(document)).into_response()
+}

@@ -1,0 +1,101 @@
+//! The HTTP surface: routes, shared state, and the one-line-per-request access log.
+//!
+//! Handlers never hold the database or run Argon2/signing on the async executor: that
+//! work goes to blocking threads through [`blocking`].
+
+mod client_auth;
+mod discovery;
+mod form;
+mod token;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use crate::clock;
+use crate::config::ServeConfig;
+use crate::db::Database;
+use crate::errors::OAuthError;
+use crate::keystore::KeyCache;
+
+/// State shared by all handlers.
+pub struct AppState {
+    pub config: ServeConfig,
+    pub db: Database,
+    pub keys: KeyCache,
+    /// Verified against when a client id is unknown, so that failing costs the same.
+    pub dummy_secret_hash: String,
+    /// Bounds concurrent Argon2 verifications: each takes ~19 MiB and a core for a while.
+    pub secret_checks: Semaphore,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/token",
+            post(token::token).layer(DefaultBodyLimit::max(token::MAX_BODY_BYTES)),
+        )
+        .route("/.well-known/jwks.json", get(discovery::jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(discovery::metadata),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::metadata),
+        )
+        .route("/healthz", get(discovery::healthz))
+        .fallback(|| async { OAuthError::not_found() })
+        .method_not_allowed_fallback(|| async { OAuthError::method_not_allowed() })
+        .layer(middleware::from_fn(access_log))
+        .with_state(state)
+}
+
+/// Who a request was for, attached to responses for the access log. Only set once the
+/// client has authenticated, so the log never repeats unverified input.
+#[derive(Clone)]
+struct LogContext {
+    client_id: String,
+    /// `jti` of the issued token: identifies it without revealing it.
+    token_id: Option<String>,
+}
+
+/// One line per request on stderr. Logs the path without the query string and never a
+/// header or body, so credentials and tokens cannot end up in the log.
+async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let mut line = format!(
+        "{} {method} {path} {} {}ms",
+        clock::rfc3339(clock::now()),
+        response.status().as_u16(),
+        started.elapsed().as_millis()
+    );
+    if let Some(context) = response.extensions().get::<LogContext>() {
+        line.push_str(" client_id=");
+        line.push_str(&context.client_id);
+        if let Some(token_id) = &context.token_id {
+            line.push_str(" jti=");
+            line.push_str(token_id);
+        }
+    }
+    eprintln!("{line}");
+    response
+}
+
+/// Runs `work` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, OAuthError> + Send + 'static,
+) -> Result<T, OAuthError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|err| Err(OAuthError::internal("blocking task failed", err)))
+}

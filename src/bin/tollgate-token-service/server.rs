@@ -1,0 +1,97 @@
+//! `serve`: prepares the store (records the token TTL, creates the first signing key)
+//! and runs the HTTP server until SIGTERM or SIGINT, letting in-flight requests finish.
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::ServeConfig;
+use crate::db::{self, Database};
+use crate::http::{self, AppState};
+use crate::keystore::{self, KeyCache};
+use crate::{clock, secrets};
+
+pub fn run(db_path: &Path, config: ServeConfig) -> anyhow::Result<()> {
+    let mut conn = db::open(db_path)?;
+    keystore::record_access_token_ttl(&conn, config.access_token_ttl)?;
+    match keystore::ensure_active(&mut conn, config.alg, clock::now())? {
+        Some(kid) => eprintln!("generated {} signing key {kid}", config.alg),
+        None => {
+            if let Some(active) = keystore::active_algorithm(&conn)? {
+                if active != config.alg {
+                    eprintln!(
+                        "note: the active signing key is {active}; --alg {} only applies when \
+                         no key exists (use `keys rotate --alg {}` to switch)",
+                        config.alg, config.alg
+                    );
+                }
+            }
+        }
+    }
+
+    let parallelism = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let state = Arc::new(AppState {
+        dummy_secret_hash: secrets::dummy_hash()?,
+        secret_checks: Semaphore::new(parallelism),
+        db: Database::new(conn),
+        keys: KeyCache::default(),
+        config,
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listen = state.config.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        eprintln!(
+            "listening on http://{} (issuer {}, audience {})",
+            listener.local_addr()?,
+            state.config.issuer,
+            state.config.audience
+        );
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTP")?;
+        eprintln!("shut down");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what service managers and container
+/// runtimes send).
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            eprintln!("cannot listen for SIGINT: {err}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(err) => {
+                eprintln!("cannot listen for SIGTERM: {err}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => eprintln!("SIGINT received, shutting down"),
+        () = terminate => eprintln!("SIGTERM received, shutting down"),
+    }
+}
