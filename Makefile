@@ -52,3 +52,20 @@ lint:
 clean:
 	$(CARGO) clean
 	rm -rf .run
+
+## Docker compose -------------------------------------------------------------
+
+# The same sample stack in containers, from an image built only from local files
+# (envoy/docker/). Uses `docker compose`, else Debian's `docker-compose`.
+COMPOSE_YAML := envoy/docker/compose.yaml
+COMPOSE      ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+.PHONY: compose-up compose-down
+
+compose-up: tools wasm bins
+	envoy/docker/stage.sh
+	$(COMPOSE) -f $(COMPOSE_YAML) build
+	$(COMPOSE) -f $(COMPOSE_YAML) up
+
+compose-down:
+	$(COMPOSE) -f $(COMPOSE_YAML) down

@@ -21,12 +21,16 @@ chmod 700 "$RUN"
 export TOLLGATE_DB=$DB
 
 if [[ ! -f $CREDS ]]; then
-  secret_of() { "$BIN/tollgate-token-service" clients add --id "$1" --scopes "$2" | awk '/secret/ {print $NF}' | tail -n 1; }
+  # Prints the new client's secret; the CLI shows it once and stores only its hash.
+  secret_of() {
+    local out
+    out=$("$BIN/tollgate-token-service" clients add --id "$1" --scopes "$2" 2>&1)
+    awk '/^client_secret:/ {print $2}' <<< "$out"
+  }
+  mobile=$(secret_of mobile-app 'read:data write:data')
+  reader=$(secret_of reader 'read:data')
   umask 077
-  {
-    echo "MOBILE_APP_SECRET=$(secret_of mobile-app 'read:data write:data')"
-    echo "READER_SECRET=$(secret_of reader 'read:data')"
-  } > "$CREDS"
+  printf 'MOBILE_APP_SECRET=%s\nREADER_SECRET=%s\n' "$mobile" "$reader" > "$CREDS"
 fi
 # shellcheck disable=SC1090
 source "$CREDS"

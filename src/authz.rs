@@ -674,6 +674,39 @@ mod tests {
         assert_eq!(denial(&o).reason, Reason::UnknownKey);
     }
 
+    /// Hostile input must never panic (a panic kills the VM): mutate valid
+    /// tokens byte by byte and feed them through the whole decision.
+    #[test]
+    fn mutated_tokens_never_panic() {
+        let f = fixture();
+        let valid = f.token(json!({"roles": ["admin"], "tenant": "acme"}));
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"AZaz09-_.=+/ \"{}[]:,\x00\xff";
+        for _ in 0..3_000 {
+            let mut bytes = valid.clone().into_bytes();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[i] = alphabet[(next() as usize) % alphabet.len()],
+                    1 => {
+                        bytes.remove(i);
+                    }
+                    _ => bytes.insert(i, alphabet[(next() as usize) % alphabet.len()]),
+                }
+            }
+            let token = String::from_utf8_lossy(&bytes).into_owned();
+            let header = format!("Bearer {token}");
+            let o = f.decide("GET", "/admin/x", &[("authorization", &header)]);
+            assert!(o.reason().is_some());
+        }
+    }
+
     #[test]
     fn provider_restriction_applies() {
         let f = fixture();

@@ -634,3 +634,30 @@ fn query_and_cookie_tokens_are_read_and_stripped() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["headers"]["cookie"], "theme=dark");
 }
+
+#[test]
+fn failed_refreshes_keep_the_last_good_keys() {
+    let mut stack = Stack::builder()
+        .plugin_config(|c| {
+            c["providers"]["tollgate"]["remote_jwks"]["cache_duration"] = json!("1s");
+        })
+        .start();
+    let token = stack.token("reader", None);
+    assert_eq!(get_with(&stack, "/data", &token).status, 200);
+    stack.tokens.stop();
+    assert!(
+        stack
+            .envoy
+            .wait_for_log("keeping last good keys", Duration::from_secs(10)),
+        "no refresh was attempted:\n{}",
+        stack.envoy.log()
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            get_with(&stack, "/data", &token).status,
+            200,
+            "lost the keys after a failed refresh"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
