@@ -24,7 +24,10 @@ if [[ ! -f $CREDS ]]; then
   # Prints the new client's secret; the CLI shows it once and stores only its hash.
   secret_of() {
     local out
-    out=$("$BIN/tollgate-token-service" clients add --id "$1" --scopes "$2" 2>&1)
+    out=$("$BIN/tollgate-token-service" clients add --id "$1" --scopes "$2" 2>&1) || {
+      echo "cannot create demo client $1 (remove $RUN/ to start afresh): $out" >&2
+      return 1
+    }
     awk '/^client_secret:/ {print $2}' <<< "$out"
   }
   mobile=$(secret_of mobile-app 'read:data write:data')
