@@ -13,6 +13,7 @@ use crate::jwt::{decode, DecodedToken};
 use crate::policy::{find_rule, scopes_of, Requirement};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Where the filter's keys for remote providers come from.
@@ -85,7 +86,7 @@ impl Authorizer<'_> {
             None => return self.deny(Reason::NoMatchingRule, None, None),
         };
         let locations = self.locations_for(requirement);
-        let Some((token, _)) = find_token(req, &locations) else {
+        let Some((token, location)) = find_token(req, &locations) else {
             return if requirement.allow_anonymous {
                 allow_anonymous(edits)
             } else {
@@ -93,7 +94,7 @@ impl Authorizer<'_> {
             };
         };
         let hash = token_fingerprint(&token);
-        match self.authenticate(&token, requirement) {
+        match self.authenticate(&token, &locations[location], requirement) {
             Ok(Authenticated { caller, identity }) => {
                 edits.extend(identity);
                 let reason = if requirement.allow_anonymous {
@@ -125,6 +126,7 @@ impl Authorizer<'_> {
     fn authenticate(
         &self,
         token: &str,
+        location: &TokenLocation,
         requirement: &Requirement,
     ) -> Result<Authenticated, Failure> {
         let s = self.settings;
@@ -135,10 +137,11 @@ impl Authorizer<'_> {
             .iter()
             .position(|p| p.issuer == issuer)
             .ok_or(Reason::UnknownIssuer)?;
-        if !requirement.accepts_provider(provider) {
+        let p = &s.providers[provider];
+        // A provider's tokens count only where that provider reads them.
+        if !requirement.accepts_provider(provider) || !p.locations.contains(location) {
             return Err(Reason::ProviderNotAllowed.into());
         }
-        let p = &s.providers[provider];
         if !p.algorithms.contains(&decoded.alg) {
             return Err(Reason::UnsupportedAlgorithm.into());
         }
@@ -235,10 +238,12 @@ impl Authorizer<'_> {
         edits
     }
 
-    fn locations_for(&self, requirement: &Requirement) -> Vec<TokenLocation> {
+    /// Where to look for a token on this rule: every provider's locations,
+    /// or only those of the providers the rule accepts.
+    fn locations_for(&self, requirement: &Requirement) -> Cow<'_, [TokenLocation]> {
         let s = self.settings;
         match &requirement.providers {
-            None => s.token_locations.clone(),
+            None => Cow::Borrowed(&s.token_locations),
             Some(ids) => {
                 let mut locs: Vec<TokenLocation> = Vec::new();
                 for loc in ids.iter().flat_map(|&i| s.providers[i].locations.iter()) {
@@ -246,7 +251,7 @@ impl Authorizer<'_> {
                         locs.push(loc.clone());
                     }
                 }
-                locs
+                Cow::Owned(locs)
             }
         }
     }
