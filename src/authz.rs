@@ -722,5 +722,11 @@ mod tests {
             &[("authorization", &format!("Bearer {t}"))],
         );
         assert_eq!(denial(&o).reason, Reason::ProviderNotAllowed);
+        // Only `local` reads ?access_token=; a `remote` token there does not count.
+        let remote = f.token(json!({"iss": "https://remote.test"}));
+        let o = f.decide("GET", &format!("/data?access_token={remote}"), &[]);
+        assert_eq!(denial(&o).reason, Reason::ProviderNotAllowed);
+        let o = f.decide("GET", &format!("/data?access_token={t}"), &[]);
+        assert_eq!(o.reason(), Some(Reason::Authenticated));
     }
 }
