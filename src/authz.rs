@@ -11,17 +11,20 @@ use crate::decision::{render_denial, Denial, Reason};
 use crate::jwk::KeySet;
 use crate::jwt::{decode, DecodedToken};
 use crate::policy::{find_rule, scopes_of, Requirement};
+use crate::revocation::RevocationList;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// Where the filter's keys for remote providers come from.
-pub trait KeyStore {
+/// What providers fetched from elsewhere: keys and revocation lists.
+pub trait RemoteState {
     /// The current keys of a remote provider, `None` if none have loaded yet.
     fn remote_keys(&self, provider: usize) -> Option<Arc<KeySet>>;
     /// Whether a token with an unknown `kid` may trigger a refetch now.
     fn may_refetch(&self, provider: usize) -> bool;
+    /// The provider's revocation list, `None` if it has not loaded yet.
+    fn revocations(&self, provider: usize) -> Option<Arc<RevocationList>>;
 }
 
 /// Who a verified request is, for audit lines and metrics (no secrets).
@@ -68,7 +71,7 @@ pub fn token_fingerprint(token: &str) -> String {
 
 pub struct Authorizer<'a> {
     pub settings: &'a Settings,
-    pub keys: &'a dyn KeyStore,
+    pub remote: &'a dyn RemoteState,
     pub verifier: &'a dyn SignatureVerifier,
     /// Seconds since the Unix epoch.
     pub now: u64,
@@ -148,19 +151,34 @@ impl Authorizer<'_> {
         let keys = match &p.keys {
             ProviderKeys::Local(keys) => keys.clone(),
             ProviderKeys::Remote(_) => self
-                .keys
+                .remote
                 .remote_keys(provider)
                 .ok_or(Reason::KeysUnavailable)?,
         };
         match decoded.verify_signature(&keys, self.verifier) {
             Err(Reason::UnknownKey)
-                if matches!(p.keys, ProviderKeys::Remote(_)) && self.keys.may_refetch(provider) =>
+                if matches!(p.keys, ProviderKeys::Remote(_))
+                    && self.remote.may_refetch(provider) =>
             {
                 return Err(Failure::FetchKeys(provider));
             }
             other => other?,
         }
         decoded.validate_claims(&p.claim_rules, self.now)?;
+        if p.revocation_feed.is_some() {
+            let list = self
+                .remote
+                .revocations(provider)
+                .ok_or(Reason::RevocationsUnavailable)?;
+            if decoded
+                .claims
+                .get("jti")
+                .and_then(Value::as_str)
+                .is_some_and(|jti| list.contains(jti))
+            {
+                return Err(Reason::Revoked.into());
+            }
+        }
         let scopes = scopes_of(&decoded.claims, &p.scope_claims);
         if !requirement.allow_anonymous {
             requirement.authorize(&scopes, &decoded.claims)?;
@@ -266,10 +284,14 @@ impl Authorizer<'_> {
             .settings
             .providers
             .iter()
-            .filter_map(|p| match &p.keys {
-                ProviderKeys::Remote(r) => Some(r.failed_refetch_ms.div_ceil(1000)),
-                ProviderKeys::Local(_) => None,
+            .flat_map(|p| {
+                let keys = match &p.keys {
+                    ProviderKeys::Remote(r) => Some(r),
+                    ProviderKeys::Local(_) => None,
+                };
+                keys.into_iter().chain(p.revocation_feed.as_ref())
             })
+            .map(|r| r.policy.retry_ms.div_ceil(1000))
             .max()
             .unwrap_or(1);
         let scope = if reason == Reason::InsufficientScope {
@@ -346,12 +368,30 @@ mod tests {
 
     struct Keys(Option<Arc<KeySet>>, bool);
 
-    impl KeyStore for Keys {
+    /// Remote state with a revocation list (or none loaded yet).
+    struct Feed(Option<Arc<RevocationList>>);
+
+    impl RemoteState for Feed {
+        fn remote_keys(&self, _provider: usize) -> Option<Arc<KeySet>> {
+            None
+        }
+        fn may_refetch(&self, _provider: usize) -> bool {
+            false
+        }
+        fn revocations(&self, _provider: usize) -> Option<Arc<RevocationList>> {
+            self.0.clone()
+        }
+    }
+
+    impl RemoteState for Keys {
         fn remote_keys(&self, _provider: usize) -> Option<Arc<KeySet>> {
             self.0.clone()
         }
         fn may_refetch(&self, _provider: usize) -> bool {
             self.1
+        }
+        fn revocations(&self, _provider: usize) -> Option<Arc<RevocationList>> {
+            None
         }
     }
 
@@ -361,6 +401,10 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(|_| {})
+    }
+
+    fn fixture_with(edit: impl FnOnce(&mut serde_json::Value)) -> Fixture {
         let key = ES256KeyPair::generate().with_key_id("k1");
         let jwks = json!({"keys": [crate::jwk::tests::es256_jwk(&key, "k1")]}).to_string();
         let config = json!({
@@ -387,6 +431,8 @@ mod tests {
                 {"match": {"prefix": "/remote/"}, "requires": {"providers": ["remote"]}}
             ]
         });
+        let mut config = config;
+        edit(&mut config);
         Fixture {
             settings: parse(config.to_string().as_bytes()).unwrap(),
             key,
@@ -411,7 +457,7 @@ mod tests {
 
         fn decide_with(
             &self,
-            keys: &Keys,
+            keys: &dyn RemoteState,
             method: &str,
             path: &str,
             headers: &[(&str, &str)],
@@ -427,7 +473,7 @@ mod tests {
             };
             Authorizer {
                 settings: &self.settings,
-                keys,
+                remote: keys,
                 verifier: &PureVerifier,
                 now: NOW,
             }
@@ -677,6 +723,61 @@ mod tests {
             &[("authorization", &h)],
         );
         assert_eq!(denial(&o).reason, Reason::UnknownKey);
+    }
+
+    #[test]
+    fn revoked_tokens_are_refused_and_a_missing_list_is_503() {
+        let f = fixture_with(|c| {
+            c["providers"]["local"]["revocation_feed"] = json!({
+                "http_uri": {"uri": "http://idp/revocations", "cluster": "idp"},
+                "poll_interval": "2s"
+            });
+        });
+        let t = f.token(json!({"jti": "revoked-1"}));
+        let other = f.token(json!({"jti": "fine-1"}));
+        let no_jti = f.token(json!({"jti": null}));
+        let list = RevocationList::parse(
+            format!(
+                r#"{{"revoked":[{{"jti":"revoked-1","exp":{}}}]}}"#,
+                NOW + 60
+            )
+            .as_bytes(),
+            NOW,
+        )
+        .unwrap();
+        let loaded = Feed(Some(Arc::new(list)));
+        let auth = |t: &str| format!("Bearer {t}");
+        let o = f.decide_with(&loaded, "GET", "/data", &[("authorization", &auth(&t))]);
+        let d = denial(&o);
+        assert_eq!((d.status, d.reason), (401, Reason::Revoked));
+        assert!(d
+            .headers
+            .iter()
+            .any(|(_, v)| v.contains("has been revoked")));
+        for ok in [&other, &no_jti] {
+            let o = f.decide_with(&loaded, "GET", "/data", &[("authorization", &auth(ok))]);
+            assert_eq!(o.reason(), Some(Reason::Authenticated));
+        }
+        let o = f.decide_with(
+            &Feed(None),
+            "GET",
+            "/data",
+            &[("authorization", &auth(&other))],
+        );
+        let d = denial(&o);
+        assert_eq!((d.status, d.reason), (503, Reason::RevocationsUnavailable));
+        assert!(d
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "retry-after" && v == "2"));
+        // Bad tokens are judged before the list: no 503 for garbage.
+        let o = f.decide_with(
+            &Feed(None),
+            "GET",
+            "/data",
+            &[("authorization", "Bearer x.y.z")],
+        );
+        assert_eq!(denial(&o).reason, Reason::MalformedToken);
     }
 
     /// Hostile input must never panic (a panic kills the VM): mutate valid

@@ -13,6 +13,7 @@ use crate::credentials::TokenLocation;
 use crate::jwk::{parse_jwks, KeySet, KeySource, Strictness};
 use crate::jwt::ClaimRules;
 use crate::policy::{ClaimCheck, PathMatch, Requirement, Rule, ScopeRequirement};
+use crate::remote::{Endpoint, FetchPolicy};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -112,6 +113,8 @@ struct RawProvider {
     claim_to_headers: Vec<RawClaimToHeader>,
     #[serde(default)]
     forward_payload_header: Option<String>,
+    #[serde(default)]
+    revocation_feed: Option<RawRevocationFeed>,
 }
 
 fn default_clock_skew() -> u64 {
@@ -128,6 +131,14 @@ struct RawRemoteJwks {
     failed_refetch_duration: Option<String>,
     #[serde(default)]
     unknown_kid_refetch_interval: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocationFeed {
+    http_uri: RawHttpUri,
+    #[serde(default)]
+    poll_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -258,35 +269,20 @@ pub struct Provider {
     pub scope_claims: Vec<String>,
     pub claim_to_headers: Vec<(String, String)>,
     pub forward_payload_header: Option<String>,
+    pub revocation_feed: Option<RemoteSource>,
 }
 
 #[derive(Debug)]
 pub enum ProviderKeys {
     Local(Arc<KeySet>),
-    Remote(RemoteJwks),
+    Remote(RemoteSource),
 }
 
-/// A JWKS fetched through an Envoy cluster. Durations are in milliseconds.
+/// A document fetched through an Envoy cluster, and when to fetch it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteJwks {
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout_ms: u64,
-    pub cache_duration_ms: u64,
-    pub failed_refetch_ms: u64,
-    pub unknown_kid_refetch_ms: u64,
-}
-
-impl RemoteJwks {
-    /// Shared-data namespace for this key source: plugins that fetch the same
-    /// JWKS through the same cluster share one copy.
-    pub fn shared_key(&self) -> String {
-        format!(
-            "tollgate/jwks/{}/{}{}",
-            self.cluster, self.authority, self.path
-        )
-    }
+pub struct RemoteSource {
+    pub endpoint: Endpoint,
+    pub policy: FetchPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -460,7 +456,7 @@ fn compile_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError>
             })?;
             ProviderKeys::Local(Arc::new(set))
         }
-        (Some(remote), None) => ProviderKeys::Remote(compile_remote(name, remote)?),
+        (Some(remote), None) => ProviderKeys::Remote(compile_remote_jwks(name, remote)?),
     };
     let max_lifetime_secs = match &p.max_lifetime {
         Some(d) => Some(parse_duration_ms(d).map_err(|m| err(at("max_lifetime"), m))? / 1000),
@@ -562,6 +558,10 @@ fn compile_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError>
         scope_claims,
         claim_to_headers,
         forward_payload_header,
+        revocation_feed: p
+            .revocation_feed
+            .map(|f| compile_revocation_feed(name, f))
+            .transpose()?,
     })
 }
 
@@ -576,45 +576,78 @@ fn local_jwks_has_secret(inline: &str) -> bool {
         })
 }
 
-fn compile_remote(name: &str, r: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
-    let at = |field: &str| format!("providers.{name}.remote_jwks.{field}");
-    let (authority, path) = split_http_uri(&r.http_uri.uri).ok_or_else(|| {
+/// Reads a duration field, with a default and a floor.
+fn duration_ms(
+    field: &str,
+    v: &Option<String>,
+    default_ms: u64,
+    min_ms: u64,
+) -> Result<u64, ConfigError> {
+    let ms = match v {
+        Some(s) => parse_duration_ms(s).map_err(|m| err(field, m))?,
+        None => default_ms,
+    };
+    if ms < min_ms {
+        return Err(err(field, format!("must be at least {min_ms}ms")));
+    }
+    Ok(ms)
+}
+
+fn compile_endpoint(at: &str, u: RawHttpUri, example: &str) -> Result<Endpoint, ConfigError> {
+    let (authority, path) = split_http_uri(&u.uri).ok_or_else(|| {
         err(
-            at("http_uri.uri"),
-            "must be an absolute http(s) URL such as `http://idp/.well-known/jwks.json`",
+            format!("{at}.http_uri.uri"),
+            format!("must be an absolute http(s) URL such as `{example}`"),
         )
     })?;
-    if r.http_uri.cluster.is_empty() {
-        return Err(err(at("http_uri.cluster"), "must name an Envoy cluster"));
+    if u.cluster.is_empty() {
+        return Err(err(
+            format!("{at}.http_uri.cluster"),
+            "must name an Envoy cluster",
+        ));
     }
-    let duration = |field: &str, v: &Option<String>, default_ms: u64, min_ms: u64| {
-        let ms = match v {
-            Some(s) => parse_duration_ms(s).map_err(|m| err(at(field), m))?,
-            None => default_ms,
-        };
-        if ms < min_ms {
-            return Err(err(at(field), format!("must be at least {min_ms}ms")));
-        }
-        Ok(ms)
-    };
-    Ok(RemoteJwks {
-        cluster: r.http_uri.cluster,
+    Ok(Endpoint {
+        cluster: u.cluster,
         authority,
         path,
-        timeout_ms: duration("http_uri.timeout", &r.http_uri.timeout, 5_000, 10)?,
-        cache_duration_ms: duration("cache_duration", &r.cache_duration, 300_000, 1_000)?,
-        failed_refetch_ms: duration(
-            "failed_refetch_duration",
-            &r.failed_refetch_duration,
-            1_000,
-            100,
-        )?,
-        unknown_kid_refetch_ms: duration(
-            "unknown_kid_refetch_interval",
-            &r.unknown_kid_refetch_interval,
-            10_000,
-            0,
-        )?,
+        timeout_ms: duration_ms(&format!("{at}.http_uri.timeout"), &u.timeout, 5_000, 10)?,
+    })
+}
+
+fn compile_remote_jwks(name: &str, r: RawRemoteJwks) -> Result<RemoteSource, ConfigError> {
+    let at = format!("providers.{name}.remote_jwks");
+    let field = |f: &str| format!("{at}.{f}");
+    Ok(RemoteSource {
+        endpoint: compile_endpoint(&at, r.http_uri, "http://idp/.well-known/jwks.json")?,
+        policy: FetchPolicy {
+            refresh_ms: duration_ms(&field("cache_duration"), &r.cache_duration, 300_000, 1_000)?,
+            retry_ms: duration_ms(
+                &field("failed_refetch_duration"),
+                &r.failed_refetch_duration,
+                1_000,
+                100,
+            )?,
+            on_demand_ms: duration_ms(
+                &field("unknown_kid_refetch_interval"),
+                &r.unknown_kid_refetch_interval,
+                10_000,
+                0,
+            )?,
+        },
+    })
+}
+
+fn compile_revocation_feed(name: &str, r: RawRevocationFeed) -> Result<RemoteSource, ConfigError> {
+    let at = format!("providers.{name}.revocation_feed");
+    let poll = duration_ms(&format!("{at}.poll_interval"), &r.poll_interval, 5_000, 100)?;
+    Ok(RemoteSource {
+        endpoint: compile_endpoint(&at, r.http_uri, "http://idp/revocations")?,
+        // An outage is retried at the same pace; nothing asks for a fetch on demand.
+        policy: FetchPolicy {
+            refresh_ms: poll,
+            retry_ms: poll,
+            on_demand_ms: u64::MAX,
+        },
     })
 }
 
@@ -867,10 +900,12 @@ mod tests {
         );
         match &p.keys {
             ProviderKeys::Remote(r) => {
-                assert_eq!(r.authority, "idp");
-                assert_eq!(r.path, "/.well-known/jwks.json");
-                assert_eq!(r.cache_duration_ms, 300_000);
-                assert_eq!(r.failed_refetch_ms, 1_000);
+                assert_eq!(r.endpoint.authority, "idp");
+                assert_eq!(r.endpoint.path, "/.well-known/jwks.json");
+                assert_eq!(r.endpoint.timeout_ms, 5_000);
+                assert_eq!(r.policy.refresh_ms, 300_000);
+                assert_eq!(r.policy.retry_ms, 1_000);
+                assert_eq!(r.policy.on_demand_ms, 10_000);
             }
             other => panic!("{other:?}"),
         }
@@ -1008,6 +1043,31 @@ mod tests {
             v["rules"] = json!([rule]);
             assert_eq!(error_at(v).field, field);
         }
+    }
+
+    #[test]
+    fn revocation_feed_compiles_and_names_bad_fields() {
+        let mut v = base();
+        v["providers"]["idp"]["revocation_feed"] =
+            json!({"http_uri": {"uri": "http://ts/revocations", "cluster": "ts"}});
+        let s = parse_value(&v).unwrap();
+        let feed = s.providers[0].revocation_feed.as_ref().unwrap();
+        assert_eq!(feed.endpoint.path, "/revocations");
+        assert_eq!(
+            (feed.policy.refresh_ms, feed.policy.retry_ms),
+            (5_000, 5_000)
+        );
+        v["providers"]["idp"]["revocation_feed"]["poll_interval"] = json!("fast");
+        assert_eq!(
+            error_at(v.clone()).field,
+            "providers.idp.revocation_feed.poll_interval"
+        );
+        v["providers"]["idp"]["revocation_feed"] =
+            json!({"http_uri": {"uri": "/r", "cluster": "ts"}});
+        assert_eq!(
+            error_at(v).field,
+            "providers.idp.revocation_feed.http_uri.uri"
+        );
     }
 
     #[test]

@@ -27,15 +27,42 @@ pub enum Reason {
     AudienceMismatch,
     WrongTokenType,
     MissingClaim,
+    Revoked,
     // 403.
     InsufficientScope,
     ClaimMismatch,
     NoMatchingRule,
-    // 503: keys for the token's issuer are not loaded yet.
+    // 503: keys (or the revocation list) for the token's issuer are not loaded yet.
     KeysUnavailable,
+    RevocationsUnavailable,
 }
 
 impl Reason {
+    pub const ALL: [Reason; 22] = [
+        Reason::Authenticated,
+        Reason::Anonymous,
+        Reason::MissingCredentials,
+        Reason::MalformedToken,
+        Reason::UnsupportedAlgorithm,
+        Reason::UnknownIssuer,
+        Reason::ProviderNotAllowed,
+        Reason::UnknownKey,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::IssuedInFuture,
+        Reason::LifetimeTooLong,
+        Reason::AudienceMismatch,
+        Reason::WrongTokenType,
+        Reason::MissingClaim,
+        Reason::Revoked,
+        Reason::InsufficientScope,
+        Reason::ClaimMismatch,
+        Reason::NoMatchingRule,
+        Reason::KeysUnavailable,
+        Reason::RevocationsUnavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Authenticated => "authenticated",
@@ -54,10 +81,12 @@ impl Reason {
             Reason::AudienceMismatch => "audience_mismatch",
             Reason::WrongTokenType => "wrong_token_type",
             Reason::MissingClaim => "missing_claim",
+            Reason::Revoked => "revoked",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::ClaimMismatch => "claim_mismatch",
             Reason::NoMatchingRule => "no_matching_rule",
             Reason::KeysUnavailable => "keys_unavailable",
+            Reason::RevocationsUnavailable => "revocations_unavailable",
         }
     }
 
@@ -69,7 +98,7 @@ impl Reason {
         match self {
             Reason::Authenticated | Reason::Anonymous => 200,
             Reason::InsufficientScope | Reason::ClaimMismatch | Reason::NoMatchingRule => 403,
-            Reason::KeysUnavailable => 503,
+            Reason::KeysUnavailable | Reason::RevocationsUnavailable => 503,
             _ => 401,
         }
     }
@@ -82,7 +111,9 @@ impl Reason {
             Reason::MissingCredentials => Some("unauthorized"),
             Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
             Reason::NoMatchingRule => Some("access_denied"),
-            Reason::KeysUnavailable => Some("temporarily_unavailable"),
+            Reason::KeysUnavailable | Reason::RevocationsUnavailable => {
+                Some("temporarily_unavailable")
+            }
             _ => Some("invalid_token"),
         }
     }
@@ -107,10 +138,14 @@ impl Reason {
             Reason::AudienceMismatch => "the access token is not meant for this audience",
             Reason::WrongTokenType => "the token is not an access token of the required type",
             Reason::MissingClaim => "the access token lacks a required claim",
+            Reason::Revoked => "the access token has been revoked",
             Reason::InsufficientScope => "the access token lacks the required scope",
             Reason::ClaimMismatch => "the access token does not carry the required claims",
             Reason::NoMatchingRule => "no access rule allows this request",
             Reason::KeysUnavailable => "token signing keys are not available yet, retry shortly",
+            Reason::RevocationsUnavailable => {
+                "the token revocation list is not available yet, retry shortly"
+            }
         }
     }
 }
@@ -191,6 +226,16 @@ mod tests {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn reason_codes_are_unique_snake_case() {
+        let codes: std::collections::HashSet<&str> =
+            Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(codes.len(), Reason::ALL.len());
+        assert!(codes
+            .iter()
+            .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
     }
 
     #[test]

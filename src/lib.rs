@@ -11,10 +11,11 @@ pub mod credentials;
 pub mod crypto;
 pub mod decision;
 pub mod jwk;
-pub mod jwks_sync;
 pub mod jwt;
 pub mod policy;
 pub mod proxy;
+pub mod remote;
+pub mod revocation;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

@@ -1,19 +1,17 @@
-//! Remote JWKS: one copy per Envoy process, fetched by one worker at a time.
+//! Documents fetched through an Envoy cluster (JWKS, revocation lists): one
+//! copy per Envoy process, fetched by one worker at a time.
 //!
 //! Every worker VM has its own root context and its own `on_tick`, but proxy-wasm
 //! shared data is process-wide. So the fetched document lives in shared data,
 //! and a small schedule entry, updated with compare-and-swap, acts as a lease:
 //! a worker fetches only if it wins the CAS. Workers pick up new documents on
-//! their next tick (or at once, on an unknown `kid`), re-parsing only when the
-//! entry's CAS version changed. A failed fetch never replaces good keys.
+//! their next tick (or at once, when a request needs it), re-parsing only when
+//! the entry's CAS version changed. A failed fetch never replaces a good document.
 //!
-//! Shared-data layout, per key source (`RemoteJwks::shared_key`):
-//! * `<base>/doc`: `<fetched_at_ms>\n<JWKS JSON>`: the last good document.
+//! Shared-data layout, per endpoint (`<base>` = `tollgate/<kind>/<cluster>/<authority><path>`):
+//! * `<base>/doc`: `<fetched_at_ms>\n<etag>\n<body>`: the last good document.
 //! * `<base>/schedule`: `<next_fetch_ms> <last_attempt_ms>`.
 
-use crate::alg::Algorithm;
-use crate::config::RemoteJwks;
-use crate::jwk::{parse_jwks, KeySet, KeySource, Strictness};
 use std::sync::Arc;
 
 /// Process-wide key/value storage with CAS (proxy-wasm shared data).
@@ -25,22 +23,67 @@ pub trait SharedData {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
 }
 
+/// Where a document is fetched from. Durations in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+}
+
+/// When to fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchPolicy {
+    /// After a successful fetch.
+    pub refresh_ms: u64,
+    /// After a failed fetch.
+    pub retry_ms: u64,
+    /// Minimum spacing of fetches a request asks for (unknown `kid`).
+    pub on_demand_ms: u64,
+}
+
 /// Why a worker wants to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchTrigger {
-    /// Start-up, cache expiry, or retry after a failure.
+    /// Start-up, refresh, or retry after a failure.
     Scheduled,
-    /// A token named a `kid` the current keys lack.
-    UnknownKid,
+    /// A request needs something the current document lacks.
+    OnDemand,
 }
 
-/// One worker's view of one remote key source.
-pub struct RemoteKeys {
-    pub source: RemoteJwks,
-    algorithms: Vec<Algorithm>,
-    keys: Option<Arc<KeySet>>,
+/// What came back from the endpoint.
+#[derive(Debug)]
+pub enum FetchResult<'a> {
+    Body {
+        body: &'a [u8],
+        etag: Option<&'a str>,
+    },
+    /// 304: the document did not change.
+    NotModified,
+    Failed(String),
+}
+
+/// The outcome of a completed fetch, for logs and stats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    Loaded,
+    Unchanged,
+    Failed(String),
+}
+
+type Parser<T> = Box<dyn Fn(&[u8]) -> Result<T, String>>;
+
+/// One worker's view of one remote document.
+pub struct RemoteDoc<T> {
+    pub endpoint: Endpoint,
+    pub policy: FetchPolicy,
+    base: String,
+    parse: Parser<T>,
+    value: Option<Arc<T>>,
     loaded_version: Option<u32>,
     fetched_at_ms: u64,
+    etag: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,37 +107,80 @@ impl Schedule {
     }
 }
 
-impl RemoteKeys {
-    pub fn new(source: RemoteJwks, algorithms: Vec<Algorithm>) -> RemoteKeys {
-        RemoteKeys {
-            source,
-            algorithms,
-            keys: None,
+struct StoredDoc<'a> {
+    fetched_at_ms: u64,
+    etag: Option<&'a str>,
+    body: &'a [u8],
+}
+
+impl<'a> StoredDoc<'a> {
+    fn decode(bytes: &'a [u8]) -> Option<StoredDoc<'a>> {
+        let mut parts = bytes.splitn(3, |b| *b == b'\n');
+        let fetched_at_ms = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let etag = std::str::from_utf8(parts.next()?).ok()?;
+        Some(StoredDoc {
+            fetched_at_ms,
+            etag: (!etag.is_empty()).then_some(etag),
+            body: parts.next()?,
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = format!("{}\n{}\n", self.fetched_at_ms, self.etag.unwrap_or("")).into_bytes();
+        out.extend_from_slice(self.body);
+        out
+    }
+}
+
+impl<T> RemoteDoc<T> {
+    /// `kind` separates document types in shared data (`jwks`, `revocations`).
+    pub fn new(
+        kind: &str,
+        endpoint: Endpoint,
+        policy: FetchPolicy,
+        parse: impl Fn(&[u8]) -> Result<T, String> + 'static,
+    ) -> RemoteDoc<T> {
+        let base = format!(
+            "tollgate/{kind}/{}/{}{}",
+            endpoint.cluster, endpoint.authority, endpoint.path
+        );
+        RemoteDoc {
+            endpoint,
+            policy,
+            base,
+            parse: Box::new(parse),
+            value: None,
             loaded_version: None,
             fetched_at_ms: 0,
+            etag: None,
         }
     }
 
     fn doc_key(&self) -> String {
-        format!("{}/doc", self.source.shared_key())
+        format!("{}/doc", self.base)
     }
 
     fn schedule_key(&self) -> String {
-        format!("{}/schedule", self.source.shared_key())
+        format!("{}/schedule", self.base)
     }
 
-    pub fn keys(&self) -> Option<Arc<KeySet>> {
-        self.keys.clone()
+    pub fn value(&self) -> Option<Arc<T>> {
+        self.value.clone()
     }
 
-    /// Whether an unknown `kid` may cause a refetch, judged on this worker's
-    /// copy (cheap); `try_claim_fetch` makes the binding, process-wide decision.
-    pub fn may_refetch(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.fetched_at_ms) >= self.source.unknown_kid_refetch_ms
+    /// The ETag of the held document, for `If-None-Match`.
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+
+    /// Whether a request may ask for a fetch now, judged on this worker's copy
+    /// (cheap); `try_claim_fetch` makes the binding, process-wide decision.
+    pub fn may_fetch_on_demand(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.fetched_at_ms) >= self.policy.on_demand_ms
     }
 
     /// Loads the shared document if it changed since this worker last parsed it.
-    /// Returns true when the keys changed.
+    /// Returns true when the value changed.
     pub fn sync(&mut self, shared: &dyn SharedData) -> bool {
         let Some((bytes, version)) = shared.get(&self.doc_key()) else {
             return false;
@@ -102,19 +188,15 @@ impl RemoteKeys {
         if self.loaded_version == Some(version) {
             return false;
         }
-        let Some((fetched_at, json)) = split_doc(&bytes) else {
+        let Some(doc) = StoredDoc::decode(&bytes) else {
             return false;
         };
-        match parse_jwks(
-            json,
-            KeySource::Remote,
-            &self.algorithms,
-            Strictness::Lenient,
-        ) {
-            Ok((set, _)) => {
-                self.keys = Some(Arc::new(set));
+        match (self.parse)(doc.body) {
+            Ok(value) => {
+                self.value = Some(Arc::new(value));
                 self.loaded_version = Some(version);
-                self.fetched_at_ms = fetched_at;
+                self.fetched_at_ms = doc.fetched_at_ms;
+                self.etag = doc.etag.map(str::to_string);
                 true
             }
             Err(_) => false,
@@ -137,68 +219,63 @@ impl RemoteKeys {
         let due = match (trigger, current) {
             (_, None) => true,
             (FetchTrigger::Scheduled, Some(s)) => now_ms >= s.next_fetch_ms,
-            (FetchTrigger::UnknownKid, Some(s)) => {
-                self.may_refetch(now_ms)
-                    && now_ms.saturating_sub(s.last_attempt_ms)
-                        >= self.source.unknown_kid_refetch_ms
+            (FetchTrigger::OnDemand, Some(s)) => {
+                self.may_fetch_on_demand(now_ms)
+                    && now_ms.saturating_sub(s.last_attempt_ms) >= self.policy.on_demand_ms
             }
         };
         if !due {
             return false;
         }
         let claimed = Schedule {
-            next_fetch_ms: now_ms + self.source.timeout_ms + 1_000,
+            next_fetch_ms: now_ms + self.endpoint.timeout_ms + 1_000,
             last_attempt_ms: now_ms,
         };
         shared.set(&key, claimed.encode().as_bytes(), cas)
     }
 
     /// Records the outcome of a fetch this worker made. A usable document is
-    /// published for every worker; anything else keeps the last good keys and
-    /// schedules a retry. Returns the error text of a failed fetch.
+    /// published for every worker; anything else keeps the last good one and
+    /// schedules a retry.
     pub fn complete_fetch(
         &mut self,
         shared: &dyn SharedData,
         now_ms: u64,
-        result: Result<&[u8], String>,
-    ) -> Result<usize, String> {
-        let parsed = result.and_then(|body| {
-            parse_jwks(
-                body,
-                KeySource::Remote,
-                &self.algorithms,
-                Strictness::Lenient,
-            )
-            .map(|(set, _)| (set, body))
-            .map_err(|e| format!("unusable JWKS: {e}"))
-        });
-        let (next_fetch_ms, outcome) = match parsed {
-            Ok((set, body)) => {
-                let count = set.keys.len();
-                let mut doc = format!("{now_ms}\n").into_bytes();
-                doc.extend_from_slice(body);
-                shared.set(&self.doc_key(), &doc, None);
-                self.keys = Some(Arc::new(set));
-                self.fetched_at_ms = now_ms;
-                // The version is re-read so the next sync does not parse again.
-                self.loaded_version = shared.get(&self.doc_key()).map(|(_, v)| v);
-                (now_ms + self.source.cache_duration_ms, Ok(count))
-            }
-            Err(e) => (now_ms + self.source.failed_refetch_ms, Err(e)),
+        result: FetchResult<'_>,
+    ) -> Completion {
+        let completion = match result {
+            FetchResult::NotModified if self.value.is_some() => Completion::Unchanged,
+            FetchResult::NotModified => Completion::Failed("304 without a document".into()),
+            FetchResult::Failed(e) => Completion::Failed(e),
+            FetchResult::Body { body, etag } => match (self.parse)(body) {
+                Ok(value) => {
+                    let doc = StoredDoc {
+                        fetched_at_ms: now_ms,
+                        etag: etag.filter(|e| !e.contains('\n')),
+                        body,
+                    };
+                    shared.set(&self.doc_key(), &doc.encode(), None);
+                    self.value = Some(Arc::new(value));
+                    self.fetched_at_ms = now_ms;
+                    self.etag = doc.etag.map(str::to_string);
+                    // Re-read the version so the next sync does not parse again.
+                    self.loaded_version = shared.get(&self.doc_key()).map(|(_, v)| v);
+                    Completion::Loaded
+                }
+                Err(e) => Completion::Failed(e),
+            },
+        };
+        let next_fetch_ms = match completion {
+            Completion::Failed(_) => now_ms + self.policy.retry_ms,
+            _ => now_ms + self.policy.refresh_ms,
         };
         let schedule = Schedule {
             next_fetch_ms,
             last_attempt_ms: now_ms,
         };
         shared.set(&self.schedule_key(), schedule.encode().as_bytes(), None);
-        outcome
+        completion
     }
-}
-
-fn split_doc(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let nl = bytes.iter().position(|b| *b == b'\n')?;
-    let fetched_at = std::str::from_utf8(&bytes[..nl]).ok()?.parse().ok()?;
-    Some((fetched_at, &bytes[nl + 1..]))
 }
 
 #[cfg(test)]
@@ -227,27 +304,41 @@ pub(crate) mod tests {
         }
     }
 
-    fn source() -> RemoteJwks {
-        RemoteJwks {
-            cluster: "idp".into(),
-            authority: "idp".into(),
-            path: "/jwks".into(),
-            timeout_ms: 1_000,
-            cache_duration_ms: 300_000,
-            failed_refetch_ms: 2_000,
-            unknown_kid_refetch_ms: 10_000,
+    /// A document of numbers, one per line: enough to exercise the machinery.
+    fn worker() -> RemoteDoc<Vec<u32>> {
+        RemoteDoc::new(
+            "test",
+            Endpoint {
+                cluster: "idp".into(),
+                authority: "idp".into(),
+                path: "/doc".into(),
+                timeout_ms: 1_000,
+            },
+            FetchPolicy {
+                refresh_ms: 300_000,
+                retry_ms: 2_000,
+                on_demand_ms: 10_000,
+            },
+            |body| {
+                let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
+                let v: Vec<u32> = text
+                    .lines()
+                    .map(|l| l.parse().map_err(|_| format!("bad line {l:?}")))
+                    .collect::<Result<_, _>>()?;
+                if v.is_empty() {
+                    Err("empty".into())
+                } else {
+                    Ok(v)
+                }
+            },
+        )
+    }
+
+    fn body(b: &[u8]) -> FetchResult<'_> {
+        FetchResult::Body {
+            body: b,
+            etag: None,
         }
-    }
-
-    fn jwks(kid: &str) -> Vec<u8> {
-        use jwt_simple::prelude::*;
-        let kp = ES256KeyPair::generate();
-        serde_json::to_vec(&serde_json::json!({"keys": [crate::jwk::tests::es256_jwk(&kp, kid)]}))
-            .unwrap()
-    }
-
-    fn worker() -> RemoteKeys {
-        RemoteKeys::new(source(), Algorithm::ALL.to_vec())
     }
 
     #[test]
@@ -265,56 +356,83 @@ pub(crate) mod tests {
         let shared = FakeShared::default();
         let (mut a, mut b) = (worker(), worker());
         assert!(a.try_claim_fetch(&shared, 0, FetchTrigger::Scheduled));
-        assert_eq!(a.complete_fetch(&shared, 5, Ok(&jwks("k1"))), Ok(1));
-        assert!(a.keys().unwrap().has_kid("k1"));
+        let etagged = FetchResult::Body {
+            body: b"1\n2",
+            etag: Some("\"v1\""),
+        };
+        assert_eq!(a.complete_fetch(&shared, 5, etagged), Completion::Loaded);
+        assert_eq!(*a.value().unwrap(), vec![1, 2]);
         assert!(!a.sync(&shared), "the fetching worker already has it");
-        assert!(b.keys().is_none());
+        assert!(b.value().is_none());
         assert!(b.sync(&shared));
-        assert!(b.keys().unwrap().has_kid("k1"));
+        assert_eq!(*b.value().unwrap(), vec![1, 2]);
+        assert_eq!(b.etag(), Some("\"v1\""));
         assert!(!b.sync(&shared), "unchanged documents are not re-parsed");
-        // Next scheduled fetch only after the cache duration.
+        // Next scheduled fetch only after the refresh interval.
         assert!(!b.try_claim_fetch(&shared, 299_000, FetchTrigger::Scheduled));
         assert!(b.try_claim_fetch(&shared, 300_005, FetchTrigger::Scheduled));
+        assert_eq!(
+            b.complete_fetch(&shared, 300_005, FetchResult::NotModified),
+            Completion::Unchanged
+        );
+        assert!(!a.try_claim_fetch(&shared, 300_006, FetchTrigger::Scheduled));
     }
 
     #[test]
-    fn failures_keep_the_last_good_keys_and_back_off() {
+    fn failures_keep_the_last_good_document_and_back_off() {
         let shared = FakeShared::default();
         let mut a = worker();
-        a.try_claim_fetch(&shared, 0, FetchTrigger::Scheduled);
-        a.complete_fetch(&shared, 0, Ok(&jwks("k1"))).unwrap();
+        assert!(matches!(
+            a.complete_fetch(&shared, 0, FetchResult::NotModified),
+            Completion::Failed(_)
+        ));
+        a.complete_fetch(&shared, 0, body(b"7"));
         assert!(a.try_claim_fetch(&shared, 300_000, FetchTrigger::Scheduled));
-        assert!(a
-            .complete_fetch(&shared, 300_000, Err("503".into()))
-            .is_err());
-        assert!(a
-            .complete_fetch(&shared, 300_000, Ok(b"{\"keys\":[]}"))
-            .is_err());
-        assert!(a.complete_fetch(&shared, 300_000, Ok(b"<html>")).is_err());
-        assert!(a.keys().unwrap().has_kid("k1"));
+        for bad in [
+            FetchResult::Failed("503".into()),
+            body(b""),
+            body(b"<html>"),
+        ] {
+            assert!(matches!(
+                a.complete_fetch(&shared, 300_000, bad),
+                Completion::Failed(_)
+            ));
+        }
+        assert_eq!(*a.value().unwrap(), vec![7]);
         let mut b = worker();
         assert!(b.sync(&shared));
-        assert!(
-            b.keys().unwrap().has_kid("k1"),
-            "a failed fetch never replaces good keys"
+        assert_eq!(
+            *b.value().unwrap(),
+            vec![7],
+            "a failed fetch never replaces a good document"
         );
         assert!(!a.try_claim_fetch(&shared, 301_000, FetchTrigger::Scheduled));
         assert!(a.try_claim_fetch(&shared, 302_000, FetchTrigger::Scheduled));
     }
 
     #[test]
-    fn unknown_kid_refetches_are_rate_limited() {
+    fn on_demand_fetches_are_rate_limited() {
         let shared = FakeShared::default();
         let mut a = worker();
         a.try_claim_fetch(&shared, 0, FetchTrigger::Scheduled);
-        a.complete_fetch(&shared, 0, Ok(&jwks("k1"))).unwrap();
-        assert!(!a.may_refetch(9_999));
-        assert!(!a.try_claim_fetch(&shared, 9_999, FetchTrigger::UnknownKid));
-        assert!(a.try_claim_fetch(&shared, 10_000, FetchTrigger::UnknownKid));
-        // A failed refetch does not reset fetched_at, but the attempt time still throttles.
-        a.complete_fetch(&shared, 10_000, Err("down".into()))
-            .unwrap_err();
-        assert!(!a.try_claim_fetch(&shared, 15_000, FetchTrigger::UnknownKid));
-        assert!(a.try_claim_fetch(&shared, 20_000, FetchTrigger::UnknownKid));
+        a.complete_fetch(&shared, 0, body(b"1"));
+        assert!(!a.may_fetch_on_demand(9_999));
+        assert!(!a.try_claim_fetch(&shared, 9_999, FetchTrigger::OnDemand));
+        assert!(a.try_claim_fetch(&shared, 10_000, FetchTrigger::OnDemand));
+        // A failed fetch leaves fetched_at alone, but the attempt time still throttles.
+        a.complete_fetch(&shared, 10_000, FetchResult::Failed("down".into()));
+        assert!(!a.try_claim_fetch(&shared, 15_000, FetchTrigger::OnDemand));
+        assert!(a.try_claim_fetch(&shared, 20_000, FetchTrigger::OnDemand));
+    }
+
+    #[test]
+    fn corrupt_shared_entries_are_ignored() {
+        let shared = FakeShared::default();
+        let mut a = worker();
+        shared.set("tollgate/test/idp/idp/doc/doc", b"junk", None);
+        shared.set(&a.doc_key(), b"no newline", None);
+        assert!(!a.sync(&shared));
+        shared.set(&a.schedule_key(), b"garbage", None);
+        assert!(a.try_claim_fetch(&shared, 0, FetchTrigger::Scheduled));
     }
 }

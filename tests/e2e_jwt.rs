@@ -126,6 +126,11 @@ fn client_credentials_token_reaches_data_with_identity_and_without_credential() 
 
     let r = get_with(&stack, "/data?page=2", &token);
     assert_eq!(r.status, 200, "{}", r.body);
+    let stats = stack.envoy.stats();
+    assert!(
+        support::envoy::counter(&stats, "tollgate.decision.authenticated") >= 1,
+        "{stats}"
+    );
     let echo = r.json();
     assert_eq!(echo["method"], "GET");
     assert_eq!(echo["path"], "/data");
@@ -418,9 +423,10 @@ fn jwks_unreachable_at_start_answers_503_then_recovers() {
         .sign(claims(TEST_ISSUER, json!({})))
         .unwrap();
     assert_eq!(get_with(&stack, "/data", &local).status, 200);
-    assert!(stack
-        .envoy
-        .wait_for_log("keeping last good keys", Duration::from_secs(5)));
+    assert!(stack.envoy.wait_for_log(
+        "jwks fetch for provider `tollgate` failed, keeping the last good copy",
+        Duration::from_secs(5)
+    ));
 
     stack.tokens.start();
     let good = stack.token("reader", None);
@@ -646,12 +652,17 @@ fn failed_refreshes_keep_the_last_good_keys() {
     assert_eq!(get_with(&stack, "/data", &token).status, 200);
     stack.tokens.stop();
     assert!(
-        stack
-            .envoy
-            .wait_for_log("keeping last good keys", Duration::from_secs(10)),
+        stack.envoy.wait_for_log(
+            "jwks fetch for provider `tollgate` failed, keeping the last good copy",
+            Duration::from_secs(10)
+        ),
         "no refresh was attempted:\n{}",
         stack.envoy.log()
     );
+    let stats = stack.envoy.stats();
+    let failed = support::envoy::counter(&stats, "tollgate.jwks.fetch_failed");
+    assert!(failed >= 1, "fetch failures are not counted:\n{stats}");
+    assert!(support::envoy::counter(&stats, "tollgate.jwks.fetch_loaded") >= 1);
     for _ in 0..5 {
         assert_eq!(
             get_with(&stack, "/data", &token).status,

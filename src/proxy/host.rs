@@ -2,7 +2,7 @@
 //! foreign functions, and a panic-free read of the request header map.
 
 use crate::crypto::ForeignFunction;
-use crate::jwks_sync::SharedData;
+use crate::remote::SharedData;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 

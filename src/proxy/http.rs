@@ -1,13 +1,15 @@
 //! The HTTP context: one per request. Reads the request, asks the
 //! [`Authorizer`], and applies its outcome.
 
+use super::fetch::DocKind;
 use super::host::request_headers;
 use super::root::{now, Worker};
-use crate::authz::{Authorizer, KeyStore, Outcome};
+use crate::authz::{Authorizer, Outcome, RemoteState};
 use crate::credentials::{HeaderEdit, RequestView};
 use crate::decision::Reason;
 use crate::jwk::KeySet;
-use crate::jwks_sync::FetchTrigger;
+use crate::remote::FetchTrigger;
+use crate::revocation::RevocationList;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -20,28 +22,43 @@ pub struct TollgateHttp {
     headers: Vec<(String, Vec<u8>)>,
 }
 
-/// The worker's keys, as the decision logic sees them.
-struct WorkerKeys<'a> {
+/// The worker's remote documents, as the decision logic sees them.
+struct WorkerState<'a> {
     worker: &'a Worker,
     now_ms: u64,
     refetch_allowed: bool,
 }
 
-impl KeyStore for WorkerKeys<'_> {
+impl RemoteState for WorkerState<'_> {
     fn remote_keys(&self, provider: usize) -> Option<Arc<KeySet>> {
-        let remote = self.worker.remote.borrow();
-        remote.get(provider)?.as_ref()?.keys()
+        self.worker
+            .docs
+            .borrow()
+            .get(provider)?
+            .keys
+            .as_ref()?
+            .value()
     }
 
     fn may_refetch(&self, provider: usize) -> bool {
         self.refetch_allowed
             && self
                 .worker
-                .remote
+                .docs
                 .borrow()
                 .get(provider)
-                .and_then(Option::as_ref)
-                .is_some_and(|k| k.may_refetch(self.now_ms))
+                .and_then(|d| d.keys.as_ref())
+                .is_some_and(|k| k.may_fetch_on_demand(self.now_ms))
+    }
+
+    fn revocations(&self, provider: usize) -> Option<Arc<RevocationList>> {
+        self.worker
+            .docs
+            .borrow()
+            .get(provider)?
+            .revocations
+            .as_ref()?
+            .value()
     }
 }
 
@@ -68,14 +85,14 @@ impl TollgateHttp {
             headers: &self.headers,
         };
         let now = now(self);
-        let keys = WorkerKeys {
+        let state = WorkerState {
             worker: &self.worker,
             now_ms: now.as_millis() as u64,
             refetch_allowed,
         };
         Authorizer {
             settings: &self.worker.settings,
-            keys: &keys,
+            remote: &state,
             verifier: self.worker.verifier.as_ref(),
             now: now.as_secs(),
         }
@@ -99,6 +116,7 @@ impl TollgateHttp {
                         }
                     }
                 }
+                self.worker.metrics.decision(reason);
                 log::debug!(
                     "allow reason={} token={} subject={:?}",
                     reason.as_str(),
@@ -111,13 +129,17 @@ impl TollgateHttp {
                 Action::Continue
             }
             Outcome::Deny { denial, .. }
-                if denial.reason == Reason::KeysUnavailable && self.worker.sync_keys() =>
+                if matches!(
+                    denial.reason,
+                    Reason::KeysUnavailable | Reason::RevocationsUnavailable
+                ) && self.worker.sync() =>
             {
-                // Another worker loaded the keys since this one last looked.
+                // Another worker loaded them since this one last looked.
                 let again = self.decide(false);
                 self.apply(again, resume)
             }
             Outcome::Deny { denial, token_hash } => {
+                self.worker.metrics.decision(denial.reason);
                 log::debug!(
                     "deny reason={} status={} token={}",
                     denial.reason.as_str(),
@@ -134,15 +156,18 @@ impl TollgateHttp {
             }
             Outcome::FetchKeys { provider } => {
                 // Another worker may already have the new keys.
-                if self.worker.sync_keys() {
+                if self.worker.sync() {
                     let again = self.decide(false);
                     return self.apply(again, resume);
                 }
                 let now_ms = now(self).as_millis() as u64;
-                match self
-                    .worker
-                    .start_fetch(self, provider, FetchTrigger::UnknownKid, now_ms)
-                {
+                match self.worker.start_fetch(
+                    self,
+                    provider,
+                    DocKind::Keys,
+                    FetchTrigger::OnDemand,
+                    now_ms,
+                ) {
                     Some(token) => {
                         self.waiting_for = Some((token, provider));
                         Action::Pause
@@ -171,8 +196,13 @@ impl Context for TollgateHttp {
         if token != expected {
             return;
         }
-        self.worker
-            .complete_fetch(self, provider, body_size, now(self).as_millis() as u64);
+        self.worker.complete_fetch(
+            self,
+            provider,
+            DocKind::Keys,
+            body_size,
+            now(self).as_millis() as u64,
+        );
         let outcome = self.decide(false);
         self.apply(outcome, true);
     }

@@ -1,14 +1,18 @@
 //! The root context: one per worker VM. Parses the configuration, picks the
-//! signature backend, and keeps remote JWKS loaded (see `jwks_sync`).
+//! signature backend, and keeps remote documents (JWKS, revocation lists)
+//! loaded (see `crate::remote`).
 
+use super::fetch::{self, DocKind, ProviderDocs};
 use super::host::{EnvoyForeignFunction, EnvoySharedData};
 use super::http::TollgateHttp;
+use super::metrics::Metrics;
 use crate::alg::Algorithm;
 use crate::config::{self, ProviderKeys, Settings, SignatureBackend};
 use crate::crypto::{HostVerifier, PureVerifier, SignatureVerifier};
 use crate::jwk::{parse_jwks, KeySource, Strictness};
-use crate::jwks_sync::{FetchTrigger, RemoteKeys};
 use crate::jwt::decode;
+use crate::remote::{Completion, FetchTrigger, RemoteDoc};
+use crate::revocation::RevocationList;
 use jwt_simple::prelude::*;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -17,10 +21,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Largest JWKS document accepted from a key endpoint.
-pub const MAX_JWKS_BYTES: usize = 512 * 1024;
-
-/// Tick while some remote keys are still missing, and once all are loaded.
+/// Tick while some remote documents are still missing, and once all are loaded.
 const TICK_LOADING: Duration = Duration::from_millis(200);
 const TICK_STEADY: Duration = Duration::from_secs(1);
 
@@ -28,104 +29,168 @@ const TICK_STEADY: Duration = Duration::from_secs(1);
 pub struct Worker {
     pub settings: Settings,
     pub verifier: Box<dyn SignatureVerifier>,
-    /// Indexed like `settings.providers`; `None` for local providers.
-    pub remote: RefCell<Vec<Option<RemoteKeys>>>,
+    pub metrics: Metrics,
+    /// Indexed like `settings.providers`.
+    pub docs: RefCell<Vec<ProviderDocs>>,
 }
 
 impl Worker {
-    /// Starts a JWKS fetch for `provider` if this worker wins the claim.
-    /// Returns the callout token; the caller routes the response back to
-    /// `complete_fetch`.
+    fn new(settings: Settings) -> Worker {
+        let docs = settings
+            .providers
+            .iter()
+            .map(|p| ProviderDocs {
+                keys: match &p.keys {
+                    ProviderKeys::Remote(src) => {
+                        let algorithms = p.algorithms.clone();
+                        Some(RemoteDoc::new(
+                            "jwks",
+                            src.endpoint.clone(),
+                            src.policy,
+                            move |body| {
+                                parse_jwks(
+                                    body,
+                                    KeySource::Remote,
+                                    &algorithms,
+                                    Strictness::Lenient,
+                                )
+                                .map(|(set, _)| set)
+                                .map_err(|e| format!("unusable JWKS: {e}"))
+                            },
+                        ))
+                    }
+                    ProviderKeys::Local(_) => None,
+                },
+                revocations: p.revocation_feed.as_ref().map(|src| {
+                    RemoteDoc::new("revocations", src.endpoint.clone(), src.policy, |body| {
+                        let now = proxy_wasm::hostcalls::get_current_time()
+                            .ok()
+                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                            .unwrap_or_default();
+                        RevocationList::parse(body, now.as_secs())
+                    })
+                }),
+            })
+            .collect();
+        Worker {
+            verifier: choose_verifier(settings.signature_backend),
+            settings,
+            metrics: Metrics::define(),
+            docs: RefCell::new(docs),
+        }
+    }
+
+    /// Starts a fetch of one provider document if this worker wins the claim.
+    /// Returns the callout token; the response goes back to `complete_fetch`.
     pub fn start_fetch(
         &self,
         ctx: &dyn Context,
         provider: usize,
+        kind: DocKind,
         trigger: FetchTrigger,
         now_ms: u64,
     ) -> Option<u32> {
-        let mut remote = self.remote.borrow_mut();
-        let keys = remote.get_mut(provider)?.as_mut()?;
-        if !keys.try_claim_fetch(&EnvoySharedData, now_ms, trigger) {
-            return None;
-        }
-        let src = keys.source.clone();
-        let headers = vec![
-            (":method", "GET"),
-            (":path", src.path.as_str()),
-            (":authority", src.authority.as_str()),
-            ("accept", "application/json"),
-        ];
-        match ctx.dispatch_http_call(
-            &src.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(src.timeout_ms),
-        ) {
-            Ok(token) => Some(token),
-            Err(status) => {
-                let err = format!("cannot call cluster `{}`: {status:?}", src.cluster);
-                log::warn!(
-                    "JWKS fetch for provider `{}` failed: {err}",
-                    self.settings.providers[provider].name
-                );
-                let _ = keys.complete_fetch(&EnvoySharedData, now_ms, Err(err));
-                None
-            }
-        }
+        let mut docs = self.docs.borrow_mut();
+        let docs = docs.get_mut(provider)?;
+        let started = match kind {
+            DocKind::Keys => fetch::start(ctx, docs.keys.as_mut()?, trigger, now_ms),
+            DocKind::Revocations => fetch::start(ctx, docs.revocations.as_mut()?, trigger, now_ms),
+        };
+        started.unwrap_or_else(|err| {
+            self.report(provider, kind, &Completion::Failed(err));
+            None
+        })
     }
 
-    /// Feeds a JWKS response into the key cache and the shared copy.
+    /// Feeds a callout's answer into the document cache and the shared copy.
     pub fn complete_fetch(
         &self,
         ctx: &dyn Context,
         provider: usize,
+        kind: DocKind,
         body_size: usize,
         now_ms: u64,
     ) {
-        let status = ctx
-            .get_http_call_response_header_bytes(":status")
-            .and_then(|s| String::from_utf8(s).ok())
-            .unwrap_or_default();
-        let result = if status != "200" {
-            Err(if status.is_empty() {
-                "no response (timeout or connection failure)".to_string()
-            } else {
-                format!("HTTP status {status}")
-            })
-        } else if body_size > MAX_JWKS_BYTES {
-            Err(format!("document larger than {MAX_JWKS_BYTES} bytes"))
-        } else {
-            Ok(ctx
-                .get_http_call_response_body(0, body_size)
-                .unwrap_or_default())
-        };
-        let name = &self.settings.providers[provider].name;
-        let mut remote = self.remote.borrow_mut();
-        let Some(Some(keys)) = remote.get_mut(provider) else {
-            return;
-        };
-        let outcome = match &result {
-            Ok(body) => keys.complete_fetch(&EnvoySharedData, now_ms, Ok(body.as_slice())),
-            Err(e) => keys.complete_fetch(&EnvoySharedData, now_ms, Err(e.clone())),
-        };
-        match outcome {
-            Ok(count) => {
-                log::info!("loaded {count} signing key(s) for provider `{name}`")
+        let response = fetch::read_response(ctx, kind, body_size);
+        let completion = {
+            let mut docs = self.docs.borrow_mut();
+            let Some(docs) = docs.get_mut(provider) else {
+                return;
+            };
+            let shared = &EnvoySharedData;
+            let result = response.as_result();
+            match kind {
+                DocKind::Keys => docs
+                    .keys
+                    .as_mut()
+                    .map(|d| d.complete_fetch(shared, now_ms, result)),
+                DocKind::Revocations => docs
+                    .revocations
+                    .as_mut()
+                    .map(|d| d.complete_fetch(shared, now_ms, result)),
             }
-            Err(e) => {
-                log::warn!("JWKS fetch for provider `{name}` failed, keeping last good keys: {e}")
+        };
+        if let Some(completion) = completion {
+            self.report(provider, kind, &completion);
+        }
+    }
+
+    fn report(&self, provider: usize, kind: DocKind, completion: &Completion) {
+        self.metrics.fetch(kind, completion);
+        let name = &self.settings.providers[provider].name;
+        let what = kind.name();
+        match completion {
+            Completion::Loaded => {
+                let docs = self.docs.borrow();
+                match kind {
+                    DocKind::Keys => {
+                        let n = docs[provider]
+                            .keys
+                            .as_ref()
+                            .and_then(|d| d.value())
+                            .map_or(0, |k| k.keys.len());
+                        log::info!("loaded {n} signing key(s) for provider `{name}`");
+                    }
+                    DocKind::Revocations => {
+                        let n = docs[provider]
+                            .revocations
+                            .as_ref()
+                            .and_then(|d| d.value())
+                            .map_or(0, |l| l.len());
+                        log::info!(
+                            "loaded revocation list for provider `{name}`: {n} revoked token(s)"
+                        );
+                    }
+                }
+            }
+            Completion::Unchanged => log::debug!("{what} for provider `{name}` unchanged"),
+            Completion::Failed(e) => {
+                log::warn!(
+                    "{what} fetch for provider `{name}` failed, keeping the last good copy: {e}"
+                )
             }
         }
     }
 
-    /// Picks up key sets other workers fetched. True if any changed.
-    pub fn sync_keys(&self) -> bool {
+    /// Picks up documents other workers fetched. True if any changed.
+    pub fn sync(&self) -> bool {
         let mut changed = false;
-        for keys in self.remote.borrow_mut().iter_mut().flatten() {
-            changed |= keys.sync(&EnvoySharedData);
+        for docs in self.docs.borrow_mut().iter_mut() {
+            if let Some(d) = docs.keys.as_mut() {
+                changed |= d.sync(&EnvoySharedData);
+            }
+            if let Some(d) = docs.revocations.as_mut() {
+                changed |= d.sync(&EnvoySharedData);
+            }
         }
         changed
+    }
+
+    fn loading(&self) -> bool {
+        self.docs.borrow().iter().any(|d| {
+            d.keys.as_ref().is_some_and(|k| k.value().is_none())
+                || d.revocations.as_ref().is_some_and(|r| r.value().is_none())
+        })
     }
 }
 
@@ -138,8 +203,8 @@ pub fn now(ctx: &dyn Context) -> Duration {
 #[derive(Default)]
 pub struct TollgateRoot {
     worker: Option<Rc<Worker>>,
-    /// In-flight scheduled fetches: callout token → provider.
-    fetches: HashMap<u32, usize>,
+    /// In-flight scheduled fetches: callout token → provider and document.
+    fetches: HashMap<u32, (usize, DocKind)>,
     tick: Option<Duration>,
 }
 
@@ -151,8 +216,16 @@ impl Context for TollgateRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        if let (Some(provider), Some(worker)) = (self.fetches.remove(&token), self.worker.clone()) {
-            worker.complete_fetch(self, provider, body_size, now(self).as_millis() as u64);
+        if let (Some((provider, kind)), Some(worker)) =
+            (self.fetches.remove(&token), self.worker.clone())
+        {
+            worker.complete_fetch(
+                self,
+                provider,
+                kind,
+                body_size,
+                now(self).as_millis() as u64,
+            );
         }
     }
 }
@@ -170,24 +243,11 @@ impl RootContext for TollgateRoot {
             }
         };
         follow_envoy_log_level();
-        let verifier = choose_verifier(settings.signature_backend);
-        let remote = settings
-            .providers
-            .iter()
-            .map(|p| match &p.keys {
-                ProviderKeys::Remote(r) => Some(RemoteKeys::new(r.clone(), p.algorithms.clone())),
-                ProviderKeys::Local(_) => None,
-            })
-            .collect();
-        self.worker = Some(Rc::new(Worker {
-            settings,
-            verifier,
-            remote: RefCell::new(remote),
-        }));
+        self.worker = Some(Rc::new(Worker::new(settings)));
         self.fetches.clear();
-        // Fetch from worker ticks only: Envoy also configures a VM on the main
-        // thread, and a callout started there would hold the fetch claim
-        // without ever completing.
+        // Fetches start from ticks, not here: at bootstrap Envoy configures
+        // plugins before its clusters are up, and a callout started now never
+        // completes, holding the fetch claim until it times out.
         self.set_tick_period(TICK_LOADING);
         self.tick = Some(TICK_LOADING);
         true
@@ -198,22 +258,22 @@ impl RootContext for TollgateRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        worker.sync_keys();
+        worker.sync();
         let now_ms = now(self).as_millis() as u64;
-        let count = worker.settings.providers.len();
-        for provider in 0..count {
-            if let Some(token) = worker.start_fetch(self, provider, FetchTrigger::Scheduled, now_ms)
-            {
-                self.fetches.insert(token, provider);
+        for provider in 0..worker.settings.providers.len() {
+            for kind in DocKind::ALL {
+                if let Some(token) =
+                    worker.start_fetch(self, provider, kind, FetchTrigger::Scheduled, now_ms)
+                {
+                    self.fetches.insert(token, (provider, kind));
+                }
             }
         }
-        let loading = worker
-            .remote
-            .borrow()
-            .iter()
-            .flatten()
-            .any(|k| k.keys().is_none());
-        let period = if loading { TICK_LOADING } else { TICK_STEADY };
+        let period = if worker.loading() {
+            TICK_LOADING
+        } else {
+            TICK_STEADY
+        };
         if self.tick != Some(period) {
             self.set_tick_period(period);
             self.tick = Some(period);

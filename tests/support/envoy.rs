@@ -213,3 +213,14 @@ impl Envoy {
         false
     }
 }
+
+/// The value of a counter in `/stats` output, matched by name suffix (Envoy
+/// lists counters defined by wasm code under a `wasmcustom.` prefix). 0 if absent.
+pub fn counter(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .find(|(n, _)| *n == name || n.ends_with(&format!(".{name}")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
