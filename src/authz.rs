@@ -10,7 +10,8 @@ use crate::crypto::SignatureVerifier;
 use crate::decision::{render_denial, Denial, Reason};
 use crate::jwk::KeySet;
 use crate::jwt::{decode, DecodedToken};
-use crate::policy::{find_rule, scopes_of, Requirement};
+use crate::policy::{find_rule, scopes_of, Requirement, Rule};
+use crate::ratelimit::{LimitCheck, LimitKey};
 use crate::revocation::RevocationList;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -42,6 +43,8 @@ pub enum Outcome {
         edits: Vec<HeaderEdit>,
         caller: Option<Caller>,
         token_hash: Option<String>,
+        /// Rate-limit policies to enforce, with the values they count on.
+        limits: Vec<LimitCheck>,
     },
     Deny {
         denial: Denial,
@@ -82,23 +85,28 @@ impl Authorizer<'_> {
         let s = self.settings;
         let mut edits = strip_credentials(req, &s.token_locations);
         edits.extend(self.purge_identity_headers(req));
-        let rule = find_rule(&s.rules, req.method, req.path_without_query());
-        let requirement = match rule {
-            Some(rule) => &rule.requirement,
-            None if s.allow_unmatched => return allow_anonymous(edits),
+        let rule = match find_rule(&s.rules, req.method, req.path_without_query()) {
+            Some(rule) => rule,
+            None if s.allow_unmatched => return allow_anonymous(edits, Vec::new(), None),
             None => return self.deny(Reason::NoMatchingRule, None, None),
         };
+        let requirement = &rule.requirement;
+        let anonymous_limits = || self.limit_checks(rule, req, None);
         let locations = self.locations_for(requirement);
         let Some((token, location)) = find_token(req, &locations) else {
             return if requirement.allow_anonymous {
-                allow_anonymous(edits)
+                allow_anonymous(edits, anonymous_limits(), None)
             } else {
                 self.deny(Reason::MissingCredentials, None, None)
             };
         };
         let hash = token_fingerprint(&token);
-        match self.authenticate(&token, &locations[location], requirement) {
-            Ok(Authenticated { caller, identity }) => {
+        match self.authenticate(&token, &locations[location], rule, req) {
+            Ok(Authenticated {
+                caller,
+                identity,
+                limits,
+            }) => {
                 edits.extend(identity);
                 let reason = if requirement.allow_anonymous {
                     Reason::Anonymous
@@ -110,16 +118,14 @@ impl Authorizer<'_> {
                     edits,
                     caller: Some(caller),
                     token_hash: Some(hash),
+                    limits,
                 }
             }
             Err(Failure::FetchKeys(provider)) => Outcome::FetchKeys { provider },
             // Public routes ignore bad credentials; they are still stripped.
-            Err(Failure::Denied(_)) if requirement.allow_anonymous => Outcome::Allow {
-                reason: Reason::Anonymous,
-                edits,
-                caller: None,
-                token_hash: Some(hash),
-            },
+            Err(Failure::Denied(_)) if requirement.allow_anonymous => {
+                allow_anonymous(edits, anonymous_limits(), Some(hash))
+            }
             Err(Failure::Denied(reason)) => {
                 self.deny(reason, requirement.needed_scope(), Some(hash))
             }
@@ -130,9 +136,11 @@ impl Authorizer<'_> {
         &self,
         token: &str,
         location: &TokenLocation,
-        requirement: &Requirement,
+        rule: &Rule,
+        req: &RequestView<'_>,
     ) -> Result<Authenticated, Failure> {
         let s = self.settings;
+        let requirement = &rule.requirement;
         let decoded = decode(token)?;
         let issuer = decoded.issuer().ok_or(Reason::UnknownIssuer)?;
         let provider = s
@@ -190,14 +198,50 @@ impl Authorizer<'_> {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         };
+        let caller = Caller {
+            provider: p.name.clone(),
+            subject: claim("sub"),
+            client_id: claim("client_id").or_else(|| claim("azp")),
+        };
         Ok(Authenticated {
-            caller: Caller {
-                provider: p.name.clone(),
-                subject: claim("sub"),
-                client_id: claim("client_id").or_else(|| claim("azp")),
-            },
+            limits: self.limit_checks(rule, req, Some((&caller, &decoded))),
             identity: self.identity_headers(provider, &decoded, &scopes),
+            caller,
         })
+    }
+
+    /// The values the rule's rate-limit policies count on. Without a verified
+    /// identity (anonymous access), identity-based policies count per client IP.
+    /// A policy whose value is missing (no such claim or header) is skipped.
+    fn limit_checks(
+        &self,
+        rule: &Rule,
+        req: &RequestView<'_>,
+        who: Option<(&Caller, &DecodedToken<'_>)>,
+    ) -> Vec<LimitCheck> {
+        let policies = &self.settings.rate_limits.policies;
+        let ip = || req.client_ip.map(str::to_string);
+        rule.limits
+            .iter()
+            .filter_map(|&policy| {
+                let key = &policies.get(policy)?.key;
+                let value = match (key, who) {
+                    (LimitKey::ClientIp, _) => ip(),
+                    (LimitKey::Header(h), _) => req
+                        .header_values(h)
+                        .next()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_string),
+                    (_, None) => ip(),
+                    (LimitKey::Subject, Some((c, _))) => c.subject.clone(),
+                    (LimitKey::ClientId, Some((c, _))) => c.client_id.clone(),
+                    (LimitKey::Claim(name), Some((_, t))) => {
+                        t.claims.get(name).and_then(claim_header_value)
+                    }
+                }?;
+                Some(LimitCheck { policy, value })
+            })
+            .collect()
     }
 
     fn identity_headers(
@@ -309,6 +353,7 @@ impl Authorizer<'_> {
 struct Authenticated {
     caller: Caller,
     identity: Vec<HeaderEdit>,
+    limits: Vec<LimitCheck>,
 }
 
 enum Failure {
@@ -322,12 +367,17 @@ impl From<Reason> for Failure {
     }
 }
 
-fn allow_anonymous(edits: Vec<HeaderEdit>) -> Outcome {
+fn allow_anonymous(
+    edits: Vec<HeaderEdit>,
+    limits: Vec<LimitCheck>,
+    token_hash: Option<String>,
+) -> Outcome {
     Outcome::Allow {
         reason: Reason::Anonymous,
         edits,
         caller: None,
-        token_hash: None,
+        token_hash,
+        limits,
     }
 }
 
@@ -470,6 +520,7 @@ mod tests {
                 method,
                 path,
                 headers: &headers,
+                client_ip: Some("192.0.2.1"),
             };
             Authorizer {
                 settings: &self.settings,

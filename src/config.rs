@@ -13,6 +13,10 @@ use crate::credentials::TokenLocation;
 use crate::jwk::{parse_jwks, KeySet, KeySource, Strictness};
 use crate::jwt::ClaimRules;
 use crate::policy::{ClaimCheck, PathMatch, Requirement, Rule, ScopeRequirement};
+use crate::ratelimit::bruteforce::BruteForce;
+use crate::ratelimit::gcra::Rate;
+use crate::ratelimit::table::SlotTable;
+use crate::ratelimit::{LimitKey, Policy};
 use crate::remote::{Endpoint, FetchPolicy};
 use serde::Deserialize;
 use serde_json::Value;
@@ -63,6 +67,76 @@ struct RawConfig {
     identity: RawIdentity,
     #[serde(default)]
     signature_backend: SignatureBackend,
+    #[serde(default)]
+    rate_limits: Option<RawRateLimits>,
+    #[serde(default)]
+    client_ip: RawClientIp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    #[serde(default)]
+    policies: BTreeMap<String, RawPolicy>,
+    #[serde(default)]
+    brute_force: Option<RawBruteForce>,
+    #[serde(default)]
+    response_headers: bool,
+    #[serde(default)]
+    table: Option<RawTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    limit: u64,
+    window: String,
+    #[serde(default)]
+    burst: Option<u64>,
+    key: RawLimitKey,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawLimitKey {
+    Subject,
+    ClientId,
+    ClientIp,
+    Claim(String),
+    Header(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBruteForce {
+    max_failures: u64,
+    window: String,
+    lockout: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    slots: u32,
+    entries_per_slot: usize,
+}
+
+/// Where the client's address comes from.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClientIp {
+    #[serde(default)]
+    from: ClientIpFrom,
+    #[serde(default)]
+    trusted_hops: u32,
+}
+
+#[derive(Deserialize, Default, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum ClientIpFrom {
+    #[default]
+    Peer,
+    XForwardedFor,
 }
 
 /// What happens to a request no rule matches.
@@ -177,6 +251,8 @@ struct RawRule {
     #[serde(rename = "match")]
     matcher: RawMatch,
     requires: RawRequirement,
+    #[serde(default)]
+    rate_limits: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +332,26 @@ pub struct Settings {
     pub signature_backend: SignatureBackend,
     /// Every place any provider reads tokens from, deduplicated, in config order.
     pub token_locations: Vec<TokenLocation>,
+    pub rate_limits: RateLimits,
+    pub client_ip: ClientIpSource,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub policies: Vec<Policy>,
+    pub brute_force: Option<BruteForce>,
+    /// Send `RateLimit` headers on allowed responses too.
+    pub response_headers: bool,
+    pub table: SlotTable,
+}
+
+/// How the client address is found: the TCP peer, or the address
+/// `trusted_hops` entries from the right of `X-Forwarded-For` (the entries
+/// that trusted proxies, such as this Envoy with `use_remote_address`, appended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpSource {
+    Peer,
+    XForwardedFor { trusted_hops: u32 },
 }
 
 #[derive(Debug)]
@@ -352,12 +448,35 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
     }
     let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+    let rate_limits = compile_rate_limits(raw.rate_limits)?;
+    let policy_names: Vec<&str> = rate_limits
+        .policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
     let rules = raw
         .rules
         .into_iter()
         .enumerate()
-        .map(|(i, r)| compile_rule(&format!("rules[{i}]"), r, &names))
+        .map(|(i, r)| compile_rule(&format!("rules[{i}]"), r, &names, &policy_names))
         .collect::<Result<Vec<_>, _>>()?;
+    let client_ip =
+        match raw.client_ip.from {
+            ClientIpFrom::Peer if raw.client_ip.trusted_hops > 0 => {
+                return Err(err(
+                    "client_ip.trusted_hops",
+                    "only meaningful with `from: \"x_forwarded_for\"`",
+                ))
+            }
+            ClientIpFrom::Peer => ClientIpSource::Peer,
+            ClientIpFrom::XForwardedFor if raw.client_ip.trusted_hops == 0 => return Err(err(
+                "client_ip.trusted_hops",
+                "must be at least 1: the number of X-Forwarded-For entries your own proxies append",
+            )),
+            ClientIpFrom::XForwardedFor => ClientIpSource::XForwardedFor {
+                trusted_hops: raw.client_ip.trusted_hops,
+            },
+        };
     let realm = raw.realm.unwrap_or_else(|| "tollgate".to_string());
     if realm
         .chars()
@@ -376,6 +495,8 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         identity: Identity::new(&identity_prefix),
         signature_backend: raw.signature_backend,
         token_locations,
+        rate_limits,
+        client_ip,
     })
 }
 
@@ -651,7 +772,145 @@ fn compile_revocation_feed(name: &str, r: RawRevocationFeed) -> Result<RemoteSou
     })
 }
 
-fn compile_rule(at: &str, r: RawRule, providers: &[&str]) -> Result<Rule, ConfigError> {
+/// Largest limit and burst, and longest window: keeps the rate math far from overflow.
+const MAX_LIMIT: u64 = 1_000_000_000;
+const MAX_WINDOW_MS: u64 = 366 * 86_400_000;
+
+fn compile_rate_limits(raw: Option<RawRateLimits>) -> Result<RateLimits, ConfigError> {
+    let raw = raw.unwrap_or(RawRateLimits {
+        policies: BTreeMap::new(),
+        brute_force: None,
+        response_headers: false,
+        table: None,
+    });
+    let mut policies = Vec::with_capacity(raw.policies.len());
+    for (name, p) in raw.policies {
+        let at = |f: &str| format!("rate_limits.policies.{name}.{f}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(err(
+                format!("rate_limits.policies.{name}"),
+                "policy names use letters, digits, `-`, `_` and `.`",
+            ));
+        }
+        if p.limit == 0 || p.limit > MAX_LIMIT {
+            return Err(err(
+                at("limit"),
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        let window_ms = parse_duration_ms(&p.window).map_err(|m| err(at("window"), m))?;
+        if window_ms == 0 || window_ms > MAX_WINDOW_MS {
+            return Err(err(
+                at("window"),
+                "must be more than 0s and at most 366 days",
+            ));
+        }
+        let burst = p.burst.unwrap_or(p.limit);
+        if burst == 0 || burst > MAX_LIMIT {
+            return Err(err(
+                at("burst"),
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        let key = match p.key {
+            RawLimitKey::Subject => LimitKey::Subject,
+            RawLimitKey::ClientId => LimitKey::ClientId,
+            RawLimitKey::ClientIp => LimitKey::ClientIp,
+            RawLimitKey::Claim(c) if c.is_empty() => {
+                return Err(err(at("key.claim"), "must not be empty"))
+            }
+            RawLimitKey::Claim(c) => LimitKey::Claim(c),
+            RawLimitKey::Header(h) if !is_header_name(&h.to_ascii_lowercase()) => {
+                return Err(err(at("key.header"), "not a valid header name"))
+            }
+            RawLimitKey::Header(h) => LimitKey::Header(h.to_ascii_lowercase()),
+        };
+        policies.push(Policy {
+            name,
+            rate: Rate {
+                limit: p.limit,
+                window_ms,
+                burst,
+            },
+            key,
+        });
+    }
+    let brute_force = match raw.brute_force {
+        None => None,
+        Some(b) => {
+            let at = |f: &str| format!("rate_limits.brute_force.{f}");
+            if b.max_failures == 0 || b.max_failures > MAX_LIMIT {
+                return Err(err(
+                    at("max_failures"),
+                    format!("must be between 1 and {MAX_LIMIT}"),
+                ));
+            }
+            let window_ms = duration_ms(&at("window"), &Some(b.window), 0, 1)?;
+            let lockout_ms = duration_ms(&at("lockout"), &Some(b.lockout), 0, 1)?;
+            if window_ms > MAX_WINDOW_MS || lockout_ms > MAX_WINDOW_MS {
+                return Err(err(at("window"), "durations are at most 366 days"));
+            }
+            Some(BruteForce {
+                max_failures: b.max_failures,
+                window_ms,
+                lockout_ms,
+            })
+        }
+    };
+    let table = match raw.table {
+        None => SlotTable {
+            slots: 8192,
+            entries_per_slot: 16,
+        },
+        Some(t) => {
+            if t.slots == 0 || t.slots > 1 << 20 {
+                return Err(err(
+                    "rate_limits.table.slots",
+                    "must be between 1 and 1048576",
+                ));
+            }
+            if t.entries_per_slot == 0 || t.entries_per_slot > 256 {
+                return Err(err(
+                    "rate_limits.table.entries_per_slot",
+                    "must be between 1 and 256",
+                ));
+            }
+            SlotTable {
+                slots: t.slots,
+                entries_per_slot: t.entries_per_slot,
+            }
+        }
+    };
+    Ok(RateLimits {
+        policies,
+        brute_force,
+        response_headers: raw.response_headers,
+        table,
+    })
+}
+
+fn compile_rule(
+    at: &str,
+    r: RawRule,
+    providers: &[&str],
+    policies: &[&str],
+) -> Result<Rule, ConfigError> {
+    let mut limits = Vec::with_capacity(r.rate_limits.len());
+    for (i, name) in r.rate_limits.iter().enumerate() {
+        let id = policies.iter().position(|p| p == name).ok_or_else(|| {
+            err(
+                format!("{at}.rate_limits[{i}]"),
+                format!(
+                    "unknown rate-limit policy `{name}` (define it under `rate_limits.policies`)"
+                ),
+            )
+        })?;
+        limits.push(id);
+    }
     let m = r.matcher;
     let path = match (m.path, m.prefix, m.template) {
         (Some(p), None, None) => PathMatch::Exact(check_path(&format!("{at}.match.path"), p)?),
@@ -748,6 +1007,7 @@ fn compile_rule(at: &str, r: RawRule, providers: &[&str]) -> Result<Rule, Config
     Ok(Rule {
         path,
         methods,
+        limits,
         requirement: Requirement {
             providers: provider_ids,
             scopes,

@@ -24,6 +24,8 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     /// Lower-case names and raw values, as Envoy holds them.
     pub headers: &'a [(String, Vec<u8>)],
+    /// The client's address, as `client_ip` in the configuration defines it.
+    pub client_ip: Option<&'a str>,
 }
 
 impl RequestView<'_> {
@@ -208,6 +210,7 @@ mod tests {
                 method: "GET",
                 path: "/",
                 headers: &h,
+                client_ip: Some("192.0.2.1"),
             };
             assert_eq!(
                 find_token(&req, &[bearer()]),
@@ -227,6 +230,7 @@ mod tests {
                 method: "GET",
                 path: "/",
                 headers: &h,
+                client_ip: Some("192.0.2.1"),
             };
             assert_eq!(find_token(&req, &[bearer()]), None);
         }
@@ -244,6 +248,7 @@ mod tests {
             method: "GET",
             path: "/x?a=1&access_token=tok%31&b=2",
             headers: &h,
+            client_ip: Some("192.0.2.1"),
         };
         assert_eq!(find_token(&req, &locs), Some(("tok1".into(), 1)));
         assert_eq!(
@@ -258,6 +263,7 @@ mod tests {
             method: "GET",
             path: "/x?access_token=t",
             headers: &only,
+            client_ip: Some("192.0.2.1"),
         };
         assert_eq!(
             strip_credentials(&req, &locs),
@@ -275,6 +281,7 @@ mod tests {
             method: "GET",
             path: "/",
             headers: &h,
+            client_ip: Some("192.0.2.1"),
         };
         assert_eq!(
             strip_credentials(&req, &[bearer()]),
@@ -285,6 +292,7 @@ mod tests {
             method: "GET",
             path: "/",
             headers: &h,
+            client_ip: Some("192.0.2.1"),
         };
         assert!(strip_credentials(&req, &[bearer()]).is_empty());
     }
@@ -297,6 +305,7 @@ mod tests {
                 method: "GET",
                 path,
                 headers: &[],
+                client_ip: Some("192.0.2.1"),
             };
             assert_eq!(find_token(&req, &locs), None, "{path}");
         }
@@ -308,6 +317,7 @@ mod tests {
             method: "GET",
             path: "/a/b?x=1#f",
             headers: &[],
+            client_ip: Some("192.0.2.1"),
         };
         assert_eq!(req.path_without_query(), "/a/b");
         assert_eq!(req.query(), Some("x=1"));

@@ -32,13 +32,16 @@ pub enum Reason {
     InsufficientScope,
     ClaimMismatch,
     NoMatchingRule,
+    // 429.
+    RateLimited,
+    LockedOut,
     // 503: keys (or the revocation list) for the token's issuer are not loaded yet.
     KeysUnavailable,
     RevocationsUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 24] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::MissingCredentials,
@@ -59,6 +62,8 @@ impl Reason {
         Reason::InsufficientScope,
         Reason::ClaimMismatch,
         Reason::NoMatchingRule,
+        Reason::RateLimited,
+        Reason::LockedOut,
         Reason::KeysUnavailable,
         Reason::RevocationsUnavailable,
     ];
@@ -85,6 +90,8 @@ impl Reason {
             Reason::InsufficientScope => "insufficient_scope",
             Reason::ClaimMismatch => "claim_mismatch",
             Reason::NoMatchingRule => "no_matching_rule",
+            Reason::RateLimited => "rate_limited",
+            Reason::LockedOut => "locked_out",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::RevocationsUnavailable => "revocations_unavailable",
         }
@@ -98,6 +105,7 @@ impl Reason {
         match self {
             Reason::Authenticated | Reason::Anonymous => 200,
             Reason::InsufficientScope | Reason::ClaimMismatch | Reason::NoMatchingRule => 403,
+            Reason::RateLimited | Reason::LockedOut => 429,
             Reason::KeysUnavailable | Reason::RevocationsUnavailable => 503,
             _ => 401,
         }
@@ -111,6 +119,7 @@ impl Reason {
             Reason::MissingCredentials => Some("unauthorized"),
             Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
             Reason::NoMatchingRule => Some("access_denied"),
+            Reason::RateLimited | Reason::LockedOut => Some("rate_limited"),
             Reason::KeysUnavailable | Reason::RevocationsUnavailable => {
                 Some("temporarily_unavailable")
             }
@@ -142,6 +151,8 @@ impl Reason {
             Reason::InsufficientScope => "the access token lacks the required scope",
             Reason::ClaimMismatch => "the access token does not carry the required claims",
             Reason::NoMatchingRule => "no access rule allows this request",
+            Reason::RateLimited => "rate limit exceeded, retry later",
+            Reason::LockedOut => "too many failed authentications from this address, retry later",
             Reason::KeysUnavailable => "token signing keys are not available yet, retry shortly",
             Reason::RevocationsUnavailable => {
                 "the token revocation list is not available yet, retry shortly"
@@ -196,7 +207,7 @@ pub fn render_denial(
     if status == 401 || matches!(reason, Reason::InsufficientScope | Reason::ClaimMismatch) {
         headers.push(("www-authenticate", challenge));
     }
-    if status == 503 {
+    if status == 503 || status == 429 {
         headers.push(("retry-after", retry_after_secs.max(1).to_string()));
     }
     headers.push(("content-type", "application/json".to_string()));

@@ -6,6 +6,7 @@
 
 pub mod alg;
 pub mod authz;
+pub mod client_ip;
 pub mod config;
 pub mod credentials;
 pub mod crypto;
@@ -14,6 +15,7 @@ pub mod jwk;
 pub mod jwt;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod remote;
 pub mod revocation;
 

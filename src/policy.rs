@@ -63,6 +63,8 @@ pub struct Rule {
     pub path: PathMatch,
     /// Empty: any method.
     pub methods: Vec<String>,
+    /// Rate-limit policies (indexes into `RateLimits::policies`).
+    pub limits: Vec<usize>,
     pub requirement: Requirement,
 }
 
@@ -176,6 +178,7 @@ mod tests {
         Rule {
             path,
             methods: methods.iter().map(|m| m.to_string()).collect(),
+            limits: Vec::new(),
             requirement: Requirement::default(),
         }
     }

@@ -286,7 +286,7 @@ pub(crate) mod tests {
 
     /// In-memory shared data with Envoy's CAS semantics.
     #[derive(Default)]
-    pub struct FakeShared(RefCell<HashMap<String, (Vec<u8>, u32)>>);
+    pub struct FakeShared(pub RefCell<HashMap<String, (Vec<u8>, u32)>>);
 
     impl SharedData for FakeShared {
         fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {

@@ -2,12 +2,14 @@
 //! [`Authorizer`], and applies its outcome.
 
 use super::fetch::DocKind;
-use super::host::request_headers;
+use super::host::{request_headers, EnvoySharedData};
 use super::root::{now, Worker};
 use crate::authz::{Authorizer, Outcome, RemoteState};
+use crate::client_ip;
 use crate::credentials::{HeaderEdit, RequestView};
-use crate::decision::Reason;
+use crate::decision::{render_denial, Denial, Reason};
 use crate::jwk::KeySet;
+use crate::ratelimit::{self, table::Churn, Enforcement, LimitCheck};
 use crate::remote::FetchTrigger;
 use crate::revocation::RevocationList;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -20,6 +22,9 @@ pub struct TollgateHttp {
     /// Set while this request waits for a JWKS refetch it started.
     waiting_for: Option<(u32, usize)>,
     headers: Vec<(String, Vec<u8>)>,
+    client_ip: Option<String>,
+    /// `RateLimit` headers for the response, when configured.
+    response_headers: Vec<(&'static str, String)>,
 }
 
 /// The worker's remote documents, as the decision logic sees them.
@@ -68,6 +73,8 @@ impl TollgateHttp {
             worker,
             waiting_for: None,
             headers: Vec::new(),
+            client_ip: None,
+            response_headers: Vec::new(),
         }
     }
 
@@ -83,6 +90,7 @@ impl TollgateHttp {
             method: header(":method"),
             path: header(":path"),
             headers: &self.headers,
+            client_ip: self.client_ip.as_deref(),
         };
         let now = now(self);
         let state = WorkerState {
@@ -99,6 +107,90 @@ impl TollgateHttp {
         .decide(&req)
     }
 
+    fn deny(&mut self, denial: Denial, token_hash: Option<String>) -> Action {
+        self.worker.metrics.decision(denial.reason);
+        log::debug!(
+            "deny reason={} status={} token={} ip={}",
+            denial.reason.as_str(),
+            denial.status,
+            token_hash.as_deref().unwrap_or("-"),
+            self.client_ip.as_deref().unwrap_or("-")
+        );
+        let headers: Vec<(&str, &str)> = denial
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        self.send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
+        Action::Pause
+    }
+
+    /// A `429` for a locked-out address, decided before any token is looked at.
+    fn lockout(&self) -> Option<Denial> {
+        let limits = &self.worker.settings.rate_limits;
+        let (bf, ip) = (limits.brute_force.as_ref()?, self.client_ip.as_deref()?);
+        let left = bf.locked_for(
+            &limits.table,
+            &EnvoySharedData,
+            ip,
+            now(self).as_millis() as u64,
+        )?;
+        let settings = &self.worker.settings;
+        Some(render_denial(
+            Reason::LockedOut,
+            &settings.realm,
+            None,
+            left.div_ceil(1000),
+        ))
+    }
+
+    fn record_failed_authentication(&self) {
+        let limits = &self.worker.settings.rate_limits;
+        let (Some(bf), Some(ip)) = (limits.brute_force.as_ref(), self.client_ip.as_deref()) else {
+            return;
+        };
+        let mut churn = Churn::default();
+        let now_ms = now(self).as_millis() as u64;
+        if bf.record_failure(&limits.table, &EnvoySharedData, ip, now_ms, &mut churn) {
+            log::info!(
+                "locking out {ip} for {} s after repeated failed authentications",
+                bf.lockout_ms / 1000
+            );
+        }
+        self.worker.metrics.churn(&churn);
+    }
+
+    /// Counts the request against its policies: a `429` if one refuses.
+    fn enforce_limits(&mut self, checks: &[LimitCheck]) -> Option<Denial> {
+        if checks.is_empty() {
+            return None;
+        }
+        let limits = &self.worker.settings.rate_limits;
+        let mut churn = Churn::default();
+        let now_ms = now(self).as_millis() as u64;
+        let result = ratelimit::enforce(
+            &limits.table,
+            &EnvoySharedData,
+            &limits.policies,
+            checks,
+            now_ms,
+            &mut churn,
+        );
+        self.worker.metrics.churn(&churn);
+        match result {
+            Enforcement::Limited(policy, verdict) => Some(ratelimit::limited_response(
+                &limits.policies[policy],
+                &verdict,
+            )),
+            Enforcement::Allowed(Some((policy, verdict))) if limits.response_headers => {
+                self.response_headers =
+                    ratelimit::rate_limit_headers(&limits.policies[policy], &verdict).into();
+                None
+            }
+            Enforcement::Allowed(_) => None,
+        }
+    }
+
     /// Applies an outcome. Returns the action for the current callback.
     fn apply(&mut self, outcome: Outcome, resume: bool) -> Action {
         match outcome {
@@ -107,7 +199,11 @@ impl TollgateHttp {
                 edits,
                 caller,
                 token_hash,
+                limits,
             } => {
+                if let Some(denial) = self.enforce_limits(&limits) {
+                    return self.deny(denial, token_hash);
+                }
                 for edit in &edits {
                     match edit {
                         HeaderEdit::Remove(name) => self.set_http_request_header(name, None),
@@ -139,20 +235,10 @@ impl TollgateHttp {
                 self.apply(again, resume)
             }
             Outcome::Deny { denial, token_hash } => {
-                self.worker.metrics.decision(denial.reason);
-                log::debug!(
-                    "deny reason={} status={} token={}",
-                    denial.reason.as_str(),
-                    denial.status,
-                    token_hash.as_deref().unwrap_or("-")
-                );
-                let headers: Vec<(&str, &str)> = denial
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (*n, v.as_str()))
-                    .collect();
-                self.send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
-                Action::Pause
+                if denial.status == 401 && denial.reason != Reason::MissingCredentials {
+                    self.record_failed_authentication();
+                }
+                self.deny(denial, token_hash)
             }
             Outcome::FetchKeys { provider } => {
                 // Another worker may already have the new keys.
@@ -211,6 +297,19 @@ impl Context for TollgateHttp {
 impl HttpContext for TollgateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.headers = request_headers();
+        let peer = self
+            .get_property(vec!["source", "address"])
+            .and_then(|b| String::from_utf8(b).ok());
+        let xff = self
+            .headers
+            .iter()
+            .find(|(n, _)| n == "x-forwarded-for")
+            .map(|(_, v)| v.as_slice());
+        self.client_ip = client_ip::resolve(self.worker.settings.client_ip, peer.as_deref(), xff);
+        if let Some(denial) = self.lockout() {
+            self.headers = Vec::new();
+            return self.deny(denial, None);
+        }
         let outcome = self.decide(true);
         let action = self.apply(outcome, false);
         if self.waiting_for.is_none() {
@@ -218,5 +317,12 @@ impl HttpContext for TollgateHttp {
             self.headers = Vec::new();
         }
         action
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            self.set_http_response_header(name, Some(&value));
+        }
+        Action::Continue
     }
 }

@@ -2,10 +2,13 @@
 //!
 //! Names are `tollgate.decision.<reason>` and `tollgate.<doc>.fetch_<outcome>`
 //! (`doc` is `jwks` or `revocations`; `outcome` is `loaded`, `unchanged` or
-//! `failed`). Envoy lists counters defined by wasm code under `wasmcustom.`.
+//! `failed`), the gauge `tollgate.ratelimit.entries` and the counter
+//! `tollgate.ratelimit.evictions`. Envoy lists metrics defined by wasm code
+//! under `wasmcustom.`.
 
 use super::fetch::DocKind;
 use crate::decision::Reason;
+use crate::ratelimit::table::Churn;
 use crate::remote::Completion;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -13,6 +16,10 @@ use proxy_wasm::types::MetricType;
 pub struct Metrics {
     decisions: Vec<(Reason, u32)>,
     fetches: Vec<(DocKind, [u32; 3])>,
+    /// Gauge: live rate-limit and brute-force counters in the shared table.
+    limit_entries: u32,
+    /// Counter: live counters pushed out of a full table slot.
+    limit_evictions: u32,
 }
 
 fn counter(name: &str) -> u32 {
@@ -39,6 +46,21 @@ impl Metrics {
                     (*k, [c("loaded"), c("unchanged"), c("failed")])
                 })
                 .collect(),
+            limit_entries: hostcalls::define_metric(
+                MetricType::Gauge,
+                "tollgate.ratelimit.entries",
+            )
+            .unwrap_or(0),
+            limit_evictions: counter("tollgate.ratelimit.evictions"),
+        }
+    }
+
+    pub fn churn(&self, churn: &Churn) {
+        if churn.entries_delta != 0 && self.limit_entries != 0 {
+            let _ = hostcalls::increment_metric(self.limit_entries, churn.entries_delta);
+        }
+        for _ in 0..churn.evicted {
+            bump(self.limit_evictions);
         }
     }
 

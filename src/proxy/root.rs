@@ -11,6 +11,7 @@ use crate::config::{self, ProviderKeys, Settings, SignatureBackend};
 use crate::crypto::{HostVerifier, PureVerifier, SignatureVerifier};
 use crate::jwk::{parse_jwks, KeySource, Strictness};
 use crate::jwt::decode;
+use crate::ratelimit::table::Churn;
 use crate::remote::{Completion, FetchTrigger, RemoteDoc};
 use crate::revocation::RevocationList;
 use jwt_simple::prelude::*;
@@ -24,6 +25,10 @@ use std::time::{Duration, UNIX_EPOCH};
 /// Tick while some remote documents are still missing, and once all are loaded.
 const TICK_LOADING: Duration = Duration::from_millis(200);
 const TICK_STEADY: Duration = Duration::from_secs(1);
+
+/// Rate-limit table slots swept per tick (per worker): the default 8192-slot
+/// table is swept every 16 s by one worker, faster by several.
+const SWEEP_SLOTS_PER_TICK: u32 = 512;
 
 /// What the root context shares with its HTTP contexts (same VM, same thread).
 pub struct Worker {
@@ -267,6 +272,23 @@ impl RootContext for TollgateRoot {
                 {
                     self.fetches.insert(token, (provider, kind));
                 }
+            }
+        }
+        let limits = &worker.settings.rate_limits;
+        if !limits.policies.is_empty() || limits.brute_force.is_some() {
+            // Reclaims idle counters; workers take turns through a shared cursor.
+            if let Some(first) = limits
+                .table
+                .claim_sweep(&EnvoySharedData, SWEEP_SLOTS_PER_TICK)
+            {
+                let removed =
+                    limits
+                        .table
+                        .sweep(&EnvoySharedData, first, SWEEP_SLOTS_PER_TICK, now_ms);
+                worker.metrics.churn(&Churn {
+                    entries_delta: -(removed as i64),
+                    evicted: 0,
+                });
             }
         }
         let period = if worker.loading() {
