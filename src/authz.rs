@@ -831,6 +831,56 @@ mod tests {
         assert_eq!(denial(&o).reason, Reason::MalformedToken);
     }
 
+    #[test]
+    fn rate_limit_keys_come_from_the_verified_identity() {
+        let f = fixture_with(|c| {
+            c["rate_limits"] = json!({"policies": {
+                "sub": {"limit": 1, "window": "1s", "key": "subject"},
+                "client": {"limit": 1, "window": "1s", "key": "client_id"},
+                "tenant": {"limit": 1, "window": "1s", "key": {"claim": "tenant"}},
+                "hdr": {"limit": 1, "window": "1s", "key": {"header": "x-app"}},
+                "ip": {"limit": 1, "window": "1s", "key": "client_ip"}
+            }});
+            let all = json!(["client", "hdr", "ip", "sub", "tenant"]);
+            c["rules"][1]["rate_limits"] = all.clone();
+            c["rules"][3]["rate_limits"] = all;
+        });
+        let names: Vec<&str> = f.settings.rate_limits.policies.iter().map(|p| p.name.as_str()).collect();
+        let values = |o: &Outcome| -> Vec<(String, String)> {
+            match o {
+                Outcome::Allow { limits, .. } => limits
+                    .iter()
+                    .map(|c| (names[c.policy].to_string(), c.value.clone()))
+                    .collect(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let t = f.token(json!({"tenant": "acme"}));
+        let o = f.decide("GET", "/data", &[("authorization", &format!("Bearer {t}")), ("x-app", "ios")]);
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            values(&o),
+            vec![
+                pair("client", "mobile-app"),
+                pair("hdr", "ios"),
+                pair("ip", "192.0.2.1"),
+                pair("sub", "user-1"),
+                pair("tenant", "acme"),
+            ]
+        );
+        // No tenant claim, no header: those policies do not apply.
+        let t = f.token(json!({}));
+        let o = f.decide("GET", "/data", &[("authorization", &format!("Bearer {t}"))]);
+        let applied: Vec<String> = values(&o).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(applied, vec!["client", "ip", "sub"]);
+        // Anonymous: identity-based policies count per client IP.
+        let o = f.decide("GET", "/public/x", &[]);
+        assert_eq!(
+            values(&o),
+            vec![pair("client", "192.0.2.1"), pair("ip", "192.0.2.1"), pair("sub", "192.0.2.1"), pair("tenant", "192.0.2.1")]
+        );
+    }
+
     /// Hostile input must never panic (a panic kills the VM): mutate valid
     /// tokens byte by byte and feed them through the whole decision.
     #[test]

@@ -1331,6 +1331,49 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_compile_and_name_bad_fields() {
+        let mut v = base();
+        v["rate_limits"] = json!({
+            "policies": {
+                "per-client": {"limit": 10, "window": "1s", "key": "client_id"},
+                "tenant": {"limit": 1000, "window": "86400s", "burst": 50, "key": {"claim": "tenant"}}
+            },
+            "brute_force": {"max_failures": 10, "window": "60s", "lockout": "300s"}
+        });
+        v["rules"][0]["rate_limits"] = json!(["per-client", "tenant"]);
+        let s = parse_value(&v).unwrap();
+        let p = &s.rate_limits.policies;
+        assert_eq!(p[0].name, "per-client");
+        assert_eq!((p[0].rate.limit, p[0].rate.window_ms, p[0].rate.burst), (10, 1_000, 10));
+        assert_eq!(p[1].key, LimitKey::Claim("tenant".into()));
+        assert_eq!(s.rules[0].limits, vec![0, 1]);
+        assert_eq!(s.rate_limits.brute_force.unwrap().lockout_ms, 300_000);
+        assert_eq!(s.client_ip, ClientIpSource::Peer);
+
+        let cases: Vec<(Value, &str)> = vec![
+            (json!({"policies": {"p": {"limit": 0, "window": "1s", "key": "subject"}}}), "rate_limits.policies.p.limit"),
+            (json!({"policies": {"p": {"limit": 1, "window": "0s", "key": "subject"}}}), "rate_limits.policies.p.window"),
+            (json!({"policies": {"p": {"limit": 1, "window": "1s", "key": "user"}}}), "rate_limits.policies.p.key"),
+            (json!({"policies": {"p": {"limit": 1, "window": "1s", "burst": 0, "key": "subject"}}}), "rate_limits.policies.p.burst"),
+            (json!({"brute_force": {"max_failures": 3, "window": "1m", "lockout": "1s"}}), "rate_limits.brute_force.window"),
+            (json!({"table": {"slots": 0, "entries_per_slot": 4}}), "rate_limits.table.slots"),
+        ];
+        for (rl, field) in cases {
+            let mut v = base();
+            v["rate_limits"] = rl;
+            assert_eq!(error_at(v).field, field);
+        }
+        let mut v = base();
+        v["rules"][0]["rate_limits"] = json!(["nope"]);
+        assert_eq!(error_at(v).field, "rules[0].rate_limits[0]");
+        let mut v = base();
+        v["client_ip"] = json!({"from": "x_forwarded_for"});
+        assert_eq!(error_at(v.clone()).field, "client_ip.trusted_hops");
+        v["client_ip"] = json!({"from": "x_forwarded_for", "trusted_hops": 1});
+        assert_eq!(parse_value(&v).unwrap().client_ip, ClientIpSource::XForwardedFor { trusted_hops: 1 });
+    }
+
+    #[test]
     fn duplicate_issuers_are_refused() {
         let mut v = base();
         v["providers"]["other"] = remote_provider();
