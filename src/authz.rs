@@ -4,7 +4,8 @@
 //! Pure logic: keys, crypto and time come in through arguments, so every path
 //! here is unit-tested on the host without Envoy.
 
-use crate::config::{ProviderKeys, Settings};
+use crate::apikey::KeySet as ApiKeySet;
+use crate::config::{ApiKeySource, ProviderKeys, Settings};
 use crate::credentials::{find_token, strip_credentials, HeaderEdit, RequestView, TokenLocation};
 use crate::crypto::SignatureVerifier;
 use crate::decision::{render_denial, Denial, Reason};
@@ -13,7 +14,7 @@ use crate::jwt::{decode, DecodedToken};
 use crate::policy::{find_rule, scopes_of, Requirement, Rule};
 use crate::ratelimit::{LimitCheck, LimitKey};
 use crate::revocation::RevocationList;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -26,6 +27,15 @@ pub trait RemoteState {
     fn may_refetch(&self, provider: usize) -> bool;
     /// The provider's revocation list, `None` if it has not loaded yet.
     fn revocations(&self, provider: usize) -> Option<Arc<RevocationList>>;
+    /// The fetched API-key set, `None` if it has not loaded yet.
+    fn api_keys(&self) -> Option<Arc<ApiKeySet>>;
+}
+
+/// A credential found in a request.
+enum Credential {
+    /// A JWT, and the index of where it was found in `locations_for`.
+    Jwt(String, usize),
+    ApiKey(String),
 }
 
 /// Who a verified request is, for audit lines and metrics (no secrets).
@@ -83,7 +93,7 @@ pub struct Authorizer<'a> {
 impl Authorizer<'_> {
     pub fn decide(&self, req: &RequestView<'_>) -> Outcome {
         let s = self.settings;
-        let mut edits = strip_credentials(req, &s.token_locations);
+        let mut edits = strip_credentials(req, &s.strip_locations);
         edits.extend(self.purge_identity_headers(req));
         let rule = match find_rule(&s.rules, req.method, req.path_without_query()) {
             Some(rule) => rule,
@@ -93,15 +103,24 @@ impl Authorizer<'_> {
         let requirement = &rule.requirement;
         let anonymous_limits = || self.limit_checks(rule, req, None);
         let locations = self.locations_for(requirement);
-        let Some((token, location)) = find_token(req, &locations) else {
+        let Some(credential) = self.find_credential(req, requirement, &locations) else {
             return if requirement.allow_anonymous {
                 allow_anonymous(edits, anonymous_limits(), None)
             } else {
                 self.deny(Reason::MissingCredentials, None, None)
             };
         };
-        let hash = token_fingerprint(&token);
-        match self.authenticate(&token, &locations[location], rule, req) {
+        let (hash, result) = match &credential {
+            Credential::Jwt(token, location) => (
+                token_fingerprint(token),
+                self.authenticate(token, &locations[*location], rule, req),
+            ),
+            Credential::ApiKey(key) => (
+                token_fingerprint(key),
+                self.authenticate_api_key(key, rule, req),
+            ),
+        };
+        match result {
             Ok(Authenticated {
                 caller,
                 identity,
@@ -130,6 +149,113 @@ impl Authorizer<'_> {
                 self.deny(reason, requirement.needed_scope(), Some(hash))
             }
         }
+    }
+
+    /// An API key (when the rule accepts them and one is present) wins over
+    /// a JWT: keys are recognised by their own headers or prefix.
+    fn find_credential(
+        &self,
+        req: &RequestView<'_>,
+        requirement: &Requirement,
+        jwt_locations: &[TokenLocation],
+    ) -> Option<Credential> {
+        if let (true, Some(k)) = (requirement.accept_api_key, &self.settings.api_keys) {
+            let headers = k.header_names.iter().map(|name| TokenLocation::Header {
+                name: name.clone(),
+                value_prefix: None,
+            });
+            if let Some((key, _)) = find_token(req, &headers.collect::<Vec<_>>()) {
+                return Some(Credential::ApiKey(key));
+            }
+            if let Some(prefix) = &k.bearer_prefix {
+                let bearer = [TokenLocation::Header {
+                    name: "authorization".to_string(),
+                    value_prefix: Some("Bearer ".to_string()),
+                }];
+                if let Some((key, _)) =
+                    find_token(req, &bearer).filter(|(v, _)| v.starts_with(prefix.as_str()))
+                {
+                    return Some(Credential::ApiKey(key));
+                }
+            }
+            if requirement.api_key_in_query {
+                if let Some((key, _)) =
+                    find_token(req, &[TokenLocation::Query(k.query_param.clone())])
+                {
+                    return Some(Credential::ApiKey(key));
+                }
+            }
+        }
+        if !requirement.accept_jwt {
+            return None;
+        }
+        find_token(req, jwt_locations).map(|(token, at)| Credential::Jwt(token, at))
+    }
+
+    fn authenticate_api_key(
+        &self,
+        key: &str,
+        rule: &Rule,
+        req: &RequestView<'_>,
+    ) -> Result<Authenticated, Failure> {
+        let s = self.settings;
+        let requirement = &rule.requirement;
+        let k = s.api_keys.as_ref().ok_or(Reason::MissingCredentials)?;
+        let set = match &k.key_set {
+            ApiKeySource::Local(set) => set.clone(),
+            ApiKeySource::Remote(_) => self.remote.api_keys().ok_or(Reason::KeysUnavailable)?,
+        };
+        let (consumer, entry) = set.verify(&k.hashing, key, req.client_ip, self.now)?;
+        let scopes: Vec<&str> = consumer.scopes.iter().map(String::as_str).collect();
+        let mut claims = Map::new();
+        claims.insert("sub".into(), Value::from(consumer.id.as_str()));
+        claims.insert("client_id".into(), Value::from(consumer.id.as_str()));
+        claims.insert("scope".into(), Value::from(scopes.join(" ")));
+        if let Some(tenant) = &consumer.tenant {
+            claims.insert("tenant".into(), Value::from(tenant.as_str()));
+        }
+        if !requirement.allow_anonymous {
+            requirement.authorize(&scopes, &claims)?;
+        }
+        let caller = Caller {
+            provider: "api_key".to_string(),
+            subject: Some(consumer.id.clone()),
+            client_id: Some(consumer.id.clone()),
+        };
+        let mut limits = self.limit_checks(rule, req, Some((&caller, &claims)));
+        let plan = consumer
+            .plan
+            .as_ref()
+            .and_then(|plan| s.rate_limits.plans.iter().find(|(name, _)| name == plan));
+        for &policy in plan.map(|(_, ids)| ids.as_slice()).unwrap_or_default() {
+            if !limits.iter().any(|c| c.policy == policy) {
+                limits.push(LimitCheck {
+                    policy,
+                    value: consumer.id.clone(),
+                });
+            }
+        }
+        let id = &s.identity;
+        let mut identity = Vec::with_capacity(7);
+        let mut set_header = |name: &str, value: &str| {
+            if header_safe(value) {
+                identity.push(HeaderEdit::Set(name.to_string(), value.to_string()));
+            }
+        };
+        set_header(&id.subject, &consumer.id);
+        set_header(&id.client_id, &consumer.id);
+        set_header(&id.consumer, &consumer.id);
+        set_header(&id.api_key_id, &entry.id);
+        set_header(&id.scopes, &scopes.join(" "));
+        set_header(&id.provider, "api_key");
+        if let Some(tenant) = &consumer.tenant {
+            set_header(&id.tenant, tenant);
+        }
+        Ok(Authenticated {
+            caller,
+            identity,
+            limits,
+        })
     }
 
     fn authenticate(
@@ -204,7 +330,7 @@ impl Authorizer<'_> {
             client_id: claim("client_id").or_else(|| claim("azp")),
         };
         Ok(Authenticated {
-            limits: self.limit_checks(rule, req, Some((&caller, &decoded))),
+            limits: self.limit_checks(rule, req, Some((&caller, &decoded.claims))),
             identity: self.identity_headers(provider, &decoded, &scopes),
             caller,
         })
@@ -217,7 +343,7 @@ impl Authorizer<'_> {
         &self,
         rule: &Rule,
         req: &RequestView<'_>,
-        who: Option<(&Caller, &DecodedToken<'_>)>,
+        who: Option<(&Caller, &Map<String, Value>)>,
     ) -> Vec<LimitCheck> {
         let policies = &self.settings.rate_limits.policies;
         let ip = || req.client_ip.map(str::to_string);
@@ -235,8 +361,8 @@ impl Authorizer<'_> {
                     (_, None) => ip(),
                     (LimitKey::Subject, Some((c, _))) => c.subject.clone(),
                     (LimitKey::ClientId, Some((c, _))) => c.client_id.clone(),
-                    (LimitKey::Claim(name), Some((_, t))) => {
-                        t.claims.get(name).and_then(claim_header_value)
+                    (LimitKey::Claim(name), Some((_, claims))) => {
+                        claims.get(name).and_then(claim_header_value)
                     }
                 }?;
                 Some(LimitCheck { policy, value })
@@ -431,6 +557,9 @@ mod tests {
         fn revocations(&self, _provider: usize) -> Option<Arc<RevocationList>> {
             self.0.clone()
         }
+        fn api_keys(&self) -> Option<Arc<ApiKeySet>> {
+            None
+        }
     }
 
     impl RemoteState for Keys {
@@ -441,6 +570,9 @@ mod tests {
             self.1
         }
         fn revocations(&self, _provider: usize) -> Option<Arc<RevocationList>> {
+            None
+        }
+        fn api_keys(&self) -> Option<Arc<ApiKeySet>> {
             None
         }
     }
@@ -845,7 +977,13 @@ mod tests {
             c["rules"][1]["rate_limits"] = all.clone();
             c["rules"][3]["rate_limits"] = all;
         });
-        let names: Vec<&str> = f.settings.rate_limits.policies.iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<&str> = f
+            .settings
+            .rate_limits
+            .policies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
         let values = |o: &Outcome| -> Vec<(String, String)> {
             match o {
                 Outcome::Allow { limits, .. } => limits
@@ -856,7 +994,11 @@ mod tests {
             }
         };
         let t = f.token(json!({"tenant": "acme"}));
-        let o = f.decide("GET", "/data", &[("authorization", &format!("Bearer {t}")), ("x-app", "ios")]);
+        let o = f.decide(
+            "GET",
+            "/data",
+            &[("authorization", &format!("Bearer {t}")), ("x-app", "ios")],
+        );
         let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
         assert_eq!(
             values(&o),
@@ -877,8 +1019,117 @@ mod tests {
         let o = f.decide("GET", "/public/x", &[]);
         assert_eq!(
             values(&o),
-            vec![pair("client", "192.0.2.1"), pair("ip", "192.0.2.1"), pair("sub", "192.0.2.1"), pair("tenant", "192.0.2.1")]
+            vec![
+                pair("client", "192.0.2.1"),
+                pair("ip", "192.0.2.1"),
+                pair("sub", "192.0.2.1"),
+                pair("tenant", "192.0.2.1")
+            ]
         );
+    }
+
+    fn sha256_hex(key: &str) -> String {
+        hmac_sha256::Hash::hash(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn api_key_fixture() -> Fixture {
+        fixture_with(|c| {
+            let set = json!({"consumers": [
+                {"id": "partner-a", "tenant": "acme", "scopes": ["read:data"], "plan": "gold", "keys": [
+                    {"id": "k-live", "hash": sha256_hex("tg_live_good")},
+                    {"id": "k-off", "hash": sha256_hex("tg_live_off"), "enabled": false},
+                    {"id": "k-old", "hash": sha256_hex("tg_live_old"), "expires_at": NOW - 1},
+                    {"id": "k-net", "hash": sha256_hex("tg_live_net"), "allowed_cidrs": ["198.51.100.0/24"]}
+                ]}
+            ]});
+            c["api_keys"] = json!({"key_set": {"inline_string": set.to_string()}});
+            c["rate_limits"] = json!({
+                "policies": {"gold-tier": {"limit": 100, "window": "1s", "key": "client_id"}},
+                "plans": {"gold": ["gold-tier"]}
+            });
+            c["rules"][0]["requires"]["credentials"] = json!(["jwt", "api_key"]);
+            c["rules"][1]["requires"]["credentials"] = json!(["jwt", "api_key"]);
+            c["rules"][1]["requires"]["api_key_in_query"] = json!(true);
+        })
+    }
+
+    #[test]
+    fn api_keys_authenticate_consumers_like_tokens() {
+        let f = api_key_fixture();
+        for headers in [
+            vec![("x-api-key", "tg_live_good")],
+            vec![("authorization", "Bearer tg_live_good")],
+        ] {
+            let o = f.decide("GET", "/data", &headers);
+            assert_eq!(o.reason(), Some(Reason::Authenticated), "{headers:?}");
+            assert_eq!(set(&o, "x-tollgate-subject").as_deref(), Some("partner-a"));
+            assert_eq!(set(&o, "x-tollgate-consumer").as_deref(), Some("partner-a"));
+            assert_eq!(set(&o, "x-tollgate-api-key-id").as_deref(), Some("k-live"));
+            assert_eq!(set(&o, "x-tollgate-tenant").as_deref(), Some("acme"));
+            assert_eq!(set(&o, "x-tollgate-scopes").as_deref(), Some("read:data"));
+            assert_eq!(set(&o, "x-tollgate-provider").as_deref(), Some("api_key"));
+            let (name, _) = headers[0];
+            assert!(
+                edits(&o).contains(&HeaderEdit::Remove(name.into())),
+                "{name} not stripped"
+            );
+            // The consumer's plan adds its policies, counted per consumer.
+            match &o {
+                Outcome::Allow { limits, .. } => {
+                    assert_eq!(
+                        limits,
+                        &vec![LimitCheck {
+                            policy: 0,
+                            value: "partner-a".into()
+                        }]
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The query string only where the rule allows it, and always stripped.
+        let o = f.decide("GET", "/data?x=1&api_key=tg_live_good", &[]);
+        assert_eq!(o.reason(), Some(Reason::Authenticated));
+        assert_eq!(set(&o, ":path").as_deref(), Some("/data?x=1"));
+        let o = f.decide("POST", "/data?api_key=tg_live_good", &[]);
+        assert_eq!(denial(&o).reason, Reason::MissingCredentials);
+    }
+
+    #[test]
+    fn bad_api_keys_all_look_the_same_to_the_caller() {
+        let f = api_key_fixture();
+        let mut bodies = std::collections::HashSet::new();
+        for (key, reason) in [
+            ("tg_live_wrong", Reason::ApiKeyUnknown),
+            ("tg_live_off", Reason::ApiKeyDisabled),
+            ("tg_live_old", Reason::ApiKeyExpired),
+            ("tg_live_net", Reason::ApiKeyAddressNotAllowed),
+        ] {
+            let o = f.decide("GET", "/data", &[("x-api-key", key)]);
+            let d = denial(&o);
+            assert_eq!((d.status, d.reason), (401, reason));
+            assert!(!d.body.contains(key));
+            bodies.insert((d.body.clone(), d.headers.clone()));
+        }
+        assert_eq!(
+            bodies.len(),
+            1,
+            "responses differ between failure reasons: {bodies:?}"
+        );
+    }
+
+    #[test]
+    fn api_key_scopes_are_enforced() {
+        let f = api_key_fixture();
+        let o = f.decide("POST", "/data", &[("x-api-key", "tg_live_good")]);
+        let d = denial(&o);
+        assert_eq!((d.status, d.reason), (403, Reason::InsufficientScope));
+        // Rules that do not accept keys ignore the key header entirely.
+        let o = f.decide("GET", "/admin/x", &[("x-api-key", "tg_live_good")]);
+        assert_eq!(denial(&o).reason, Reason::MissingCredentials);
     }
 
     /// Hostile input must never panic (a panic kills the VM): mutate valid

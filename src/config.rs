@@ -9,6 +9,7 @@
 //! error that names the field, and the plugin refuses to start.
 
 use crate::alg::Algorithm;
+use crate::apikey::{KeyHashing, KeySet as ApiKeySet};
 use crate::credentials::TokenLocation;
 use crate::jwk::{parse_jwks, KeySet, KeySource, Strictness};
 use crate::jwt::ClaimRules;
@@ -71,6 +72,25 @@ struct RawConfig {
     rate_limits: Option<RawRateLimits>,
     #[serde(default)]
     client_ip: RawClientIp,
+    #[serde(default)]
+    api_keys: Option<RawApiKeys>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKeys {
+    #[serde(default)]
+    from_headers: Option<Vec<String>>,
+    #[serde(default)]
+    bearer_prefix: Option<String>,
+    #[serde(default)]
+    query_param: Option<String>,
+    #[serde(default)]
+    pepper: Option<RawLocalJwks>,
+    #[serde(default)]
+    key_set: Option<RawLocalJwks>,
+    #[serde(default)]
+    remote_key_set: Option<RawRevocationFeed>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +104,8 @@ struct RawRateLimits {
     response_headers: bool,
     #[serde(default)]
     table: Option<RawTable>,
+    #[serde(default)]
+    plans: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +301,17 @@ struct RawRequirement {
     claims: Vec<RawClaimCheck>,
     #[serde(default)]
     allow_anonymous: bool,
+    #[serde(default)]
+    credentials: Option<Vec<CredentialKind>>,
+    #[serde(default)]
+    api_key_in_query: bool,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum CredentialKind {
+    Jwt,
+    ApiKey,
 }
 
 #[derive(Deserialize)]
@@ -332,8 +365,31 @@ pub struct Settings {
     pub signature_backend: SignatureBackend,
     /// Every place any provider reads tokens from, deduplicated, in config order.
     pub token_locations: Vec<TokenLocation>,
+    /// Every place a credential is removed from before the upstream: the
+    /// token locations plus the API-key headers, bearer and query parameter.
+    pub strip_locations: Vec<TokenLocation>,
     pub rate_limits: RateLimits,
     pub client_ip: ClientIpSource,
+    pub api_keys: Option<ApiKeys>,
+}
+
+/// API-key authentication: where keys are read, how they are hashed, and
+/// where the key set comes from.
+#[derive(Debug)]
+pub struct ApiKeys {
+    /// Headers, plus `Authorization: Bearer <key>` when the value has `bearer_prefix`,
+    /// plus the query parameter on rules that allow it.
+    pub header_names: Vec<String>,
+    pub bearer_prefix: Option<String>,
+    pub query_param: String,
+    pub hashing: KeyHashing,
+    pub key_set: ApiKeySource,
+}
+
+#[derive(Debug)]
+pub enum ApiKeySource {
+    Local(Arc<ApiKeySet>),
+    Remote(RemoteSource),
 }
 
 #[derive(Debug, Clone)]
@@ -343,6 +399,8 @@ pub struct RateLimits {
     /// Send `RateLimit` headers on allowed responses too.
     pub response_headers: bool,
     pub table: SlotTable,
+    /// Consumer plans: extra policies for an API-key consumer with that plan.
+    pub plans: Vec<(String, Vec<usize>)>,
 }
 
 /// How the client address is found: the TCP peer, or the address
@@ -389,6 +447,9 @@ pub struct Identity {
     pub scopes: String,
     pub issuer: String,
     pub provider: String,
+    pub consumer: String,
+    pub api_key_id: String,
+    pub tenant: String,
 }
 
 impl Identity {
@@ -400,6 +461,9 @@ impl Identity {
             scopes: format!("{prefix}scopes"),
             issuer: format!("{prefix}issuer"),
             provider: format!("{prefix}provider"),
+            consumer: format!("{prefix}consumer"),
+            api_key_id: format!("{prefix}api-key-id"),
+            tenant: format!("{prefix}tenant"),
         }
     }
 }
@@ -477,6 +541,41 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
                 trusted_hops: raw.client_ip.trusted_hops,
             },
         };
+    let api_keys = raw
+        .api_keys
+        .map(|k| compile_api_keys(k, &rate_limits))
+        .transpose()?;
+    if api_keys.is_none() {
+        if let Some(i) = rules.iter().position(|r| r.requirement.accept_api_key) {
+            return Err(err(
+                format!("rules[{i}].requires.credentials"),
+                "accepts `api_key`, but no top-level `api_keys` section is configured",
+            ));
+        }
+    }
+    let mut strip_locations = token_locations.clone();
+    if let Some(k) = &api_keys {
+        let mut extra: Vec<TokenLocation> = k
+            .header_names
+            .iter()
+            .map(|name| TokenLocation::Header {
+                name: name.clone(),
+                value_prefix: None,
+            })
+            .collect();
+        if k.bearer_prefix.is_some() {
+            extra.push(TokenLocation::Header {
+                name: "authorization".to_string(),
+                value_prefix: Some("Bearer ".to_string()),
+            });
+        }
+        extra.push(TokenLocation::Query(k.query_param.clone()));
+        for loc in extra {
+            if !strip_locations.contains(&loc) {
+                strip_locations.push(loc);
+            }
+        }
+    }
     let realm = raw.realm.unwrap_or_else(|| "tollgate".to_string());
     if realm
         .chars()
@@ -495,8 +594,10 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         identity: Identity::new(&identity_prefix),
         signature_backend: raw.signature_backend,
         token_locations,
+        strip_locations,
         rate_limits,
         client_ip,
+        api_keys,
     })
 }
 
@@ -782,6 +883,7 @@ fn compile_rate_limits(raw: Option<RawRateLimits>) -> Result<RateLimits, ConfigE
         brute_force: None,
         response_headers: false,
         table: None,
+        plans: BTreeMap::new(),
     });
     let mut policies = Vec::with_capacity(raw.policies.len());
     for (name, p) in raw.policies {
@@ -885,11 +987,129 @@ fn compile_rate_limits(raw: Option<RawRateLimits>) -> Result<RateLimits, ConfigE
             }
         }
     };
+    let mut plans = Vec::with_capacity(raw.plans.len());
+    for (plan, names) in raw.plans {
+        let ids = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                policies.iter().position(|p| p.name == *n).ok_or_else(|| {
+                    err(
+                        format!("rate_limits.plans.{plan}[{i}]"),
+                        format!("unknown rate-limit policy `{n}`"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        plans.push((plan, ids));
+    }
     Ok(RateLimits {
         policies,
         brute_force,
         response_headers: raw.response_headers,
         table,
+        plans,
+    })
+}
+
+fn compile_api_keys(raw: RawApiKeys, limits: &RateLimits) -> Result<ApiKeys, ConfigError> {
+    let header_names = raw
+        .from_headers
+        .unwrap_or_else(|| vec!["x-api-key".to_string()]);
+    let mut names = Vec::with_capacity(header_names.len());
+    for (i, h) in header_names.iter().enumerate() {
+        let h = h.to_ascii_lowercase();
+        if !is_header_name(&h) || h == "authorization" {
+            return Err(err(
+                format!("api_keys.from_headers[{i}]"),
+                "a header name other than Authorization (use `bearer_prefix` for that)",
+            ));
+        }
+        names.push(h);
+    }
+    let bearer_prefix = match raw.bearer_prefix {
+        None => Some("tg_".to_string()),
+        Some(p) if p.is_empty() => None,
+        Some(p) if p.contains('.') || p.chars().any(|c| c.is_whitespace()) => {
+            return Err(err(
+                "api_keys.bearer_prefix",
+                "must not contain dots or spaces, so keys never look like JWTs",
+            ))
+        }
+        Some(p) => Some(p),
+    };
+    let query_param = raw.query_param.unwrap_or_else(|| "api_key".to_string());
+    if query_param.is_empty() || query_param.contains(['&', '=', '#']) {
+        return Err(err(
+            "api_keys.query_param",
+            "not a valid query parameter name",
+        ));
+    }
+    let hashing = match raw.pepper {
+        None => KeyHashing::Sha256,
+        Some(p) if p.inline_string.len() < 16 => {
+            return Err(err(
+                "api_keys.pepper.inline_string",
+                "use at least 16 characters of secret",
+            ))
+        }
+        Some(p) => KeyHashing::HmacSha256(p.inline_string.into_bytes()),
+    };
+    let key_set = match (raw.key_set, raw.remote_key_set) {
+        (Some(local), None) => {
+            let set = ApiKeySet::parse(local.inline_string.as_bytes()).map_err(|e| {
+                let field = if e.path.is_empty() {
+                    "api_keys.key_set.inline_string".to_string()
+                } else {
+                    format!("api_keys.key_set.inline_string.{}", e.path)
+                };
+                err(field, e.message)
+            })?;
+            if let Some((i, c)) = set.consumers.iter().enumerate().find(|(_, c)| {
+                c.plan
+                    .as_ref()
+                    .is_some_and(|p| !limits.plans.iter().any(|(name, _)| name == p))
+            }) {
+                return Err(err(
+                    format!("api_keys.key_set.inline_string.consumers[{i}].plan"),
+                    format!(
+                        "unknown plan `{}` (define it under `rate_limits.plans`)",
+                        c.plan.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            ApiKeySource::Local(Arc::new(set))
+        }
+        (None, Some(remote)) => {
+            let at = "api_keys.remote_key_set";
+            let poll = duration_ms(
+                &format!("{at}.poll_interval"),
+                &remote.poll_interval,
+                10_000,
+                100,
+            )?;
+            ApiKeySource::Remote(RemoteSource {
+                endpoint: compile_endpoint(at, remote.http_uri, "http://token-service/api-keys")?,
+                policy: FetchPolicy {
+                    refresh_ms: poll,
+                    retry_ms: poll,
+                    on_demand_ms: u64::MAX,
+                },
+            })
+        }
+        _ => {
+            return Err(err(
+                "api_keys",
+                "set exactly one of `key_set` and `remote_key_set`",
+            ))
+        }
+    };
+    Ok(ApiKeys {
+        header_names: names,
+        bearer_prefix,
+        query_param,
+        hashing,
+        key_set,
     })
 }
 
@@ -998,6 +1218,20 @@ fn compile_rule(
         };
         claims.push(check);
     }
+    let kinds = q.credentials.unwrap_or_else(|| vec![CredentialKind::Jwt]);
+    if kinds.is_empty() {
+        return Err(err(
+            format!("{at}.requires.credentials"),
+            "list `jwt`, `api_key` or both",
+        ));
+    }
+    let accept_api_key = kinds.contains(&CredentialKind::ApiKey);
+    if q.api_key_in_query && !accept_api_key {
+        return Err(err(
+            format!("{at}.requires.api_key_in_query"),
+            "only meaningful when `credentials` includes `api_key`",
+        ));
+    }
     if q.allow_anonymous && (scopes.is_some() || !claims.is_empty() || provider_ids.is_some()) {
         return Err(err(
             format!("{at}.requires.allow_anonymous"),
@@ -1013,6 +1247,9 @@ fn compile_rule(
             scopes,
             claims,
             allow_anonymous: q.allow_anonymous,
+            accept_jwt: kinds.contains(&CredentialKind::Jwt),
+            accept_api_key,
+            api_key_in_query: q.api_key_in_query,
         },
     })
 }
@@ -1344,19 +1581,40 @@ mod tests {
         let s = parse_value(&v).unwrap();
         let p = &s.rate_limits.policies;
         assert_eq!(p[0].name, "per-client");
-        assert_eq!((p[0].rate.limit, p[0].rate.window_ms, p[0].rate.burst), (10, 1_000, 10));
+        assert_eq!(
+            (p[0].rate.limit, p[0].rate.window_ms, p[0].rate.burst),
+            (10, 1_000, 10)
+        );
         assert_eq!(p[1].key, LimitKey::Claim("tenant".into()));
         assert_eq!(s.rules[0].limits, vec![0, 1]);
         assert_eq!(s.rate_limits.brute_force.unwrap().lockout_ms, 300_000);
         assert_eq!(s.client_ip, ClientIpSource::Peer);
 
         let cases: Vec<(Value, &str)> = vec![
-            (json!({"policies": {"p": {"limit": 0, "window": "1s", "key": "subject"}}}), "rate_limits.policies.p.limit"),
-            (json!({"policies": {"p": {"limit": 1, "window": "0s", "key": "subject"}}}), "rate_limits.policies.p.window"),
-            (json!({"policies": {"p": {"limit": 1, "window": "1s", "key": "user"}}}), "rate_limits.policies.p.key"),
-            (json!({"policies": {"p": {"limit": 1, "window": "1s", "burst": 0, "key": "subject"}}}), "rate_limits.policies.p.burst"),
-            (json!({"brute_force": {"max_failures": 3, "window": "1m", "lockout": "1s"}}), "rate_limits.brute_force.window"),
-            (json!({"table": {"slots": 0, "entries_per_slot": 4}}), "rate_limits.table.slots"),
+            (
+                json!({"policies": {"p": {"limit": 0, "window": "1s", "key": "subject"}}}),
+                "rate_limits.policies.p.limit",
+            ),
+            (
+                json!({"policies": {"p": {"limit": 1, "window": "0s", "key": "subject"}}}),
+                "rate_limits.policies.p.window",
+            ),
+            (
+                json!({"policies": {"p": {"limit": 1, "window": "1s", "key": "user"}}}),
+                "rate_limits.policies.p.key",
+            ),
+            (
+                json!({"policies": {"p": {"limit": 1, "window": "1s", "burst": 0, "key": "subject"}}}),
+                "rate_limits.policies.p.burst",
+            ),
+            (
+                json!({"brute_force": {"max_failures": 3, "window": "1m", "lockout": "1s"}}),
+                "rate_limits.brute_force.window",
+            ),
+            (
+                json!({"table": {"slots": 0, "entries_per_slot": 4}}),
+                "rate_limits.table.slots",
+            ),
         ];
         for (rl, field) in cases {
             let mut v = base();
@@ -1370,7 +1628,71 @@ mod tests {
         v["client_ip"] = json!({"from": "x_forwarded_for"});
         assert_eq!(error_at(v.clone()).field, "client_ip.trusted_hops");
         v["client_ip"] = json!({"from": "x_forwarded_for", "trusted_hops": 1});
-        assert_eq!(parse_value(&v).unwrap().client_ip, ClientIpSource::XForwardedFor { trusted_hops: 1 });
+        assert_eq!(
+            parse_value(&v).unwrap().client_ip,
+            ClientIpSource::XForwardedFor { trusted_hops: 1 }
+        );
+    }
+
+    #[test]
+    fn api_keys_configuration_is_checked() {
+        let set = |plan: &str| {
+            json!({"consumers": [{"id": "c", "plan": plan, "keys": [{"id": "k", "hash": "a".repeat(64)}]}]})
+                .to_string()
+        };
+        let mut v = base();
+        v["api_keys"] = json!({"key_set": {"inline_string": set("gold")}, "pepper": {"inline_string": "0123456789abcdef"}});
+        v["rate_limits"] = json!({"policies": {"p": {"limit": 1, "window": "1s", "key": "client_id"}}, "plans": {"gold": ["p"]}});
+        v["rules"][0]["requires"]["credentials"] = json!(["api_key"]);
+        let s = parse_value(&v).unwrap();
+        let k = s.api_keys.as_ref().unwrap();
+        assert_eq!(k.header_names, vec!["x-api-key"]);
+        assert_eq!(k.bearer_prefix.as_deref(), Some("tg_"));
+        assert!(matches!(k.hashing, KeyHashing::HmacSha256(_)));
+        assert!(s.rules[0].requirement.accept_api_key && !s.rules[0].requirement.accept_jwt);
+        assert!(s
+            .strip_locations
+            .contains(&TokenLocation::Query("api_key".into())));
+
+        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+            (
+                Box::new(|v| v["api_keys"]["key_set"]["inline_string"] = json!(set("platinum"))),
+                "api_keys.key_set.inline_string.consumers[0].plan",
+            ),
+            (
+                Box::new(|v| {
+                    v["api_keys"]["key_set"]["inline_string"] = json!("{\"consumers\":[{\"id\":\"c\",\"keys\":[{\"id\":\"k\",\"hash\":\"tg_live_plaintext\"}]}]}")
+                }),
+                "api_keys.key_set.inline_string.consumers[0].keys[0].hash",
+            ),
+            (
+                Box::new(|v| v["api_keys"]["pepper"]["inline_string"] = json!("short")),
+                "api_keys.pepper.inline_string",
+            ),
+            (
+                Box::new(|v| v["api_keys"]["bearer_prefix"] = json!("ey.")),
+                "api_keys.bearer_prefix",
+            ),
+            (
+                Box::new(|v| v["api_keys"]["from_headers"] = json!(["Authorization"])),
+                "api_keys.from_headers[0]",
+            ),
+            (
+                Box::new(|v| v["rules"][1]["requires"]["api_key_in_query"] = json!(true)),
+                "rules[1].requires.api_key_in_query",
+            ),
+            (
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("api_keys");
+                }),
+                "rules[0].requires.credentials",
+            ),
+        ];
+        for (edit, field) in cases {
+            let mut w = v.clone();
+            edit(&mut w);
+            assert_eq!(error_at(w).field, field);
+        }
     }
 
     #[test]

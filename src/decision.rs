@@ -28,6 +28,11 @@ pub enum Reason {
     WrongTokenType,
     MissingClaim,
     Revoked,
+    // 401 invalid_token, one description for all: see `Reason::description`.
+    ApiKeyUnknown,
+    ApiKeyDisabled,
+    ApiKeyExpired,
+    ApiKeyAddressNotAllowed,
     // 403.
     InsufficientScope,
     ClaimMismatch,
@@ -41,7 +46,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 28] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::MissingCredentials,
@@ -59,6 +64,10 @@ impl Reason {
         Reason::WrongTokenType,
         Reason::MissingClaim,
         Reason::Revoked,
+        Reason::ApiKeyUnknown,
+        Reason::ApiKeyDisabled,
+        Reason::ApiKeyExpired,
+        Reason::ApiKeyAddressNotAllowed,
         Reason::InsufficientScope,
         Reason::ClaimMismatch,
         Reason::NoMatchingRule,
@@ -87,6 +96,10 @@ impl Reason {
             Reason::WrongTokenType => "wrong_token_type",
             Reason::MissingClaim => "missing_claim",
             Reason::Revoked => "revoked",
+            Reason::ApiKeyUnknown => "api_key_unknown",
+            Reason::ApiKeyDisabled => "api_key_disabled",
+            Reason::ApiKeyExpired => "api_key_expired",
+            Reason::ApiKeyAddressNotAllowed => "api_key_address_not_allowed",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::ClaimMismatch => "claim_mismatch",
             Reason::NoMatchingRule => "no_matching_rule",
@@ -128,7 +141,9 @@ impl Reason {
     }
 
     /// Fixed, human-readable text. Never built from request input, so no
-    /// error can echo a token back.
+    /// error can echo a token back. API-key failures share one text: telling
+    /// an unauthenticated caller that a key exists but is disabled, expired
+    /// or bound to other addresses would help someone holding a stolen key.
     pub fn description(self) -> &'static str {
         match self {
             Reason::Authenticated => "authenticated",
@@ -148,6 +163,10 @@ impl Reason {
             Reason::WrongTokenType => "the token is not an access token of the required type",
             Reason::MissingClaim => "the access token lacks a required claim",
             Reason::Revoked => "the access token has been revoked",
+            Reason::ApiKeyUnknown
+            | Reason::ApiKeyDisabled
+            | Reason::ApiKeyExpired
+            | Reason::ApiKeyAddressNotAllowed => "the API key is not valid",
             Reason::InsufficientScope => "the access token lacks the required scope",
             Reason::ClaimMismatch => "the access token does not carry the required claims",
             Reason::NoMatchingRule => "no access rule allows this request",

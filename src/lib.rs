@@ -5,6 +5,7 @@
 //! tested on the host; `proxy` is the thin adapter Envoy talks to.
 
 pub mod alg;
+pub mod apikey;
 pub mod authz;
 pub mod client_ip;
 pub mod config;

@@ -95,13 +95,31 @@ pub enum ClaimCheck {
     Contains(String, Value),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Requirement {
     /// Indexes into `Settings::providers`; `None` accepts any provider.
     pub providers: Option<Vec<usize>>,
     pub scopes: Option<ScopeRequirement>,
     pub claims: Vec<ClaimCheck>,
     pub allow_anonymous: bool,
+    pub accept_jwt: bool,
+    pub accept_api_key: bool,
+    /// Read API keys from the query string too (`api_keys.query_param`).
+    pub api_key_in_query: bool,
+}
+
+impl Default for Requirement {
+    fn default() -> Self {
+        Requirement {
+            providers: None,
+            scopes: None,
+            claims: Vec::new(),
+            allow_anonymous: false,
+            accept_jwt: true,
+            accept_api_key: false,
+            api_key_in_query: false,
+        }
+    }
 }
 
 impl Requirement {

@@ -8,20 +8,22 @@ use crate::revocation::RevocationList;
 use proxy_wasm::traits::Context;
 use std::time::Duration;
 
-/// Which document a callout is for.
+/// The kinds of remote document, for stats and size limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DocKind {
     Keys,
     Revocations,
+    ApiKeys,
 }
 
 impl DocKind {
-    pub const ALL: [DocKind; 2] = [DocKind::Keys, DocKind::Revocations];
+    pub const ALL: [DocKind; 3] = [DocKind::Keys, DocKind::Revocations, DocKind::ApiKeys];
 
     pub fn name(self) -> &'static str {
         match self {
             DocKind::Keys => "jwks",
             DocKind::Revocations => "revocations",
+            DocKind::ApiKeys => "api_keys",
         }
     }
 
@@ -29,7 +31,28 @@ impl DocKind {
     fn max_bytes(self) -> usize {
         match self {
             DocKind::Keys => 512 * 1024,
-            DocKind::Revocations => 16 * 1024 * 1024,
+            DocKind::Revocations | DocKind::ApiKeys => 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// One remote document of this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocId {
+    /// A provider's JWKS.
+    Keys(usize),
+    /// A provider's revocation list.
+    Revocations(usize),
+    /// The API-key set.
+    ApiKeys,
+}
+
+impl DocId {
+    pub fn kind(self) -> DocKind {
+        match self {
+            DocId::Keys(_) => DocKind::Keys,
+            DocId::Revocations(_) => DocKind::Revocations,
+            DocId::ApiKeys => DocKind::ApiKeys,
         }
     }
 }

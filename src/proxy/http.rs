@@ -1,9 +1,10 @@
 //! The HTTP context: one per request. Reads the request, asks the
 //! [`Authorizer`], and applies its outcome.
 
-use super::fetch::DocKind;
+use super::fetch::DocId;
 use super::host::{request_headers, EnvoySharedData};
 use super::root::{now, Worker};
+use crate::apikey::KeySet as ApiKeySet;
 use crate::authz::{Authorizer, Outcome, RemoteState};
 use crate::client_ip;
 use crate::credentials::{HeaderEdit, RequestView};
@@ -54,6 +55,10 @@ impl RemoteState for WorkerState<'_> {
                 .get(provider)
                 .and_then(|d| d.keys.as_ref())
                 .is_some_and(|k| k.may_fetch_on_demand(self.now_ms))
+    }
+
+    fn api_keys(&self) -> Option<Arc<ApiKeySet>> {
+        self.worker.api_keys.borrow().as_ref()?.value()
     }
 
     fn revocations(&self, provider: usize) -> Option<Arc<RevocationList>> {
@@ -249,8 +254,7 @@ impl TollgateHttp {
                 let now_ms = now(self).as_millis() as u64;
                 match self.worker.start_fetch(
                     self,
-                    provider,
-                    DocKind::Keys,
+                    DocId::Keys(provider),
                     FetchTrigger::OnDemand,
                     now_ms,
                 ) {
@@ -284,8 +288,7 @@ impl Context for TollgateHttp {
         }
         self.worker.complete_fetch(
             self,
-            provider,
-            DocKind::Keys,
+            DocId::Keys(provider),
             body_size,
             now(self).as_millis() as u64,
         );

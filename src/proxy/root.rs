@@ -2,12 +2,13 @@
 //! signature backend, and keeps remote documents (JWKS, revocation lists)
 //! loaded (see `crate::remote`).
 
-use super::fetch::{self, DocKind, ProviderDocs};
+use super::fetch::{self, DocId, ProviderDocs};
 use super::host::{EnvoyForeignFunction, EnvoySharedData};
 use super::http::TollgateHttp;
 use super::metrics::Metrics;
 use crate::alg::Algorithm;
-use crate::config::{self, ProviderKeys, Settings, SignatureBackend};
+use crate::apikey::KeySet as ApiKeySet;
+use crate::config::{self, ApiKeySource, ProviderKeys, Settings, SignatureBackend};
 use crate::crypto::{HostVerifier, PureVerifier, SignatureVerifier};
 use crate::jwk::{parse_jwks, KeySource, Strictness};
 use crate::jwt::decode;
@@ -37,6 +38,8 @@ pub struct Worker {
     pub metrics: Metrics,
     /// Indexed like `settings.providers`.
     pub docs: RefCell<Vec<ProviderDocs>>,
+    /// The API-key set, when it is fetched rather than inline.
+    pub api_keys: RefCell<Option<RemoteDoc<ApiKeySet>>>,
 }
 
 impl Worker {
@@ -77,102 +80,110 @@ impl Worker {
                 }),
             })
             .collect();
+        let api_keys = match settings.api_keys.as_ref().map(|k| &k.key_set) {
+            Some(ApiKeySource::Remote(src)) => Some(RemoteDoc::new(
+                "api_keys",
+                src.endpoint.clone(),
+                src.policy,
+                |body| ApiKeySet::parse(body).map_err(|e| format!("unusable API key set: {e}")),
+            )),
+            _ => None,
+        };
         Worker {
             verifier: choose_verifier(settings.signature_backend),
             settings,
             metrics: Metrics::define(),
             docs: RefCell::new(docs),
+            api_keys: RefCell::new(api_keys),
         }
     }
 
-    /// Starts a fetch of one provider document if this worker wins the claim.
-    /// Returns the callout token; the response goes back to `complete_fetch`.
+    /// Every remote document this worker keeps.
+    pub fn doc_ids(&self) -> Vec<DocId> {
+        let docs = self.docs.borrow();
+        let mut ids = Vec::new();
+        for (p, d) in docs.iter().enumerate() {
+            if d.keys.is_some() {
+                ids.push(DocId::Keys(p));
+            }
+            if d.revocations.is_some() {
+                ids.push(DocId::Revocations(p));
+            }
+        }
+        if self.api_keys.borrow().is_some() {
+            ids.push(DocId::ApiKeys);
+        }
+        ids
+    }
+
+    /// Runs `f` on a document, whatever its type.
+    fn with_doc<R>(&self, id: DocId, f: impl FnOnce(&mut dyn AnyDoc) -> R) -> Option<R> {
+        match id {
+            DocId::Keys(p) => Some(f(self.docs.borrow_mut().get_mut(p)?.keys.as_mut()?)),
+            DocId::Revocations(p) => Some(f(self
+                .docs
+                .borrow_mut()
+                .get_mut(p)?
+                .revocations
+                .as_mut()?)),
+            DocId::ApiKeys => Some(f(self.api_keys.borrow_mut().as_mut()?)),
+        }
+    }
+
+    /// Starts fetching a document if this worker wins the claim. Returns the
+    /// callout token; the response goes back to `complete_fetch`.
     pub fn start_fetch(
         &self,
         ctx: &dyn Context,
-        provider: usize,
-        kind: DocKind,
+        id: DocId,
         trigger: FetchTrigger,
         now_ms: u64,
     ) -> Option<u32> {
-        let mut docs = self.docs.borrow_mut();
-        let docs = docs.get_mut(provider)?;
-        let started = match kind {
-            DocKind::Keys => fetch::start(ctx, docs.keys.as_mut()?, trigger, now_ms),
-            DocKind::Revocations => fetch::start(ctx, docs.revocations.as_mut()?, trigger, now_ms),
-        };
+        let started = self.with_doc(id, |doc| doc.start(ctx, trigger, now_ms))?;
         started.unwrap_or_else(|err| {
-            self.report(provider, kind, &Completion::Failed(err));
+            self.report(id, &Completion::Failed(err));
             None
         })
     }
 
     /// Feeds a callout's answer into the document cache and the shared copy.
-    pub fn complete_fetch(
-        &self,
-        ctx: &dyn Context,
-        provider: usize,
-        kind: DocKind,
-        body_size: usize,
-        now_ms: u64,
-    ) {
-        let response = fetch::read_response(ctx, kind, body_size);
-        let completion = {
-            let mut docs = self.docs.borrow_mut();
-            let Some(docs) = docs.get_mut(provider) else {
-                return;
-            };
-            let shared = &EnvoySharedData;
-            let result = response.as_result();
-            match kind {
-                DocKind::Keys => docs
-                    .keys
-                    .as_mut()
-                    .map(|d| d.complete_fetch(shared, now_ms, result)),
-                DocKind::Revocations => docs
-                    .revocations
-                    .as_mut()
-                    .map(|d| d.complete_fetch(shared, now_ms, result)),
-            }
-        };
-        if let Some(completion) = completion {
-            self.report(provider, kind, &completion);
+    pub fn complete_fetch(&self, ctx: &dyn Context, id: DocId, body_size: usize, now_ms: u64) {
+        let response = fetch::read_response(ctx, id.kind(), body_size);
+        if let Some(completion) = self.with_doc(id, |doc| doc.complete(&response, now_ms)) {
+            self.report(id, &completion);
         }
     }
 
-    fn report(&self, provider: usize, kind: DocKind, completion: &Completion) {
-        self.metrics.fetch(kind, completion);
-        let name = &self.settings.providers[provider].name;
-        let what = kind.name();
+    fn report(&self, id: DocId, completion: &Completion) {
+        self.metrics.fetch(id.kind(), completion);
+        let what = match id {
+            DocId::Keys(p) => format!("jwks for provider `{}`", self.settings.providers[p].name),
+            DocId::Revocations(p) => {
+                format!(
+                    "revocations for provider `{}`",
+                    self.settings.providers[p].name
+                )
+            }
+            DocId::ApiKeys => "api_keys".to_string(),
+        };
         match completion {
             Completion::Loaded => {
-                let docs = self.docs.borrow();
-                match kind {
-                    DocKind::Keys => {
-                        let n = docs[provider]
-                            .keys
-                            .as_ref()
-                            .and_then(|d| d.value())
-                            .map_or(0, |k| k.keys.len());
-                        log::info!("loaded {n} signing key(s) for provider `{name}`");
-                    }
-                    DocKind::Revocations => {
-                        let n = docs[provider]
-                            .revocations
-                            .as_ref()
-                            .and_then(|d| d.value())
-                            .map_or(0, |l| l.len());
-                        log::info!(
-                            "loaded revocation list for provider `{name}`: {n} revoked token(s)"
-                        );
-                    }
+                let size = self.with_doc(id, |doc| doc.size()).flatten().unwrap_or(0);
+                match id {
+                    DocId::Keys(p) => log::info!(
+                        "loaded {size} signing key(s) for provider `{}`",
+                        self.settings.providers[p].name
+                    ),
+                    DocId::Revocations(p) => log::info!(
+                        "loaded revocation list for provider `{}`: {size} revoked token(s)",
+                        self.settings.providers[p].name
+                    ),
+                    DocId::ApiKeys => log::info!("loaded API key set: {size} key(s)"),
                 }
             }
-            Completion::Unchanged => log::debug!("{what} for provider `{name}` unchanged"),
+            Completion::Unchanged => log::debug!("{what} unchanged"),
             Completion::Failed(e) => {
-                log::warn!(
-                    "{what} fetch for provider `{name}` failed, keeping the last good copy: {e}"
-                )
+                log::warn!("{what} fetch failed, keeping the last good copy: {e}")
             }
         }
     }
@@ -180,22 +191,77 @@ impl Worker {
     /// Picks up documents other workers fetched. True if any changed.
     pub fn sync(&self) -> bool {
         let mut changed = false;
-        for docs in self.docs.borrow_mut().iter_mut() {
-            if let Some(d) = docs.keys.as_mut() {
-                changed |= d.sync(&EnvoySharedData);
-            }
-            if let Some(d) = docs.revocations.as_mut() {
-                changed |= d.sync(&EnvoySharedData);
-            }
+        for id in self.doc_ids() {
+            changed |= self.with_doc(id, |doc| doc.sync()).unwrap_or(false);
         }
         changed
     }
 
     fn loading(&self) -> bool {
-        self.docs.borrow().iter().any(|d| {
-            d.keys.as_ref().is_some_and(|k| k.value().is_none())
-                || d.revocations.as_ref().is_some_and(|r| r.value().is_none())
+        self.doc_ids().into_iter().any(|id| {
+            self.with_doc(id, |doc| doc.size().is_none())
+                .unwrap_or(false)
         })
+    }
+}
+
+/// What the worker does with any remote document, whatever it parses into.
+trait AnyDoc {
+    fn start(
+        &mut self,
+        ctx: &dyn Context,
+        trigger: FetchTrigger,
+        now_ms: u64,
+    ) -> Result<Option<u32>, String>;
+    fn complete(&mut self, response: &fetch::Response, now_ms: u64) -> Completion;
+    fn sync(&mut self) -> bool;
+    /// Entries in the loaded document, `None` before one loads.
+    fn size(&self) -> Option<usize>;
+}
+
+/// Documents that can say how many entries they hold, for logs.
+trait Countable {
+    fn entries(&self) -> usize;
+}
+
+impl Countable for crate::jwk::KeySet {
+    fn entries(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+impl Countable for RevocationList {
+    fn entries(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Countable for ApiKeySet {
+    fn entries(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T: Countable> AnyDoc for RemoteDoc<T> {
+    fn start(
+        &mut self,
+        ctx: &dyn Context,
+        trigger: FetchTrigger,
+        now_ms: u64,
+    ) -> Result<Option<u32>, String> {
+        fetch::start(ctx, self, trigger, now_ms)
+    }
+
+    fn complete(&mut self, response: &fetch::Response, now_ms: u64) -> Completion {
+        self.complete_fetch(&EnvoySharedData, now_ms, response.as_result())
+    }
+
+    fn sync(&mut self) -> bool {
+        RemoteDoc::sync(self, &EnvoySharedData)
+    }
+
+    fn size(&self) -> Option<usize> {
+        self.value().map(|v| v.entries())
     }
 }
 
@@ -208,8 +274,8 @@ pub fn now(ctx: &dyn Context) -> Duration {
 #[derive(Default)]
 pub struct TollgateRoot {
     worker: Option<Rc<Worker>>,
-    /// In-flight scheduled fetches: callout token → provider and document.
-    fetches: HashMap<u32, (usize, DocKind)>,
+    /// In-flight scheduled fetches: callout token → document.
+    fetches: HashMap<u32, DocId>,
     tick: Option<Duration>,
 }
 
@@ -221,16 +287,8 @@ impl Context for TollgateRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        if let (Some((provider, kind)), Some(worker)) =
-            (self.fetches.remove(&token), self.worker.clone())
-        {
-            worker.complete_fetch(
-                self,
-                provider,
-                kind,
-                body_size,
-                now(self).as_millis() as u64,
-            );
+        if let (Some(id), Some(worker)) = (self.fetches.remove(&token), self.worker.clone()) {
+            worker.complete_fetch(self, id, body_size, now(self).as_millis() as u64);
         }
     }
 }
@@ -265,13 +323,9 @@ impl RootContext for TollgateRoot {
         };
         worker.sync();
         let now_ms = now(self).as_millis() as u64;
-        for provider in 0..worker.settings.providers.len() {
-            for kind in DocKind::ALL {
-                if let Some(token) =
-                    worker.start_fetch(self, provider, kind, FetchTrigger::Scheduled, now_ms)
-                {
-                    self.fetches.insert(token, (provider, kind));
-                }
+        for id in worker.doc_ids() {
+            if let Some(token) = worker.start_fetch(self, id, FetchTrigger::Scheduled, now_ms) {
+                self.fetches.insert(token, id);
             }
         }
         let limits = &worker.settings.rate_limits;
