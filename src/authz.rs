@@ -14,9 +14,11 @@ use crate::jwt::{decode, DecodedToken};
 use crate::policy::{find_rule, scopes_of, Requirement, Rule};
 use crate::ratelimit::{LimitCheck, LimitKey};
 use crate::revocation::RevocationList;
+use crate::token_cache::{TokenCache, VerifiedToken};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 /// What providers fetched from elsewhere: keys and revocation lists.
@@ -86,6 +88,7 @@ pub struct Authorizer<'a> {
     pub settings: &'a Settings,
     pub remote: &'a dyn RemoteState,
     pub verifier: &'a dyn SignatureVerifier,
+    pub cache: &'a RefCell<TokenCache>,
     /// Seconds since the Unix epoch.
     pub now: u64,
 }
@@ -267,6 +270,90 @@ impl Authorizer<'_> {
     ) -> Result<Authenticated, Failure> {
         let s = self.settings;
         let requirement = &rule.requirement;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self.cache.borrow().get(&digest);
+        let verified = match cached.filter(|v| self.same_keys(v)) {
+            Some(v) => {
+                self.check_provider(v.provider, location, requirement)?;
+                v
+            }
+            None => {
+                let v = Arc::new(self.verify(token, location, requirement)?);
+                self.cache.borrow_mut().insert(digest, v.clone());
+                v
+            }
+        };
+        let p = &s.providers[verified.provider];
+        let skew = p.claim_rules.clock_skew_secs;
+        if self.now >= verified.exp.saturating_add(skew) {
+            self.cache.borrow_mut().remove(&digest);
+            return Err(Reason::Expired.into());
+        }
+        if verified
+            .nbf
+            .is_some_and(|nbf| self.now.saturating_add(skew) < nbf)
+        {
+            return Err(Reason::NotYetValid.into());
+        }
+        if p.revocation_feed.is_some() {
+            let list = self
+                .remote
+                .revocations(verified.provider)
+                .ok_or(Reason::RevocationsUnavailable)?;
+            if verified
+                .jti
+                .as_deref()
+                .is_some_and(|jti| list.contains(jti))
+            {
+                self.cache.borrow_mut().remove(&digest);
+                return Err(Reason::Revoked.into());
+            }
+        }
+        let scopes: Vec<&str> = verified.scopes.iter().map(String::as_str).collect();
+        if !requirement.allow_anonymous {
+            requirement.authorize(&scopes, &verified.claims)?;
+        }
+        Ok(Authenticated {
+            limits: self.limit_checks(rule, req, Some((&verified.caller, &verified.claims))),
+            identity: verified.identity.clone(),
+            caller: verified.caller.clone(),
+        })
+    }
+
+    /// Whether a cached verification still stands on the provider's current keys.
+    fn same_keys(&self, v: &VerifiedToken) -> bool {
+        let current = match &self.settings.providers[v.provider].keys {
+            ProviderKeys::Local(keys) => Some(keys.clone()),
+            ProviderKeys::Remote(_) => self.remote.remote_keys(v.provider),
+        };
+        current.is_some_and(|keys| Arc::ptr_eq(&keys, &v.keys))
+    }
+
+    /// A provider's tokens count only on rules that accept the provider, and
+    /// only where that provider reads them.
+    fn check_provider(
+        &self,
+        provider: usize,
+        location: &TokenLocation,
+        requirement: &Requirement,
+    ) -> Result<(), Reason> {
+        let p = &self.settings.providers[provider];
+        if requirement.accepts_provider(provider) && p.locations.contains(location) {
+            Ok(())
+        } else {
+            Err(Reason::ProviderNotAllowed)
+        }
+    }
+
+    /// Full verification: cheap checks first, then the signature, then the
+    /// claims. What it establishes does not depend on the request, so it is cached.
+    fn verify(
+        &self,
+        token: &str,
+        location: &TokenLocation,
+        requirement: &Requirement,
+    ) -> Result<VerifiedToken, Failure> {
+        let s = self.settings;
         let decoded = decode(token)?;
         let issuer = decoded.issuer().ok_or(Reason::UnknownIssuer)?;
         let provider = s
@@ -274,11 +361,8 @@ impl Authorizer<'_> {
             .iter()
             .position(|p| p.issuer == issuer)
             .ok_or(Reason::UnknownIssuer)?;
+        self.check_provider(provider, location, requirement)?;
         let p = &s.providers[provider];
-        // A provider's tokens count only where that provider reads them.
-        if !requirement.accepts_provider(provider) || !p.locations.contains(location) {
-            return Err(Reason::ProviderNotAllowed.into());
-        }
         if !p.algorithms.contains(&decoded.alg) {
             return Err(Reason::UnsupportedAlgorithm.into());
         }
@@ -299,24 +383,8 @@ impl Authorizer<'_> {
             other => other?,
         }
         decoded.validate_claims(&p.claim_rules, self.now)?;
-        if p.revocation_feed.is_some() {
-            let list = self
-                .remote
-                .revocations(provider)
-                .ok_or(Reason::RevocationsUnavailable)?;
-            if decoded
-                .claims
-                .get("jti")
-                .and_then(Value::as_str)
-                .is_some_and(|jti| list.contains(jti))
-            {
-                return Err(Reason::Revoked.into());
-            }
-        }
         let scopes = scopes_of(&decoded.claims, &p.scope_claims);
-        if !requirement.allow_anonymous {
-            requirement.authorize(&scopes, &decoded.claims)?;
-        }
+        let identity = self.identity_headers(provider, &decoded, &scopes);
         let claim = |name: &str| {
             decoded
                 .claims
@@ -324,15 +392,21 @@ impl Authorizer<'_> {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         };
-        let caller = Caller {
-            provider: p.name.clone(),
-            subject: claim("sub"),
-            client_id: claim("client_id").or_else(|| claim("azp")),
-        };
-        Ok(Authenticated {
-            limits: self.limit_checks(rule, req, Some((&caller, &decoded.claims))),
-            identity: self.identity_headers(provider, &decoded, &scopes),
-            caller,
+        let number = |name: &str| decoded.claims.get(name).and_then(Value::as_u64);
+        Ok(VerifiedToken {
+            provider,
+            keys,
+            exp: number("exp").ok_or(Reason::MissingClaim)?,
+            nbf: number("nbf"),
+            jti: claim("jti"),
+            caller: Caller {
+                provider: p.name.clone(),
+                subject: claim("sub"),
+                client_id: claim("client_id").or_else(|| claim("azp")),
+            },
+            scopes: scopes.into_iter().map(str::to_string).collect(),
+            identity,
+            claims: decoded.claims,
         })
     }
 
@@ -580,6 +654,18 @@ mod tests {
     struct Fixture {
         settings: Settings,
         key: ES256KeyPair,
+        cache: RefCell<TokenCache>,
+        verifications: std::cell::Cell<usize>,
+    }
+
+    /// The pure verifier, counting its calls.
+    struct Counting<'a>(&'a std::cell::Cell<usize>);
+
+    impl SignatureVerifier for Counting<'_> {
+        fn verify(&self, token: &DecodedToken<'_>, key: &crate::jwk::VerificationKey) -> bool {
+            self.0.set(self.0.get() + 1);
+            PureVerifier.verify(token, key)
+        }
     }
 
     fn fixture() -> Fixture {
@@ -618,6 +704,8 @@ mod tests {
         Fixture {
             settings: parse(config.to_string().as_bytes()).unwrap(),
             key,
+            cache: RefCell::new(TokenCache::new(100, 1 << 20)),
+            verifications: std::cell::Cell::new(0),
         }
     }
 
@@ -657,7 +745,8 @@ mod tests {
             Authorizer {
                 settings: &self.settings,
                 remote: keys,
-                verifier: &PureVerifier,
+                verifier: &Counting(&self.verifications),
+                cache: &self.cache,
                 now: NOW,
             }
             .decide(&req)
@@ -1130,6 +1219,113 @@ mod tests {
         // Rules that do not accept keys ignore the key header entirely.
         let o = f.decide("GET", "/admin/x", &[("x-api-key", "tg_live_good")]);
         assert_eq!(denial(&o).reason, Reason::MissingCredentials);
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_but_still_checked() {
+        let f = fixture_with(|c| {
+            c["providers"]["local"]["revocation_feed"] = json!({
+                "http_uri": {"uri": "http://idp/revocations", "cluster": "idp"}
+            });
+        });
+        let empty = Feed(Some(Arc::new(
+            RevocationList::parse(br#"{"revoked":[]}"#, NOW).unwrap(),
+        )));
+        let t = f.token(json!({"jti": "j1", "exp": NOW + 61, "tenant": "acme"}));
+        let auth = [("authorization", format!("Bearer {t}"))];
+        let h: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let first = f.decide_with(&empty, "GET", "/data", &h);
+        assert_eq!(first.reason(), Some(Reason::Authenticated));
+        assert_eq!(f.verifications.get(), 1);
+        let again = f.decide_with(&empty, "GET", "/data", &h);
+        assert_eq!(again.reason(), Some(Reason::Authenticated));
+        assert_eq!(
+            f.verifications.get(),
+            1,
+            "a cache hit verified the signature again"
+        );
+        assert_eq!(
+            set(&again, "x-tenant").as_deref(),
+            Some("acme"),
+            "identity comes from the cache"
+        );
+        // Scope rules still apply on a hit.
+        let post = f.decide_with(&empty, "POST", "/data", &h);
+        assert_eq!(denial(&post).reason, Reason::InsufficientScope);
+        // A revocation after caching is obeyed.
+        let revoked = Feed(Some(Arc::new(
+            RevocationList::parse(
+                format!(r#"{{"revoked":[{{"jti":"j1","exp":{}}}]}}"#, NOW + 99).as_bytes(),
+                NOW,
+            )
+            .unwrap(),
+        )));
+        assert_eq!(
+            denial(&f.decide_with(&revoked, "GET", "/data", &h)).reason,
+            Reason::Revoked
+        );
+        assert_eq!(f.cache.borrow().len(), 0, "revoked tokens leave the cache");
+        // Expiry is judged on every hit.
+        f.decide_with(&empty, "GET", "/data", &h);
+        let later = Authorizer {
+            settings: &f.settings,
+            remote: &empty,
+            verifier: &PureVerifier,
+            cache: &f.cache,
+            now: NOW + 200,
+        };
+        let headers: Vec<(String, Vec<u8>)> =
+            vec![("authorization".into(), auth[0].1.clone().into_bytes())];
+        let req = RequestView {
+            method: "GET",
+            path: "/data",
+            headers: &headers,
+            client_ip: None,
+        };
+        assert_eq!(later.decide(&req).reason(), Some(Reason::Expired));
+    }
+
+    #[test]
+    fn a_key_rotation_makes_cached_entries_stale() {
+        let f = fixture();
+        let other = ES256KeyPair::generate().with_key_id("new");
+        let claims: JWTClaims<serde_json::Map<String, serde_json::Value>> = serde_json::from_value(
+            json!({"iss": "https://remote.test", "sub": "s", "exp": NOW + 60}),
+        )
+        .unwrap();
+        let token = other.sign(claims).unwrap();
+        let keyset = |kp: &ES256KeyPair| {
+            Arc::new(
+                crate::jwk::parse_jwks(
+                    json!({"keys":[crate::jwk::tests::es256_jwk(kp, "new")]})
+                        .to_string()
+                        .as_bytes(),
+                    crate::jwk::KeySource::Remote,
+                    &crate::alg::Algorithm::ALL,
+                    crate::jwk::Strictness::Lenient,
+                )
+                .unwrap()
+                .0,
+            )
+        };
+        let h = format!("Bearer {token}");
+        let before = Keys(Some(keyset(&other)), false);
+        assert_eq!(
+            f.decide_with(&before, "GET", "/remote/x", &[("authorization", &h)])
+                .reason(),
+            Some(Reason::Authenticated)
+        );
+        assert_eq!(
+            f.decide_with(&before, "GET", "/remote/x", &[("authorization", &h)])
+                .reason(),
+            Some(Reason::Authenticated)
+        );
+        assert_eq!(f.verifications.get(), 1);
+        // New key material under the same kid: the cached verification no longer counts.
+        let rotated = Keys(Some(keyset(&ES256KeyPair::generate())), false);
+        let o = f.decide_with(&rotated, "GET", "/remote/x", &[("authorization", &h)]);
+        assert_eq!(denial(&o).reason, Reason::BadSignature);
+        assert_eq!(f.verifications.get(), 2);
     }
 
     /// Hostile input must never panic (a panic kills the VM): mutate valid

@@ -74,6 +74,15 @@ struct RawConfig {
     client_ip: RawClientIp,
     #[serde(default)]
     api_keys: Option<RawApiKeys>,
+    #[serde(default)]
+    token_cache: Option<RawTokenCache>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenCache {
+    max_entries: usize,
+    max_bytes: usize,
 }
 
 #[derive(Deserialize)]
@@ -371,6 +380,8 @@ pub struct Settings {
     pub rate_limits: RateLimits,
     pub client_ip: ClientIpSource,
     pub api_keys: Option<ApiKeys>,
+    /// Verified-token cache bounds, per worker: (entries, bytes). 0 entries disables it.
+    pub token_cache: (usize, usize),
 }
 
 /// API-key authentication: where keys are read, how they are hashed, and
@@ -598,6 +609,9 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         rate_limits,
         client_ip,
         api_keys,
+        token_cache: raw
+            .token_cache
+            .map_or((10_000, 16 << 20), |c| (c.max_entries, c.max_bytes)),
     })
 }
 
@@ -1654,7 +1668,8 @@ mod tests {
             .strip_locations
             .contains(&TokenLocation::Query("api_key".into())));
 
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Edit<'a> = Box<dyn Fn(&mut Value) + 'a>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|v| v["api_keys"]["key_set"]["inline_string"] = json!(set("platinum"))),
                 "api_keys.key_set.inline_string.consumers[0].plan",

@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod remote;
 pub mod revocation;
+pub mod token_cache;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

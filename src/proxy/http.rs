@@ -107,6 +107,7 @@ impl TollgateHttp {
             settings: &self.worker.settings,
             remote: &state,
             verifier: self.worker.verifier.as_ref(),
+            cache: &self.worker.token_cache,
             now: now.as_secs(),
         }
         .decide(&req)

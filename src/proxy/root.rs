@@ -15,6 +15,7 @@ use crate::jwt::decode;
 use crate::ratelimit::table::Churn;
 use crate::remote::{Completion, FetchTrigger, RemoteDoc};
 use crate::revocation::RevocationList;
+use crate::token_cache::TokenCache;
 use jwt_simple::prelude::*;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -40,6 +41,7 @@ pub struct Worker {
     pub docs: RefCell<Vec<ProviderDocs>>,
     /// The API-key set, when it is fetched rather than inline.
     pub api_keys: RefCell<Option<RemoteDoc<ApiKeySet>>>,
+    pub token_cache: RefCell<TokenCache>,
 }
 
 impl Worker {
@@ -89,7 +91,9 @@ impl Worker {
             )),
             _ => None,
         };
+        let (entries, bytes) = settings.token_cache;
         Worker {
+            token_cache: RefCell::new(TokenCache::new(entries, bytes)),
             verifier: choose_verifier(settings.signature_backend),
             settings,
             metrics: Metrics::define(),
@@ -157,14 +161,17 @@ impl Worker {
     fn report(&self, id: DocId, completion: &Completion) {
         self.metrics.fetch(id.kind(), completion);
         let what = match id {
-            DocId::Keys(p) => format!("jwks for provider `{}`", self.settings.providers[p].name),
+            DocId::Keys(p) => format!(
+                "jwks fetch for provider `{}`",
+                self.settings.providers[p].name
+            ),
             DocId::Revocations(p) => {
                 format!(
-                    "revocations for provider `{}`",
+                    "revocations fetch for provider `{}`",
                     self.settings.providers[p].name
                 )
             }
-            DocId::ApiKeys => "api_keys".to_string(),
+            DocId::ApiKeys => "api_keys fetch".to_string(),
         };
         match completion {
             Completion::Loaded => {
@@ -181,9 +188,9 @@ impl Worker {
                     DocId::ApiKeys => log::info!("loaded API key set: {size} key(s)"),
                 }
             }
-            Completion::Unchanged => log::debug!("{what} unchanged"),
+            Completion::Unchanged => log::debug!("{what}: unchanged"),
             Completion::Failed(e) => {
-                log::warn!("{what} fetch failed, keeping the last good copy: {e}")
+                log::warn!("{what} failed, keeping the last good copy: {e}")
             }
         }
     }
