@@ -476,11 +476,19 @@ fn discovery_documents_jwks_and_health_describe_the_service() {
 
     let expected = json!({
         "issuer": "https://auth.example.test",
+        "authorization_endpoint": "https://auth.example.test/authorize",
         "token_endpoint": "https://auth.example.test/token",
         "jwks_uri": "https://auth.example.test/.well-known/jwks.json",
-        "grant_types_supported": ["client_credentials"],
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint": "https://auth.example.test/revoke",
+        "introspection_endpoint": "https://auth.example.test/introspect",
+        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "authorization_response_iss_parameter_supported": true,
         "scopes_supported": ["read:data", "write:data"],
     });
     for path in [

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod envoy;
+pub mod oauth;
 pub mod process;
 pub mod stack;
 pub mod token_service;

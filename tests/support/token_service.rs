@@ -1,6 +1,6 @@
 //! Launches `tollgate-token-service` for tests: a private temporary database, clients
-//! registered through the real CLI, `serve` on a free loopback port, and helpers to get
-//! tokens and drive the CLI while the server runs.
+//! and users registered through the real CLI, `serve` on a free loopback port, and
+//! helpers to get tokens and drive the CLI while the server runs.
 //!
 //! ```ignore
 //! let service = TokenService::builder().client("mobile-app", "read:data").start();
@@ -9,8 +9,9 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -39,7 +40,18 @@ pub struct TokenServiceBuilder {
     audience: String,
     access_token_ttl: u64,
     alg: String,
-    clients: Vec<(String, String)>,
+    clients: Vec<ClientSpec>,
+    users: Vec<(String, String)>,
+    serve_args: Vec<(String, String)>,
+}
+
+/// A client to register: `clients add` arguments.
+#[derive(Clone)]
+pub struct ClientSpec {
+    pub client_id: String,
+    pub scopes: String,
+    pub public: bool,
+    pub redirect_uris: Vec<String>,
 }
 
 impl TokenServiceBuilder {
@@ -72,9 +84,34 @@ impl TokenServiceBuilder {
         self
     }
 
-    /// Registers a client (through the CLI) before the server starts.
-    pub fn client(mut self, client_id: &str, scopes: &str) -> Self {
-        self.clients.push((client_id.to_owned(), scopes.to_owned()));
+    /// Registers a confidential client (through the CLI) before the server starts.
+    pub fn client(self, client_id: &str, scopes: &str) -> Self {
+        self.client_with_redirects(client_id, scopes, &[])
+    }
+
+    /// A confidential client that may also use the authorization code flow.
+    pub fn client_with_redirects(mut self, client_id: &str, scopes: &str, uris: &[&str]) -> Self {
+        self.clients
+            .push(ClientSpec::new(client_id, scopes, false, uris));
+        self
+    }
+
+    /// A public client (no secret, PKCE mandatory) with its redirect URIs.
+    pub fn public_client(mut self, client_id: &str, scopes: &str, uris: &[&str]) -> Self {
+        self.clients
+            .push(ClientSpec::new(client_id, scopes, true, uris));
+        self
+    }
+
+    /// Adds a user (through the CLI, password on stdin) before the server starts.
+    pub fn user(mut self, username: &str, password: &str) -> Self {
+        self.users.push((username.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// An extra `serve` flag, e.g. `serve_arg("--refresh-idle-ttl", "1")`.
+    pub fn serve_arg(mut self, flag: &str, value: &str) -> Self {
+        self.serve_args.push((flag.to_owned(), value.to_owned()));
         self
     }
 
@@ -92,10 +129,14 @@ impl TokenServiceBuilder {
             settings: self,
             process: None,
             secrets: HashMap::new(),
+            user_ids: HashMap::new(),
             agent: http_agent(),
         };
-        for (client_id, scopes) in service.settings.clients.clone() {
-            service.add_client(&client_id, &scopes);
+        for client in service.settings.clients.clone() {
+            service.register_client(&client);
+        }
+        for (username, password) in service.settings.users.clone() {
+            service.add_user(&username, &password);
         }
         service
     }
@@ -115,6 +156,7 @@ pub struct TokenService {
     port: u16,
     process: Option<ChildProcess>,
     secrets: HashMap<String, String>,
+    user_ids: HashMap<String, String>,
     agent: ureq::Agent,
     // Last: removed after the process is gone.
     _dir: TempDir,
@@ -129,6 +171,8 @@ impl TokenService {
             access_token_ttl: 900,
             alg: "ES256".to_owned(),
             clients: Vec::new(),
+            users: Vec::new(),
+            serve_args: Vec::new(),
         }
     }
 
@@ -190,17 +234,72 @@ impl TokenService {
             .expect("running the tollgate-token-service CLI")
     }
 
-    /// Registers a client through the CLI and returns its secret.
+    /// The user id (`sub`) printed when `username` was added.
+    pub fn user_id(&self, username: &str) -> &str {
+        self.user_ids
+            .get(username)
+            .unwrap_or_else(|| panic!("no user {username} was added through this harness"))
+    }
+
+    /// Registers a confidential client through the CLI and returns its secret.
     pub fn add_client(&mut self, client_id: &str, scopes: &str) -> String {
-        let output = self.cli(&["clients", "add", "--id", client_id, "--scopes", scopes]);
-        let stdout = successful(&output, "clients add");
+        self.register_client(&ClientSpec::new(client_id, scopes, false, &[]))
+            .expect("a confidential client has a secret")
+    }
+
+    /// `clients add` with the spec's flags; returns the secret, if the client has one.
+    pub fn register_client(&mut self, client: &ClientSpec) -> Option<String> {
+        let mut args = vec!["clients", "add", "--id", &client.client_id];
+        args.extend(["--scopes", &client.scopes]);
+        if client.public {
+            args.push("--public");
+        }
+        for uri in &client.redirect_uris {
+            args.extend(["--redirect-uri", uri]);
+        }
+        let stdout = successful(&self.cli(&args), "clients add");
         let secret = stdout
             .lines()
             .find_map(|line| line.strip_prefix("client_secret: "))
-            .unwrap_or_else(|| panic!("no client_secret line in:\n{stdout}"))
-            .to_owned();
-        self.secrets.insert(client_id.to_owned(), secret.clone());
+            .map(str::to_owned);
+        assert_eq!(
+            secret.is_none(),
+            client.public,
+            "only confidential clients get a secret:\n{stdout}"
+        );
+        if let Some(secret) = &secret {
+            self.secrets
+                .insert(client.client_id.clone(), secret.clone());
+        }
         secret
+    }
+
+    /// `users add` with the password on standard input; returns the user id.
+    pub fn add_user(&mut self, username: &str, password: &str) -> String {
+        let mut child = Command::new(BINARY)
+            .arg("--db")
+            .arg(&self.db_path)
+            .args(["users", "add", "--username", username])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running users add");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("writing the password");
+        let output = child.wait_with_output().expect("users add output");
+        let stdout = successful(&output, "users add");
+        let user_id = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("user_id: "))
+            .unwrap_or_else(|| panic!("no user_id line in:\n{stdout}"))
+            .to_owned();
+        self.user_ids.insert(username.to_owned(), user_id.clone());
+        user_id
     }
 
     /// `keys rotate` through the CLI (optionally with `--alg`); returns the new `kid`.
@@ -339,6 +438,9 @@ impl TokenService {
                 &self.settings.access_token_ttl.to_string(),
             ])
             .args(["--alg", &self.settings.alg]);
+        for (flag, value) in &self.settings.serve_args {
+            command.args([flag, value]);
+        }
         let mut process = ChildProcess::spawn("tollgate-token-service", command)
             .map_err(|err| StartError::Failed(format!("spawning {BINARY}: {err}")))?;
         match process.wait_for_http(&self.url("/healthz"), READY_TIMEOUT) {
@@ -351,6 +453,17 @@ impl TokenService {
                 Err(StartError::PortTaken(err))
             }
             Err(err) => Err(StartError::Failed(err)),
+        }
+    }
+}
+
+impl ClientSpec {
+    fn new(client_id: &str, scopes: &str, public: bool, redirect_uris: &[&str]) -> Self {
+        Self {
+            client_id: client_id.to_owned(),
+            scopes: scopes.to_owned(),
+            public,
+            redirect_uris: redirect_uris.iter().map(|uri| (*uri).to_owned()).collect(),
         }
     }
 }

@@ -1,9 +1,10 @@
-//! Registered OAuth clients: the `clients` table.
+//! Registered OAuth clients: the `clients` table and their redirect URIs.
 //!
-//! Every client is confidential for now (it holds a secret); `client_type` is stored so
-//! that public clients (authorization code + PKCE) can be added without a migration.
+//! Confidential clients hold a secret (RFC 6749 §2.1). Public clients (mobile apps,
+//! SPAs) cannot keep one: they authenticate with their client id alone
+//! (`token_endpoint_auth_method` `none`) and must use PKCE.
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension as _, Row, ToSql};
 
@@ -16,12 +17,15 @@ const MAX_CLIENT_ID_LEN: usize = 128;
 pub enum ClientType {
     /// Authenticates with a client secret (RFC 6749 §2.1).
     Confidential,
+    /// Holds no secret; PKCE is mandatory for it.
+    Public,
 }
 
 impl ClientType {
     pub fn as_str(self) -> &'static str {
         match self {
             ClientType::Confidential => "confidential",
+            ClientType::Public => "public",
         }
     }
 }
@@ -36,6 +40,7 @@ impl FromSql for ClientType {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         match value.as_str()? {
             "confidential" => Ok(ClientType::Confidential),
+            "public" => Ok(ClientType::Public),
             other => Err(FromSqlError::Other(
                 format!("client type {other:?} is not supported by this version").into(),
             )),
@@ -47,8 +52,8 @@ impl FromSql for ClientType {
 pub struct Client {
     pub client_id: String,
     pub client_type: ClientType,
-    /// Argon2id PHC string of the client secret.
-    pub secret_hash: String,
+    /// Argon2id PHC string of the client secret; `None` for public clients.
+    pub secret_hash: Option<String>,
     /// Scopes the client may request.
     pub scopes: ScopeSet,
     pub created_at: i64,
@@ -67,8 +72,10 @@ pub fn validate_client_id(client_id: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn insert(conn: &Connection, client: &Client) -> anyhow::Result<()> {
-    let inserted = conn.execute(
+/// Registers `client` with its redirect URIs (already validated).
+pub fn insert(conn: &Connection, client: &Client, redirect_uris: &[String]) -> anyhow::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    let inserted = tx.execute(
         "INSERT INTO clients (client_id, client_type, secret_hash, scopes, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (client_id) DO NOTHING",
@@ -83,7 +90,25 @@ pub fn insert(conn: &Connection, client: &Client) -> anyhow::Result<()> {
     if inserted == 0 {
         bail!("client {} already exists", client.client_id);
     }
+    for redirect_uri in redirect_uris {
+        tx.execute(
+            "INSERT INTO client_redirect_uris (client_id, redirect_uri) VALUES (?1, ?2)
+             ON CONFLICT DO NOTHING",
+            params![client.client_id, redirect_uri],
+        )
+        .with_context(|| format!("registering redirect URI {redirect_uri}"))?;
+    }
+    tx.commit()?;
     Ok(())
+}
+
+/// The client's registered redirect URIs, in lexical order.
+pub fn redirect_uris(conn: &Connection, client_id: &str) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached(
+        "SELECT redirect_uri FROM client_redirect_uris WHERE client_id = ?1 ORDER BY redirect_uri",
+    )?
+    .query_map([client_id], |row| row.get(0))?
+    .collect()
 }
 
 pub fn find(conn: &Connection, client_id: &str) -> rusqlite::Result<Option<Client>> {
@@ -104,10 +129,14 @@ pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Client>> {
     .collect()
 }
 
-/// Returns whether a client was removed.
-pub fn remove(conn: &Connection, client_id: &str) -> rusqlite::Result<bool> {
-    conn.execute("DELETE FROM clients WHERE client_id = ?1", [client_id])
-        .map(|removed| removed > 0)
+/// Removes a client, its redirect URIs and its grants; the access tokens issued from
+/// its grants are recorded as revoked. Returns whether a client was removed.
+pub fn remove(conn: &Connection, client_id: &str, now: i64) -> rusqlite::Result<bool> {
+    let tx = conn.unchecked_transaction()?;
+    crate::refresh::revoke_access_tokens_of_client(&tx, client_id, now)?;
+    let removed = tx.execute("DELETE FROM clients WHERE client_id = ?1", [client_id])?;
+    tx.commit()?;
+    Ok(removed > 0)
 }
 
 /// The union of every client's allowed scopes: all the scopes this server can grant.
@@ -149,7 +178,7 @@ mod tests {
         Client {
             client_id: client_id.to_owned(),
             client_type: ClientType::Confidential,
-            secret_hash: "$argon2id$placeholder".to_owned(),
+            secret_hash: Some("$argon2id$placeholder".to_owned()),
             scopes: scopes.parse().expect("scopes"),
             created_at: 1_700_000_000,
         }
@@ -159,9 +188,13 @@ mod tests {
     fn insert_find_list_remove() {
         let dir = tempfile::tempdir().expect("temp dir");
         let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
-        insert(&conn, &client("b-app", "read")).expect("insert b");
-        insert(&conn, &client("a-app", "write read")).expect("insert a");
-        let err = insert(&conn, &client("a-app", "")).expect_err("duplicate");
+        insert(&conn, &client("b-app", "read"), &[]).expect("insert b");
+        let uris = [
+            "https://a.example/cb".to_owned(),
+            "com.a.app:/cb".to_owned(),
+        ];
+        insert(&conn, &client("a-app", "write read"), &uris).expect("insert a");
+        let err = insert(&conn, &client("a-app", ""), &[]).expect_err("duplicate");
         assert!(err.to_string().contains("already exists"));
 
         let found = find(&conn, "a-app").expect("find").expect("present");
@@ -180,8 +213,25 @@ mod tests {
             .collect();
         assert_eq!(ids, ["a-app", "b-app"]);
 
-        assert!(remove(&conn, "a-app").expect("remove"));
-        assert!(!remove(&conn, "a-app").expect("remove again"));
+        assert_eq!(
+            redirect_uris(&conn, "a-app").expect("uris"),
+            ["com.a.app:/cb", "https://a.example/cb"]
+        );
+        assert!(redirect_uris(&conn, "b-app").expect("uris").is_empty());
+
+        let public = Client {
+            client_type: ClientType::Public,
+            secret_hash: None,
+            ..client("spa", "read")
+        };
+        insert(&conn, &public, &["https://spa.example/cb".to_owned()]).expect("public");
+        let found = find(&conn, "spa").expect("find").expect("present");
+        assert_eq!(found.client_type, ClientType::Public);
+        assert!(found.secret_hash.is_none());
+
+        assert!(remove(&conn, "a-app", 0).expect("remove"));
+        assert!(!remove(&conn, "a-app", 0).expect("remove again"));
+        assert!(redirect_uris(&conn, "a-app").expect("uris").is_empty());
     }
 
     #[test]

@@ -4,10 +4,14 @@
 //! instead of issuing tokens verifiers will reject.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Args;
 
+use crate::client_ip::TrustedProxies;
 use crate::keys::Algorithm;
+use crate::refresh::Lifetimes;
+use crate::throttle::Limits;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -47,12 +51,88 @@ pub struct ServeConfig {
     /// active key); use `keys rotate --alg` to change the algorithm later.
     #[arg(long, env = "TOLLGATE_ALG", value_enum, default_value_t = Algorithm::Es256)]
     pub alg: Algorithm,
+
+    /// Refresh-token idle lifetime in seconds: a refresh token unused this long stops
+    /// working (each refresh issues a new one). Default 14 days.
+    #[arg(
+        long,
+        env = "TOLLGATE_REFRESH_IDLE_TTL",
+        default_value_t = 1_209_600,
+        value_parser = clap::value_parser!(u64).range(1..=31_536_000)
+    )]
+    pub refresh_idle_ttl: u64,
+
+    /// Refresh-token absolute lifetime in seconds, from the user's login; refreshing
+    /// never extends it. Default 90 days.
+    #[arg(
+        long,
+        env = "TOLLGATE_REFRESH_ABSOLUTE_TTL",
+        default_value_t = 7_776_000,
+        value_parser = clap::value_parser!(u64).range(1..=31_536_000)
+    )]
+    pub refresh_absolute_ttl: u64,
+
+    /// Peers whose X-Forwarded-For is believed (comma-separated CIDR ranges; empty for
+    /// none). The client address is the right-most X-Forwarded-For entry that is not one
+    /// of them.
+    #[arg(
+        long,
+        env = "TOLLGATE_TRUSTED_PROXIES",
+        default_value = "127.0.0.1/32,::1/128"
+    )]
+    pub trusted_proxies: TrustedProxies,
+
+    /// Failed authentications per client id (or username) and client address before
+    /// answers become 429; attempts past half of it are delayed.
+    #[arg(
+        long,
+        env = "TOLLGATE_THROTTLE_ACCOUNT_FAILURES",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
+    pub throttle_account_failures: u32,
+
+    /// Failed authentications per client address, whatever the account, before 429.
+    #[arg(
+        long,
+        env = "TOLLGATE_THROTTLE_IP_FAILURES",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub throttle_ip_failures: u32,
+
+    /// Seconds over which a full failure count drains: with the defaults, one more
+    /// attempt every 90 s per account and address once blocked.
+    #[arg(
+        long,
+        env = "TOLLGATE_THROTTLE_WINDOW",
+        default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub throttle_window: u64,
 }
 
 impl ServeConfig {
     /// Absolute URL of an endpoint of this server, e.g. `endpoint("/token")`.
     pub fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.issuer.trim_end_matches('/'))
+    }
+
+    pub fn refresh_lifetimes(&self) -> Lifetimes {
+        // Both are bounded by the value parsers, far below i64::MAX.
+        let seconds = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        Lifetimes {
+            idle: seconds(self.refresh_idle_ttl),
+            absolute: seconds(self.refresh_absolute_ttl),
+        }
+    }
+
+    pub fn throttle_limits(&self) -> Limits {
+        Limits {
+            account_failures: self.throttle_account_failures,
+            address_failures: self.throttle_ip_failures,
+            window: Duration::from_secs(self.throttle_window),
+        }
     }
 }
 
@@ -84,6 +164,33 @@ fn parse_audience(audience: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// `serve`'s flags on their own.
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        config: ServeConfig,
+    }
+
+    impl ServeConfig {
+        fn parse_from<'a>(args: impl IntoIterator<Item = &'a str>) -> ServeConfig {
+            Serve::parse_from(args).config
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let config = ServeConfig::parse_from(["serve"]);
+        assert_eq!(config.refresh_lifetimes().idle, 14 * 86_400);
+        assert_eq!(config.refresh_lifetimes().absolute, 90 * 86_400);
+        assert_eq!(config.trusted_proxies.to_string(), "127.0.0.1/32,::1/128");
+        let limits = config.throttle_limits();
+        assert_eq!((limits.account_failures, limits.address_failures), (10, 50));
+        assert_eq!(limits.window, Duration::from_secs(900));
+        let none = ServeConfig::parse_from(["serve", "--trusted-proxies", ""]);
+        assert_eq!(none.trusted_proxies, TrustedProxies::default());
+    }
 
     #[test]
     fn issuer_rules() {
@@ -104,13 +211,8 @@ mod tests {
 
     #[test]
     fn endpoints_join_without_double_slash() {
-        let mut config = ServeConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            issuer: "https://auth.example.com/".to_owned(),
-            audience: "api".to_owned(),
-            access_token_ttl: 900,
-            alg: Algorithm::Es256,
-        };
+        let mut config =
+            ServeConfig::parse_from(["serve", "--issuer", "https://auth.example.com/"]);
         assert_eq!(config.endpoint("/token"), "https://auth.example.com/token");
         config.issuer = "https://auth.example.com/tenant".to_owned();
         assert_eq!(

@@ -1,6 +1,6 @@
 //! The SQLite store: opening the file, connection settings and schema migrations.
 //!
-//! One embedded file holds clients and signing keys, so the CLI and the running server
+//! One embedded file holds clients, users, signing keys and grants, so the CLI and the running server
 //! share state without a network hop. WAL lets the CLI write while the server reads, and
 //! `busy_timeout` makes concurrent writers wait instead of failing with SQLITE_BUSY.
 //! Schema changes are numbered migrations recorded in `PRAGMA user_version`: append a
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +55,83 @@ const MIGRATIONS: &[&str] = &[
         name  TEXT PRIMARY KEY NOT NULL,
         value INTEGER NOT NULL
     ) STRICT;
+    "#,
+    // 2: authorization code + PKCE, users, refresh-token families, revoked access tokens.
+    r#"
+    -- Exact-match redirection endpoints (RFC 6749 §3.1.2, RFC 9700 §2.1).
+    CREATE TABLE client_redirect_uris (
+        client_id    TEXT NOT NULL REFERENCES clients (client_id) ON DELETE CASCADE,
+        redirect_uri TEXT NOT NULL,
+        PRIMARY KEY (client_id, redirect_uri)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE users (
+        -- Opaque and never reused: the `sub` of the user's tokens.
+        user_id       TEXT PRIMARY KEY NOT NULL,
+        username      TEXT NOT NULL UNIQUE,
+        -- Argon2id PHC string; never the password itself.
+        password_hash TEXT NOT NULL,
+        created_at    INTEGER NOT NULL
+    ) STRICT;
+
+    -- One authorization grant: the refresh tokens rotated from one authorization code.
+    CREATE TABLE token_families (
+        family_id           INTEGER PRIMARY KEY,
+        client_id           TEXT NOT NULL REFERENCES clients (client_id) ON DELETE CASCADE,
+        user_id             TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+        -- The scope the user granted: refreshes may narrow it, never widen it.
+        scopes              TEXT NOT NULL,
+        created_at          INTEGER NOT NULL,
+        -- When the current refresh token stops working (never after absolute_expires_at).
+        idle_expires_at     INTEGER NOT NULL,
+        absolute_expires_at INTEGER NOT NULL,
+        revoked_at          INTEGER,
+        CHECK (idle_expires_at <= absolute_expires_at)
+    ) STRICT;
+    CREATE INDEX token_families_client ON token_families (client_id);
+    CREATE INDEX token_families_user ON token_families (user_id);
+    CREATE INDEX token_families_idle_expiry ON token_families (idle_expires_at);
+
+    CREATE TABLE refresh_tokens (
+        -- SHA-256 of the token; the token itself is never stored.
+        token_hash BLOB PRIMARY KEY NOT NULL,
+        family_id  INTEGER NOT NULL REFERENCES token_families (family_id) ON DELETE CASCADE,
+        issued_at  INTEGER NOT NULL,
+        -- Set when the token is exchanged; presenting it again is reuse.
+        rotated_at INTEGER
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);
+
+    CREATE TABLE authorization_codes (
+        -- SHA-256 of the code.
+        code_hash      BLOB PRIMARY KEY NOT NULL,
+        client_id      TEXT NOT NULL REFERENCES clients (client_id) ON DELETE CASCADE,
+        user_id        TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+        redirect_uri   TEXT NOT NULL,
+        scopes         TEXT NOT NULL,
+        -- BASE64URL(SHA-256(code_verifier)) (RFC 7636 S256); NULL without PKCE.
+        code_challenge TEXT,
+        expires_at     INTEGER NOT NULL,
+        -- The grant the code started, once redeemed: revoked if the code is replayed.
+        family_id      INTEGER REFERENCES token_families (family_id) ON DELETE CASCADE
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX authorization_codes_family ON authorization_codes (family_id);
+
+    -- Access tokens issued within a family, so that revoking the family revokes them.
+    CREATE TABLE family_access_tokens (
+        jti        TEXT PRIMARY KEY NOT NULL,
+        family_id  INTEGER NOT NULL REFERENCES token_families (family_id) ON DELETE CASCADE,
+        expires_at INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX family_access_tokens_family ON family_access_tokens (family_id);
+    CREATE INDEX family_access_tokens_expiry ON family_access_tokens (expires_at);
+
+    -- Revoked access tokens until they expire: the gateway's revocation feed.
+    CREATE TABLE revoked_access_tokens (
+        jti        TEXT PRIMARY KEY NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX revoked_access_tokens_expiry ON revoked_access_tokens (expires_at);
     "#,
 ];
 
@@ -120,6 +197,20 @@ impl Database {
         // drop), so the connection is still sound after poisoning.
         let conn = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         f(&conn)
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction, committed when `f` returns `Ok` (even an
+    /// `Ok` that carries a refusal: a refusal may have revoked tokens) and rolled back
+    /// otherwise. Blocks: call from a blocking thread.
+    pub fn transaction<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut conn = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
     }
 }
 

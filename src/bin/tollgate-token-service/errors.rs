@@ -17,8 +17,11 @@ use serde::Serialize;
 pub enum ErrorCode {
     InvalidRequest,
     InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
     UnsupportedGrantType,
     InvalidScope,
+    TooManyRequests,
     NotFound,
     MethodNotAllowed,
     ServerError,
@@ -29,8 +32,11 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InvalidClient => "invalid_client",
+            ErrorCode::InvalidGrant => "invalid_grant",
+            ErrorCode::UnauthorizedClient => "unauthorized_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::InvalidScope => "invalid_scope",
+            ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::ServerError => "server_error",
@@ -44,6 +50,8 @@ pub struct OAuthError {
     status: StatusCode,
     code: ErrorCode,
     description: Cow<'static, str>,
+    /// `Retry-After` seconds, for 429.
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +66,7 @@ impl OAuthError {
             status,
             code,
             description: description.into(),
+            retry_after: None,
         }
     }
 
@@ -79,12 +88,42 @@ impl OAuthError {
         )
     }
 
+    /// The authorization code or refresh token is invalid, expired, revoked, already
+    /// used, or was issued to another client (RFC 6749 §5.2).
+    pub fn invalid_grant(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidGrant,
+            description,
+        )
+    }
+
+    pub fn unauthorized_client(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UnauthorizedClient,
+            description,
+        )
+    }
+
     pub fn unsupported_grant_type() -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::UnsupportedGrantType,
-            "only the client_credentials grant is supported",
+            "supported grants: authorization_code, refresh_token, client_credentials",
         )
+    }
+
+    /// Too many failed authentications from this client id or address: 429 with
+    /// `Retry-After`. Not an RFC 6749 code: clients act on the status and the header.
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            "too many failed authentication attempts; retry later",
+        );
+        err.retry_after = Some(retry_after_secs);
+        err
     }
 
     pub fn invalid_scope(description: impl Into<Cow<'static, str>>) -> Self {
@@ -150,6 +189,11 @@ impl IntoResponse for OAuthError {
             error_description: &self.description,
         };
         let mut response = (self.status, no_store_headers(), Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 6749 §5.2 / RFC 9110 §15.5.2: a 401 names the scheme to use.
             response.headers_mut().insert(
@@ -184,6 +228,14 @@ mod tests {
         );
         assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn too_many_requests_says_when_to_retry() {
+        let response = OAuthError::too_many_requests(42).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "42");
+        assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
     }
 
     #[test]

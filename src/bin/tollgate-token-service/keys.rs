@@ -1,5 +1,5 @@
-//! Signing keys: generation, the DER form they are stored in, public JWK export and
-//! JWS signing.
+//! Signing keys: generation, the DER form they are stored in, public JWK export, JWS
+//! signing, and verification of the service's own tokens with the public half.
 //!
 //! jwt-simple (pure Rust) does the cryptography. A key's `kid` is its RFC 7638 JWK
 //! thumbprint: derived from the key itself, so it cannot collide by accident and is
@@ -10,9 +10,12 @@ use std::fmt;
 use anyhow::{ensure, Context as _};
 use clap::ValueEnum;
 use jwt_simple::prelude::{
-    ECDSAP256KeyPairLike as _, ES256KeyPair, Ed25519KeyPair, EdDSAKeyPairLike as _, HeaderOptions,
-    JWTClaims, RS256KeyPair, RSAKeyPairLike as _,
+    ECDSAP256KeyPairLike as _, ECDSAP256PublicKeyLike as _, ES256KeyPair, ES256PublicKey,
+    Ed25519KeyPair, Ed25519PublicKey, EdDSAKeyPairLike as _, EdDSAPublicKeyLike as _,
+    HeaderOptions, JWTClaims, RS256KeyPair, RS256PublicKey, RSAKeyPairLike as _,
+    RSAPublicKeyLike as _, VerificationOptions,
 };
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// RSA keys are generated at 2048 bits, the RFC 7518 minimum for RS256.
@@ -153,9 +156,43 @@ impl SigningKey {
     }
 }
 
+/// The public half of a signing key, published or not yet expired: checks tokens this
+/// service issued (at `/revoke` and `/introspect`).
+pub enum VerifyingKey {
+    Es256(ES256PublicKey),
+    // Boxed: an RSA public key is much larger than the others.
+    Rs256(Box<RS256PublicKey>),
+    EdDsa(Ed25519PublicKey),
+}
+
+impl VerifyingKey {
+    /// Parses a public JWK as [`SigningKey::public_jwk`] wrote it.
+    pub fn from_jwk(alg: Algorithm, jwk: &str) -> anyhow::Result<Self> {
+        Ok(match alg {
+            Algorithm::Es256 => VerifyingKey::Es256(ES256PublicKey::from_jwk(jwk)?),
+            Algorithm::Rs256 => VerifyingKey::Rs256(Box::new(RS256PublicKey::from_jwk(jwk)?)),
+            Algorithm::EdDsa => VerifyingKey::EdDsa(Ed25519PublicKey::from_jwk(jwk)?),
+        })
+    }
+
+    /// Checks the signature (the header's `alg` must be this key's) and `options`.
+    pub fn verify<C: Serialize + DeserializeOwned>(
+        &self,
+        token: &str,
+        options: VerificationOptions,
+    ) -> anyhow::Result<JWTClaims<C>> {
+        match self {
+            VerifyingKey::Es256(key) => key.verify_token(token, Some(options)),
+            VerifyingKey::Rs256(key) => key.verify_token(token, Some(options)),
+            VerifyingKey::EdDsa(key) => key.verify_token(token, Some(options)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jwt_simple::prelude::{Claims, Duration, NoCustomClaims};
     use serde_json::Value;
 
     #[test]
@@ -176,6 +213,25 @@ mod tests {
                 jwk.get("d").is_none(),
                 "public JWK must not carry the private key"
             );
+        }
+    }
+
+    #[test]
+    fn public_jwk_verifies_what_the_key_signs() {
+        for alg in [Algorithm::Es256, Algorithm::EdDsa, Algorithm::Rs256] {
+            let key = SigningKey::generate(alg).expect("generate");
+            let other = SigningKey::generate(alg).expect("generate");
+            let claims = Claims::create(Duration::from_secs(60));
+            let token = key.sign(claims, &HeaderOptions::default()).expect("sign");
+            let verifying = VerifyingKey::from_jwk(alg, &key.public_jwk()).expect("jwk");
+            let verified: JWTClaims<NoCustomClaims> = verifying
+                .verify(&token, VerificationOptions::default())
+                .expect("verifies");
+            assert!(verified.expires_at.is_some());
+            let stranger = VerifyingKey::from_jwk(alg, &other.public_jwk()).expect("jwk");
+            assert!(stranger
+                .verify::<NoCustomClaims>(&token, VerificationOptions::default())
+                .is_err());
         }
     }
 

@@ -7,13 +7,14 @@
 //! reloads the key set only when `PRAGMA data_version` shows that another connection
 //! (the CLI) committed a change, so a rotation takes effect without a restart.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use serde_json::Value;
 
-use crate::keys::{Algorithm, SigningKey};
+use crate::keys::{Algorithm, SigningKey, VerifyingKey};
 
 /// Verifiers commonly accept tokens up to a minute past `exp`.
 const CLOCK_SKEW_LEEWAY_SECS: i64 = 60;
@@ -182,6 +183,8 @@ pub struct KeySet {
     signing_key: SigningKey,
     /// Public JWKs, newest first, with the end of their publication window.
     published: Vec<(Value, Option<i64>)>,
+    /// The same public keys by `kid`, to check tokens presented back to the service.
+    verifying: HashMap<String, VerifyingKey>,
 }
 
 impl KeySet {
@@ -197,28 +200,44 @@ impl KeySet {
         let signing_key = SigningKey::from_der(Algorithm::from_jws_name(&alg)?, &der, &kid)?;
 
         let mut statement = conn.prepare(
-            "SELECT public_jwk, publish_until FROM signing_keys
+            "SELECT kid, alg, public_jwk, publish_until FROM signing_keys
              WHERE publish_until IS NULL OR publish_until > ?1
              ORDER BY created_at DESC, retired_at IS NULL DESC, kid",
         )?;
-        let published = statement
-            .query_map([now], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, Option<i64>>(1)?))
-            })?
-            .map(|row| {
-                let (jwk, publish_until) = row?;
-                let jwk: Value = serde_json::from_str(&jwk).context("stored public JWK")?;
-                Ok((jwk, publish_until))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let rows = statement.query_map([now], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+            ))
+        })?;
+        let mut published = Vec::new();
+        let mut verifying = HashMap::new();
+        for row in rows {
+            let (kid, alg, jwk_text, publish_until) = row?;
+            let alg = Algorithm::from_jws_name(&alg)?;
+            let key = VerifyingKey::from_jwk(alg, &jwk_text)
+                .with_context(|| format!("stored public JWK of key {kid}"))?;
+            let jwk: Value = serde_json::from_str(&jwk_text).context("stored public JWK")?;
+            published.push((jwk, publish_until));
+            verifying.insert(kid, key);
+        }
         Ok(Self {
             signing_key,
             published,
+            verifying,
         })
     }
 
     pub fn signing_key(&self) -> &SigningKey {
         &self.signing_key
+    }
+
+    /// The public key `kid`, if it is still published (or was when the set loaded:
+    /// a key past its window only signed tokens that have expired).
+    pub fn verifying_key(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.verifying.get(kid)
     }
 
     /// The JWK Set document (RFC 7517 §5) as of `now`.

@@ -37,6 +37,11 @@ impl ScopeSet {
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(String::as_str)
     }
+
+    /// The scopes in both sets.
+    pub fn intersection(&self, other: &ScopeSet) -> ScopeSet {
+        ScopeSet(self.0.intersection(&other.0).cloned().collect())
+    }
 }
 
 impl FromStr for ScopeSet {
@@ -107,5 +112,9 @@ mod tests {
         assert!(scopes("read:data").is_subset(&allowed));
         assert!(scopes("").is_subset(&allowed));
         assert!(!scopes("read:data admin").is_subset(&allowed));
+        assert_eq!(
+            scopes("admin read:data").intersection(&allowed),
+            scopes("read:data")
+        );
     }
 }

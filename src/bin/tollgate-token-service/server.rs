@@ -1,9 +1,12 @@
-//! `serve`: prepares the store (records the token TTL, creates the first signing key)
-//! and runs the HTTP server until SIGTERM or SIGINT, letting in-flight requests finish.
+//! `serve`: prepares the store (records the token TTL, creates the first signing key),
+//! runs the HTTP server until SIGTERM or SIGINT, letting in-flight requests finish, and
+//! prunes expired codes, grants and revocations once a minute.
 
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -13,7 +16,11 @@ use crate::config::ServeConfig;
 use crate::db::{self, Database};
 use crate::http::{self, AppState};
 use crate::keystore::{self, KeyCache};
-use crate::{clock, secrets};
+use crate::pending::PendingAuthorizations;
+use crate::throttle::Throttle;
+use crate::{clock, codes, refresh, revocation, secrets};
+
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 pub fn run(db_path: &Path, config: ServeConfig) -> anyhow::Result<()> {
     let mut conn = db::open(db_path)?;
@@ -39,6 +46,8 @@ pub fn run(db_path: &Path, config: ServeConfig) -> anyhow::Result<()> {
         secret_checks: Semaphore::new(parallelism),
         db: Database::new(conn),
         keys: KeyCache::default(),
+        throttle: Throttle::new(config.throttle_limits()),
+        pending: PendingAuthorizations::default(),
         config,
     });
 
@@ -57,13 +66,40 @@ pub fn run(db_path: &Path, config: ServeConfig) -> anyhow::Result<()> {
             state.config.issuer,
             state.config.audience
         );
-        axum::serve(listener, http::router(state))
+        tokio::spawn(prune_periodically(state.db.clone()));
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("serving HTTP")?;
         eprintln!("shut down");
         Ok(())
     })
+}
+
+/// Deletes what has expired: unused authorization codes, dead grants past their
+/// retention, and revocations of access tokens that expired anyway.
+async fn prune_periodically(db: Database) {
+    let mut interval = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        interval.tick().await;
+        let db = db.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            db.transaction(|tx| {
+                let now = clock::now();
+                codes::prune(tx, now)?;
+                refresh::prune(tx, now)?;
+                revocation::prune(tx, now)?;
+                Ok(())
+            })
+        })
+        .await;
+        match pruned {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => eprintln!("error: pruning expired grants: {err:#}"),
+            Err(err) => eprintln!("error: pruning task failed: {err}"),
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what service managers and container

@@ -1,16 +1,19 @@
-//! Access-token issuance in the JWT profile of RFC 9068.
+//! Access tokens in the JWT profile of RFC 9068: issuing them, and verifying the ones
+//! presented back to `/revoke` and `/introspect`.
 //!
 //! Header: `typ: at+jwt`, `alg`, `kid`. Claims: `iss`, `sub`, `aud`, `exp`, `iat`,
 //! `nbf`, `jti`, `client_id` and, when any scope is granted, `scope`.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use jwt_simple::prelude::{Claims, Duration, HeaderOptions, UnixTimeStamp};
-use rand::rngs::OsRng;
-use rand::RngCore as _;
-use serde::Serialize;
+use std::collections::HashSet;
+
+use jwt_simple::prelude::{
+    Audiences, Claims, Duration, HeaderOptions, Token, UnixTimeStamp, VerificationOptions,
+};
+use serde::{Deserialize, Serialize};
 
 use crate::keys::SigningKey;
+use crate::keystore::KeySet;
+use crate::opaque;
 use crate::scope::ScopeSet;
 
 /// RFC 9068 §2.1 media type of the header's `typ`.
@@ -32,22 +35,38 @@ pub struct IssuedToken {
     pub jwt: String,
     /// The token's `jti`: safe to log, unlike the token.
     pub jti: String,
+    /// Its `exp`, Unix seconds.
+    pub expires_at: i64,
 }
 
-#[derive(Serialize)]
-struct AccessTokenClaims<'a> {
-    client_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+#[derive(Serialize, Deserialize)]
+struct AccessTokenClaims {
+    client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+}
+
+/// The claims of a valid, unexpired access token this service issued.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    pub jti: String,
+    pub issuer: String,
+    pub subject: String,
+    pub audience: String,
+    pub client_id: String,
+    pub scope: Option<String>,
+    pub issued_at: i64,
+    pub expires_at: i64,
 }
 
 /// Signs an access token for `grant`, issued at `now` (Unix seconds).
 pub fn issue(key: &SigningKey, grant: &Grant<'_>, now: i64) -> anyhow::Result<IssuedToken> {
-    let jti = random_token_id();
+    // 128 random bits.
+    let jti = opaque::random(16);
     let issued_at = UnixTimeStamp::from_secs(u64::try_from(now)?);
     let mut claims = Claims::with_custom_claims(
         AccessTokenClaims {
-            client_id: grant.client_id,
+            client_id: grant.client_id.to_owned(),
             scope: (!grant.scopes.is_empty()).then(|| grant.scopes.to_string()),
         },
         Duration::from_secs(grant.lifetime_secs),
@@ -66,20 +85,56 @@ pub fn issue(key: &SigningKey, grant: &Grant<'_>, now: i64) -> anyhow::Result<Is
         ..HeaderOptions::default()
     };
     let jwt = key.sign(claims, &options)?;
-    Ok(IssuedToken { jwt, jti })
+    let expires_at = now.saturating_add(i64::try_from(grant.lifetime_secs)?);
+    Ok(IssuedToken {
+        jwt,
+        jti,
+        expires_at,
+    })
 }
 
-/// 128 random bits, base64url.
-fn random_token_id() -> String {
-    let mut bytes = [0u8; 16];
-    OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+/// The token's claims if it is an access token this service signed for `issuer` with
+/// one of `keys`, and it has not expired at `now`. Says nothing about revocation.
+pub fn verify(keys: &KeySet, jwt: &str, issuer: &str, now: i64) -> Option<VerifiedToken> {
+    let metadata = Token::decode_metadata(jwt).ok()?;
+    let key = keys.verifying_key(metadata.key_id()?)?;
+    let options = VerificationOptions {
+        required_signature_type: Some(ACCESS_TOKEN_TYPE.to_owned()),
+        allowed_issuers: Some(HashSet::from([issuer.to_owned()])),
+        // `exp` is checked below, exactly and in whole seconds as it was issued; this
+        // only keeps the library's coarse clock from calling a token issued this very
+        // second "from the future".
+        time_tolerance: Some(Duration::from_secs(60)),
+        ..VerificationOptions::default()
+    };
+    let claims = key.verify::<AccessTokenClaims>(jwt, options).ok()?;
+    let expires_at = i64::try_from(claims.expires_at?.as_secs()).ok()?;
+    if expires_at <= now {
+        return None;
+    }
+    let audience = match claims.audiences? {
+        Audiences::AsString(audience) => audience,
+        Audiences::AsSet(_) => return None,
+    };
+    Some(VerifiedToken {
+        jti: claims.jwt_id?,
+        issuer: claims.issuer?,
+        subject: claims.subject?,
+        audience,
+        client_id: claims.custom.client_id,
+        scope: claims.custom.scope,
+        issued_at: i64::try_from(claims.issued_at?.as_secs()).ok()?,
+        expires_at,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::Algorithm;
+    use crate::keystore::{self, KeyCache};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     use serde_json::Value;
 
     fn decode_segment(segment: &str) -> Value {
@@ -117,6 +172,46 @@ mod tests {
         assert_eq!(claims["nbf"], 1_700_000_000);
         assert_eq!(claims["exp"], 1_700_000_900);
         assert_eq!(claims["jti"], token.jti.as_str());
+        assert_eq!(token.expires_at, 1_700_000_900);
+    }
+
+    #[test]
+    fn verifies_its_own_unexpired_tokens_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let now = crate::clock::now();
+        keystore::ensure_active(&mut conn, Algorithm::Es256, now).expect("key");
+        let keys = KeyCache::default().current(&conn, now).expect("keys");
+        let scopes: ScopeSet = "read".parse().expect("scopes");
+        let grant = Grant {
+            issuer: "https://auth.example",
+            audience: "api",
+            subject: "user-1",
+            client_id: "app",
+            scopes: &scopes,
+            lifetime_secs: 60,
+        };
+        let token = issue(keys.signing_key(), &grant, now).expect("issue");
+
+        let verified = verify(&keys, &token.jwt, "https://auth.example", now).expect("valid");
+        assert_eq!(verified.jti, token.jti);
+        assert_eq!(verified.subject, "user-1");
+        assert_eq!(verified.client_id, "app");
+        assert_eq!(verified.audience, "api");
+        assert_eq!(verified.scope.as_deref(), Some("read"));
+        assert_eq!(verified.issued_at, now);
+        assert_eq!(verified.expires_at, now + 60);
+
+        assert!(verify(&keys, &token.jwt, "https://other.example", now).is_none());
+        assert!(verify(&keys, &token.jwt, "https://auth.example", now + 60).is_none());
+        let (head, signature) = token.jwt.rsplit_once('.').expect("jws");
+        let forged = format!("{head}.{}", signature.chars().rev().collect::<String>());
+        assert!(verify(&keys, &forged, "https://auth.example", now).is_none());
+        assert!(verify(&keys, "not a token", "https://auth.example", now).is_none());
+
+        let stranger = SigningKey::generate(Algorithm::Es256).expect("key");
+        let foreign = issue(&stranger, &grant, now).expect("issue");
+        assert!(verify(&keys, &foreign.jwt, "https://auth.example", now).is_none());
     }
 
     #[test]

@@ -1,18 +1,111 @@
-//! Which client a token request claims to be: `client_secret_basic` or
-//! `client_secret_post` (RFC 6749 §2.3.1). Only extracts the claimed credentials;
-//! checking the secret is the token endpoint's job.
+//! Client authentication at `/token`, `/revoke` and `/introspect`:
+//! `client_secret_basic` or `client_secret_post` (RFC 6749 §2.3.1) for confidential
+//! clients, the client id alone (`none`) for public ones.
+//!
+//! Every secret check costs one Argon2 verification, known client or not, and goes
+//! through the brute-force throttle first: a blocked caller gets 429 without any
+//! hashing.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::http::{header, HeaderMap};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use super::form::{decode_component, Form};
+use super::{blocking, AppState};
+use crate::clients::{self, Client, ClientType};
 use crate::errors::OAuthError;
+use crate::secrets;
+use crate::throttle::{Account, Verdict};
 
 /// Credentials presented by the client. Deliberately not `Debug`: it holds a secret.
 pub struct ClientCredentials {
     pub client_id: String,
-    pub client_secret: String,
+    /// `None`: the client id alone, as a public client sends it.
+    client_secret: Option<String>,
+}
+
+/// Which kinds of client an endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepts {
+    AnyClient,
+    /// Introspection: only clients that can prove who they are.
+    ConfidentialOnly,
+}
+
+/// The registered client the credentials prove, after the throttle allowed the
+/// attempt. Failures count against the client id at `ip` and against `ip`.
+pub async fn authenticate(
+    state: &Arc<AppState>,
+    credentials: ClientCredentials,
+    ip: IpAddr,
+    accepts: Accepts,
+) -> Result<Client, OAuthError> {
+    let client_id = credentials.client_id.clone();
+    let account = Account::Client(&client_id);
+    match state.throttle.check(account, ip, Instant::now()) {
+        Verdict::Blocked(wait) => {
+            return Err(OAuthError::too_many_requests(
+                wait.as_secs_f64().ceil().max(1.0) as u64,
+            ))
+        }
+        Verdict::Proceed(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
+        Verdict::Proceed(_) => {}
+    }
+    match verify(state, credentials, accepts).await? {
+        Some(client) => {
+            state.throttle.record_success(account, ip);
+            Ok(client)
+        }
+        None => {
+            state.throttle.record_failure(account, ip, Instant::now());
+            Err(OAuthError::invalid_client())
+        }
+    }
+}
+
+/// The client, if the credentials prove it. Unknown clients, and public clients that
+/// send a secret, are checked against a dummy hash: same work, same answer as a wrong
+/// secret.
+async fn verify(
+    state: &Arc<AppState>,
+    credentials: ClientCredentials,
+    accepts: Accepts,
+) -> Result<Option<Client>, OAuthError> {
+    let _permit = match credentials.client_secret {
+        Some(_) => Some(
+            state
+                .secret_checks
+                .acquire()
+                .await
+                .map_err(|err| OAuthError::internal("secret check limiter closed", err))?,
+        ),
+        None => None,
+    };
+    let state = Arc::clone(state);
+    blocking(move || {
+        let client = state
+            .db
+            .with(|conn| clients::find(conn, &credentials.client_id))
+            .map_err(|err| OAuthError::internal("looking up client", err))?;
+        Ok(match credentials.client_secret {
+            Some(secret) => {
+                let hash = client
+                    .as_ref()
+                    .and_then(|client| client.secret_hash.as_deref())
+                    .unwrap_or(&state.dummy_secret_hash);
+                let valid = secrets::verify(&secret, hash);
+                client.filter(|client| valid && client.client_type == ClientType::Confidential)
+            }
+            None => client.filter(|client| {
+                client.client_type == ClientType::Public && accepts == Accepts::AnyClient
+            }),
+        })
+    })
+    .await
 }
 
 /// Extracts the client credentials from the `Authorization` header or the form.
@@ -48,11 +141,11 @@ pub fn extract(headers: &HeaderMap, form: &Form) -> Result<ClientCredentials, OA
 
 fn from_form(form: &Form) -> Result<ClientCredentials, OAuthError> {
     match (form.get("client_id"), form.get("client_secret")) {
-        (Some(client_id), Some(client_secret)) => Ok(ClientCredentials {
+        (Some(client_id), client_secret) => Ok(ClientCredentials {
             client_id: client_id.to_owned(),
-            client_secret: client_secret.to_owned(),
+            client_secret: client_secret.map(str::to_owned),
         }),
-        _ => Err(OAuthError::invalid_client()),
+        (None, _) => Err(OAuthError::invalid_client()),
     }
 }
 
@@ -73,7 +166,7 @@ fn parse_basic(value: &[u8]) -> Option<ClientCredentials> {
     }
     Some(ClientCredentials {
         client_id,
-        client_secret,
+        client_secret: Some(client_secret),
     })
 }
 
@@ -102,7 +195,7 @@ mod tests {
         let credentials =
             extract(&basic("svc%3Abilling:s3cr%2Bt+x"), &form("")).expect("credentials");
         assert_eq!(credentials.client_id, "svc:billing");
-        assert_eq!(credentials.client_secret, "s3cr+t x");
+        assert_eq!(credentials.client_secret.as_deref(), Some("s3cr+t x"));
     }
 
     #[test]
@@ -110,7 +203,14 @@ mod tests {
         let credentials =
             extract(&HeaderMap::new(), &form("client_id=app&client_secret=pw")).expect("post");
         assert_eq!(credentials.client_id, "app");
-        assert_eq!(credentials.client_secret, "pw");
+        assert_eq!(credentials.client_secret.as_deref(), Some("pw"));
+    }
+
+    #[test]
+    fn a_client_id_alone_is_a_public_client() {
+        let credentials = extract(&HeaderMap::new(), &form("client_id=spa")).expect("none");
+        assert_eq!(credentials.client_id, "spa");
+        assert!(credentials.client_secret.is_none());
     }
 
     #[test]
@@ -125,7 +225,7 @@ mod tests {
     fn missing_or_malformed_credentials_are_invalid_client() {
         for (headers, body) in [
             (HeaderMap::new(), ""),
-            (HeaderMap::new(), "client_id=app"),
+            (HeaderMap::new(), "client_secret=pw"),
             (basic("no-colon"), ""),
             (basic(":pw"), ""),
             (basic("app:%zz"), ""),

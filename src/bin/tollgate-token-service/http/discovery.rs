@@ -1,6 +1,7 @@
 //! Public, unauthenticated documents: the JWK Set, the authorization-server metadata
 //! (RFC 8414, also served as `openid-configuration` for OIDC-style discovery) and the
-//! health check. They advertise only what this server really supports.
+//! health check. They advertise only what this server really supports; the gateway's
+//! revocation feed is not a standard endpoint and is not listed.
 
 use std::sync::Arc;
 
@@ -44,12 +45,19 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, OA
     let config = &state.config;
     let mut document = json!({
         "issuer": config.issuer,
+        "authorization_endpoint": config.endpoint("/authorize"),
         "token_endpoint": config.endpoint("/token"),
         "jwks_uri": config.endpoint("/.well-known/jwks.json"),
-        "grant_types_supported": ["client_credentials"],
-        // No authorization endpoint yet, so no response types.
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint": config.endpoint("/revoke"),
+        "introspection_endpoint": config.endpoint("/introspect"),
+        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "authorization_response_iss_parameter_supported": true,
     });
     if !scopes.is_empty() {
         document["scopes_supported"] = scopes.iter().collect::<Vec<_>>().into();

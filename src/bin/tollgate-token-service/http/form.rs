@@ -1,14 +1,85 @@
-//! Strict `application/x-www-form-urlencoded` decoding for token requests.
+//! Strict `application/x-www-form-urlencoded` requests: reading a body (content type,
+//! size and time limits), decoding it or a query string, and encoding a value.
 //!
-//! Stricter than a general form parser on purpose: RFC 6749 §3.2 forbids repeating a
-//! parameter, and a request whose bytes are not valid percent-encoded UTF-8 is rejected
-//! rather than repaired, so that what was authenticated is exactly what was sent.
+//! Stricter than a general form parser on purpose: RFC 6749 §3.1 and §3.2 forbid
+//! repeating a parameter, and bytes that are not valid percent-encoded UTF-8 are
+//! rejected rather than repaired, so that what was authenticated is exactly what was
+//! sent.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
-use percent_encoding::percent_decode;
+use axum::body::Bytes;
+use axum::extract::{FromRequest as _, Request};
+use axum::http::{header, HeaderMap, StatusCode};
+use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::errors::OAuthError;
+
+/// OAuth requests are a few hundred bytes; anything near this is not one.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// A client that announces a body and does not send it is cut off after this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Everything but RFC 3986 unreserved characters is percent-encoded.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Reads a form body: checks the content type, the size limit and the time limit, and
+/// decodes it. Duplicate-parameter errors name the parameter only if it is one of
+/// `known` (other names are not echoed back).
+pub async fn read(request: Request, known: &[&str]) -> Result<Form, OAuthError> {
+    require_form_content_type(request.headers())?;
+    let body = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, &()))
+        .await
+        .map_err(|_| OAuthError::request_timeout())?
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                OAuthError::payload_too_large(MAX_BODY_BYTES)
+            } else {
+                OAuthError::invalid_request("the request body could not be read")
+            }
+        })?;
+    Form::parse(&body).map_err(|err| match err {
+        FormError::Malformed => {
+            OAuthError::invalid_request("the request body is not valid form-urlencoded UTF-8")
+        }
+        FormError::Duplicate(name) if known.contains(&name.as_str()) => {
+            OAuthError::invalid_request(format!("parameter {name} is included more than once"))
+        }
+        FormError::Duplicate(_) => {
+            OAuthError::invalid_request("a parameter is included more than once")
+        }
+    })
+}
+
+fn require_form_content_type(headers: &HeaderMap) -> Result<(), OAuthError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| {
+            essence
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if is_form {
+        Ok(())
+    } else {
+        Err(OAuthError::invalid_request(
+            "the request body must be application/x-www-form-urlencoded",
+        ))
+    }
+}
+
+/// Percent-encodes a query or form value (space as `%20`).
+pub fn encode_component(value: &str) -> String {
+    utf8_percent_encode(value, COMPONENT).to_string()
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum FormError {
@@ -133,5 +204,15 @@ mod tests {
     fn component_decoding() {
         assert_eq!(decode_component(b"a+b%2Bc%3A").expect("decode"), "a b+c:");
         assert_eq!(decode_component(b"caf%C3%A9").expect("decode"), "caf\u{e9}");
+    }
+
+    #[test]
+    fn component_encoding_round_trips() {
+        let value = "a b+c:/?&=~\u{e9}";
+        assert_eq!(encode_component(value), "a%20b%2Bc%3A%2F%3F%26%3D~%C3%A9");
+        assert_eq!(
+            decode_component(encode_component(value).as_bytes()).expect("decode"),
+            value
+        );
     }
 }

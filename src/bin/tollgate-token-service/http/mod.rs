@@ -3,15 +3,22 @@
 //! Handlers never hold the database or run Argon2/signing on the async executor: that
 //! work goes to blocking threads through [`blocking`].
 
+mod authorize;
 mod client_auth;
 mod discovery;
-mod form;
+pub mod form;
+mod introspect;
+mod pages;
+mod revocations;
+mod revoke;
 mod token;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -23,24 +30,41 @@ use crate::config::ServeConfig;
 use crate::db::Database;
 use crate::errors::OAuthError;
 use crate::keystore::KeyCache;
+use crate::pending::PendingAuthorizations;
+use crate::throttle::Throttle;
 
 /// State shared by all handlers.
 pub struct AppState {
     pub config: ServeConfig,
     pub db: Database,
     pub keys: KeyCache,
-    /// Verified against when a client id is unknown, so that failing costs the same.
+    /// Verified against when a client id or username is unknown, so that failing
+    /// costs the same.
     pub dummy_secret_hash: String,
     /// Bounds concurrent Argon2 verifications: each takes ~19 MiB and a core for a while.
     pub secret_checks: Semaphore,
+    /// Failed client and user authentications.
+    pub throttle: Throttle,
+    /// Authorization requests waiting for the user's login.
+    pub pending: PendingAuthorizations,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let form_limit = || DefaultBodyLimit::max(form::MAX_BODY_BYTES);
     Router::new()
+        .route("/token", post(token::token).layer(form_limit()))
         .route(
-            "/token",
-            post(token::token).layer(DefaultBodyLimit::max(token::MAX_BODY_BYTES)),
+            "/authorize",
+            get(authorize::start)
+                .post(authorize::decide)
+                .layer(form_limit()),
         )
+        .route("/revoke", post(revoke::revoke).layer(form_limit()))
+        .route(
+            "/introspect",
+            post(introspect::introspect).layer(form_limit()),
+        )
+        .route("/revocations", get(revocations::feed))
         .route("/.well-known/jwks.json", get(discovery::jwks))
         .route(
             "/.well-known/oauth-authorization-server",
@@ -89,6 +113,11 @@ async fn access_log(request: Request, next: Next) -> Response {
     }
     eprintln!("{line}");
     response
+}
+
+/// The address a request came from, through trusted proxies (see [`crate::client_ip`]).
+fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    state.config.trusted_proxies.client_ip(peer.ip(), headers)
 }
 
 /// Runs `work` on a blocking thread.

@@ -1,0 +1,231 @@
+//! The grants of the token endpoint: from an authenticated client and its request to
+//! tokens, or to an RFC 6749 §5.2 refusal.
+//!
+//! - `client_credentials` (§4.4): a token for the client itself; confidential clients
+//!   only.
+//! - `authorization_code` (§4.1.3, RFC 7636): redeems a code once, checking client,
+//!   expiry, redirect URI and PKCE; starts a refresh-token family. A code presented
+//!   again revokes that family.
+//! - `refresh_token` (§6, RFC 9700 §4.14): rotates the token; the scope may narrow,
+//!   never widen. A rotated token presented again revokes its family.
+//!
+//! The database functions run inside one transaction that is committed even when the
+//! request is refused, because a refusal may have revoked a family.
+
+use anyhow::Context as _;
+use rusqlite::Connection;
+
+use crate::clients::{Client, ClientType};
+use crate::config::ServeConfig;
+use crate::errors::OAuthError;
+use crate::keystore::KeySet;
+use crate::scope::ScopeSet;
+use crate::token::{self, Grant, IssuedToken};
+use crate::{codes, pkce, refresh};
+
+/// What the token endpoint hands out.
+pub struct Issued {
+    pub access_token: IssuedToken,
+    /// Only for grants made by a user (authorization code and refresh).
+    pub refresh_token: Option<String>,
+    pub scopes: ScopeSet,
+}
+
+/// Settings, keys and time shared by every grant.
+pub struct Context<'a> {
+    pub config: &'a ServeConfig,
+    pub keys: &'a KeySet,
+    pub now: i64,
+}
+
+/// `grant_type=authorization_code` parameters.
+pub struct CodeRequest {
+    pub code: String,
+    pub redirect_uri: String,
+    pub code_verifier: Option<String>,
+}
+
+/// `grant_type=refresh_token` parameters.
+pub struct RefreshRequest {
+    pub refresh_token: String,
+    pub scope: Option<ScopeSet>,
+}
+
+/// A refusal to answer with, or an internal failure.
+pub type Outcome = anyhow::Result<Result<Issued, OAuthError>>;
+
+/// Signs a token for the requested scopes, or for all the client's if it requested
+/// none (RFC 6749 §3.3 allows this default).
+pub fn client_credentials(
+    context: &Context<'_>,
+    client: &Client,
+    requested: Option<ScopeSet>,
+) -> Outcome {
+    if client.client_type == ClientType::Public {
+        return Ok(Err(OAuthError::unauthorized_client(
+            "public clients cannot use the client_credentials grant",
+        )));
+    }
+    let scopes = match requested {
+        None => client.scopes.clone(),
+        Some(requested) if requested.is_subset(&client.scopes) => requested,
+        Some(_) => {
+            return Ok(Err(OAuthError::invalid_scope(
+                "the requested scope exceeds the scopes allowed for this client",
+            )))
+        }
+    };
+    let access_token = sign(context, &client.client_id, &client.client_id, &scopes)?;
+    Ok(Ok(Issued {
+        access_token,
+        refresh_token: None,
+        scopes,
+    }))
+}
+
+pub fn authorization_code(
+    conn: &Connection,
+    context: &Context<'_>,
+    client: &Client,
+    request: &CodeRequest,
+) -> Outcome {
+    let now = context.now;
+    let Some(stored) = codes::find(conn, &request.code)? else {
+        return refuse("the authorization code is invalid");
+    };
+    if stored.client_id != client.client_id {
+        return refuse("the authorization code was issued to another client");
+    }
+    if let Some(family_id) = stored.family_id {
+        // RFC 6749 §4.1.2: a code used twice is compromised; so is what it produced.
+        refresh::revoke_family(conn, family_id, now)?;
+        eprintln!(
+            "security: authorization code replayed by client {}: grant {family_id} revoked",
+            client.client_id
+        );
+        return refuse(
+            "the authorization code was already used; the tokens issued from it are revoked",
+        );
+    }
+    if stored.expires_at <= now {
+        return refuse("the authorization code expired");
+    }
+    if stored.redirect_uri != request.redirect_uri {
+        return refuse("redirect_uri differs from the one in the authorization request");
+    }
+    match (&stored.code_challenge, &request.code_verifier) {
+        (Some(challenge), Some(verifier)) if pkce::verify(verifier, challenge) => {}
+        (Some(_), Some(_)) => return refuse("code_verifier does not match the code_challenge"),
+        (Some(_), None) => {
+            return refuse(
+                "code_verifier is required: the authorization request had a code_challenge",
+            )
+        }
+        // Downgrade protection (RFC 9700 §2.1.1): a verifier without a challenge means
+        // the authorization request was not the one this client sent.
+        (None, Some(_)) => {
+            return refuse(
+                "code_verifier sent, but the authorization request had no code_challenge",
+            )
+        }
+        (None, None) => {}
+    }
+
+    let (family_id, refresh_token) = refresh::start_family(
+        conn,
+        &client.client_id,
+        &stored.user_id,
+        &stored.scopes,
+        context.config.refresh_lifetimes(),
+        now,
+    )?;
+    codes::mark_redeemed(conn, &request.code, family_id)?;
+    let access_token = sign(context, &stored.user_id, &client.client_id, &stored.scopes)?;
+    refresh::record_access_token(conn, family_id, &access_token.jti, access_token.expires_at)?;
+    Ok(Ok(Issued {
+        access_token,
+        refresh_token: Some(refresh_token),
+        scopes: stored.scopes,
+    }))
+}
+
+pub fn refresh_token(
+    conn: &Connection,
+    context: &Context<'_>,
+    client: &Client,
+    request: &RefreshRequest,
+) -> Outcome {
+    let now = context.now;
+    let Some(presented) = refresh::find(conn, &request.refresh_token)? else {
+        return refuse("the refresh token is invalid");
+    };
+    let family = presented.family;
+    if family.client_id != client.client_id {
+        return refuse("the refresh token was issued to another client");
+    }
+    if presented.rotated {
+        if !family.revoked {
+            refresh::revoke_family(conn, family.family_id, now)?;
+            eprintln!(
+                "security: rotated refresh token reused by client {}: grant {} revoked",
+                client.client_id, family.family_id
+            );
+        }
+        return refuse("the refresh token was already used; its grant is revoked");
+    }
+    if !family.is_live(now) {
+        return refuse("the refresh token expired or was revoked");
+    }
+    // The scope granted, less any the client may no longer request.
+    let granted = family.scopes.intersection(&client.scopes);
+    let scopes = match &request.scope {
+        None => granted,
+        Some(requested) if requested.is_subset(&granted) => requested.clone(),
+        Some(_) => {
+            return Ok(Err(OAuthError::invalid_scope(
+                "a refresh may narrow the granted scope, never widen it",
+            )))
+        }
+    };
+
+    let refresh_token = refresh::rotate(
+        conn,
+        &request.refresh_token,
+        family.family_id,
+        context.config.refresh_lifetimes(),
+        now,
+    )?;
+    let access_token = sign(context, &family.user_id, &client.client_id, &scopes)?;
+    refresh::record_access_token(
+        conn,
+        family.family_id,
+        &access_token.jti,
+        access_token.expires_at,
+    )?;
+    Ok(Ok(Issued {
+        access_token,
+        refresh_token: Some(refresh_token),
+        scopes,
+    }))
+}
+
+fn refuse(description: &'static str) -> Outcome {
+    Ok(Err(OAuthError::invalid_grant(description)))
+}
+
+fn sign(
+    context: &Context<'_>,
+    subject: &str,
+    client_id: &str,
+    scopes: &ScopeSet,
+) -> anyhow::Result<IssuedToken> {
+    let grant = Grant {
+        issuer: &context.config.issuer,
+        audience: &context.config.audience,
+        subject,
+        client_id,
+        scopes,
+        lifetime_secs: context.config.access_token_ttl,
+    };
+    token::issue(context.keys.signing_key(), &grant, context.now).context("signing access token")
+}

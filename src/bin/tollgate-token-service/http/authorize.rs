@@ -1,0 +1,429 @@
+//! `/authorize` (RFC 6749 §4.1.1, RFC 7636 §4.3, RFC 9700): the authorization code
+//! flow's front channel.
+//!
+//! `GET` validates the request. The client and redirect URI come first: if either is
+//! wrong, the user sees an error page and is never redirected (RFC 6749 §4.1.2.1).
+//! Every later problem goes back to the redirect URI as `error`, `error_description`,
+//! `state` and `iss` (RFC 9207). A valid request is held server-side and the login and
+//! consent page is shown. `POST` is that page's form: Deny sends `access_denied`;
+//! Approve checks the user's password (throttled like client secrets, one Argon2
+//! verification known user or not) and redirects with a single-use code.
+//!
+//! Redirects are `303 See Other`, so that the browser follows them with a GET and never
+//! re-posts the password to the client (RFC 9700 §4.12).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::form::{self, Form};
+use super::pages::{self, LoginPage};
+use super::{blocking, client_ip, AppState, LogContext};
+use crate::clients::{self, ClientType};
+use crate::codes::{self, NewCode};
+use crate::errors::{no_store_headers, OAuthError};
+use crate::pending::{PendingAuthorization, Taken};
+use crate::scope::ScopeSet;
+use crate::throttle::{Account, Verdict};
+use crate::users::{self, User};
+use crate::{clock, pkce, redirect_uri, secrets};
+
+/// Longest `state` carried through; clients commonly use a random value or a short JWT.
+const MAX_STATE_LEN: usize = 2048;
+const FIELDS: &[&str] = &["request_id", "username", "password", "decision"];
+const INCORRECT_LOGIN: &str = "The username or password is incorrect.";
+
+/// Why a request cannot proceed.
+enum Refusal {
+    /// Shown to the user: the client or redirect URI cannot be trusted.
+    Page(&'static str),
+    /// Sent back to the client's redirect URI.
+    Redirect {
+        redirect_uri: String,
+        state: Option<String>,
+        error: &'static str,
+        description: &'static str,
+    },
+}
+
+pub async fn start(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+    let validated = {
+        let state = Arc::clone(&state);
+        blocking(move || {
+            state
+                .db
+                .with(|conn| validate(conn, &query.unwrap_or_default()))
+                .map_err(|err| OAuthError::internal("validating an authorization request", err))
+        })
+        .await
+    };
+    let authorization = match validated {
+        Ok(Ok(authorization)) => authorization,
+        Ok(Err(refusal)) => return refuse(&state, refusal),
+        Err(_) => {
+            return pages::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong on our side.",
+            )
+        }
+    };
+    let request_id = state.pending.insert(authorization.clone(), Instant::now());
+    let page = LoginPage {
+        action: &state.config.endpoint("/authorize"),
+        request_id: &request_id,
+        client_id: &authorization.client_id,
+        scopes: &authorization.scopes,
+        username: "",
+        error: None,
+    };
+    with_client(
+        pages::login(StatusCode::OK, &page),
+        &authorization.client_id,
+    )
+}
+
+pub async fn decide(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let ip = client_ip(&state, peer, request.headers());
+    let form = match form::read(request, FIELDS).await {
+        Ok(form) => form,
+        Err(_) => {
+            return pages::error(
+                StatusCode::BAD_REQUEST,
+                "The sign-in form was not sent correctly.",
+            )
+        }
+    };
+    let taken = form
+        .get("request_id")
+        .and_then(|id| state.pending.take(id, Instant::now()));
+    let Some(taken) = taken else {
+        return pages::error(
+            StatusCode::BAD_REQUEST,
+            "This sign-in form has expired or was already used.",
+        );
+    };
+    let client_id = taken.authorization.client_id.clone();
+    let response = match form.get("decision") {
+        Some("approve") => approve(&state, taken, &form, ip).await,
+        Some("deny") => {
+            let authorization = taken.authorization;
+            refuse(
+                &state,
+                Refusal::Redirect {
+                    redirect_uri: authorization.redirect_uri,
+                    state: authorization.state,
+                    error: "access_denied",
+                    description: "the user denied the request",
+                },
+            )
+        }
+        _ => {
+            state.pending.put_back(taken);
+            pages::error(StatusCode::BAD_REQUEST, "Choose Approve or Deny.")
+        }
+    };
+    with_client(response, &client_id)
+}
+
+/// Checks the request in the order RFC 6749 §4.1.2.1 requires.
+fn validate(
+    conn: &rusqlite::Connection,
+    query: &str,
+) -> rusqlite::Result<Result<PendingAuthorization, Refusal>> {
+    let Ok(params) = Form::parse(query.as_bytes()) else {
+        return Ok(Err(Refusal::Page(
+            "The authorization request is malformed or repeats a parameter.",
+        )));
+    };
+    let Some(client_id) = params.get("client_id") else {
+        return Ok(Err(Refusal::Page(
+            "The authorization request names no client.",
+        )));
+    };
+    let Some(client) = clients::find(conn, client_id)? else {
+        return Ok(Err(Refusal::Page(
+            "The application is not registered here.",
+        )));
+    };
+    let Some(requested_uri) = params.get("redirect_uri") else {
+        return Ok(Err(Refusal::Page(
+            "The authorization request has no redirect_uri.",
+        )));
+    };
+    let registered = clients::redirect_uris(conn, client_id)?;
+    if !registered
+        .iter()
+        .any(|uri| redirect_uri::matches(uri, requested_uri))
+    {
+        return Ok(Err(Refusal::Page(
+            "The redirect_uri is not registered for this application.",
+        )));
+    }
+
+    let state = params
+        .get("state")
+        .filter(|state| state.len() <= MAX_STATE_LEN);
+    let back = |error, description| {
+        Ok(Err(Refusal::Redirect {
+            redirect_uri: requested_uri.to_owned(),
+            state: state.map(str::to_owned),
+            error,
+            description,
+        }))
+    };
+    if params.get("state").is_some() && state.is_none() {
+        return back("invalid_request", "state is too long");
+    }
+    match params.get("response_type") {
+        Some("code") => {}
+        None => return back("invalid_request", "response_type is missing"),
+        Some(_) => {
+            return back(
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            )
+        }
+    }
+    let scopes = match params.get("scope").map(str::parse::<ScopeSet>) {
+        None => client.scopes.clone(),
+        Some(Ok(requested)) if requested.is_subset(&client.scopes) => requested,
+        Some(_) => {
+            return back(
+                "invalid_scope",
+                "the requested scope is invalid or exceeds the scopes allowed for this client",
+            )
+        }
+    };
+    let code_challenge =
+        match (
+            params.get("code_challenge"),
+            params.get("code_challenge_method"),
+        ) {
+            (None, None) => None,
+            (Some(challenge), Some(pkce::S256)) if pkce::is_valid_challenge(challenge) => {
+                Some(challenge.to_owned())
+            }
+            (Some(_), Some(pkce::S256)) => {
+                return back(
+                    "invalid_request",
+                    "code_challenge must be 43 base64url characters (S256)",
+                )
+            }
+            (Some(_), None) | (_, Some(_)) => return back(
+                "invalid_request",
+                "code_challenge_method must be S256, with a code_challenge; plain is not supported",
+            ),
+        };
+    if code_challenge.is_none() && client.client_type == ClientType::Public {
+        return back(
+            "invalid_request",
+            "public clients must use PKCE: send code_challenge with code_challenge_method=S256",
+        );
+    }
+    Ok(Ok(PendingAuthorization {
+        client_id: client.client_id,
+        redirect_uri: requested_uri.to_owned(),
+        scopes,
+        state: state.map(str::to_owned),
+        code_challenge,
+    }))
+}
+
+/// Verifies the user's credentials and, if they hold, redirects with a code.
+async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -> Response {
+    let username = form.get("username").unwrap_or_default().to_owned();
+    let Some(password) = form.get("password").map(str::to_owned) else {
+        return retry(
+            state,
+            taken,
+            &username,
+            "Enter your username and password.",
+            StatusCode::OK,
+        );
+    };
+    if username.is_empty() {
+        return retry(
+            state,
+            taken,
+            &username,
+            "Enter your username and password.",
+            StatusCode::OK,
+        );
+    }
+    let account = Account::User(&username);
+    match state.throttle.check(account, ip, Instant::now()) {
+        Verdict::Blocked(wait) => {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let message =
+                format!("Too many failed sign-in attempts. Try again in {seconds} seconds.");
+            let mut response = retry(
+                state,
+                taken,
+                &username,
+                &message,
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            return response;
+        }
+        Verdict::Proceed(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
+        Verdict::Proceed(_) => {}
+    }
+    let user = match verify_user(state, &username, password).await {
+        Ok(user) => user,
+        Err(_) => {
+            return pages::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong on our side.",
+            )
+        }
+    };
+    let Some(user) = user else {
+        state.throttle.record_failure(account, ip, Instant::now());
+        return retry(state, taken, &username, INCORRECT_LOGIN, StatusCode::OK);
+    };
+    state.throttle.record_success(account, ip);
+
+    let authorization = taken.authorization;
+    let code = {
+        let state = Arc::clone(state);
+        let authorization = authorization.clone();
+        blocking(move || {
+            let new = NewCode {
+                client_id: &authorization.client_id,
+                user_id: &user.user_id,
+                redirect_uri: &authorization.redirect_uri,
+                scopes: &authorization.scopes,
+                code_challenge: authorization.code_challenge.as_deref(),
+            };
+            state
+                .db
+                .with(|conn| codes::issue(conn, &new, clock::now()))
+                .map_err(|err| OAuthError::internal("storing an authorization code", err))
+        })
+        .await
+    };
+    let Ok(code) = code else {
+        return pages::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong on our side.",
+        );
+    };
+    let mut params = vec![("code", code.as_str())];
+    if let Some(client_state) = &authorization.state {
+        params.push(("state", client_state));
+    }
+    params.push(("iss", &state.config.issuer));
+    see_other(&redirect_uri::with_params(
+        &authorization.redirect_uri,
+        &params,
+    ))
+}
+
+/// The user, if the password is theirs. Unknown users cost the same Argon2
+/// verification as known ones.
+async fn verify_user(
+    state: &Arc<AppState>,
+    username: &str,
+    password: String,
+) -> Result<Option<User>, OAuthError> {
+    let _permit = state
+        .secret_checks
+        .acquire()
+        .await
+        .map_err(|err| OAuthError::internal("secret check limiter closed", err))?;
+    let state = Arc::clone(state);
+    let username = username.to_owned();
+    blocking(move || {
+        let user = state
+            .db
+            .with(|conn| users::find_by_username(conn, &username))
+            .map_err(|err| OAuthError::internal("looking up user", err))?;
+        let hash = user
+            .as_ref()
+            .map_or(state.dummy_secret_hash.as_str(), |user| {
+                user.password_hash.as_str()
+            });
+        let valid = secrets::verify(&password, hash);
+        Ok(user.filter(|_| valid))
+    })
+    .await
+}
+
+/// The login page again, with an error, for the same pending request.
+fn retry(
+    state: &AppState,
+    taken: Taken,
+    username: &str,
+    error: &str,
+    status: StatusCode,
+) -> Response {
+    let page = LoginPage {
+        action: &state.config.endpoint("/authorize"),
+        request_id: &taken.id,
+        client_id: &taken.authorization.client_id,
+        scopes: &taken.authorization.scopes,
+        username,
+        error: Some(error),
+    };
+    let response = pages::login(status, &page);
+    state.pending.put_back(taken);
+    response
+}
+
+fn refuse(state: &AppState, refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::Page(message) => pages::error(StatusCode::BAD_REQUEST, message),
+        Refusal::Redirect {
+            redirect_uri,
+            state: client_state,
+            error,
+            description,
+        } => {
+            let mut params = vec![("error", error), ("error_description", description)];
+            if let Some(client_state) = &client_state {
+                params.push(("state", client_state));
+            }
+            params.push(("iss", &state.config.issuer));
+            see_other(&redirect_uri::with_params(&redirect_uri, &params))
+        }
+    }
+}
+
+fn see_other(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(location) => {
+            let mut response = (StatusCode::SEE_OTHER, no_store_headers()).into_response();
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+        }
+        // Redirect URIs are registered as printable ASCII and parameters are
+        // percent-encoded, so this cannot happen.
+        Err(err) => {
+            eprintln!("error: redirect location is not a header value: {err}");
+            pages::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong on our side.",
+            )
+        }
+    }
+}
+
+/// Names the (registered) client in the access log.
+fn with_client(mut response: Response, client_id: &str) -> Response {
+    response.extensions_mut().insert(LogContext {
+        client_id: client_id.to_owned(),
+        token_id: None,
+    });
+    response
+}

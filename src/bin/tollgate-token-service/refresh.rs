@@ -1,0 +1,380 @@
+//! Refresh tokens and their families (RFC 6749 §6, RFC 9700 §4.14).
+//!
+//! A family is one authorization grant: the refresh tokens rotated, one from the other,
+//! since the authorization code was redeemed. Tokens are opaque (`tgr_` and 256 random
+//! bits), stored as SHA-256 digests, and rotated on every use. Presenting a rotated
+//! token again means two parties hold the family, so the whole family is revoked,
+//! together with the access tokens issued in it (they go to the revocation feed).
+//! A family dies when its current token idles past the idle lifetime or the family
+//! reaches its absolute lifetime.
+
+use rusqlite::{params, Connection, OptionalExtension as _};
+
+use crate::opaque;
+use crate::scope::ScopeSet;
+
+/// Marks refresh tokens, so that `/revoke` and `/introspect` know what they hold and
+/// secret scanners can spot leaked ones.
+pub const PREFIX: &str = "tgr_";
+const TOKEN_BYTES: usize = 32;
+/// Dead families are kept this long (at least the longest access-token lifetime), so
+/// that a replayed code or refresh token can still revoke the access tokens issued
+/// from them.
+const RETENTION_SECS: i64 = 86_400;
+
+/// Refresh-token lifetimes in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Since the token was issued (each rotation starts a new period).
+    pub idle: i64,
+    /// Since the grant started; rotation does not extend it.
+    pub absolute: i64,
+}
+
+/// A family as found through one of its tokens.
+#[derive(Debug)]
+pub struct Family {
+    pub family_id: i64,
+    pub client_id: String,
+    pub user_id: String,
+    /// The scope the user granted.
+    pub scopes: ScopeSet,
+    /// When the current token stops working.
+    pub idle_expires_at: i64,
+    pub revoked: bool,
+}
+
+impl Family {
+    /// Whether the family's current token may still be exchanged at `now`.
+    pub fn is_live(&self, now: i64) -> bool {
+        !self.revoked && self.idle_expires_at > now
+    }
+}
+
+/// A presented refresh token and its family.
+#[derive(Debug)]
+pub struct Presented {
+    pub family: Family,
+    pub issued_at: i64,
+    /// Already exchanged for a newer token: presenting it again is reuse.
+    pub rotated: bool,
+}
+
+/// Starts a family for a redeemed authorization code; returns its id and first token.
+pub fn start_family(
+    conn: &Connection,
+    client_id: &str,
+    user_id: &str,
+    scopes: &ScopeSet,
+    lifetimes: Lifetimes,
+    now: i64,
+) -> rusqlite::Result<(i64, String)> {
+    let absolute_expires_at = now.saturating_add(lifetimes.absolute);
+    conn.execute(
+        "INSERT INTO token_families
+             (client_id, user_id, scopes, created_at, idle_expires_at, absolute_expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            client_id,
+            user_id,
+            scopes.to_string(),
+            now,
+            idle_expiry(lifetimes, now, absolute_expires_at),
+            absolute_expires_at
+        ],
+    )?;
+    let family_id = conn.last_insert_rowid();
+    let token = insert_token(conn, family_id, now)?;
+    Ok((family_id, token))
+}
+
+/// Looks a refresh token up by its digest.
+pub fn find(conn: &Connection, token: &str) -> rusqlite::Result<Option<Presented>> {
+    if !token.starts_with(PREFIX) {
+        return Ok(None);
+    }
+    let row = conn
+        .prepare_cached(
+            "SELECT f.family_id, f.client_id, f.user_id, f.scopes,
+                    f.idle_expires_at, f.revoked_at IS NOT NULL,
+                    t.issued_at, t.rotated_at IS NOT NULL
+             FROM refresh_tokens t
+             JOIN token_families f USING (family_id)
+             WHERE t.token_hash = ?1",
+        )?
+        .query_row([opaque::digest(token)], |row| {
+            Ok((
+                Family {
+                    family_id: row.get(0)?,
+                    client_id: row.get(1)?,
+                    user_id: row.get(2)?,
+                    scopes: ScopeSet::default(),
+                    idle_expires_at: row.get(4)?,
+                    revoked: row.get(5)?,
+                },
+                row.get::<_, String>(3)?,
+                row.get(6)?,
+                row.get(7)?,
+            ))
+        })
+        .optional()?;
+    row.map(|(mut family, scopes, issued_at, rotated)| {
+        family.scopes = scopes.parse().map_err(|err| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(err))
+        })?;
+        Ok(Presented {
+            family,
+            issued_at,
+            rotated,
+        })
+    })
+    .transpose()
+}
+
+/// Exchanges the family's current token `token` for a new one, which starts a new idle
+/// period (never past the absolute lifetime). Call inside a transaction, after
+/// [`find`] showed the token current and its family live.
+pub fn rotate(
+    conn: &Connection,
+    token: &str,
+    family_id: i64,
+    lifetimes: Lifetimes,
+    now: i64,
+) -> rusqlite::Result<String> {
+    conn.execute(
+        "UPDATE refresh_tokens SET rotated_at = ?2 WHERE token_hash = ?1",
+        params![opaque::digest(token), now],
+    )?;
+    let absolute_expires_at: i64 = conn.query_row(
+        "SELECT absolute_expires_at FROM token_families WHERE family_id = ?1",
+        [family_id],
+        |row| row.get(0),
+    )?;
+    conn.execute(
+        "UPDATE token_families SET idle_expires_at = ?2 WHERE family_id = ?1",
+        params![family_id, idle_expiry(lifetimes, now, absolute_expires_at)],
+    )?;
+    insert_token(conn, family_id, now)
+}
+
+/// Remembers an access token issued in the family, so that revoking the family
+/// revokes it too.
+pub fn record_access_token(
+    conn: &Connection,
+    family_id: i64,
+    jti: &str,
+    expires_at: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO family_access_tokens (jti, family_id, expires_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![jti, family_id, expires_at])?;
+    Ok(())
+}
+
+/// Revokes the family: none of its refresh tokens works any more, and its unexpired
+/// access tokens join the revocation feed.
+pub fn revoke_family(conn: &Connection, family_id: i64, now: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE token_families SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
+        params![family_id, now],
+    )?;
+    conn.execute(
+        "INSERT INTO revoked_access_tokens (jti, expires_at)
+         SELECT jti, expires_at FROM family_access_tokens
+         WHERE family_id = ?1 AND expires_at > ?2
+         ON CONFLICT DO NOTHING",
+        params![family_id, now],
+    )?;
+    Ok(())
+}
+
+/// Puts the unexpired access tokens of every family of `user_id` on the revocation
+/// feed (before the user, and with it the families, is deleted).
+pub fn revoke_access_tokens_of_user(
+    conn: &Connection,
+    user_id: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO revoked_access_tokens (jti, expires_at)
+         SELECT a.jti, a.expires_at FROM family_access_tokens a
+         JOIN token_families f USING (family_id)
+         WHERE f.user_id = ?1 AND a.expires_at > ?2
+         ON CONFLICT DO NOTHING",
+        params![user_id, now],
+    )?;
+    Ok(())
+}
+
+/// As [`revoke_access_tokens_of_user`], for the families of a client.
+pub fn revoke_access_tokens_of_client(
+    conn: &Connection,
+    client_id: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO revoked_access_tokens (jti, expires_at)
+         SELECT a.jti, a.expires_at FROM family_access_tokens a
+         JOIN token_families f USING (family_id)
+         WHERE f.client_id = ?1 AND a.expires_at > ?2
+         ON CONFLICT DO NOTHING",
+        params![client_id, now],
+    )?;
+    Ok(())
+}
+
+/// Deletes families dead for longer than the retention period (with their tokens and
+/// codes), and forgets expired access tokens. Returns the number of families deleted.
+pub fn prune(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM family_access_tokens WHERE expires_at <= ?1",
+        [now],
+    )?;
+    conn.execute(
+        "DELETE FROM token_families WHERE idle_expires_at <= ?1",
+        [now.saturating_sub(RETENTION_SECS)],
+    )
+}
+
+fn idle_expiry(lifetimes: Lifetimes, now: i64, absolute_expires_at: i64) -> i64 {
+    now.saturating_add(lifetimes.idle).min(absolute_expires_at)
+}
+
+fn insert_token(conn: &Connection, family_id: i64, now: i64) -> rusqlite::Result<String> {
+    let token = format!("{PREFIX}{}", opaque::random(TOKEN_BYTES));
+    conn.prepare_cached(
+        "INSERT INTO refresh_tokens (token_hash, family_id, issued_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![opaque::digest(&token), family_id, now])?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::{self, Client, ClientType};
+    use crate::users::{self, User};
+
+    const LIFETIMES: Lifetimes = Lifetimes {
+        idle: 100,
+        absolute: 250,
+    };
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let client = Client {
+            client_id: "app".to_owned(),
+            client_type: ClientType::Public,
+            secret_hash: None,
+            scopes: "read write".parse().expect("scopes"),
+            created_at: 0,
+        };
+        clients::insert(&conn, &client, &[]).expect("client");
+        let user = User {
+            user_id: "u1".to_owned(),
+            username: "alice".to_owned(),
+            password_hash: "$argon2id$placeholder".to_owned(),
+            created_at: 0,
+        };
+        users::insert(&conn, &user).expect("user");
+        (dir, conn)
+    }
+
+    fn revoked_jtis(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT jti FROM revoked_access_tokens ORDER BY jti")
+            .expect("prepare")
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    #[test]
+    fn rotation_keeps_the_absolute_lifetime_and_marks_the_old_token() {
+        let (_dir, conn) = store();
+        let scopes: ScopeSet = "read".parse().expect("scopes");
+        let (family_id, first) =
+            start_family(&conn, "app", "u1", &scopes, LIFETIMES, 1_000).expect("start");
+        assert!(first.starts_with(PREFIX) && first.len() == PREFIX.len() + 43);
+
+        let presented = find(&conn, &first).expect("find").expect("known");
+        assert!(!presented.rotated);
+        assert_eq!(presented.family.family_id, family_id);
+        assert_eq!(presented.family.user_id, "u1");
+        assert_eq!(presented.family.scopes, scopes);
+        assert_eq!(presented.family.idle_expires_at, 1_100);
+        assert!(presented.family.is_live(1_099));
+        assert!(!presented.family.is_live(1_100));
+
+        let second = rotate(&conn, &first, family_id, LIFETIMES, 1_090).expect("rotate");
+        assert!(find(&conn, &first).expect("find").expect("known").rotated);
+        let current = find(&conn, &second).expect("find").expect("known");
+        assert!(!current.rotated);
+        assert_eq!(current.issued_at, 1_090);
+        assert_eq!(current.family.idle_expires_at, 1_190);
+
+        let third = rotate(&conn, &second, family_id, LIFETIMES, 1_180).expect("rotate");
+        let current = find(&conn, &third).expect("find").expect("known");
+        assert_eq!(
+            current.family.idle_expires_at, 1_250,
+            "capped by the absolute lifetime"
+        );
+
+        assert!(find(&conn, "tgr_unknown").expect("find").is_none());
+        assert!(find(&conn, "not-a-refresh-token").expect("find").is_none());
+    }
+
+    #[test]
+    fn revoking_a_family_revokes_its_live_access_tokens() {
+        let (_dir, conn) = store();
+        let scopes = ScopeSet::default();
+        let (family_id, token) =
+            start_family(&conn, "app", "u1", &scopes, LIFETIMES, 1_000).expect("start");
+        record_access_token(&conn, family_id, "live", 2_000).expect("record");
+        record_access_token(&conn, family_id, "expired", 1_050).expect("record");
+        let (other, _) =
+            start_family(&conn, "app", "u1", &scopes, LIFETIMES, 1_000).expect("start");
+        record_access_token(&conn, other, "other", 2_000).expect("record");
+
+        revoke_family(&conn, family_id, 1_060).expect("revoke");
+        revoke_family(&conn, family_id, 1_070).expect("revoking twice is harmless");
+        assert!(
+            find(&conn, &token)
+                .expect("find")
+                .expect("known")
+                .family
+                .revoked
+        );
+        assert_eq!(revoked_jtis(&conn), ["live"]);
+    }
+
+    #[test]
+    fn removing_a_user_revokes_their_access_tokens() {
+        let (_dir, conn) = store();
+        let (family_id, token) =
+            start_family(&conn, "app", "u1", &ScopeSet::default(), LIFETIMES, 1_000)
+                .expect("start");
+        record_access_token(&conn, family_id, "jti-1", 2_000).expect("record");
+        assert!(users::remove(&conn, "alice", 1_010).expect("remove"));
+        assert_eq!(revoked_jtis(&conn), ["jti-1"]);
+        assert!(
+            find(&conn, &token).expect("find").is_none(),
+            "grants are gone"
+        );
+    }
+
+    #[test]
+    fn prune_keeps_dead_families_for_the_retention_period() {
+        let (_dir, conn) = store();
+        let (family_id, token) =
+            start_family(&conn, "app", "u1", &ScopeSet::default(), LIFETIMES, 1_000)
+                .expect("start");
+        record_access_token(&conn, family_id, "jti-1", 1_900).expect("record");
+        assert_eq!(prune(&conn, 1_100 + RETENTION_SECS - 1).expect("prune"), 0);
+        assert!(find(&conn, &token).expect("find").is_some());
+        assert_eq!(prune(&conn, 1_100 + RETENTION_SECS).expect("prune"), 1);
+        assert!(find(&conn, &token).expect("find").is_none());
+    }
+}
