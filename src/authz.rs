@@ -5,7 +5,7 @@
 //! here is unit-tested on the host without Envoy.
 
 use crate::apikey::KeySet as ApiKeySet;
-use crate::config::{ApiKeySource, ProviderKeys, Settings};
+use crate::config::{ApiKeySource, ProviderKeys, RemoteSource, Settings};
 use crate::credentials::{find_token, strip_credentials, HeaderEdit, RequestView, TokenLocation};
 use crate::crypto::SignatureVerifier;
 use crate::decision::{render_denial, Denial, Reason};
@@ -145,9 +145,13 @@ impl Authorizer<'_> {
             }
             Err(Failure::FetchKeys(provider)) => Outcome::FetchKeys { provider },
             // Public routes ignore bad credentials; they are still stripped.
-            Err(Failure::Denied(_)) if requirement.allow_anonymous => {
+            Err(Failure::Denied(_) | Failure::Unavailable(..)) if requirement.allow_anonymous => {
                 allow_anonymous(edits, anonymous_limits(), Some(hash))
             }
+            Err(Failure::Unavailable(reason, retry_after)) => Outcome::Deny {
+                denial: render_denial(reason, &self.settings.realm, None, retry_after),
+                token_hash: Some(hash),
+            },
             Err(Failure::Denied(reason)) => {
                 self.deny(reason, requirement.needed_scope(), Some(hash))
             }
@@ -206,7 +210,10 @@ impl Authorizer<'_> {
         let k = s.api_keys.as_ref().ok_or(Reason::MissingCredentials)?;
         let set = match &k.key_set {
             ApiKeySource::Local(set) => set.clone(),
-            ApiKeySource::Remote(_) => self.remote.api_keys().ok_or(Reason::KeysUnavailable)?,
+            ApiKeySource::Remote(src) => self
+                .remote
+                .api_keys()
+                .ok_or_else(|| unavailable(Reason::KeysUnavailable, src))?,
         };
         let (consumer, entry) = set.verify(&k.hashing, key, req.client_ip, self.now)?;
         let scopes: Vec<&str> = consumer.scopes.iter().map(String::as_str).collect();
@@ -295,11 +302,11 @@ impl Authorizer<'_> {
         {
             return Err(Reason::NotYetValid.into());
         }
-        if p.revocation_feed.is_some() {
+        if let Some(feed) = &p.revocation_feed {
             let list = self
                 .remote
                 .revocations(verified.provider)
-                .ok_or(Reason::RevocationsUnavailable)?;
+                .ok_or_else(|| unavailable(Reason::RevocationsUnavailable, feed))?;
             if verified
                 .jti
                 .as_deref()
@@ -368,10 +375,10 @@ impl Authorizer<'_> {
         }
         let keys = match &p.keys {
             ProviderKeys::Local(keys) => keys.clone(),
-            ProviderKeys::Remote(_) => self
+            ProviderKeys::Remote(src) => self
                 .remote
                 .remote_keys(provider)
-                .ok_or(Reason::KeysUnavailable)?,
+                .ok_or_else(|| unavailable(Reason::KeysUnavailable, src))?,
         };
         match decoded.verify_signature(&keys, self.verifier) {
             Err(Reason::UnknownKey)
@@ -524,27 +531,13 @@ impl Authorizer<'_> {
         needed_scope: Option<String>,
         token_hash: Option<String>,
     ) -> Outcome {
-        let retry_after = self
-            .settings
-            .providers
-            .iter()
-            .flat_map(|p| {
-                let keys = match &p.keys {
-                    ProviderKeys::Remote(r) => Some(r),
-                    ProviderKeys::Local(_) => None,
-                };
-                keys.into_iter().chain(p.revocation_feed.as_ref())
-            })
-            .map(|r| r.policy.retry_ms.div_ceil(1000))
-            .max()
-            .unwrap_or(1);
         let scope = if reason == Reason::InsufficientScope {
             needed_scope
         } else {
             None
         };
         Outcome::Deny {
-            denial: render_denial(reason, &self.settings.realm, scope.as_deref(), retry_after),
+            denial: render_denial(reason, &self.settings.realm, scope.as_deref(), 0),
             token_hash,
         }
     }
@@ -559,6 +552,13 @@ struct Authenticated {
 enum Failure {
     Denied(Reason),
     FetchKeys(usize),
+    /// A document the decision needs has not loaded: 503, retry after these seconds.
+    Unavailable(Reason, u64),
+}
+
+/// The failure for a remote document that has not loaded yet.
+fn unavailable(reason: Reason, source: &RemoteSource) -> Failure {
+    Failure::Unavailable(reason, source.policy.retry_ms.div_ceil(1000))
 }
 
 impl From<Reason> for Failure {

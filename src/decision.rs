@@ -110,6 +110,22 @@ impl Reason {
         }
     }
 
+    /// Failures that look like guessing a credential, which brute-force
+    /// protection counts. Expired, revoked or out-of-scope credentials are
+    /// genuine (their signature or digest matched): a legitimate client may
+    /// still hold one, and must not lock its own address out by retrying.
+    pub fn is_credential_guess(self) -> bool {
+        matches!(
+            self,
+            Reason::MalformedToken
+                | Reason::UnsupportedAlgorithm
+                | Reason::UnknownIssuer
+                | Reason::UnknownKey
+                | Reason::BadSignature
+                | Reason::ApiKeyUnknown
+        )
+    }
+
     pub fn is_allow(self) -> bool {
         matches!(self, Reason::Authenticated | Reason::Anonymous)
     }
@@ -266,6 +282,20 @@ mod tests {
         assert!(codes
             .iter()
             .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+    }
+
+    #[test]
+    fn only_guess_like_failures_count_as_brute_force() {
+        assert!(Reason::BadSignature.is_credential_guess());
+        assert!(Reason::ApiKeyUnknown.is_credential_guess());
+        for genuine in [
+            Reason::Expired,
+            Reason::Revoked,
+            Reason::ApiKeyExpired,
+            Reason::MissingCredentials,
+        ] {
+            assert!(!genuine.is_credential_guess(), "{genuine:?}");
+        }
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl TollgateHttp {
                 self.apply(again, resume)
             }
             Outcome::Deny { denial, token_hash } => {
-                if denial.status == 401 && denial.reason != Reason::MissingCredentials {
+                if denial.reason.is_credential_guess() {
                     self.record_failed_authentication();
                 }
                 self.deny(denial, token_hash)

@@ -147,6 +147,15 @@ impl Stack {
 }
 
 impl StackBuilder {
+    /// Changes the token service's settings (add public clients, users, flags).
+    pub fn token_service(
+        mut self,
+        f: impl FnOnce(TokenServiceBuilder) -> TokenServiceBuilder,
+    ) -> Self {
+        self.tokens = f(self.tokens);
+        self
+    }
+
     /// Changes the plugin configuration before Envoy starts.
     pub fn plugin_config(mut self, f: impl FnOnce(&mut Value) + 'static) -> Self {
         self.configure.push(Box::new(f));
@@ -185,15 +194,21 @@ impl StackBuilder {
         let envoy = Envoy::try_start(&config, self.concurrency)
             .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
         if self.start_token_service {
-            // Envoy is ready before the first JWKS fetch lands (documented 503 window).
-            assert!(
-                envoy.wait_for_log(
-                    "signing key(s) for provider `tollgate`",
-                    Duration::from_secs(10)
-                ),
-                "remote keys never loaded:\n{}",
-                envoy.log()
-            );
+            // Envoy is ready before the first fetches land (documented 503 window).
+            let mut wanted = vec!["signing key(s) for provider `tollgate`"];
+            if plugin["providers"]["tollgate"]
+                .get("revocation_feed")
+                .is_some()
+            {
+                wanted.push("loaded revocation list for provider `tollgate`");
+            }
+            for line in wanted {
+                assert!(
+                    envoy.wait_for_log(line, Duration::from_secs(10)),
+                    "never logged `{line}`:\n{}",
+                    envoy.log()
+                );
+            }
         }
         Stack {
             envoy,
