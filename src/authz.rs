@@ -492,16 +492,20 @@ impl Authorizer<'_> {
         let s = self.settings;
         let prefix = &s.identity.header_prefix;
         let mut edits: Vec<HeaderEdit> = Vec::new();
+        // Envoy hands header names over lower-cased (HTTP/1 and HTTP/2 alike),
+        // so they compare directly, and only matches allocate.
         for (name, _) in req.headers {
-            let lower = name.to_ascii_lowercase();
-            let owned = lower.starts_with(prefix.as_str())
+            let owned = name.starts_with(prefix.as_str())
                 || s.providers.iter().any(|p| {
-                    p.claim_to_headers.iter().any(|(_, h)| *h == lower)
-                        || p.forward_payload_header.as_deref() == Some(lower.as_str())
+                    p.claim_to_headers.iter().any(|(_, h)| h == name)
+                        || p.forward_payload_header.as_ref() == Some(name)
                 });
-            let edit = HeaderEdit::Remove(lower);
-            if owned && !edits.contains(&edit) {
-                edits.push(edit);
+            if owned
+                && !edits
+                    .iter()
+                    .any(|e| matches!(e, HeaderEdit::Remove(n) if n == name))
+            {
+                edits.push(HeaderEdit::Remove(name.clone()));
             }
         }
         edits
