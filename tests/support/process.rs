@@ -12,13 +12,26 @@ use std::time::{Duration, Instant};
 
 use tempfile::NamedTempFile;
 
-/// A port that was free a moment ago on 127.0.0.1. Another process may still take it
-/// before it is used: launchers should retry with a new port if binding fails.
+/// Where [`free_port`] picks: below Linux's ephemeral range (32768-60999), so that the
+/// source port of some outgoing connection cannot take a port between the moment it
+/// is picked and the moment a server binds it.
+const TEST_PORTS: std::ops::Range<u16> = 10_000..32_768;
+
+/// A random port that was free a moment ago on 127.0.0.1. Another process may still
+/// take it before it is used: launchers should retry with a new port if binding fails.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("binding an ephemeral loopback port")
-        .port()
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let span = u64::from(TEST_PORTS.end - TEST_PORTS.start);
+    for _ in 0..1_000 {
+        // RandomState is seeded randomly per thread and per call: a cheap random number.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let port = TEST_PORTS.start + u16::try_from(hasher.finish() % span).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}")
 }
 
 /// Polls `url` with GET until it answers 2xx, or fails after `timeout`.
