@@ -1,6 +1,7 @@
-//! The administrative subcommands, `clients`, `users` and `keys`. They work on the
-//! SQLite file directly and are safe to run while the server is up: it sees committed
-//! changes on its next request.
+//! The administrative subcommands, `clients`, `users`, `keys`, `consumers` and
+//! `api-keys`. They work on the SQLite file directly and are safe to run while the
+//! server is up: it sees committed changes on its next request (and the gateway on its
+//! next poll of the key set).
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::Path;
@@ -8,7 +9,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, ensure, Context as _};
 
+use crate::api_key_hashing::KeyHasher;
+use crate::api_keys::{self, NewKey, Restrictions};
 use crate::clients::{self, Client, ClientType};
+use crate::consumers::{self, Consumer};
 use crate::keys::Algorithm;
 use crate::scope::ScopeSet;
 use crate::users::{self, User};
@@ -235,6 +239,156 @@ pub fn list_keys(db_path: &Path) -> anyhow::Result<()> {
         ],
         rows,
     );
+    Ok(())
+}
+
+pub fn add_consumer(
+    db_path: &Path,
+    id: String,
+    tenant: Option<String>,
+    scopes: ScopeSet,
+    plan: Option<String>,
+) -> anyhow::Result<()> {
+    let consumer = Consumer {
+        id,
+        tenant,
+        scopes,
+        plan,
+        created_at: clock::now(),
+    };
+    ensure!(
+        consumers::insert(&db::open(db_path)?, &consumer)?,
+        "a consumer {} exists already",
+        consumer.id
+    );
+    println!("consumer: {}", consumer.id);
+    Ok(())
+}
+
+pub fn list_consumers(db_path: &Path) -> anyhow::Result<()> {
+    let consumers = consumers::list(&db::open(db_path)?)?;
+    if consumers.is_empty() {
+        eprintln!("no consumers");
+        return Ok(());
+    }
+    let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
+    let rows = consumers
+        .iter()
+        .map(|consumer| {
+            vec![
+                consumer.id.clone(),
+                or_dash(&consumer.tenant),
+                or_dash(&consumer.plan),
+                clock::rfc3339(consumer.created_at),
+                consumer.scopes.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["CONSUMER", "TENANT", "PLAN", "CREATED", "SCOPES"], rows);
+    Ok(())
+}
+
+pub fn remove_consumer(db_path: &Path, id: &str) -> anyhow::Result<()> {
+    let Some(keys) = consumers::remove(&db::open(db_path)?, id)? else {
+        bail!("no consumer {id}");
+    };
+    println!("removed consumer {id} and its {keys} API key(s)");
+    Ok(())
+}
+
+pub fn create_api_key(
+    db_path: &Path,
+    hasher: &KeyHasher,
+    consumer: &str,
+    expires_in: Option<u32>,
+    allowed_cidrs: Vec<String>,
+) -> anyhow::Result<()> {
+    let now = clock::now();
+    let restrictions = Restrictions {
+        expires_at: expires_in.map(|seconds| now + i64::from(seconds)),
+        allowed_cidrs,
+    };
+    let created = api_keys::create(&db::open(db_path)?, hasher, consumer, &restrictions, now)?;
+    print_new_key(created?)
+}
+
+pub fn rotate_api_key(
+    db_path: &Path,
+    hasher: &KeyHasher,
+    id: &str,
+    disable_old: bool,
+) -> anyhow::Result<()> {
+    let rotated = api_keys::rotate(&db::open(db_path)?, hasher, id, disable_old, clock::now())?;
+    print_new_key(rotated?)?;
+    if disable_old {
+        println!("disabled: {id}");
+    }
+    Ok(())
+}
+
+fn print_new_key(new: NewKey) -> anyhow::Result<()> {
+    println!("id: {}", new.key.id);
+    println!("consumer: {}", new.key.consumer_id);
+    if let Some(expires_at) = new.key.expires_at {
+        println!("expires: {}", clock::rfc3339(expires_at));
+    }
+    if !new.key.allowed_cidrs.is_empty() {
+        println!("allowed_cidrs: {}", new.key.allowed_cidrs.join(" "));
+    }
+    println!("api_key: {}", new.plaintext);
+    eprintln!("Store the API key now: it is not shown again and cannot be recovered.");
+    Ok(())
+}
+
+pub fn list_api_keys(db_path: &Path, consumer: Option<&str>) -> anyhow::Result<()> {
+    let keys = api_keys::list(&db::open(db_path)?, consumer)?;
+    if keys.is_empty() {
+        eprintln!("no API keys");
+        return Ok(());
+    }
+    let now = clock::now();
+    let rows = keys
+        .iter()
+        .map(|key| {
+            vec![
+                key.id.clone(),
+                key.consumer_id.clone(),
+                key.state(now).to_owned(),
+                clock::rfc3339(key.created_at),
+                key.expires_at
+                    .map_or_else(|| "-".to_owned(), clock::rfc3339),
+                key.allowed_cidrs.join(" "),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "CONSUMER",
+            "STATE",
+            "CREATED",
+            "EXPIRES",
+            "ALLOWED_CIDRS",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+pub fn set_api_key_enabled(db_path: &Path, id: &str, enabled: bool) -> anyhow::Result<()> {
+    let Some(key) = api_keys::set_enabled(&db::open(db_path)?, id, enabled)? else {
+        bail!("no API key {id}");
+    };
+    println!("{}: {}", key.id, key.state(clock::now()));
+    Ok(())
+}
+
+pub fn delete_api_key(db_path: &Path, id: &str) -> anyhow::Result<()> {
+    ensure!(
+        api_keys::delete(&db::open(db_path)?, id)?,
+        "no API key {id}"
+    );
+    println!("deleted API key {id}");
     Ok(())
 }
 

@@ -1,10 +1,11 @@
 //! The SQLite store: opening the file, connection settings and schema migrations.
 //!
-//! One embedded file holds clients, users, signing keys and grants, so the CLI and the running server
-//! share state without a network hop. WAL lets the CLI write while the server reads, and
-//! `busy_timeout` makes concurrent writers wait instead of failing with SQLITE_BUSY.
-//! Schema changes are numbered migrations recorded in `PRAGMA user_version`: append a
-//! new entry to [`MIGRATIONS`], never edit an applied one.
+//! One embedded file holds clients, users, signing keys, grants and API keys, so the
+//! CLI and the running server share state without a network hop. WAL lets the CLI
+//! write while the server reads, and `busy_timeout` makes concurrent writers wait
+//! instead of failing with SQLITE_BUSY. Schema changes are numbered migrations recorded
+//! in `PRAGMA user_version`: append a new entry to [`MIGRATIONS`], never edit an
+//! applied one.
 
 use std::fs::OpenOptions;
 use std::path::Path;
@@ -132,6 +133,33 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX revoked_access_tokens_expiry ON revoked_access_tokens (expires_at);
+    "#,
+    // 3: API-key consumers and their keys, stored as digests only.
+    r#"
+    CREATE TABLE consumers (
+        id         TEXT PRIMARY KEY NOT NULL,
+        tenant     TEXT,
+        -- Space-delimited scopes every key of the consumer carries.
+        scopes     TEXT NOT NULL,
+        -- Rate-limit plan, a name in the gateway's `rate_limits.plans`.
+        plan       TEXT,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE api_keys (
+        id            TEXT PRIMARY KEY NOT NULL,
+        consumer_id   TEXT NOT NULL REFERENCES consumers (id) ON DELETE CASCADE,
+        -- SHA-256 of the key, or HMAC-SHA256 under the pepper, in lowercase hex; never
+        -- the key itself nor any part of it.
+        digest        TEXT NOT NULL UNIQUE,
+        hashing       TEXT NOT NULL CHECK (hashing IN ('sha256', 'hmac-sha256')),
+        expires_at    INTEGER,
+        -- Space-separated address blocks the key may be used from; empty: any.
+        allowed_cidrs TEXT NOT NULL,
+        enabled       INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+        created_at    INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX api_keys_consumer ON api_keys (consumer_id);
     "#,
 ];
 

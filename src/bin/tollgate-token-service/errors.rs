@@ -1,9 +1,11 @@
 //! JSON error responses in the shape of RFC 6749 §5.2.
 //!
-//! Every failure, the token endpoint's and the router's (404, 405, 413), answers with
-//! `{"error", "error_description"}` and `Cache-Control: no-store`, so clients can parse
-//! any error the same way. Internal failures are logged and answered with a generic
-//! `server_error` that never carries internal details.
+//! Every failure, the token endpoint's, the admin API's and the router's (404, 405,
+//! 413), answers with `{"error", "error_description"}` and `Cache-Control: no-store`, so
+//! clients can parse any error the same way. A 401 names the scheme to use: `Basic` for
+//! client authentication, `Bearer` (RFC 6750 §3) for the admin API's access tokens.
+//! Internal failures are logged and answered with a generic `server_error` that never
+//! carries internal details.
 
 use std::borrow::Cow;
 use std::fmt::Display;
@@ -22,8 +24,13 @@ pub enum ErrorCode {
     UnsupportedGrantType,
     InvalidScope,
     TooManyRequests,
+    /// RFC 6750 §3.1: the request carried no access token.
+    Unauthorized,
+    InvalidToken,
+    InsufficientScope,
     NotFound,
     MethodNotAllowed,
+    Conflict,
     ServerError,
 }
 
@@ -37,11 +44,29 @@ impl ErrorCode {
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::InsufficientScope => "insufficient_scope",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::ServerError => "server_error",
         }
     }
+}
+
+/// The `WWW-Authenticate` challenge of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Challenge {
+    None,
+    /// Client authentication (RFC 6749 §2.3.1).
+    Basic,
+    /// An access token (RFC 6750 §3), with the error code unless none was presented,
+    /// and the scope that is needed.
+    Bearer {
+        with_error: bool,
+        scope: Option<&'static str>,
+    },
 }
 
 /// An error answer. Descriptions are fixed text, never echoed request data or secrets.
@@ -52,6 +77,7 @@ pub struct OAuthError {
     description: Cow<'static, str>,
     /// `Retry-After` seconds, for 429.
     retry_after: Option<u64>,
+    challenge: Challenge,
 }
 
 #[derive(Serialize)]
@@ -67,6 +93,7 @@ impl OAuthError {
             code,
             description: description.into(),
             retry_after: None,
+            challenge: Challenge::None,
         }
     }
 
@@ -81,11 +108,57 @@ impl OAuthError {
     /// Client authentication failed. One description for every cause, so that an
     /// unknown client and a wrong secret look the same.
     pub fn invalid_client() -> Self {
-        Self::new(
+        let mut err = Self::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidClient,
             "client authentication failed",
-        )
+        );
+        err.challenge = Challenge::Basic;
+        err
+    }
+
+    /// No bearer access token was presented (RFC 6750 §3.1: no error code in the
+    /// challenge).
+    pub fn token_required(description: &'static str) -> Self {
+        let mut err = Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            description,
+        );
+        err.challenge = Challenge::Bearer {
+            with_error: false,
+            scope: None,
+        };
+        err
+    }
+
+    /// The bearer access token is malformed, expired, revoked, or not this service's.
+    /// One description for every cause.
+    pub fn invalid_token() -> Self {
+        let mut err = Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidToken,
+            "the access token is invalid, expired or revoked",
+        );
+        err.challenge = Challenge::Bearer {
+            with_error: true,
+            scope: None,
+        };
+        err
+    }
+
+    /// The access token is valid but lacks `scope` (RFC 6750 §3.1).
+    pub fn insufficient_scope(scope: &'static str) -> Self {
+        let mut err = Self::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::InsufficientScope,
+            "the access token lacks the scope this endpoint requires",
+        );
+        err.challenge = Challenge::Bearer {
+            with_error: true,
+            scope: Some(scope),
+        };
+        err
     }
 
     /// The authorization code or refresh token is invalid, expired, revoked, already
@@ -151,11 +224,17 @@ impl OAuthError {
     }
 
     pub fn not_found() -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "no such endpoint",
-        )
+        Self::no_such("no such endpoint")
+    }
+
+    /// A 404 for a resource that does not exist, such as an API key id.
+    pub fn no_such(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, description)
+    }
+
+    /// The request conflicts with what is stored, such as an id that is taken.
+    pub fn conflict(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, description)
     }
 
     pub fn method_not_allowed() -> Self {
@@ -194,16 +273,36 @@ impl IntoResponse for OAuthError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
-            // RFC 6749 §5.2 / RFC 9110 §15.5.2: a 401 names the scheme to use.
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(r#"Basic realm="tollgate""#),
-            );
+        // RFC 6749 §5.2 / RFC 9110 §15.5.2: a 401 names the scheme to use.
+        let challenge = match self.challenge {
+            Challenge::None => None,
+            Challenge::Basic => Some(format!(r#"Basic realm="{REALM}""#)),
+            Challenge::Bearer { with_error, scope } => {
+                let mut value = format!(r#"Bearer realm="{REALM}""#);
+                if with_error {
+                    value.push_str(&format!(
+                        r#", error="{}", error_description="{}""#,
+                        self.code.as_str(),
+                        self.description
+                    ));
+                }
+                if let Some(scope) = scope {
+                    value.push_str(&format!(r#", scope="{scope}""#));
+                }
+                Some(value)
+            }
+        };
+        if let Some(value) = challenge.and_then(|value| HeaderValue::try_from(value).ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
         }
         response
     }
 }
+
+/// The protection space of every challenge this service sends.
+const REALM: &str = "tollgate";
 
 /// `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1): responses that
 /// carry tokens or concern credentials must not be cached.
@@ -236,6 +335,27 @@ mod tests {
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "42");
         assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn bearer_challenges_follow_rfc_6750() {
+        let missing = OAuthError::token_required("an access token is required").into_response();
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            missing.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="tollgate""#
+        );
+        let invalid = OAuthError::invalid_token().into_response();
+        assert_eq!(
+            invalid.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="tollgate", error="invalid_token", error_description="the access token is invalid, expired or revoked""#
+        );
+        let scope = OAuthError::insufficient_scope("tollgate:admin").into_response();
+        assert_eq!(scope.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            scope.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="tollgate", error="insufficient_scope", error_description="the access token lacks the scope this endpoint requires", scope="tollgate:admin""#
+        );
     }
 
     #[test]

@@ -1,17 +1,22 @@
 //! `tollgate-token-service`: the OAuth 2.0 authorization server that issues the JWT
-//! access tokens Tollgate's Envoy filter verifies, plus the CLI that manages its
-//! clients, users and signing keys in the same SQLite file.
+//! access tokens Tollgate's Envoy filter verifies and publishes the API-key set it
+//! checks, plus the CLI that manages clients, users, signing keys, consumers and API
+//! keys in the same SQLite file.
 
+mod api_key_hashing;
+mod api_keys;
 mod cli;
 mod client_ip;
 mod clients;
 mod clock;
 mod codes;
 mod config;
+mod consumers;
 mod db;
 mod errors;
 mod grants;
 mod http;
+mod key_set;
 mod keys;
 mod keystore;
 mod opaque;
@@ -52,6 +57,17 @@ struct Cli {
     )]
     db: PathBuf,
 
+    /// File holding the pepper for API-key digests (HMAC-SHA256 instead of SHA-256);
+    /// the gateway's `api_keys.pepper` must hold the same text. Used by `serve` and
+    /// `api-keys`.
+    #[arg(
+        long,
+        env = "TOLLGATE_API_KEY_PEPPER_FILE",
+        value_name = "FILE",
+        global = true
+    )]
+    api_key_pepper_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -69,6 +85,85 @@ enum Command {
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage API-key consumers: partners, scripts and devices that use API keys.
+    #[command(subcommand)]
+    Consumers(ConsumersCommand),
+    /// Manage API keys. Only their digests are stored; a key is shown once.
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(ApiKeysCommand),
+}
+
+#[derive(Subcommand)]
+enum ConsumersCommand {
+    /// Add a consumer.
+    Add {
+        /// Consumer id, forwarded upstream as the caller's subject.
+        #[arg(long, value_parser = parse_name)]
+        id: String,
+        /// Tenant, forwarded upstream and usable as a rate-limit key.
+        #[arg(long, value_parser = parse_name)]
+        tenant: Option<String>,
+        /// Space-delimited scopes every key of the consumer carries.
+        #[arg(long, default_value = "")]
+        scopes: ScopeSet,
+        /// Rate-limit plan: a name in the gateway's `rate_limits.plans`.
+        #[arg(long, value_parser = parse_name)]
+        plan: Option<String>,
+    },
+    /// List consumers.
+    List,
+    /// Remove a consumer and every one of its keys.
+    Remove {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeysCommand {
+    /// Create a key for a consumer and print it, the only time it is shown.
+    Create {
+        #[arg(long)]
+        consumer: String,
+        /// Lifetime in seconds [default: no expiry].
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..))]
+        expires_in: Option<u32>,
+        /// An address block the key may be used from, e.g. 203.0.113.0/24 (repeatable;
+        /// default: any address).
+        #[arg(long = "allow-cidr", value_name = "CIDR", value_parser = api_keys::parse_cidr)]
+        allowed_cidrs: Vec<String>,
+    },
+    /// List keys (ids and states, never a key or its digest).
+    List {
+        /// Only this consumer's keys.
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Disable a key: the gateway refuses it from its next poll of the key set.
+    Disable {
+        #[arg(long)]
+        id: String,
+    },
+    /// Enable a disabled key again.
+    Enable {
+        #[arg(long)]
+        id: String,
+    },
+    /// Create a new key for the same consumer, with the same allowed addresses and
+    /// lifetime, and print it.
+    Rotate {
+        #[arg(long)]
+        id: String,
+        /// Disable the old key at once (default: leave it enabled until the caller has
+        /// moved over, then `disable` it).
+        #[arg(long)]
+        disable_old: bool,
+    },
+    /// Delete a key.
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -146,11 +241,17 @@ fn parse_username(username: &str) -> Result<String, String> {
     users::validate_username(username).map(|()| username.to_owned())
 }
 
+fn parse_name(name: &str) -> Result<String, String> {
+    consumers::validate_name("name", name).map(|()| name.to_owned())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let db = cli.db.as_path();
+    let pepper = cli.api_key_pepper_file.as_deref();
+    let hasher = || api_key_hashing::KeyHasher::load(pepper);
     let result = match cli.command {
-        Command::Serve(config) => server::run(db, config),
+        Command::Serve(config) => hasher().and_then(|hasher| server::run(db, config, hasher)),
         Command::Clients(ClientsCommand::Add {
             id,
             scopes,
@@ -164,6 +265,32 @@ fn main() -> ExitCode {
         Command::Users(UsersCommand::Remove { username }) => cli::remove_user(db, &username),
         Command::Keys(KeysCommand::Rotate { alg }) => cli::rotate_keys(db, alg),
         Command::Keys(KeysCommand::List) => cli::list_keys(db),
+        Command::Consumers(ConsumersCommand::Add {
+            id,
+            tenant,
+            scopes,
+            plan,
+        }) => cli::add_consumer(db, id, tenant, scopes, plan),
+        Command::Consumers(ConsumersCommand::List) => cli::list_consumers(db),
+        Command::Consumers(ConsumersCommand::Remove { id }) => cli::remove_consumer(db, &id),
+        Command::ApiKeys(ApiKeysCommand::Create {
+            consumer,
+            expires_in,
+            allowed_cidrs,
+        }) => hasher().and_then(|hasher| {
+            cli::create_api_key(db, &hasher, &consumer, expires_in, allowed_cidrs)
+        }),
+        Command::ApiKeys(ApiKeysCommand::List { consumer }) => {
+            cli::list_api_keys(db, consumer.as_deref())
+        }
+        Command::ApiKeys(ApiKeysCommand::Disable { id }) => {
+            cli::set_api_key_enabled(db, &id, false)
+        }
+        Command::ApiKeys(ApiKeysCommand::Enable { id }) => cli::set_api_key_enabled(db, &id, true),
+        Command::ApiKeys(ApiKeysCommand::Rotate { id, disable_old }) => {
+            hasher().and_then(|hasher| cli::rotate_api_key(db, &hasher, &id, disable_old))
+        }
+        Command::ApiKeys(ApiKeysCommand::Delete { id }) => cli::delete_api_key(db, &id),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
+use serde::{Serialize, Serializer};
+
 /// A set of valid scope tokens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScopeSet(BTreeSet<String>);
@@ -73,6 +76,23 @@ impl fmt::Display for ScopeSet {
             f.write_str(scope)?;
         }
         Ok(())
+    }
+}
+
+/// A JSON array of scope tokens, in order.
+impl Serialize for ScopeSet {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+/// Read from the space-delimited TEXT it is stored as.
+impl FromSql for ScopeSet {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|err| FromSqlError::Other(Box::new(err)))
     }
 }
 

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::api_key_hashing::KeyHasher;
 use crate::config::ServeConfig;
 use crate::db::{self, Database};
 use crate::http::{self, AppState};
@@ -22,7 +23,7 @@ use crate::{clock, codes, refresh, revocation, secrets};
 
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-pub fn run(db_path: &Path, config: ServeConfig) -> anyhow::Result<()> {
+pub fn run(db_path: &Path, config: ServeConfig, api_key_hasher: KeyHasher) -> anyhow::Result<()> {
     let mut conn = db::open(db_path)?;
     keystore::record_access_token_ttl(&conn, config.access_token_ttl)?;
     match keystore::ensure_active(&mut conn, config.alg, clock::now())? {
@@ -48,6 +49,7 @@ pub fn run(db_path: &Path, config: ServeConfig) -> anyhow::Result<()> {
         keys: KeyCache::default(),
         throttle: Throttle::new(config.throttle_limits()),
         pending: PendingAuthorizations::default(),
+        api_key_hasher,
         config,
     });
 

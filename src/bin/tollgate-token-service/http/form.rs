@@ -34,16 +34,7 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// `known` (other names are not echoed back).
 pub async fn read(request: Request, known: &[&str]) -> Result<Form, OAuthError> {
     require_form_content_type(request.headers())?;
-    let body = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, &()))
-        .await
-        .map_err(|_| OAuthError::request_timeout())?
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                OAuthError::payload_too_large(MAX_BODY_BYTES)
-            } else {
-                OAuthError::invalid_request("the request body could not be read")
-            }
-        })?;
+    let body = read_body(request).await?;
     Form::parse(&body).map_err(|err| match err {
         FormError::Malformed => {
             OAuthError::invalid_request("the request body is not valid form-urlencoded UTF-8")
@@ -55,6 +46,21 @@ pub async fn read(request: Request, known: &[&str]) -> Result<Form, OAuthError> 
             OAuthError::invalid_request("a parameter is included more than once")
         }
     })
+}
+
+/// The whole request body, within the size limit (set by the route's
+/// `DefaultBodyLimit`, [`MAX_BODY_BYTES`]) and the time limit.
+pub async fn read_body(request: Request) -> Result<Bytes, OAuthError> {
+    tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, &()))
+        .await
+        .map_err(|_| OAuthError::request_timeout())?
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                OAuthError::payload_too_large(MAX_BODY_BYTES)
+            } else {
+                OAuthError::invalid_request("the request body could not be read")
+            }
+        })
 }
 
 fn require_form_content_type(headers: &HeaderMap) -> Result<(), OAuthError> {

@@ -3,8 +3,11 @@
 //! Handlers never hold the database or run Argon2/signing on the async executor: that
 //! work goes to blocking threads through [`blocking`].
 
+mod admin;
+mod api_keys_feed;
 mod authorize;
 mod client_auth;
+mod conditional;
 mod discovery;
 pub mod form;
 mod introspect;
@@ -21,10 +24,11 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::sync::Semaphore;
 
+use crate::api_key_hashing::KeyHasher;
 use crate::clock;
 use crate::config::ServeConfig;
 use crate::db::Database;
@@ -47,6 +51,8 @@ pub struct AppState {
     pub throttle: Throttle,
     /// Authorization requests waiting for the user's login.
     pub pending: PendingAuthorizations,
+    /// How new API keys are digested.
+    pub api_key_hasher: KeyHasher,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -65,6 +71,30 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(introspect::introspect).layer(form_limit()),
         )
         .route("/revocations", get(revocations::feed))
+        .route("/api-keys", get(api_keys_feed::feed))
+        .route(
+            "/admin/consumers",
+            get(admin::list_consumers)
+                .post(admin::add_consumer)
+                .layer(form_limit()),
+        )
+        .route("/admin/consumers/{id}", delete(admin::remove_consumer))
+        .route(
+            "/admin/api-keys",
+            get(admin::list_keys)
+                .post(admin::create_key)
+                .layer(form_limit()),
+        )
+        .route(
+            "/admin/api-keys/{id}",
+            get(admin::show_key).delete(admin::delete_key),
+        )
+        .route("/admin/api-keys/{id}/disable", post(admin::disable_key))
+        .route("/admin/api-keys/{id}/enable", post(admin::enable_key))
+        .route(
+            "/admin/api-keys/{id}/rotate",
+            post(admin::rotate_key).layer(form_limit()),
+        )
         .route("/.well-known/jwks.json", get(discovery::jwks))
         .route(
             "/.well-known/oauth-authorization-server",
