@@ -5,6 +5,7 @@
 mod support;
 
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 use support::stack::Stack;
 
 fn sha256_hex(key: &str) -> String {
@@ -157,4 +158,140 @@ fn scopes_apply_to_keys_as_to_tokens() {
         &[("x-api-key", WRITER)],
     );
     assert_eq!(r.status, 401);
+}
+
+fn key_set_loads(stack: &Stack) -> usize {
+    stack.envoy.log().matches("loaded API key set").count()
+}
+
+/// Waits until Envoy loads a key set newer than the `before`-th; how long that took.
+/// (Polling `/data` with a key that is not live yet would count as failed
+/// authentications and trip the brute-force lock-out.)
+fn next_key_set_load(stack: &Stack, before: usize, within: Duration) -> Duration {
+    let started = Instant::now();
+    while key_set_loads(stack) <= before {
+        assert!(
+            started.elapsed() < within,
+            "no new key set after {within:?}:\n{}",
+            stack.envoy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+fn status_with_key(stack: &Stack, key: &str) -> u16 {
+    call("GET", &stack.envoy.url("/data"), &[("x-api-key", key)]).status
+}
+
+/// Other workers pick up a key set one worker fetched on their next tick (1 s).
+fn let_workers_sync() {
+    std::thread::sleep(Duration::from_millis(1200));
+}
+
+/// An admin-API call to the token service with the operator's token.
+fn admin(stack: &Stack, token: &str, method: &str, path: &str, body: Value) -> Value {
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(stack.tokens.url(path))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .unwrap();
+    let mut resp = support::http_agent().run(req).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {text}"
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn keys_managed_by_the_token_service_rotate_through_polling_without_restart() {
+    // The sample configuration as shipped: `/data` takes keys from the token
+    // service's key set, polled every 2 s.
+    let stack = Stack::builder()
+        .token_service(|t| t.client("key-admin", "tollgate:admin"))
+        .start();
+    let poll = Duration::from_secs(2);
+    let operator = stack.token("key-admin", None);
+    let loads = key_set_loads(&stack);
+    admin(
+        &stack,
+        &operator,
+        "POST",
+        "/admin/consumers",
+        json!({"id": "partner-b", "tenant": "beta", "scopes": "read:data"}),
+    );
+    let old = admin(
+        &stack,
+        &operator,
+        "POST",
+        "/admin/api-keys",
+        json!({"consumer": "partner-b"}),
+    );
+    let old_key = old["api_key"].as_str().unwrap().to_owned();
+    let old_id = old["id"].as_str().unwrap().to_owned();
+    let within = poll + Duration::from_secs(1);
+
+    let appeared = next_key_set_load(&stack, loads, within);
+    let_workers_sync();
+    let r = call("GET", &stack.envoy.url("/data"), &[("x-api-key", &old_key)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let echo: Value = serde_json::from_str(&r.body).unwrap();
+    let h = &echo["headers"];
+    assert_eq!(h["x-tollgate-consumer"], "partner-b", "{h}");
+    assert_eq!(h["x-tollgate-tenant"], "beta", "{h}");
+    assert_eq!(h["x-tollgate-api-key-id"], old_id.as_str(), "{h}");
+    assert!(
+        h.get("x-api-key").is_none(),
+        "the key reached the upstream: {h}"
+    );
+
+    // Rotate: a new key for the same consumer; both work until the old one is disabled.
+    let loads = key_set_loads(&stack);
+    let new = admin(
+        &stack,
+        &operator,
+        "POST",
+        &format!("/admin/api-keys/{old_id}/rotate"),
+        json!({}),
+    );
+    let new_key = new["api_key"].as_str().unwrap().to_owned();
+    next_key_set_load(&stack, loads, within);
+    let_workers_sync();
+    for _ in 0..4 {
+        assert_eq!(status_with_key(&stack, &new_key), 200);
+        assert_eq!(status_with_key(&stack, &old_key), 200);
+    }
+
+    let loads = key_set_loads(&stack);
+    admin(
+        &stack,
+        &operator,
+        "POST",
+        &format!("/admin/api-keys/{old_id}/disable"),
+        json!({}),
+    );
+    let refused = next_key_set_load(&stack, loads, within);
+    let_workers_sync();
+    for _ in 0..4 {
+        assert_eq!(status_with_key(&stack, &old_key), 401);
+        assert_eq!(status_with_key(&stack, &new_key), 200);
+    }
+    eprintln!("key set with the new key loaded after {appeared:?}, with the disabled key after {refused:?}");
+
+    for key in [&old_key, &new_key] {
+        let random = key.strip_prefix("tg_live_").unwrap();
+        assert!(
+            !stack.envoy.log().contains(random),
+            "a key is in Envoy's log"
+        );
+        assert!(
+            !stack.tokens.log().contains(random),
+            "a key is in the service's log"
+        );
+    }
 }

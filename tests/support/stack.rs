@@ -202,6 +202,9 @@ impl StackBuilder {
             {
                 wanted.push("loaded revocation list for provider `tollgate`");
             }
+            if plugin.pointer("/api_keys/remote_key_set").is_some() {
+                wanted.push("loaded API key set");
+            }
             for line in wanted {
                 assert!(
                     envoy.wait_for_log(line, Duration::from_secs(10)),
