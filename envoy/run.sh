@@ -107,10 +107,10 @@ Tollgate sample stack is up (logs in $RUN/).
 
 7. Manage keys through the token service's admin API (scope tollgate:admin):
 
-   ADMIN=\$(curl -s -u key-admin:$KEY_ADMIN_SECRET -d grant_type=client_credentials \
+   ADMIN=\$(curl -s -u key-admin:$KEY_ADMIN_SECRET -d grant_type=client_credentials \\
      http://127.0.0.1:9000/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
    curl -s -H "Authorization: Bearer \$ADMIN" http://127.0.0.1:9000/admin/api-keys
-   curl -s -H "Authorization: Bearer \$ADMIN" -H 'Content-Type: application/json' \
+   curl -s -H "Authorization: Bearer \$ADMIN" -H 'Content-Type: application/json' \\
      -d '{"consumer":"partner-a","expires_in":86400}' http://127.0.0.1:9000/admin/api-keys
 
    New, disabled and deleted keys take effect at the gateway within about 3 s.
