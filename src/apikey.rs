@@ -269,10 +269,17 @@ impl KeySet {
         client_ip: Option<&str>,
         now: u64,
     ) -> Result<(&Consumer, &KeyEntry), Reason> {
-        let entry = self
-            .by_digest
-            .get(&hashing.digest(key))
-            .ok_or(Reason::ApiKeyUnknown)?;
+        self.verify_digest(&hashing.digest(key), client_ip, now)
+    }
+
+    /// [`Self::verify`] for a key whose digest is already computed.
+    pub fn verify_digest(
+        &self,
+        digest: &[u8; 32],
+        client_ip: Option<&str>,
+        now: u64,
+    ) -> Result<(&Consumer, &KeyEntry), Reason> {
+        let entry = self.by_digest.get(digest).ok_or(Reason::ApiKeyUnknown)?;
         if !entry.enabled {
             return Err(Reason::ApiKeyDisabled);
         }

@@ -4,7 +4,7 @@
 //! Pure logic: keys, crypto and time come in through arguments, so every path
 //! here is unit-tested on the host without Envoy.
 
-use crate::apikey::KeySet as ApiKeySet;
+use crate::apikey::{KeyHashing, KeySet as ApiKeySet};
 use crate::config::{ApiKeySource, ProviderKeys, RemoteSource, Settings};
 use crate::credentials::{find_token, strip_credentials, HeaderEdit, RequestView, TokenLocation};
 use crate::crypto::SignatureVerifier;
@@ -52,15 +52,18 @@ pub struct Caller {
 pub enum Outcome {
     Allow {
         reason: Reason,
+        /// Credentials and client-sent identity headers to remove.
         edits: Vec<HeaderEdit>,
+        /// The verified identity to set, shared with the token cache.
+        identity: Arc<[HeaderEdit]>,
         caller: Option<Caller>,
-        token_hash: Option<String>,
+        token_hash: Option<TokenDigest>,
         /// Rate-limit policies to enforce, with the values they count on.
         limits: Vec<LimitCheck>,
     },
     Deny {
         denial: Denial,
-        token_hash: Option<String>,
+        token_hash: Option<TokenDigest>,
     },
     /// The token names a key the provider does not have; refetch its JWKS and
     /// decide again (with `may_refetch` then false).
@@ -77,11 +80,29 @@ impl Outcome {
     }
 }
 
-/// A short, non-reversible token fingerprint for logs: the first 16 hex
-/// digits of SHA-256. Never log the token itself.
-pub fn token_fingerprint(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+/// SHA-256 of a presented credential, computed once per request: the token
+/// cache's key, the API-key lookup's key (unless peppered) and, shortened, the
+/// fingerprint logs show. Never log the credential itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenDigest(pub [u8; 32]);
+
+impl TokenDigest {
+    pub fn of(credential: &str) -> TokenDigest {
+        TokenDigest(Sha256::digest(credential.as_bytes()).into())
+    }
+}
+
+/// The fingerprint: the first 16 hex digits, not reversible.
+impl std::fmt::Display for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenDigest({self})")
+    }
 }
 
 pub struct Authorizer<'a> {
@@ -114,14 +135,15 @@ impl Authorizer<'_> {
             };
         };
         let (hash, result) = match &credential {
-            Credential::Jwt(token, location) => (
-                token_fingerprint(token),
-                self.authenticate(token, &locations[*location], rule, req),
-            ),
-            Credential::ApiKey(key) => (
-                token_fingerprint(key),
-                self.authenticate_api_key(key, rule, req),
-            ),
+            Credential::Jwt(token, location) => {
+                let hash = TokenDigest::of(token);
+                let location = &locations[*location];
+                (hash, self.authenticate(token, &hash, location, rule, req))
+            }
+            Credential::ApiKey(key) => {
+                let hash = TokenDigest::of(key);
+                (hash, self.authenticate_api_key(key, &hash, rule, req))
+            }
         };
         match result {
             Ok(Authenticated {
@@ -129,7 +151,6 @@ impl Authorizer<'_> {
                 identity,
                 limits,
             }) => {
-                edits.extend(identity);
                 let reason = if requirement.allow_anonymous {
                     Reason::Anonymous
                 } else {
@@ -138,6 +159,7 @@ impl Authorizer<'_> {
                 Outcome::Allow {
                     reason,
                     edits,
+                    identity,
                     caller: Some(caller),
                     token_hash: Some(hash),
                     limits,
@@ -167,28 +189,18 @@ impl Authorizer<'_> {
         jwt_locations: &[TokenLocation],
     ) -> Option<Credential> {
         if let (true, Some(k)) = (requirement.accept_api_key, &self.settings.api_keys) {
-            let headers = k.header_names.iter().map(|name| TokenLocation::Header {
-                name: name.clone(),
-                value_prefix: None,
-            });
-            if let Some((key, _)) = find_token(req, &headers.collect::<Vec<_>>()) {
+            if let Some((key, _)) = find_token(req, &k.headers) {
                 return Some(Credential::ApiKey(key));
             }
-            if let Some(prefix) = &k.bearer_prefix {
-                let bearer = [TokenLocation::Header {
-                    name: "authorization".to_string(),
-                    value_prefix: Some("Bearer ".to_string()),
-                }];
-                if let Some((key, _)) =
-                    find_token(req, &bearer).filter(|(v, _)| v.starts_with(prefix.as_str()))
+            if let Some((location, prefix)) = &k.bearer {
+                if let Some((key, _)) = find_token(req, std::slice::from_ref(location))
+                    .filter(|(v, _)| v.starts_with(prefix.as_str()))
                 {
                     return Some(Credential::ApiKey(key));
                 }
             }
             if requirement.api_key_in_query {
-                if let Some((key, _)) =
-                    find_token(req, &[TokenLocation::Query(k.query_param.clone())])
-                {
+                if let Some((key, _)) = find_token(req, std::slice::from_ref(&k.query)) {
                     return Some(Credential::ApiKey(key));
                 }
             }
@@ -202,6 +214,7 @@ impl Authorizer<'_> {
     fn authenticate_api_key(
         &self,
         key: &str,
+        hash: &TokenDigest,
         rule: &Rule,
         req: &RequestView<'_>,
     ) -> Result<Authenticated, Failure> {
@@ -215,7 +228,11 @@ impl Authorizer<'_> {
                 .api_keys()
                 .ok_or_else(|| unavailable(Reason::KeysUnavailable, src))?,
         };
-        let (consumer, entry) = set.verify(&k.hashing, key, req.client_ip, self.now)?;
+        let digest = match &k.hashing {
+            KeyHashing::Sha256 => hash.0,
+            peppered => peppered.digest(key),
+        };
+        let (consumer, entry) = set.verify_digest(&digest, req.client_ip, self.now)?;
         let scopes: Vec<&str> = consumer.scopes.iter().map(String::as_str).collect();
         let mut claims = Map::new();
         claims.insert("sub".into(), Value::from(consumer.id.as_str()));
@@ -246,7 +263,7 @@ impl Authorizer<'_> {
             }
         }
         let id = &s.identity;
-        let mut identity = Vec::with_capacity(7);
+        let mut identity: Vec<HeaderEdit> = Vec::with_capacity(7);
         let mut set_header = |name: &str, value: &str| {
             if header_safe(value) {
                 identity.push(HeaderEdit::Set(name.to_string(), value.to_string()));
@@ -263,7 +280,7 @@ impl Authorizer<'_> {
         }
         Ok(Authenticated {
             caller,
-            identity,
+            identity: identity.into(),
             limits,
         })
     }
@@ -271,13 +288,14 @@ impl Authorizer<'_> {
     fn authenticate(
         &self,
         token: &str,
+        hash: &TokenDigest,
         location: &TokenLocation,
         rule: &Rule,
         req: &RequestView<'_>,
     ) -> Result<Authenticated, Failure> {
         let s = self.settings;
         let requirement = &rule.requirement;
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest = hash.0;
         let cached = self.cache.borrow().get(&digest);
         let verified = match cached.filter(|v| self.same_keys(v)) {
             Some(v) => {
@@ -322,7 +340,7 @@ impl Authorizer<'_> {
         }
         Ok(Authenticated {
             limits: self.limit_checks(rule, req, Some((&verified.caller, &verified.claims))),
-            identity: verified.identity.clone(),
+            identity: Arc::clone(&verified.identity),
             caller: verified.caller.clone(),
         })
     }
@@ -400,20 +418,26 @@ impl Authorizer<'_> {
                 .map(str::to_string)
         };
         let number = |name: &str| decoded.claims.get(name).and_then(Value::as_u64);
+        let exp = number("exp").ok_or(Reason::MissingClaim)?;
+        let (nbf, jti) = (number("nbf"), claim("jti"));
+        let caller = Caller {
+            provider: p.name.clone(),
+            subject: claim("sub"),
+            client_id: claim("client_id").or_else(|| claim("azp")),
+        };
+        let scopes: Vec<String> = scopes.into_iter().map(str::to_string).collect();
+        let mut claims = decoded.claims;
+        claims.retain(|name, _| s.retained_claims.contains(name));
         Ok(VerifiedToken {
             provider,
             keys,
-            exp: number("exp").ok_or(Reason::MissingClaim)?,
-            nbf: number("nbf"),
-            jti: claim("jti"),
-            caller: Caller {
-                provider: p.name.clone(),
-                subject: claim("sub"),
-                client_id: claim("client_id").or_else(|| claim("azp")),
-            },
-            scopes: scopes.into_iter().map(str::to_string).collect(),
-            identity,
-            claims: decoded.claims,
+            exp,
+            nbf,
+            jti,
+            caller,
+            scopes,
+            identity: identity.into(),
+            claims,
         })
     }
 
@@ -533,7 +557,7 @@ impl Authorizer<'_> {
         &self,
         reason: Reason,
         needed_scope: Option<String>,
-        token_hash: Option<String>,
+        token_hash: Option<TokenDigest>,
     ) -> Outcome {
         let scope = if reason == Reason::InsufficientScope {
             needed_scope
@@ -549,7 +573,7 @@ impl Authorizer<'_> {
 
 struct Authenticated {
     caller: Caller,
-    identity: Vec<HeaderEdit>,
+    identity: Arc<[HeaderEdit]>,
     limits: Vec<LimitCheck>,
 }
 
@@ -574,11 +598,12 @@ impl From<Reason> for Failure {
 fn allow_anonymous(
     edits: Vec<HeaderEdit>,
     limits: Vec<LimitCheck>,
-    token_hash: Option<String>,
+    token_hash: Option<TokenDigest>,
 ) -> Outcome {
     Outcome::Allow {
         reason: Reason::Anonymous,
         edits,
+        identity: Arc::new([]),
         caller: None,
         token_hash,
         limits,
@@ -776,7 +801,13 @@ mod tests {
     }
 
     fn set(o: &Outcome, name: &str) -> Option<String> {
-        edits(o).iter().find_map(|e| match e {
+        let Outcome::Allow {
+            edits, identity, ..
+        } = o
+        else {
+            panic!("expected allow, got {o:?}");
+        };
+        edits.iter().chain(identity.iter()).find_map(|e| match e {
             HeaderEdit::Set(n, v) if n == name => Some(v.clone()),
             _ => None,
         })
@@ -818,8 +849,8 @@ mod tests {
                 ..
             } => {
                 assert_eq!(c.subject.as_deref(), Some("user-1"));
-                assert_eq!(h, &token_fingerprint(&t));
-                assert!(!t.contains(h.as_str()));
+                assert_eq!(h, &TokenDigest::of(&t));
+                assert!(!t.contains(&h.to_string()));
             }
             other => panic!("{other:?}"),
         }
@@ -916,6 +947,28 @@ mod tests {
             &[("authorization", &format!("Bearer {t}"))],
         );
         assert_eq!(denial(&o).reason, Reason::ClaimMismatch);
+    }
+
+    #[test]
+    fn cached_tokens_keep_only_the_claims_decisions_read() {
+        let f = fixture();
+        let admin =
+            f.token(json!({"roles": ["admin"], "tenant": "acme", "bulky": "x".repeat(500)}));
+        let bearer = format!("Bearer {admin}");
+        for _ in 0..2 {
+            let o = f.decide("GET", "/admin/users", &[("authorization", &bearer)]);
+            assert_eq!(o.reason(), Some(Reason::Authenticated));
+            // Computed at verification, so still forwarded from the cache.
+            assert_eq!(set(&o, "x-tenant").as_deref(), Some("acme"));
+        }
+        assert_eq!(
+            f.verifications.get(),
+            1,
+            "the second decision used the cache"
+        );
+        let cached = f.cache.borrow().get(&TokenDigest::of(&admin).0).unwrap();
+        let kept: Vec<&String> = cached.claims.keys().collect();
+        assert_eq!(kept, ["roles"]);
     }
 
     #[test]

@@ -379,6 +379,10 @@ pub struct Settings {
     pub strip_locations: Vec<TokenLocation>,
     pub rate_limits: RateLimits,
     pub client_ip: ClientIpSource,
+    /// Whether any decision needs the client address.
+    pub uses_client_ip: bool,
+    /// Claims that rules or rate-limit keys read after verification.
+    pub retained_claims: Vec<String>,
     pub api_keys: Option<ApiKeys>,
     /// Verified-token cache bounds, per worker: (entries, bytes). 0 entries disables it.
     pub token_cache: (usize, usize),
@@ -388,11 +392,11 @@ pub struct Settings {
 /// where the key set comes from.
 #[derive(Debug)]
 pub struct ApiKeys {
-    /// Headers, plus `Authorization: Bearer <key>` when the value has `bearer_prefix`,
-    /// plus the query parameter on rules that allow it.
-    pub header_names: Vec<String>,
-    pub bearer_prefix: Option<String>,
-    pub query_param: String,
+    /// The key headers; then `Authorization: Bearer <key>` when the value has
+    /// `bearer_prefix`; then the query parameter, on rules that allow it.
+    pub headers: Vec<TokenLocation>,
+    pub bearer: Option<(TokenLocation, String)>,
+    pub query: TokenLocation,
     pub hashing: KeyHashing,
     pub key_set: ApiKeySource,
 }
@@ -566,22 +570,9 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
     }
     let mut strip_locations = token_locations.clone();
     if let Some(k) = &api_keys {
-        let mut extra: Vec<TokenLocation> = k
-            .header_names
-            .iter()
-            .map(|name| TokenLocation::Header {
-                name: name.clone(),
-                value_prefix: None,
-            })
-            .collect();
-        if k.bearer_prefix.is_some() {
-            extra.push(TokenLocation::Header {
-                name: "authorization".to_string(),
-                value_prefix: Some("Bearer ".to_string()),
-            });
-        }
-        extra.push(TokenLocation::Query(k.query_param.clone()));
-        for loc in extra {
+        let bearer = k.bearer.iter().map(|(location, _)| location);
+        let extra = k.headers.iter().chain(bearer).chain([&k.query]);
+        for loc in extra.cloned().collect::<Vec<_>>() {
             if !strip_locations.contains(&loc) {
                 strip_locations.push(loc);
             }
@@ -597,9 +588,33 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must not contain quotes, backslashes or control characters",
         ));
     }
+    // Lock-outs, rate limits (anonymous callers count per address) and API-key
+    // CIDRs need the client address; without them, it is never looked up.
+    // The claims any decision after verification reads: cached tokens keep
+    // only these (identity headers are computed once, at verification).
+    let mut retained_claims: Vec<String> = Vec::new();
+    let checked = rules
+        .iter()
+        .flat_map(|r| &r.requirement.claims)
+        .map(|c| match c {
+            ClaimCheck::Equals(name, _) | ClaimCheck::Contains(name, _) => name,
+        });
+    let counted = rate_limits.policies.iter().filter_map(|p| match &p.key {
+        LimitKey::Claim(name) => Some(name),
+        _ => None,
+    });
+    for name in checked.chain(counted) {
+        if !retained_claims.contains(name) {
+            retained_claims.push(name.clone());
+        }
+    }
+    let uses_client_ip =
+        rate_limits.brute_force.is_some() || !rate_limits.policies.is_empty() || api_keys.is_some();
     Ok(Settings {
         providers,
         rules,
+        retained_claims,
+        uses_client_ip,
         allow_unmatched: raw.unmatched == Unmatched::Allow,
         realm,
         identity: Identity::new(&identity_prefix),
@@ -1119,9 +1134,21 @@ fn compile_api_keys(raw: RawApiKeys, limits: &RateLimits) -> Result<ApiKeys, Con
         }
     };
     Ok(ApiKeys {
-        header_names: names,
-        bearer_prefix,
-        query_param,
+        headers: names
+            .into_iter()
+            .map(|name| TokenLocation::Header {
+                name,
+                value_prefix: None,
+            })
+            .collect(),
+        bearer: bearer_prefix.map(|prefix| {
+            let location = TokenLocation::Header {
+                name: "authorization".to_string(),
+                value_prefix: Some("Bearer ".to_string()),
+            };
+            (location, prefix)
+        }),
+        query: TokenLocation::Query(query_param),
         hashing,
         key_set,
     })
@@ -1660,8 +1687,14 @@ mod tests {
         v["rules"][0]["requires"]["credentials"] = json!(["api_key"]);
         let s = parse_value(&v).unwrap();
         let k = s.api_keys.as_ref().unwrap();
-        assert_eq!(k.header_names, vec!["x-api-key"]);
-        assert_eq!(k.bearer_prefix.as_deref(), Some("tg_"));
+        assert_eq!(
+            k.headers,
+            vec![TokenLocation::Header {
+                name: "x-api-key".to_string(),
+                value_prefix: None
+            }]
+        );
+        assert_eq!(k.bearer.as_ref().map(|(_, p)| p.as_str()), Some("tg_"));
         assert!(matches!(k.hashing, KeyHashing::HmacSha256(_)));
         assert!(s.rules[0].requirement.accept_api_key && !s.rules[0].requirement.accept_jwt);
         assert!(s

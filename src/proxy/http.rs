@@ -5,7 +5,7 @@ use super::fetch::DocId;
 use super::host::{request_headers, EnvoySharedData};
 use super::root::{now, Worker};
 use crate::apikey::KeySet as ApiKeySet;
-use crate::authz::{Authorizer, Outcome, RemoteState};
+use crate::authz::{Authorizer, Outcome, RemoteState, TokenDigest};
 use crate::client_ip;
 use crate::credentials::{HeaderEdit, RequestView};
 use crate::decision::{render_denial, Denial, Reason};
@@ -24,6 +24,8 @@ pub struct TollgateHttp {
     waiting_for: Option<(u32, usize)>,
     headers: Vec<(String, Vec<u8>)>,
     client_ip: Option<String>,
+    /// When the current callback started: one clock read per callback.
+    clock: std::time::Duration,
     /// `RateLimit` headers for the response, when configured.
     response_headers: Vec<(&'static str, String)>,
 }
@@ -79,6 +81,7 @@ impl TollgateHttp {
             waiting_for: None,
             headers: Vec::new(),
             client_ip: None,
+            clock: std::time::Duration::ZERO,
             response_headers: Vec::new(),
         }
     }
@@ -97,7 +100,7 @@ impl TollgateHttp {
             headers: &self.headers,
             client_ip: self.client_ip.as_deref(),
         };
-        let now = now(self);
+        let now = self.clock;
         let state = WorkerState {
             worker: &self.worker,
             now_ms: now.as_millis() as u64,
@@ -113,13 +116,13 @@ impl TollgateHttp {
         .decide(&req)
     }
 
-    fn deny(&mut self, denial: Denial, token_hash: Option<String>) -> Action {
+    fn deny(&mut self, denial: Denial, token_hash: Option<TokenDigest>) -> Action {
         self.worker.metrics.decision(denial.reason);
         log::debug!(
             "deny reason={} status={} token={} ip={}",
             denial.reason.as_str(),
             denial.status,
-            token_hash.as_deref().unwrap_or("-"),
+            fingerprint(token_hash),
             self.client_ip.as_deref().unwrap_or("-")
         );
         let headers: Vec<(&str, &str)> = denial
@@ -139,7 +142,7 @@ impl TollgateHttp {
             &limits.table,
             &EnvoySharedData,
             ip,
-            now(self).as_millis() as u64,
+            self.clock.as_millis() as u64,
         )?;
         let settings = &self.worker.settings;
         Some(render_denial(
@@ -156,7 +159,7 @@ impl TollgateHttp {
             return;
         };
         let mut churn = Churn::default();
-        let now_ms = now(self).as_millis() as u64;
+        let now_ms = self.clock.as_millis() as u64;
         if bf.record_failure(&limits.table, &EnvoySharedData, ip, now_ms, &mut churn) {
             log::info!(
                 "locking out {ip} for {} s after repeated failed authentications",
@@ -173,7 +176,7 @@ impl TollgateHttp {
         }
         let limits = &self.worker.settings.rate_limits;
         let mut churn = Churn::default();
-        let now_ms = now(self).as_millis() as u64;
+        let now_ms = self.clock.as_millis() as u64;
         let result = ratelimit::enforce(
             &limits.table,
             &EnvoySharedData,
@@ -203,6 +206,7 @@ impl TollgateHttp {
             Outcome::Allow {
                 reason,
                 edits,
+                identity,
                 caller,
                 token_hash,
                 limits,
@@ -210,7 +214,7 @@ impl TollgateHttp {
                 if let Some(denial) = self.enforce_limits(&limits) {
                     return self.deny(denial, token_hash);
                 }
-                for edit in &edits {
+                for edit in edits.iter().chain(identity.iter()) {
                     match edit {
                         HeaderEdit::Remove(name) => self.set_http_request_header(name, None),
                         HeaderEdit::Set(name, value) => {
@@ -222,7 +226,7 @@ impl TollgateHttp {
                 log::debug!(
                     "allow reason={} token={} subject={:?}",
                     reason.as_str(),
-                    token_hash.as_deref().unwrap_or("-"),
+                    fingerprint(token_hash),
                     caller.as_ref().and_then(|c| c.subject.as_deref())
                 );
                 if resume {
@@ -252,7 +256,7 @@ impl TollgateHttp {
                     let again = self.decide(false);
                     return self.apply(again, resume);
                 }
-                let now_ms = now(self).as_millis() as u64;
+                let now_ms = self.clock.as_millis() as u64;
                 match self.worker.start_fetch(
                     self,
                     DocId::Keys(provider),
@@ -273,6 +277,11 @@ impl TollgateHttp {
     }
 }
 
+/// A credential's fingerprint for a log line, or `-`.
+fn fingerprint(digest: Option<TokenDigest>) -> String {
+    digest.map_or_else(|| "-".to_string(), |d| d.to_string())
+}
+
 impl Context for TollgateHttp {
     fn on_http_call_response(
         &mut self,
@@ -287,11 +296,12 @@ impl Context for TollgateHttp {
         if token != expected {
             return;
         }
+        self.clock = now(self);
         self.worker.complete_fetch(
             self,
             DocId::Keys(provider),
             body_size,
-            now(self).as_millis() as u64,
+            self.clock.as_millis() as u64,
         );
         let outcome = self.decide(false);
         self.apply(outcome, true);
@@ -300,16 +310,20 @@ impl Context for TollgateHttp {
 
 impl HttpContext for TollgateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.clock = now(self);
         self.headers = request_headers();
-        let peer = self
-            .get_property(vec!["source", "address"])
-            .and_then(|b| String::from_utf8(b).ok());
-        let xff = self
-            .headers
-            .iter()
-            .find(|(n, _)| n == "x-forwarded-for")
-            .map(|(_, v)| v.as_slice());
-        self.client_ip = client_ip::resolve(self.worker.settings.client_ip, peer.as_deref(), xff);
+        if self.worker.settings.uses_client_ip {
+            let peer = self
+                .get_property(vec!["source", "address"])
+                .and_then(|b| String::from_utf8(b).ok());
+            let xff = self
+                .headers
+                .iter()
+                .find(|(n, _)| n == "x-forwarded-for")
+                .map(|(_, v)| v.as_slice());
+            let source = self.worker.settings.client_ip;
+            self.client_ip = client_ip::resolve(source, peer.as_deref(), xff);
+        }
         if let Some(denial) = self.lockout() {
             self.headers = Vec::new();
             return self.deny(denial, None);
