@@ -53,6 +53,20 @@ clean:
 	$(CARGO) clean
 	rm -rf .run
 
+## Bench -------------------------------------------------------------------
+
+# Tollgate against Envoy without auth, a minimal wasm filter and the native
+# jwt_authn, on one pinned core (bench/bench.py). Installs wrk when missing; the
+# bench crates (bench/floor, bench/tokens) are standalone and only built here.
+# Settings: BENCH_SECONDS, BENCH_ROUNDS, BENCH_MEMORY_TOKENS, ... (bench/bench.py).
+.PHONY: bench
+
+bench: tools wasm
+	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
+	$(CARGO) build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
+	$(CARGO) build --release --manifest-path bench/tokens/Cargo.toml
+	ENVOY=$(abspath $(ENVOY)) python3 bench/bench.py
+
 ## Docker compose -------------------------------------------------------------
 
 # The same sample stack in containers, from an image built only from local files
