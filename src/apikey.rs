@@ -43,6 +43,14 @@ impl KeyHashing {
             KeyHashing::HmacSha256(pepper) => hmac_sha256::HMAC::mac(key.as_bytes(), pepper),
         }
     }
+
+    /// [`Self::digest`], for a key whose SHA-256 the caller already has.
+    pub fn digest_from_sha256(&self, key: &str, sha256: &[u8; 32]) -> [u8; 32] {
+        match self {
+            KeyHashing::Sha256 => *sha256,
+            KeyHashing::HmacSha256(_) => self.digest(key),
+        }
+    }
 }
 
 /// An address block, such as `203.0.113.0/24` or `2001:db8::/32`.

@@ -4,7 +4,7 @@
 //! Pure logic: keys, crypto and time come in through arguments, so every path
 //! here is unit-tested on the host without Envoy.
 
-use crate::apikey::{KeyHashing, KeySet as ApiKeySet};
+use crate::apikey::KeySet as ApiKeySet;
 use crate::config::{ApiKeySource, ProviderKeys, RemoteSource, Settings};
 use crate::credentials::{find_token, strip_credentials, HeaderEdit, RequestView, TokenLocation};
 use crate::crypto::SignatureVerifier;
@@ -228,10 +228,7 @@ impl Authorizer<'_> {
                 .api_keys()
                 .ok_or_else(|| unavailable(Reason::KeysUnavailable, src))?,
         };
-        let digest = match &k.hashing {
-            KeyHashing::Sha256 => hash.0,
-            peppered => peppered.digest(key),
-        };
+        let digest = k.hashing.digest_from_sha256(key, &hash.0);
         let (consumer, entry) = set.verify_digest(&digest, req.client_ip, self.now)?;
         let scopes: Vec<&str> = consumer.scopes.iter().map(String::as_str).collect();
         let mut claims = Map::new();

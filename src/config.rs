@@ -588,8 +588,6 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must not contain quotes, backslashes or control characters",
         ));
     }
-    // Lock-outs, rate limits (anonymous callers count per address) and API-key
-    // CIDRs need the client address; without them, it is never looked up.
     // The claims any decision after verification reads: cached tokens keep
     // only these (identity headers are computed once, at verification).
     let mut retained_claims: Vec<String> = Vec::new();
@@ -608,6 +606,8 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
             retained_claims.push(name.clone());
         }
     }
+    // Lock-outs, rate limits (anonymous callers count per address) and API-key
+    // CIDRs need the client address; without them, it is never looked up.
     let uses_client_ip =
         rate_limits.brute_force.is_some() || !rate_limits.policies.is_empty() || api_keys.is_some();
     Ok(Settings {

@@ -36,20 +36,14 @@ impl VerifiedToken {
     /// the real layouts, so that Envoy's RSS stays within the bound (the bench's
     /// memory run checks it).
     fn footprint(&self) -> usize {
-        let strings = |items: &[&str]| items.iter().map(|s| heap(s.len())).sum::<usize>();
         let caller = &self.caller;
+        let optional = [&caller.subject, &caller.client_id, &self.jti];
+        let strings = std::iter::once(caller.provider.as_str())
+            .chain(optional.into_iter().flatten().map(String::as_str))
+            .chain(self.scopes.iter().map(String::as_str));
         let mut bytes = heap(arc_block(size_of::<VerifiedToken>()))
-            + strings(&[&caller.provider])
-            + strings(
-                &[
-                    caller.subject.as_deref(),
-                    caller.client_id.as_deref(),
-                    self.jti.as_deref(),
-                ]
-                .map(Option::unwrap_or_default),
-            )
+            + strings.map(|s| heap(s.len())).sum::<usize>()
             + heap(self.scopes.len() * size_of::<String>())
-            + self.scopes.iter().map(|s| heap(s.len())).sum::<usize>()
             + heap(arc_block(self.identity.len() * size_of::<HeaderEdit>()))
             + CACHE_SLOTS;
         for edit in self.identity.iter() {
@@ -58,16 +52,7 @@ impl VerifiedToken {
                 HeaderEdit::Remove(n) => heap(n.len()),
             };
         }
-        if !self.claims.is_empty() {
-            // serde_json's map is a B-tree: one node per up to 11 entries.
-            let nodes = self.claims.len().div_ceil(11);
-            bytes += nodes * heap(BTREE_NODE);
-            bytes += self
-                .claims
-                .iter()
-                .map(|(k, v)| heap(k.len()) + value_heap(v))
-                .sum::<usize>();
-        }
+        bytes += map_heap(&self.claims);
         bytes * FRAGMENTATION.0 / FRAGMENTATION.1
     }
 }
@@ -110,14 +95,19 @@ fn value_heap(v: &Value) -> usize {
         Value::Array(a) => {
             heap(a.len() * size_of::<Value>()) + a.iter().map(value_heap).sum::<usize>()
         }
-        Value::Object(o) => {
-            o.len().div_ceil(11) * heap(BTREE_NODE)
-                + o.iter()
-                    .map(|(k, v)| heap(k.len()) + value_heap(v))
-                    .sum::<usize>()
-        }
+        Value::Object(o) => map_heap(o),
         _ => 0,
     }
+}
+
+/// What a JSON object holds on the heap: serde_json's map is a B-tree, one node
+/// per up to 11 entries, plus its keys and values.
+fn map_heap(map: &Map<String, Value>) -> usize {
+    map.len().div_ceil(11) * heap(BTREE_NODE)
+        + map
+            .iter()
+            .map(|(k, v)| heap(k.len()) + value_heap(v))
+            .sum::<usize>()
 }
 
 pub struct TokenCache {

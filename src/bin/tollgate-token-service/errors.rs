@@ -108,57 +108,58 @@ impl OAuthError {
     /// Client authentication failed. One description for every cause, so that an
     /// unknown client and a wrong secret look the same.
     pub fn invalid_client() -> Self {
-        let mut err = Self::new(
+        Self::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidClient,
             "client authentication failed",
-        );
-        err.challenge = Challenge::Basic;
-        err
+        )
+        .with_challenge(Challenge::Basic)
     }
 
     /// No bearer access token was presented (RFC 6750 §3.1: no error code in the
     /// challenge).
     pub fn token_required(description: &'static str) -> Self {
-        let mut err = Self::new(
+        Self::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             description,
-        );
-        err.challenge = Challenge::Bearer {
+        )
+        .with_challenge(Challenge::Bearer {
             with_error: false,
             scope: None,
-        };
-        err
+        })
     }
 
     /// The bearer access token is malformed, expired, revoked, or not this service's.
     /// One description for every cause.
     pub fn invalid_token() -> Self {
-        let mut err = Self::new(
+        Self::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidToken,
             "the access token is invalid, expired or revoked",
-        );
-        err.challenge = Challenge::Bearer {
+        )
+        .with_challenge(Challenge::Bearer {
             with_error: true,
             scope: None,
-        };
-        err
+        })
     }
 
     /// The access token is valid but lacks `scope` (RFC 6750 §3.1).
     pub fn insufficient_scope(scope: &'static str) -> Self {
-        let mut err = Self::new(
+        Self::new(
             StatusCode::FORBIDDEN,
             ErrorCode::InsufficientScope,
             "the access token lacks the scope this endpoint requires",
-        );
-        err.challenge = Challenge::Bearer {
+        )
+        .with_challenge(Challenge::Bearer {
             with_error: true,
             scope: Some(scope),
-        };
-        err
+        })
+    }
+
+    fn with_challenge(mut self, challenge: Challenge) -> Self {
+        self.challenge = challenge;
+        self
     }
 
     /// The authorization code or refresh token is invalid, expired, revoked, already

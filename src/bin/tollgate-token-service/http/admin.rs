@@ -29,12 +29,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::form::{self, Form};
-use super::{blocking, AppState, LogContext};
+use super::{active_access_token, blocking, AppState, LogContext};
 use crate::api_keys::{self, ApiKey, NewKey, Refused, Restrictions};
+use crate::clock;
 use crate::consumers::{self, Consumer};
 use crate::errors::{no_store_headers, OAuthError};
 use crate::scope::ScopeSet;
-use crate::{clock, revocation, token};
 
 /// The scope an access token needs for the admin API.
 pub const ADMIN_SCOPE: &str = "tollgate:admin";
@@ -61,16 +61,7 @@ async fn operator(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Operator
         let now = clock::now();
         state
             .db
-            .with(|conn| -> anyhow::Result<_> {
-                let keys = state.keys.current(conn, now)?;
-                let Some(verified) = token::verify(&keys, &token, &state.config.issuer, now) else {
-                    return Ok(None);
-                };
-                if revocation::is_revoked(conn, &verified.jti)? {
-                    return Ok(None);
-                }
-                Ok(Some(verified))
-            })
+            .with(|conn| active_access_token(&state, conn, &token, now))
             .map_err(|err| OAuthError::internal("checking an admin token", err))
     })
     .await?

@@ -16,9 +16,9 @@ use serde_json::{json, Value};
 
 use super::client_auth::{self, Accepts};
 use super::form;
-use super::{blocking, client_ip, AppState, LogContext};
+use super::{active_access_token, blocking, client_ip, AppState, LogContext};
 use crate::errors::{no_store_headers, OAuthError};
-use crate::{clock, refresh, revocation, token};
+use crate::{clock, refresh};
 
 const KNOWN_PARAMETERS: &[&str] = &["token", "token_type_hint", "client_id", "client_secret"];
 
@@ -93,13 +93,9 @@ fn describe(state: &AppState, conn: &rusqlite::Connection, token: &str) -> anyho
         }
         return Ok(body);
     }
-    let keys = state.keys.current(conn, now)?;
-    let Some(verified) = token::verify(&keys, token, &state.config.issuer, now) else {
+    let Some(verified) = active_access_token(state, conn, token, now)? else {
         return Ok(inactive);
     };
-    if revocation::is_revoked(conn, &verified.jti)? {
-        return Ok(inactive);
-    }
     let mut body = json!({
         "active": true,
         "token_type": "access_token",

@@ -29,13 +29,14 @@ use axum::Router;
 use tokio::sync::Semaphore;
 
 use crate::api_key_hashing::KeyHasher;
-use crate::clock;
 use crate::config::ServeConfig;
 use crate::db::Database;
 use crate::errors::OAuthError;
 use crate::keystore::KeyCache;
 use crate::pending::PendingAuthorizations;
 use crate::throttle::Throttle;
+use crate::token::{self as access_token, VerifiedToken};
+use crate::{clock, revocation};
 
 /// State shared by all handlers.
 pub struct AppState {
@@ -148,6 +149,21 @@ async fn access_log(request: Request, next: Next) -> Response {
 /// The address a request came from, through trusted proxies (see [`crate::client_ip`]).
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     state.config.trusted_proxies.client_ip(peer.ip(), headers)
+}
+
+/// The claims of `token` if it is an access token of this service that has neither
+/// expired nor been revoked at `now`.
+fn active_access_token(
+    state: &AppState,
+    conn: &rusqlite::Connection,
+    token: &str,
+    now: i64,
+) -> anyhow::Result<Option<VerifiedToken>> {
+    let keys = state.keys.current(conn, now)?;
+    let Some(verified) = access_token::verify(&keys, token, &state.config.issuer, now) else {
+        return Ok(None);
+    };
+    Ok((!revocation::is_revoked(conn, &verified.jti)?).then_some(verified))
 }
 
 /// Runs `work` on a blocking thread.
