@@ -28,10 +28,10 @@ $(ENVOY):
 ## Build -------------------------------------------------------------------
 
 wasm: .wasm-target
-	$(CARGO) build --release --target wasm32-wasip1 --lib
+	$(CARGO) build --release --target wasm32-wasip1 -p tollgate-filter
 
 bins:
-	$(CARGO) build --release --bins
+	$(CARGO) build --release -p tollgate-token-service -p tollgate-sample-api
 
 ## Run ---------------------------------------------------------------------
 
@@ -42,12 +42,12 @@ run: tools wasm bins
 
 # Unit tests on the host, and end-to-end tests against real Envoy and real services.
 test: tools wasm
-	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) test -- --test-threads 4
+	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) test --workspace -- --test-threads 4
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy --release --target wasm32-wasip1 --lib -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 -p tollgate-filter -p tollgate-core -p tollgate-contract -- -D warnings
 
 clean:
 	$(CARGO) clean

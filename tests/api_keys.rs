@@ -2,8 +2,6 @@
 //! bearer-token guard), the key-set feed the gateway polls, and proof that no key is
 //! ever stored, published or logged in plaintext.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -2,8 +2,6 @@
 //! upstream, stripping from headers and the query string, one 401 for every
 //! kind of bad key, and scope enforcement.
 
-mod support;
-
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::stack::Stack;

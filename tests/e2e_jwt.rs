@@ -1,8 +1,6 @@
 //! End-to-end: real Envoy with the Tollgate filter, the real token service and
 //! the sample API, over loopback. Each test starts its own stack on free ports.
 
-mod support;
-
 use jwt_simple::prelude::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};

@@ -1,8 +1,6 @@
 //! End-to-end rate limits, quotas and brute-force protection, through real
 //! Envoy running two workers: limits must hold across workers.
 
-mod support;
-
 use jwt_simple::prelude::*;
 use serde_json::{json, Value};
 use socket2::{Domain, Socket, Type};

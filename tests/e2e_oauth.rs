@@ -3,8 +3,6 @@
 //! the token service), calls the API behind Tollgate, refreshes and calls again; and
 //! revocations reach the gateway through the token service's revocation feed.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};

@@ -3,8 +3,6 @@
 //! detection, revocation (RFC 7009), introspection (RFC 7662), the gateway's
 //! revocation feed, brute-force throttling, and the users/clients CLI.
 
-mod support;
-
 use std::collections::HashMap;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -1215,7 +1213,7 @@ fn cli_manages_users_and_public_clients() {
 fn cli_with_stdin(service: &TokenService, args: &[&str], stdin: &str) -> std::process::Output {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
-    let mut child = Command::new(support::token_service::BINARY)
+    let mut child = Command::new(support::artifacts::token_service_binary())
         .arg("--db")
         .arg(service.db_path())
         .args(args)

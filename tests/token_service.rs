@@ -2,8 +2,6 @@
 //! its CLI on a real SQLite file. They assert what clients and operators rely on:
 //! statuses, headers, bodies, tokens that verify against the published JWKS.
 
-mod support;
-
 use std::collections::HashSet;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;

@@ -1,0 +1,141 @@
+//! Host services behind the traits the decision logic uses: shared data,
+//! foreign functions, and a panic-free read of the request header map.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+use tollgate_core::crypto::ForeignFunction;
+use tollgate_core::remote::SharedData;
+
+pub struct EnvoySharedData;
+
+impl SharedData for EnvoySharedData {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(bytes), Some(cas))) => Some((bytes, cas)),
+            _ => None,
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+}
+
+pub struct EnvoyForeignFunction;
+
+impl ForeignFunction for EnvoyForeignFunction {
+    fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, String> {
+        match hostcalls::call_foreign_function(name, Some(args)) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Ok(Vec::new()),
+            Err(Status::NotFound) => Err(format!("host has no `{name}` function")),
+            Err(status) => Err(format!("`{name}` failed: {status:?}")),
+        }
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+}
+
+/// `MapType::HttpRequestHeaders` in the proxy-wasm ABI.
+const HTTP_REQUEST_HEADERS: u32 = 0;
+
+/// All request headers, names lower-case as Envoy keeps them.
+///
+/// The SDK's own getters `unwrap()` UTF-8 decoding of names, which would
+/// abort the VM on a hostile header. This reads the same ABI call and decodes
+/// names lossily, so no request can make it panic.
+pub fn request_headers() -> Vec<(String, Vec<u8>)> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated through
+    // our `proxy_on_memory_allocate` (the SDK's allocator, backed by Vec<u8>),
+    // so ownership passes to us as a Vec of that exact length and capacity.
+    let bytes = unsafe {
+        if proxy_get_header_map_pairs(HTTP_REQUEST_HEADERS, &mut data, &mut size) != 0
+            || data.is_null()
+        {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(data, size, size)
+    };
+    parse_header_map(&bytes)
+}
+
+/// Decodes the proxy-wasm map serialisation: a u32 count, then (name length,
+/// value length) u32 pairs, then each name and value NUL-terminated. Truncated
+/// input yields the entries read so far.
+pub fn parse_header_map(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let u32_at = |at: usize| -> Option<usize> {
+        let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_le_bytes(raw) as usize)
+    };
+    let Some(count) = u32_at(0) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(count.min(256));
+    let Some(mut pos) = count.checked_mul(8).and_then(|n| n.checked_add(4)) else {
+        return out;
+    };
+    for i in 0..count {
+        let (Some(name_len), Some(value_len)) = (u32_at(4 + i * 8), u32_at(8 + i * 8)) else {
+            break;
+        };
+        let Some(name) = pos
+            .checked_add(name_len)
+            .and_then(|end| bytes.get(pos..end))
+        else {
+            break;
+        };
+        pos += name_len + 1;
+        let Some(value) = pos
+            .checked_add(value_len)
+            .and_then(|end| bytes.get(pos..end))
+        else {
+            break;
+        };
+        pos += value_len + 1;
+        out.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_header_map;
+
+    fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (n, v) in pairs {
+            out.extend((n.len() as u32).to_le_bytes());
+            out.extend((v.len() as u32).to_le_bytes());
+        }
+        for (n, v) in pairs {
+            out.extend(*n);
+            out.push(0);
+            out.extend(*v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn decodes_and_survives_hostile_bytes() {
+        let bytes = serialize(&[(b":path", b"/x"), (b"x-\xff", b"\xfe\x00v")]);
+        let map = parse_header_map(&bytes);
+        assert_eq!(map[0], (":path".to_string(), b"/x".to_vec()));
+        assert_eq!(map[1].0, "x-\u{fffd}");
+        assert_eq!(map[1].1, b"\xfe\x00v".to_vec());
+        for cut in 0..bytes.len() {
+            let _ = parse_header_map(&bytes[..cut]);
+        }
+        assert!(parse_header_map(&[0xff, 0xff, 0xff, 0xff]).is_empty());
+        assert!(parse_header_map(&[]).is_empty());
+    }
+}

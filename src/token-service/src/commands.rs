@@ -1,0 +1,272 @@
+//! The command line: `serve` and the management commands, parsed and dispatched.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ServeConfig;
+use crate::keys::Algorithm;
+use crate::scope::ScopeSet;
+use crate::{api_key_hashing, api_keys, cli, clients, consumers, redirect_uri, server, users};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate-token-service",
+    version,
+    about = "OAuth 2.0 authorization server for Tollgate: issues RFC 9068 JWT access tokens"
+)]
+struct Cli {
+    /// SQLite database holding clients, users, grants and signing keys (created if missing).
+    #[arg(
+        long,
+        env = "TOLLGATE_DB",
+        default_value = "tollgate-token-service.db",
+        global = true
+    )]
+    db: PathBuf,
+
+    /// File holding the pepper for API-key digests (HMAC-SHA256 instead of SHA-256);
+    /// the gateway's `api_keys.pepper` must hold the same text. Used by `serve` and
+    /// `api-keys`.
+    #[arg(
+        long,
+        env = "TOLLGATE_API_KEY_PEPPER_FILE",
+        value_name = "FILE",
+        global = true
+    )]
+    api_key_pepper_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP token service.
+    Serve(ServeConfig),
+    /// Manage OAuth clients.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Manage the users who log in at /authorize.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage API-key consumers: partners, scripts and devices that use API keys.
+    #[command(subcommand)]
+    Consumers(ConsumersCommand),
+    /// Manage API keys. Only their digests are stored; a key is shown once.
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(ApiKeysCommand),
+}
+
+#[derive(Subcommand)]
+enum ConsumersCommand {
+    /// Add a consumer.
+    Add {
+        /// Consumer id, forwarded upstream as the caller's subject.
+        #[arg(long, value_parser = parse_name)]
+        id: String,
+        /// Tenant, forwarded upstream and usable as a rate-limit key.
+        #[arg(long, value_parser = parse_name)]
+        tenant: Option<String>,
+        /// Space-delimited scopes every key of the consumer carries.
+        #[arg(long, default_value = "")]
+        scopes: ScopeSet,
+        /// Rate-limit plan: a name in the gateway's `rate_limits.plans`.
+        #[arg(long, value_parser = parse_name)]
+        plan: Option<String>,
+    },
+    /// List consumers.
+    List,
+    /// Remove a consumer and every one of its keys.
+    Remove {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeysCommand {
+    /// Create a key for a consumer and print it, the only time it is shown.
+    Create {
+        #[arg(long)]
+        consumer: String,
+        /// Lifetime in seconds [default: no expiry].
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..))]
+        expires_in: Option<u32>,
+        /// An address block the key may be used from, e.g. 203.0.113.0/24 (repeatable;
+        /// default: any address).
+        #[arg(long = "allow-cidr", value_name = "CIDR", value_parser = api_keys::parse_cidr)]
+        allowed_cidrs: Vec<String>,
+    },
+    /// List keys (ids and states, never a key or its digest).
+    List {
+        /// Only this consumer's keys.
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Disable a key: the gateway refuses it from its next poll of the key set.
+    Disable {
+        #[arg(long)]
+        id: String,
+    },
+    /// Enable a disabled key again.
+    Enable {
+        #[arg(long)]
+        id: String,
+    },
+    /// Create a new key for the same consumer, with the same allowed addresses and
+    /// lifetime, and print it.
+    Rotate {
+        #[arg(long)]
+        id: String,
+        /// Disable the old key at once (default: leave it enabled until the caller has
+        /// moved over, then `disable` it).
+        #[arg(long)]
+        disable_old: bool,
+    },
+    /// Delete a key.
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Register a client. A confidential client gets a generated secret, printed once;
+    /// a public client (--public) has none and must use PKCE.
+    Add {
+        /// Client id (printable ASCII, no spaces).
+        #[arg(long, value_parser = parse_client_id)]
+        id: String,
+        /// Space-delimited scopes the client may request, e.g. "read:data write:data".
+        #[arg(long, default_value = "")]
+        scopes: ScopeSet,
+        /// A public client (mobile app, SPA): no secret, PKCE mandatory. Needs at least
+        /// one --redirect-uri.
+        #[arg(long)]
+        public: bool,
+        /// A redirect URI for the authorization code flow, matched exactly (repeatable):
+        /// https, http on a loopback host, or a reverse-domain private-use scheme such
+        /// as com.example.app:/callback.
+        #[arg(long = "redirect-uri", value_name = "URI", value_parser = parse_redirect_uri)]
+        redirect_uris: Vec<String>,
+    },
+    /// List registered clients (never their secrets).
+    List,
+    /// Remove a client and its grants: its refresh tokens stop working, the access
+    /// tokens issued from them are revoked, client_credentials tokens run out.
+    Remove {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user. The password is read from standard input (prompted for, without
+    /// echo, on a terminal), never from the command line.
+    Add {
+        /// Username: 1 to 64 ASCII letters, digits and . _ @ + -
+        #[arg(long, value_parser = parse_username)]
+        username: String,
+    },
+    /// List users (never their password hashes).
+    List,
+    /// Remove a user: their refresh tokens stop working and their access tokens are
+    /// revoked.
+    Remove {
+        #[arg(long)]
+        username: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a new signing key and retire the active one, which stays in the JWKS
+    /// until every token it signed has expired.
+    Rotate {
+        /// Algorithm of the new key [default: that of the active key, else ES256].
+        #[arg(long, value_enum)]
+        alg: Option<Algorithm>,
+    },
+    /// List signing keys and their publication status.
+    List,
+}
+
+fn parse_client_id(client_id: &str) -> Result<String, String> {
+    clients::validate_client_id(client_id).map(|()| client_id.to_owned())
+}
+
+fn parse_redirect_uri(uri: &str) -> Result<String, String> {
+    redirect_uri::validate(uri).map(|()| uri.to_owned())
+}
+
+fn parse_username(username: &str) -> Result<String, String> {
+    users::validate_username(username).map(|()| username.to_owned())
+}
+
+fn parse_name(name: &str) -> Result<String, String> {
+    consumers::validate_name("name", name).map(|()| name.to_owned())
+}
+
+/// Parses the command line and runs the command: the whole program.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let db = cli.db.as_path();
+    let pepper = cli.api_key_pepper_file.as_deref();
+    let hasher = || api_key_hashing::KeyHasher::load(pepper);
+    let result = match cli.command {
+        Command::Serve(config) => hasher().and_then(|hasher| server::run(db, config, hasher)),
+        Command::Clients(ClientsCommand::Add {
+            id,
+            scopes,
+            public,
+            redirect_uris,
+        }) => cli::add_client(db, &id, scopes, public, &redirect_uris),
+        Command::Clients(ClientsCommand::List) => cli::list_clients(db),
+        Command::Clients(ClientsCommand::Remove { id }) => cli::remove_client(db, &id),
+        Command::Users(UsersCommand::Add { username }) => cli::add_user(db, &username),
+        Command::Users(UsersCommand::List) => cli::list_users(db),
+        Command::Users(UsersCommand::Remove { username }) => cli::remove_user(db, &username),
+        Command::Keys(KeysCommand::Rotate { alg }) => cli::rotate_keys(db, alg),
+        Command::Keys(KeysCommand::List) => cli::list_keys(db),
+        Command::Consumers(ConsumersCommand::Add {
+            id,
+            tenant,
+            scopes,
+            plan,
+        }) => cli::add_consumer(db, id, tenant, scopes, plan),
+        Command::Consumers(ConsumersCommand::List) => cli::list_consumers(db),
+        Command::Consumers(ConsumersCommand::Remove { id }) => cli::remove_consumer(db, &id),
+        Command::ApiKeys(ApiKeysCommand::Create {
+            consumer,
+            expires_in,
+            allowed_cidrs,
+        }) => hasher().and_then(|hasher| {
+            cli::create_api_key(db, &hasher, &consumer, expires_in, allowed_cidrs)
+        }),
+        Command::ApiKeys(ApiKeysCommand::List { consumer }) => {
+            cli::list_api_keys(db, consumer.as_deref())
+        }
+        Command::ApiKeys(ApiKeysCommand::Disable { id }) => {
+            cli::set_api_key_enabled(db, &id, false)
+        }
+        Command::ApiKeys(ApiKeysCommand::Enable { id }) => cli::set_api_key_enabled(db, &id, true),
+        Command::ApiKeys(ApiKeysCommand::Rotate { id, disable_old }) => {
+            hasher().and_then(|hasher| cli::rotate_api_key(db, &hasher, &id, disable_old))
+        }
+        Command::ApiKeys(ApiKeysCommand::Delete { id }) => cli::delete_api_key(db, &id),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
