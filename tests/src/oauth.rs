@@ -20,6 +20,12 @@ pub struct Pkce {
     pub challenge: String,
 }
 
+impl Default for Pkce {
+    fn default() -> Pkce {
+        Pkce::new()
+    }
+}
+
 impl Pkce {
     pub fn new() -> Pkce {
         let mut bytes = [0u8; 32];
@@ -135,6 +141,12 @@ impl LoginForm {
 /// elsewhere (to the app's redirect URI), reporting it, as a native app reads it.
 pub struct Browser {
     agent: ureq::Agent,
+}
+
+impl Default for Browser {
+    fn default() -> Browser {
+        Browser::new()
+    }
 }
 
 impl Browser {

@@ -10,13 +10,39 @@
 //! suite runs one corpus through both.
 
 use crate::alg::Algorithm;
+use crate::config::SignatureBackend;
+use crate::decision::Reason;
+use crate::host::ForeignFunction;
+use crate::jwk::KeySet;
+use crate::jwk::{parse_jwks, KeySource, Strictness};
 use crate::jwk::{PureKey, VerificationKey};
-use crate::jwt::DecodedToken;
+use crate::jwt::{decode, DecodedToken};
 use jwt_simple::prelude::*;
 
 pub trait SignatureVerifier {
     /// True when `token`'s signature was made by `key` with `token.alg`.
     fn verify(&self, token: &DecodedToken<'_>, key: &VerificationKey) -> bool;
+}
+
+/// Checks the signature against the keys that may have made it. With a
+/// `kid`, only that key is tried; without one, each key of the right family.
+pub fn verify_with_keys(
+    token: &DecodedToken<'_>,
+    keys: &KeySet,
+    verifier: &dyn SignatureVerifier,
+) -> Result<(), Reason> {
+    let mut tried = false;
+    for key in keys.candidates(token.alg, token.kid.as_deref()) {
+        tried = true;
+        if verifier.verify(token, key) {
+            return Ok(());
+        }
+    }
+    if tried {
+        Err(Reason::BadSignature)
+    } else {
+        Err(Reason::UnknownKey)
+    }
 }
 
 pub struct PureVerifier;
@@ -57,12 +83,6 @@ impl SignatureVerifier for PureVerifier {
     }
 }
 
-/// The proxy-wasm foreign-function call, abstracted so tests can stand in for Envoy.
-pub trait ForeignFunction {
-    /// `Err` when the host has no such function or refused the arguments.
-    fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, String>;
-}
-
 pub const VERIFY_SIGNATURE: &str = "verify_signature";
 
 pub struct HostVerifier<F: ForeignFunction> {
@@ -97,6 +117,71 @@ impl<F: ForeignFunction> SignatureVerifier for HostVerifier<F> {
     }
 }
 
+/// Uses the host's `verify_signature` when it is there and agrees with the pure
+/// backend on a token signed here and now; otherwise verifies in the VM.
+pub fn choose_verifier<F: ForeignFunction + 'static>(
+    backend: SignatureBackend,
+    host: F,
+) -> Box<dyn SignatureVerifier> {
+    if backend == SignatureBackend::PureRust {
+        log::info!("signatures verified in pure Rust (signature_backend: pure_rust)");
+        return Box::new(PureVerifier);
+    }
+    let host = HostVerifier { host };
+    match host_self_test(&host) {
+        Ok(()) => {
+            log::info!("RS*/ES* signatures verified by Envoy's BoringSSL (verify_signature)");
+            Box::new(host)
+        }
+        Err(why) => {
+            log::warn!("host verify_signature unusable ({why}); verifying in pure Rust");
+            Box::new(PureVerifier)
+        }
+    }
+}
+
+/// Signs an ES256 token in the VM, then asks the host to verify it and to
+/// reject a forgery of it.
+fn host_self_test<F: ForeignFunction>(host: &HostVerifier<F>) -> Result<(), String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let key = ES256KeyPair::generate().with_key_id("self-test");
+    let token = key
+        .sign(Claims::create(jwt_simple::prelude::Duration::from_mins(1)))
+        .map_err(|e| e.to_string())?;
+    let point = key.public_key().public_key().to_bytes_uncompressed();
+    let (x, y) = (
+        point.get(1..33).unwrap_or_default(),
+        point.get(33..65).unwrap_or_default(),
+    );
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "self-test",
+        "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)}]});
+    let (set, _) = parse_jwks(
+        jwks.to_string().as_bytes(),
+        KeySource::Remote,
+        &[Algorithm::ES256],
+        Strictness::Strict,
+    )
+    .map_err(|e| e.to_string())?;
+    let decoded = decode(&token).map_err(|r| r.as_str().to_string())?;
+    let key = set.keys.first().ok_or("no self-test key")?;
+    if !host.verify(&decoded, key) {
+        return Err("it is missing or rejected a valid ES256 signature".to_string());
+    }
+    let mut forged = decoded.signature.clone();
+    if let Some(b) = forged.last_mut() {
+        *b ^= 1;
+    }
+    let tampered = DecodedToken {
+        signature: forged,
+        ..decoded
+    };
+    if host.verify(&tampered, key) {
+        return Err("accepted a forged ES256 signature".to_string());
+    }
+    Ok(())
+}
+
 /// JWS ECDSA signatures are fixed-width `r || s` (RFC 7518 §3.4); BoringSSL
 /// wants an ASN.1 `SEQUENCE { INTEGER r, INTEGER s }`. `None` if the width is wrong.
 pub fn ecdsa_raw_to_der(raw: &[u8], width: usize) -> Option<Vec<u8>> {
@@ -105,7 +190,7 @@ pub fn ecdsa_raw_to_der(raw: &[u8], width: usize) -> Option<Vec<u8>> {
     }
     let integer = |bytes: &[u8]| -> Vec<u8> {
         let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-        let trimmed = &bytes[start..];
+        let trimmed = bytes.get(start..).unwrap_or_default();
         let mut out = Vec::with_capacity(trimmed.len() + 3);
         out.push(0x02);
         let pad = trimmed.first().is_none_or(|b| b & 0x80 != 0);
@@ -116,7 +201,8 @@ pub fn ecdsa_raw_to_der(raw: &[u8], width: usize) -> Option<Vec<u8>> {
         out.extend_from_slice(trimmed);
         out
     };
-    let (r, s) = (integer(&raw[..width]), integer(&raw[width..]));
+    let (r, s) = raw.split_at_checked(width)?;
+    let (r, s) = (integer(r), integer(s));
     let len = r.len() + s.len();
     let mut der = Vec::with_capacity(len + 3);
     der.push(0x30);

@@ -5,9 +5,7 @@
 //! and only a token with a valid signature has its claims judged.
 
 use crate::alg::Algorithm;
-use crate::crypto::SignatureVerifier;
 use crate::decision::Reason;
-use crate::jwk::KeySet;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
@@ -126,40 +124,12 @@ impl DecodedToken<'_> {
         self.claims.get(name).and_then(Value::as_u64)
     }
 
-    /// Checks the signature against the keys that may have made it. With a
-    /// `kid`, only that key is tried; without one, each key of the right family.
-    pub fn verify_signature(
-        &self,
-        keys: &KeySet,
-        verifier: &dyn SignatureVerifier,
-    ) -> Result<(), Reason> {
-        let mut tried = false;
-        for key in keys.candidates(self.alg, self.kid.as_deref()) {
-            tried = true;
-            if verifier.verify(self, key) {
-                return Ok(());
-            }
-        }
-        if tried {
-            Err(Reason::BadSignature)
-        } else {
-            Err(Reason::UnknownKey)
-        }
-    }
-
-    /// Validates time, audience and type claims for one provider.
+    /// Validates the claims that do not change with the clock (`iat`, lifetime,
+    /// audience, type) for one provider. `exp` must be present; the validity
+    /// window is [`check_validity_window`], per request.
     pub fn validate_claims(&self, rules: &ClaimRules, now: u64) -> Result<(), Reason> {
         let skew = rules.clock_skew_secs;
         let exp = self.numeric("exp").ok_or(Reason::MissingClaim)?;
-        if now >= exp.saturating_add(skew) {
-            return Err(Reason::Expired);
-        }
-        if self
-            .numeric("nbf")
-            .is_some_and(|nbf| now.saturating_add(skew) < nbf)
-        {
-            return Err(Reason::NotYetValid);
-        }
         let iat = self.numeric("iat");
         if iat.is_some_and(|iat| iat > now.saturating_add(skew)) {
             return Err(Reason::IssuedInFuture);
@@ -198,6 +168,23 @@ impl DecodedToken<'_> {
     }
 }
 
+/// `exp` and `nbf` against the clock: the one check for fresh and cached tokens
+/// alike, since a cached verification says nothing about time.
+pub fn check_validity_window(
+    exp: u64,
+    nbf: Option<u64>,
+    skew: u64,
+    now: u64,
+) -> Result<(), Reason> {
+    if now >= exp.saturating_add(skew) {
+        return Err(Reason::Expired);
+    }
+    if nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
+        return Err(Reason::NotYetValid);
+    }
+    Ok(())
+}
+
 /// A provider's claim requirements.
 #[derive(Debug, Clone, Default)]
 pub struct ClaimRules {
@@ -233,9 +220,14 @@ mod tests {
         }
     }
 
+    /// What verification judges of the claims: the validity window first, as the
+    /// pipeline does, then the rest.
     fn validate(claims: Value, rules: &ClaimRules) -> Result<(), Reason> {
         let raw = token(json!({"alg":"ES256"}), claims);
-        decode(&raw)?.validate_claims(rules, NOW)
+        let decoded = decode(&raw)?;
+        let exp = decoded.numeric("exp").ok_or(Reason::MissingClaim)?;
+        check_validity_window(exp, decoded.numeric("nbf"), rules.clock_skew_secs, NOW)?;
+        decoded.validate_claims(rules, NOW)
     }
 
     #[test]

@@ -3,18 +3,21 @@
 //! here; tests use the fakes.
 
 pub mod apikey;
-pub mod authz;
 pub mod client_ip;
 pub mod config;
 pub mod credentials;
 pub mod crypto;
 pub mod decision;
+pub mod host;
+pub mod identity;
 pub mod jwk;
 pub mod jwt;
+pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
 pub mod remote;
 pub mod revocation;
 pub mod token_cache;
+pub mod worker;
 
 pub use tollgate_contract::alg;

@@ -12,16 +12,8 @@
 //! * `<base>/doc`: `<fetched_at_ms>\n<etag>\n<body>`: the last good document.
 //! * `<base>/schedule`: `<next_fetch_ms> <last_attempt_ms>`.
 
+use crate::host::SharedData;
 use std::sync::Arc;
-
-/// Process-wide key/value storage with CAS (proxy-wasm shared data).
-pub trait SharedData {
-    /// The value and its CAS version, if the key exists.
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
-    /// Stores `value` if the entry is still at version `cas` (`None`: unconditionally).
-    /// False when another writer got there first.
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
-}
 
 /// Where a document is fetched from. Durations in milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +64,9 @@ pub enum Completion {
     Failed(String),
 }
 
-type Parser<T> = Box<dyn Fn(&[u8]) -> Result<T, String>>;
+/// Parses a document body; gets the time (ms since the epoch) for documents that
+/// drop expired entries.
+type Parser<T> = Box<dyn Fn(&[u8], u64) -> Result<T, String>>;
 
 /// One worker's view of one remote document.
 pub struct RemoteDoc<T> {
@@ -138,7 +132,7 @@ impl<T> RemoteDoc<T> {
         kind: &str,
         endpoint: Endpoint,
         policy: FetchPolicy,
-        parse: impl Fn(&[u8]) -> Result<T, String> + 'static,
+        parse: impl Fn(&[u8], u64) -> Result<T, String> + 'static,
     ) -> RemoteDoc<T> {
         let base = format!(
             "tollgate/{kind}/{}/{}{}",
@@ -181,7 +175,7 @@ impl<T> RemoteDoc<T> {
 
     /// Loads the shared document if it changed since this worker last parsed it.
     /// Returns true when the value changed.
-    pub fn sync(&mut self, shared: &dyn SharedData) -> bool {
+    pub fn sync(&mut self, shared: &dyn SharedData, now_ms: u64) -> bool {
         let Some((bytes, version)) = shared.get(&self.doc_key()) else {
             return false;
         };
@@ -191,7 +185,7 @@ impl<T> RemoteDoc<T> {
         let Some(doc) = StoredDoc::decode(&bytes) else {
             return false;
         };
-        match (self.parse)(doc.body) {
+        match (self.parse)(doc.body, now_ms) {
             Ok(value) => {
                 self.value = Some(Arc::new(value));
                 self.loaded_version = Some(version);
@@ -247,7 +241,7 @@ impl<T> RemoteDoc<T> {
             FetchResult::NotModified if self.value.is_some() => Completion::Unchanged,
             FetchResult::NotModified => Completion::Failed("304 without a document".into()),
             FetchResult::Failed(e) => Completion::Failed(e),
-            FetchResult::Body { body, etag } => match (self.parse)(body) {
+            FetchResult::Body { body, etag } => match (self.parse)(body, now_ms) {
                 Ok(value) => {
                     let doc = StoredDoc {
                         fetched_at_ms: now_ms,
@@ -279,30 +273,9 @@ impl<T> RemoteDoc<T> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-
-    /// In-memory shared data with Envoy's CAS semantics.
-    #[derive(Default)]
-    pub struct FakeShared(pub RefCell<HashMap<String, (Vec<u8>, u32)>>);
-
-    impl SharedData for FakeShared {
-        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-            self.0.borrow().get(key).cloned()
-        }
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-            let mut map = self.0.borrow_mut();
-            let current = map.get(key).map(|(_, v)| *v);
-            if cas.is_some() && cas != current {
-                return false;
-            }
-            let next = current.unwrap_or(0) + 1;
-            map.insert(key.to_string(), (value.to_vec(), next));
-            true
-        }
-    }
+    use crate::host::fakes::FakeShared;
 
     /// A document of numbers, one per line: enough to exercise the machinery.
     fn worker() -> RemoteDoc<Vec<u32>> {
@@ -319,7 +292,7 @@ pub(crate) mod tests {
                 retry_ms: 2_000,
                 on_demand_ms: 10_000,
             },
-            |body| {
+            |body, _now| {
                 let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
                 let v: Vec<u32> = text
                     .lines()
@@ -362,12 +335,12 @@ pub(crate) mod tests {
         };
         assert_eq!(a.complete_fetch(&shared, 5, etagged), Completion::Loaded);
         assert_eq!(*a.value().unwrap(), vec![1, 2]);
-        assert!(!a.sync(&shared), "the fetching worker already has it");
+        assert!(!a.sync(&shared, 0), "the fetching worker already has it");
         assert!(b.value().is_none());
-        assert!(b.sync(&shared));
+        assert!(b.sync(&shared, 0));
         assert_eq!(*b.value().unwrap(), vec![1, 2]);
         assert_eq!(b.etag(), Some("\"v1\""));
-        assert!(!b.sync(&shared), "unchanged documents are not re-parsed");
+        assert!(!b.sync(&shared, 0), "unchanged documents are not re-parsed");
         // Next scheduled fetch only after the refresh interval.
         assert!(!b.try_claim_fetch(&shared, 299_000, FetchTrigger::Scheduled));
         assert!(b.try_claim_fetch(&shared, 300_005, FetchTrigger::Scheduled));
@@ -400,7 +373,7 @@ pub(crate) mod tests {
         }
         assert_eq!(*a.value().unwrap(), vec![7]);
         let mut b = worker();
-        assert!(b.sync(&shared));
+        assert!(b.sync(&shared, 0));
         assert_eq!(
             *b.value().unwrap(),
             vec![7],
@@ -431,7 +404,7 @@ pub(crate) mod tests {
         let mut a = worker();
         shared.set("tollgate/test/idp/idp/doc/doc", b"junk", None);
         shared.set(&a.doc_key(), b"no newline", None);
-        assert!(!a.sync(&shared));
+        assert!(!a.sync(&shared, 0));
         shared.set(&a.schedule_key(), b"garbage", None);
         assert!(a.try_claim_fetch(&shared, 0, FetchTrigger::Scheduled));
     }

@@ -7,8 +7,8 @@
 //! same ones (a rotation or refetch makes every entry of that provider stale),
 //! that the token is within `exp`/`nbf`, and that its `jti` is not revoked.
 
-use crate::authz::Caller;
 use crate::credentials::HeaderEdit;
+use crate::identity::Caller;
 use crate::jwk::KeySet;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};

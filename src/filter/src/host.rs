@@ -1,10 +1,14 @@
-//! Host services behind the traits the decision logic uses: shared data,
-//! foreign functions, and a panic-free read of the request header map.
+//! The core's host traits, implemented with proxy-wasm host calls, and a
+//! panic-free read of the request header map.
 
 use proxy_wasm::hostcalls;
+use proxy_wasm::traits::Context;
 use proxy_wasm::types::Status;
-use tollgate_core::crypto::ForeignFunction;
-use tollgate_core::remote::SharedData;
+use std::time::{Duration, UNIX_EPOCH};
+use tollgate_core::host::{
+    AuditSink, Callouts, Clock, DecisionRecord, ForeignFunction, SharedData,
+};
+use tollgate_core::remote::Endpoint;
 
 pub struct EnvoySharedData;
 
@@ -30,6 +34,72 @@ impl ForeignFunction for EnvoyForeignFunction {
             Ok(None) => Ok(Vec::new()),
             Err(Status::NotFound) => Err(format!("host has no `{name}` function")),
             Err(status) => Err(format!("`{name}` failed: {status:?}")),
+        }
+    }
+}
+
+/// The clock, read through whichever context runs the callback.
+pub struct EnvoyClock<'a>(pub &'a dyn Context);
+
+impl Clock for EnvoyClock<'_> {
+    fn now(&self) -> Duration {
+        self.0
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+}
+
+/// Callouts go through the context's own `dispatch_http_call`, so that the SDK
+/// routes the answer back to that context.
+pub struct EnvoyCallouts<'a>(pub &'a dyn Context);
+
+impl Callouts for EnvoyCallouts<'_> {
+    fn get(&self, e: &Endpoint, etag: Option<&str>) -> Result<u32, String> {
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", e.path.as_str()),
+            (":authority", e.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        if let Some(etag) = etag {
+            headers.push(("if-none-match", etag));
+        }
+        self.0
+            .dispatch_http_call(
+                &e.cluster,
+                headers,
+                None,
+                vec![],
+                Duration::from_millis(e.timeout_ms),
+            )
+            .map_err(|status| format!("{status:?}"))
+    }
+}
+
+/// Decisions go to Envoy's log (the `wasm` component, debug level), one line
+/// each, with a credential fingerprint and never the credential.
+pub struct LogAudit;
+
+impl AuditSink for LogAudit {
+    fn decision(&self, r: &DecisionRecord<'_>) {
+        if !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        let token = r
+            .fingerprint
+            .map_or_else(|| "-".to_string(), |d| d.to_string());
+        match r.status {
+            Some(status) => log::debug!(
+                "deny reason={} status={status} token={token} ip={}",
+                r.reason.as_str(),
+                r.client_ip.unwrap_or("-")
+            ),
+            None => log::debug!(
+                "allow reason={} token={token} subject={:?}",
+                r.reason.as_str(),
+                r.caller.and_then(|c| c.subject.as_deref())
+            ),
         }
     }
 }

@@ -6,14 +6,15 @@
 //! `tollgate.ratelimit.evictions`. Envoy lists metrics defined by wasm code
 //! under `wasmcustom.`.
 
-use super::fetch::DocKind;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use tollgate_core::decision::Reason;
+use tollgate_core::host::Metrics;
 use tollgate_core::ratelimit::table::Churn;
 use tollgate_core::remote::Completion;
+use tollgate_core::worker::DocKind;
 
-pub struct Metrics {
+pub struct EnvoyMetrics {
     decisions: Vec<(Reason, u32)>,
     fetches: Vec<(DocKind, [u32; 3])>,
     /// Gauge: live rate-limit and brute-force counters in the shared table.
@@ -32,9 +33,9 @@ fn bump(id: u32) {
     }
 }
 
-impl Metrics {
-    pub fn define() -> Metrics {
-        Metrics {
+impl EnvoyMetrics {
+    pub fn define() -> EnvoyMetrics {
+        EnvoyMetrics {
             decisions: Reason::ALL
                 .iter()
                 .map(|r| (*r, counter(&format!("tollgate.decision.{}", r.as_str()))))
@@ -54,8 +55,10 @@ impl Metrics {
             limit_evictions: counter("tollgate.ratelimit.evictions"),
         }
     }
+}
 
-    pub fn churn(&self, churn: &Churn) {
+impl Metrics for EnvoyMetrics {
+    fn churn(&self, churn: &Churn) {
         if churn.entries_delta != 0 && self.limit_entries != 0 {
             let _ = hostcalls::increment_metric(self.limit_entries, churn.entries_delta);
         }
@@ -64,20 +67,25 @@ impl Metrics {
         }
     }
 
-    pub fn decision(&self, reason: Reason) {
+    fn decision(&self, reason: Reason) {
         if let Some((_, id)) = self.decisions.iter().find(|(r, _)| *r == reason) {
             bump(*id);
         }
     }
 
-    pub fn fetch(&self, kind: DocKind, completion: &Completion) {
+    fn fetch(&self, kind: DocKind, completion: &Completion) {
         let slot = match completion {
             Completion::Loaded => 0,
             Completion::Unchanged => 1,
             Completion::Failed(_) => 2,
         };
-        if let Some((_, ids)) = self.fetches.iter().find(|(k, _)| *k == kind) {
-            bump(ids[slot]);
+        if let Some(id) = self
+            .fetches
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .and_then(|(_, ids)| ids.get(slot))
+        {
+            bump(*id);
         }
     }
 }

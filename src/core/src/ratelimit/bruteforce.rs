@@ -5,7 +5,7 @@
 
 use super::gcra::Rate;
 use super::table::{key_hash, Churn, Entry, SlotTable};
-use crate::remote::SharedData;
+use crate::host::SharedData;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BruteForce {
@@ -77,7 +77,7 @@ impl BruteForce {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::tests::FakeShared;
+    use crate::host::fakes::FakeShared;
 
     #[test]
     fn locks_out_after_max_failures_then_expires() {

@@ -17,7 +17,7 @@ pub mod gcra;
 pub mod table;
 
 use crate::decision::{Denial, Reason};
-use crate::remote::SharedData;
+use crate::host::SharedData;
 use gcra::{Rate, Verdict};
 use table::{key_hash, Churn, Entry, SlotTable};
 
@@ -158,7 +158,7 @@ pub fn limited_response(policy: &Policy, verdict: &Verdict) -> Denial {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::tests::FakeShared;
+    use crate::host::fakes::FakeShared;
 
     fn policies() -> Vec<Policy> {
         vec![

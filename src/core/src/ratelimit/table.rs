@@ -11,7 +11,7 @@
 //! Updates are compare-and-swap on the slot, so one Envoy with N workers
 //! enforces one limit, not N.
 
-use crate::remote::SharedData;
+use crate::host::SharedData;
 use std::hash::{Hash, Hasher};
 
 /// One counter: a key hash, two values, and when it may be forgotten.
@@ -60,7 +60,9 @@ fn decode(bytes: &[u8]) -> Vec<Entry> {
         .map(|c| {
             let word = |i: usize| {
                 let mut w = [0u8; 8];
-                w.copy_from_slice(&c[i * 8..i * 8 + 8]);
+                if let Some(bytes) = c.get(i * 8..i * 8 + 8) {
+                    w.copy_from_slice(bytes);
+                }
                 u64::from_le_bytes(w)
             };
             Entry {
@@ -123,17 +125,23 @@ impl SlotTable {
                 .filter(|e| e.expires_ms > now_ms)
                 .collect();
             let current = entries.iter().position(|e| e.hash == hash);
-            let (next, result) = change(current.map(|i| &entries[i]));
+            let (next, result) = change(current.and_then(|i| entries.get(i)));
             let mut evicted = 0;
             match (current, next) {
-                (Some(i), Some(e)) => entries[i] = e,
+                (Some(i), Some(e)) => {
+                    if let Some(slot) = entries.get_mut(i) {
+                        *slot = e;
+                    }
+                }
                 (Some(i), None) => {
                     entries.swap_remove(i);
                 }
                 (None, Some(e)) => {
                     if entries.len() >= self.entries_per_slot.max(1) {
                         // Full of live counters: forget the one closest to expiry.
-                        if let Some(i) = (0..entries.len()).min_by_key(|&i| entries[i].expires_ms) {
+                        if let Some((i, _)) =
+                            entries.iter().enumerate().min_by_key(|(_, e)| e.expires_ms)
+                        {
                             entries.swap_remove(i);
                             evicted = 1;
                         }
@@ -208,7 +216,7 @@ impl SlotTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::tests::FakeShared;
+    use crate::host::fakes::FakeShared;
 
     fn table() -> SlotTable {
         SlotTable {

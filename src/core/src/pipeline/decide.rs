@@ -1,52 +1,20 @@
-//! The request decision: from a request view to allow (with the exact header
-//! edits for the upstream), deny (with the response), or "fetch keys first".
-//!
-//! Pure logic: keys, crypto and time come in through arguments, so every path
-//! here is unit-tested on the host without Envoy.
+//! Who the caller is and whether the rule lets them in: the credential stages
+//! (extraction, verification fresh or cached, revocation, policy) for one rule,
+//! ending in allow (with the header edits for the upstream and the limits to
+//! enforce), deny (with the response), or "fetch keys first".
 
-use crate::apikey::KeySet as ApiKeySet;
-use crate::config::{ApiKeySource, ProviderKeys, RemoteSource, Settings};
-use crate::credentials::{find_token, strip_credentials, HeaderEdit, RequestView, TokenLocation};
+use super::extract::Credential;
+use super::RemoteState;
+use crate::config::{RemoteSource, Settings};
+use crate::credentials::{strip_credentials, HeaderEdit, RequestView};
 use crate::crypto::SignatureVerifier;
 use crate::decision::{render_denial, Denial, Reason};
-use crate::jwk::KeySet;
-use crate::jwt::{decode, DecodedToken};
-use crate::policy::{find_rule, scopes_of, Requirement, Rule};
-use crate::ratelimit::{LimitCheck, LimitKey};
-use crate::revocation::RevocationList;
-use crate::token_cache::{TokenCache, VerifiedToken};
-use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
-use std::borrow::Cow;
+use crate::identity::{Caller, TokenDigest};
+use crate::policy::find_rule;
+use crate::ratelimit::LimitCheck;
+use crate::token_cache::TokenCache;
 use std::cell::RefCell;
 use std::sync::Arc;
-
-/// What providers fetched from elsewhere: keys and revocation lists.
-pub trait RemoteState {
-    /// The current keys of a remote provider, `None` if none have loaded yet.
-    fn remote_keys(&self, provider: usize) -> Option<Arc<KeySet>>;
-    /// Whether a token with an unknown `kid` may trigger a refetch now.
-    fn may_refetch(&self, provider: usize) -> bool;
-    /// The provider's revocation list, `None` if it has not loaded yet.
-    fn revocations(&self, provider: usize) -> Option<Arc<RevocationList>>;
-    /// The fetched API-key set, `None` if it has not loaded yet.
-    fn api_keys(&self) -> Option<Arc<ApiKeySet>>;
-}
-
-/// A credential found in a request.
-enum Credential {
-    /// A JWT, and the index of where it was found in `locations_for`.
-    Jwt(String, usize),
-    ApiKey(String),
-}
-
-/// Who a verified request is, for audit lines and metrics (no secrets).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub provider: String,
-    pub subject: Option<String>,
-    pub client_id: Option<String>,
-}
 
 #[derive(Debug)]
 pub enum Outcome {
@@ -80,31 +48,7 @@ impl Outcome {
     }
 }
 
-/// SHA-256 of a presented credential, computed once per request: the token
-/// cache's key, the API-key lookup's key (unless peppered) and, shortened, the
-/// fingerprint logs show. Never log the credential itself.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct TokenDigest(pub [u8; 32]);
-
-impl TokenDigest {
-    pub fn of(credential: &str) -> TokenDigest {
-        TokenDigest(Sha256::digest(credential.as_bytes()).into())
-    }
-}
-
-/// The fingerprint: the first 16 hex digits, not reversible.
-impl std::fmt::Display for TokenDigest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl std::fmt::Debug for TokenDigest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenDigest({self})")
-    }
-}
-
+/// The credential stages for one request, over one worker's state.
 pub struct Authorizer<'a> {
     pub settings: &'a Settings,
     pub remote: &'a dyn RemoteState,
@@ -137,7 +81,9 @@ impl Authorizer<'_> {
         let (hash, result) = match &credential {
             Credential::Jwt(token, location) => {
                 let hash = TokenDigest::of(token);
-                let location = &locations[*location];
+                let Some(location) = locations.get(*location) else {
+                    return self.deny(Reason::MissingCredentials, None, Some(hash));
+                };
                 (hash, self.authenticate(token, &hash, location, rule, req))
             }
             Credential::ApiKey(key) => {
@@ -180,376 +126,6 @@ impl Authorizer<'_> {
         }
     }
 
-    /// An API key (when the rule accepts them and one is present) wins over
-    /// a JWT: keys are recognised by their own headers or prefix.
-    fn find_credential(
-        &self,
-        req: &RequestView<'_>,
-        requirement: &Requirement,
-        jwt_locations: &[TokenLocation],
-    ) -> Option<Credential> {
-        if let (true, Some(k)) = (requirement.accept_api_key, &self.settings.api_keys) {
-            if let Some((key, _)) = find_token(req, &k.headers) {
-                return Some(Credential::ApiKey(key));
-            }
-            if let Some((location, prefix)) = &k.bearer {
-                if let Some((key, _)) = find_token(req, std::slice::from_ref(location))
-                    .filter(|(v, _)| v.starts_with(prefix.as_str()))
-                {
-                    return Some(Credential::ApiKey(key));
-                }
-            }
-            if requirement.api_key_in_query {
-                if let Some((key, _)) = find_token(req, std::slice::from_ref(&k.query)) {
-                    return Some(Credential::ApiKey(key));
-                }
-            }
-        }
-        if !requirement.accept_jwt {
-            return None;
-        }
-        find_token(req, jwt_locations).map(|(token, at)| Credential::Jwt(token, at))
-    }
-
-    fn authenticate_api_key(
-        &self,
-        key: &str,
-        hash: &TokenDigest,
-        rule: &Rule,
-        req: &RequestView<'_>,
-    ) -> Result<Authenticated, Failure> {
-        let s = self.settings;
-        let requirement = &rule.requirement;
-        let k = s.api_keys.as_ref().ok_or(Reason::MissingCredentials)?;
-        let set = match &k.key_set {
-            ApiKeySource::Local(set) => set.clone(),
-            ApiKeySource::Remote(src) => self
-                .remote
-                .api_keys()
-                .ok_or_else(|| unavailable(Reason::KeysUnavailable, src))?,
-        };
-        let digest = k.hashing.digest_from_sha256(key, &hash.0);
-        let (consumer, entry) = set.verify_digest(&digest, req.client_ip, self.now)?;
-        let scopes: Vec<&str> = consumer.scopes.iter().map(String::as_str).collect();
-        let mut claims = Map::new();
-        claims.insert("sub".into(), Value::from(consumer.id.as_str()));
-        claims.insert("client_id".into(), Value::from(consumer.id.as_str()));
-        claims.insert("scope".into(), Value::from(scopes.join(" ")));
-        if let Some(tenant) = &consumer.tenant {
-            claims.insert("tenant".into(), Value::from(tenant.as_str()));
-        }
-        if !requirement.allow_anonymous {
-            requirement.authorize(&scopes, &claims)?;
-        }
-        let caller = Caller {
-            provider: "api_key".to_string(),
-            subject: Some(consumer.id.clone()),
-            client_id: Some(consumer.id.clone()),
-        };
-        let mut limits = self.limit_checks(rule, req, Some((&caller, &claims)));
-        let plan = consumer
-            .plan
-            .as_ref()
-            .and_then(|plan| s.rate_limits.plans.iter().find(|(name, _)| name == plan));
-        for &policy in plan.map(|(_, ids)| ids.as_slice()).unwrap_or_default() {
-            if !limits.iter().any(|c| c.policy == policy) {
-                limits.push(LimitCheck {
-                    policy,
-                    value: consumer.id.clone(),
-                });
-            }
-        }
-        let id = &s.identity;
-        let mut identity: Vec<HeaderEdit> = Vec::with_capacity(7);
-        let mut set_header = |name: &str, value: &str| {
-            if header_safe(value) {
-                identity.push(HeaderEdit::Set(name.to_string(), value.to_string()));
-            }
-        };
-        set_header(&id.subject, &consumer.id);
-        set_header(&id.client_id, &consumer.id);
-        set_header(&id.consumer, &consumer.id);
-        set_header(&id.api_key_id, &entry.id);
-        set_header(&id.scopes, &scopes.join(" "));
-        set_header(&id.provider, "api_key");
-        if let Some(tenant) = &consumer.tenant {
-            set_header(&id.tenant, tenant);
-        }
-        Ok(Authenticated {
-            caller,
-            identity: identity.into(),
-            limits,
-        })
-    }
-
-    fn authenticate(
-        &self,
-        token: &str,
-        hash: &TokenDigest,
-        location: &TokenLocation,
-        rule: &Rule,
-        req: &RequestView<'_>,
-    ) -> Result<Authenticated, Failure> {
-        let s = self.settings;
-        let requirement = &rule.requirement;
-        let digest = hash.0;
-        let cached = self.cache.borrow().get(&digest);
-        let verified = match cached.filter(|v| self.same_keys(v)) {
-            Some(v) => {
-                self.check_provider(v.provider, location, requirement)?;
-                v
-            }
-            None => {
-                let v = Arc::new(self.verify(token, location, requirement)?);
-                self.cache.borrow_mut().insert(digest, v.clone());
-                v
-            }
-        };
-        let p = &s.providers[verified.provider];
-        let skew = p.claim_rules.clock_skew_secs;
-        if self.now >= verified.exp.saturating_add(skew) {
-            self.cache.borrow_mut().remove(&digest);
-            return Err(Reason::Expired.into());
-        }
-        if verified
-            .nbf
-            .is_some_and(|nbf| self.now.saturating_add(skew) < nbf)
-        {
-            return Err(Reason::NotYetValid.into());
-        }
-        if let Some(feed) = &p.revocation_feed {
-            let list = self
-                .remote
-                .revocations(verified.provider)
-                .ok_or_else(|| unavailable(Reason::RevocationsUnavailable, feed))?;
-            if verified
-                .jti
-                .as_deref()
-                .is_some_and(|jti| list.contains(jti))
-            {
-                self.cache.borrow_mut().remove(&digest);
-                return Err(Reason::Revoked.into());
-            }
-        }
-        let scopes: Vec<&str> = verified.scopes.iter().map(String::as_str).collect();
-        if !requirement.allow_anonymous {
-            requirement.authorize(&scopes, &verified.claims)?;
-        }
-        Ok(Authenticated {
-            limits: self.limit_checks(rule, req, Some((&verified.caller, &verified.claims))),
-            identity: Arc::clone(&verified.identity),
-            caller: verified.caller.clone(),
-        })
-    }
-
-    /// Whether a cached verification still stands on the provider's current keys.
-    fn same_keys(&self, v: &VerifiedToken) -> bool {
-        let current = match &self.settings.providers[v.provider].keys {
-            ProviderKeys::Local(keys) => Some(keys.clone()),
-            ProviderKeys::Remote(_) => self.remote.remote_keys(v.provider),
-        };
-        current.is_some_and(|keys| Arc::ptr_eq(&keys, &v.keys))
-    }
-
-    /// A provider's tokens count only on rules that accept the provider, and
-    /// only where that provider reads them.
-    fn check_provider(
-        &self,
-        provider: usize,
-        location: &TokenLocation,
-        requirement: &Requirement,
-    ) -> Result<(), Reason> {
-        let p = &self.settings.providers[provider];
-        if requirement.accepts_provider(provider) && p.locations.contains(location) {
-            Ok(())
-        } else {
-            Err(Reason::ProviderNotAllowed)
-        }
-    }
-
-    /// Full verification: cheap checks first, then the signature, then the
-    /// claims. What it establishes does not depend on the request, so it is cached.
-    fn verify(
-        &self,
-        token: &str,
-        location: &TokenLocation,
-        requirement: &Requirement,
-    ) -> Result<VerifiedToken, Failure> {
-        let s = self.settings;
-        let decoded = decode(token)?;
-        let issuer = decoded.issuer().ok_or(Reason::UnknownIssuer)?;
-        let provider = s
-            .providers
-            .iter()
-            .position(|p| p.issuer == issuer)
-            .ok_or(Reason::UnknownIssuer)?;
-        self.check_provider(provider, location, requirement)?;
-        let p = &s.providers[provider];
-        if !p.algorithms.contains(&decoded.alg) {
-            return Err(Reason::UnsupportedAlgorithm.into());
-        }
-        let keys = match &p.keys {
-            ProviderKeys::Local(keys) => keys.clone(),
-            ProviderKeys::Remote(src) => self
-                .remote
-                .remote_keys(provider)
-                .ok_or_else(|| unavailable(Reason::KeysUnavailable, src))?,
-        };
-        match decoded.verify_signature(&keys, self.verifier) {
-            Err(Reason::UnknownKey)
-                if matches!(p.keys, ProviderKeys::Remote(_))
-                    && self.remote.may_refetch(provider) =>
-            {
-                return Err(Failure::FetchKeys(provider));
-            }
-            other => other?,
-        }
-        decoded.validate_claims(&p.claim_rules, self.now)?;
-        let scopes = scopes_of(&decoded.claims, &p.scope_claims);
-        let identity = self.identity_headers(provider, &decoded, &scopes);
-        let claim = |name: &str| {
-            decoded
-                .claims
-                .get(name)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        let number = |name: &str| decoded.claims.get(name).and_then(Value::as_u64);
-        let exp = number("exp").ok_or(Reason::MissingClaim)?;
-        let (nbf, jti) = (number("nbf"), claim("jti"));
-        let caller = Caller {
-            provider: p.name.clone(),
-            subject: claim("sub"),
-            client_id: claim("client_id").or_else(|| claim("azp")),
-        };
-        let scopes: Vec<String> = scopes.into_iter().map(str::to_string).collect();
-        let mut claims = decoded.claims;
-        claims.retain(|name, _| s.retained_claims.contains(name));
-        Ok(VerifiedToken {
-            provider,
-            keys,
-            exp,
-            nbf,
-            jti,
-            caller,
-            scopes,
-            identity: identity.into(),
-            claims,
-        })
-    }
-
-    /// The values the rule's rate-limit policies count on. Without a verified
-    /// identity (anonymous access), identity-based policies count per client IP.
-    /// A policy whose value is missing (no such claim or header) is skipped.
-    fn limit_checks(
-        &self,
-        rule: &Rule,
-        req: &RequestView<'_>,
-        who: Option<(&Caller, &Map<String, Value>)>,
-    ) -> Vec<LimitCheck> {
-        let policies = &self.settings.rate_limits.policies;
-        let ip = || req.client_ip.map(str::to_string);
-        rule.limits
-            .iter()
-            .filter_map(|&policy| {
-                let key = &policies.get(policy)?.key;
-                let value = match (key, who) {
-                    (LimitKey::ClientIp, _) => ip(),
-                    (LimitKey::Header(h), _) => req
-                        .header_values(h)
-                        .next()
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .map(str::to_string),
-                    (_, None) => ip(),
-                    (LimitKey::Subject, Some((c, _))) => c.subject.clone(),
-                    (LimitKey::ClientId, Some((c, _))) => c.client_id.clone(),
-                    (LimitKey::Claim(name), Some((_, claims))) => {
-                        claims.get(name).and_then(claim_header_value)
-                    }
-                }?;
-                Some(LimitCheck { policy, value })
-            })
-            .collect()
-    }
-
-    fn identity_headers(
-        &self,
-        provider: usize,
-        t: &DecodedToken<'_>,
-        scopes: &[&str],
-    ) -> Vec<HeaderEdit> {
-        let id = &self.settings.identity;
-        let p = &self.settings.providers[provider];
-        let claim_str = |name: &str| t.claims.get(name).and_then(Value::as_str);
-        let mut out = Vec::with_capacity(6 + p.claim_to_headers.len());
-        let mut set = |name: &str, value: Option<String>| {
-            if let Some(v) = value.filter(|v| header_safe(v)) {
-                out.push(HeaderEdit::Set(name.to_string(), v));
-            }
-        };
-        set(&id.subject, claim_str("sub").map(str::to_string));
-        set(
-            &id.client_id,
-            claim_str("client_id")
-                .or_else(|| claim_str("azp"))
-                .map(str::to_string),
-        );
-        set(&id.scopes, Some(scopes.join(" ")).filter(|s| !s.is_empty()));
-        set(&id.issuer, Some(p.issuer.clone()));
-        set(&id.provider, Some(p.name.clone()));
-        for (claim, header) in &p.claim_to_headers {
-            set(header, t.claims.get(claim).and_then(claim_header_value));
-        }
-        if let Some(header) = &p.forward_payload_header {
-            // The payload segment is already base64url JSON, exactly as signed.
-            let payload = t.signing_input.split('.').nth(1).map(str::to_string);
-            set(header, payload);
-        }
-        out
-    }
-
-    /// Client-sent headers in the identity namespace never reach the upstream.
-    fn purge_identity_headers(&self, req: &RequestView<'_>) -> Vec<HeaderEdit> {
-        let s = self.settings;
-        let prefix = &s.identity.header_prefix;
-        let mut edits: Vec<HeaderEdit> = Vec::new();
-        // Envoy hands header names over lower-cased (HTTP/1 and HTTP/2 alike),
-        // so they compare directly, and only matches allocate.
-        for (name, _) in req.headers {
-            let owned = name.starts_with(prefix.as_str())
-                || s.providers.iter().any(|p| {
-                    p.claim_to_headers.iter().any(|(_, h)| h == name)
-                        || p.forward_payload_header.as_ref() == Some(name)
-                });
-            if owned
-                && !edits
-                    .iter()
-                    .any(|e| matches!(e, HeaderEdit::Remove(n) if n == name))
-            {
-                edits.push(HeaderEdit::Remove(name.clone()));
-            }
-        }
-        edits
-    }
-
-    /// Where to look for a token on this rule: every provider's locations,
-    /// or only those of the providers the rule accepts.
-    fn locations_for(&self, requirement: &Requirement) -> Cow<'_, [TokenLocation]> {
-        let s = self.settings;
-        match &requirement.providers {
-            None => Cow::Borrowed(&s.token_locations),
-            Some(ids) => {
-                let mut locs: Vec<TokenLocation> = Vec::new();
-                for loc in ids.iter().flat_map(|&i| s.providers[i].locations.iter()) {
-                    if !locs.contains(loc) {
-                        locs.push(loc.clone());
-                    }
-                }
-                Cow::Owned(locs)
-            }
-        }
-    }
-
     fn deny(
         &self,
         reason: Reason,
@@ -568,13 +144,13 @@ impl Authorizer<'_> {
     }
 }
 
-struct Authenticated {
-    caller: Caller,
-    identity: Arc<[HeaderEdit]>,
-    limits: Vec<LimitCheck>,
+pub(super) struct Authenticated {
+    pub caller: Caller,
+    pub identity: Arc<[HeaderEdit]>,
+    pub limits: Vec<LimitCheck>,
 }
 
-enum Failure {
+pub(super) enum Failure {
     Denied(Reason),
     FetchKeys(usize),
     /// A document the decision needs has not loaded: 503, retry after these seconds.
@@ -582,7 +158,7 @@ enum Failure {
 }
 
 /// The failure for a remote document that has not loaded yet.
-fn unavailable(reason: Reason, source: &RemoteSource) -> Failure {
+pub(super) fn unavailable(reason: Reason, source: &RemoteSource) -> Failure {
     Failure::Unavailable(reason, source.policy.retry_ms.div_ceil(1000))
 }
 
@@ -607,36 +183,15 @@ fn allow_anonymous(
     }
 }
 
-/// Scalars and arrays of scalars become header values; objects do not.
-fn claim_header_value(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Array(items) => {
-            let parts: Option<Vec<String>> = items
-                .iter()
-                .map(|i| match i {
-                    Value::Array(_) | Value::Object(_) | Value::Null => None,
-                    other => claim_header_value(other),
-                })
-                .collect();
-            parts.map(|p| p.join(","))
-        }
-        Value::Object(_) | Value::Null => None,
-    }
-}
-
-/// No control characters (header injection), no empty values.
-fn header_safe(v: &str) -> bool {
-    !v.is_empty() && !v.chars().any(|c| c.is_control())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apikey::KeySet as ApiKeySet;
     use crate::config::parse;
     use crate::crypto::PureVerifier;
+    use crate::jwk::KeySet;
+    use crate::jwt::DecodedToken;
+    use crate::revocation::RevocationList;
     use jwt_simple::prelude::*;
     use serde_json::json;
 

@@ -1,0 +1,212 @@
+//! What the core needs from its host (Envoy, through the filter crate), as
+//! traits: the clock, process-wide shared data, metrics, foreign functions,
+//! HTTP callouts and the audit sink. The filter implements them with proxy-wasm
+//! host calls; `fakes` implements them in memory for the core's own tests.
+
+use crate::decision::Reason;
+use crate::identity::{Caller, TokenDigest};
+use crate::ratelimit::table::Churn;
+use crate::remote::{Completion, Endpoint};
+use crate::worker::DocKind;
+use std::time::Duration;
+
+/// Wall-clock time since the Unix epoch. Read once per host callback.
+pub trait Clock {
+    fn now(&self) -> Duration;
+}
+
+/// Process-wide key/value storage with CAS (proxy-wasm shared data).
+pub trait SharedData {
+    /// The value and its CAS version, if the key exists.
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Stores `value` if the entry is still at version `cas` (`None`: unconditionally).
+    /// False when another writer got there first.
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// The proxy-wasm foreign-function call (Envoy's `verify_signature`).
+pub trait ForeignFunction {
+    /// `Err` when the host has no such function or refused the arguments.
+    fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// Envoy stats (names in the README's "Envoy stats").
+pub trait Metrics {
+    fn decision(&self, reason: Reason);
+    fn fetch(&self, kind: DocKind, completion: &Completion);
+    /// Live counters added to or dropped from the shared rate-limit table.
+    fn churn(&self, churn: &Churn);
+}
+
+/// HTTP callouts through an Envoy cluster.
+pub trait Callouts {
+    /// Starts `GET endpoint` (with `If-None-Match: etag`). The answer comes back
+    /// to the caller's context under the returned token.
+    fn get(&self, endpoint: &Endpoint, etag: Option<&str>) -> Result<u32, String>;
+}
+
+/// One decision, as the audit sink receives it: what a SIEM may see, never a
+/// credential.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionRecord<'a> {
+    pub reason: Reason,
+    pub status: Option<u32>,
+    pub method: &'a str,
+    pub client_ip: Option<&'a str>,
+    pub caller: Option<&'a Caller>,
+    pub fingerprint: Option<TokenDigest>,
+}
+
+/// Where decisions go.
+pub trait AuditSink {
+    fn decision(&self, record: &DecisionRecord<'_>);
+}
+
+/// The host services one callback works with.
+#[derive(Clone, Copy)]
+pub struct Host<'a> {
+    pub clock: &'a dyn Clock,
+    pub shared: &'a dyn SharedData,
+    pub metrics: &'a dyn Metrics,
+    pub callouts: &'a dyn Callouts,
+    pub audit: &'a dyn AuditSink,
+}
+
+#[cfg(test)]
+pub mod fakes {
+    //! In-memory hosts for unit tests, with Envoy's semantics where they matter
+    //! (shared-data CAS versions).
+
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+
+    /// In-memory shared data with Envoy's CAS semantics.
+    #[derive(Default)]
+    pub struct FakeShared(pub RefCell<HashMap<String, (Vec<u8>, u32)>>);
+
+    impl SharedData for FakeShared {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.0.borrow().get(key).cloned()
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            let mut map = self.0.borrow_mut();
+            let current = map.get(key).map(|(_, v)| *v);
+            if cas.is_some() && cas != current {
+                return false;
+            }
+            map.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+            true
+        }
+    }
+
+    pub struct FakeClock(pub Cell<Duration>);
+
+    impl FakeClock {
+        pub fn at_secs(secs: u64) -> FakeClock {
+            FakeClock(Cell::new(Duration::from_secs(secs)))
+        }
+
+        pub fn advance(&self, by: Duration) {
+            self.0.set(self.0.get() + by);
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn now(&self) -> Duration {
+            self.0.get()
+        }
+    }
+
+    /// Counts what the core reports.
+    #[derive(Default)]
+    pub struct FakeMetrics {
+        pub decisions: RefCell<Vec<Reason>>,
+        pub fetches: RefCell<Vec<(DocKind, Completion)>>,
+        pub entries: Cell<i64>,
+    }
+
+    impl Metrics for FakeMetrics {
+        fn decision(&self, reason: Reason) {
+            self.decisions.borrow_mut().push(reason);
+        }
+        fn fetch(&self, kind: DocKind, completion: &Completion) {
+            self.fetches.borrow_mut().push((kind, completion.clone()));
+        }
+        fn churn(&self, churn: &Churn) {
+            self.entries.set(self.entries.get() + churn.entries_delta);
+        }
+    }
+
+    /// Records callouts; answers with increasing tokens, or fails when told to.
+    #[derive(Default)]
+    pub struct FakeCallouts {
+        pub started: RefCell<Vec<(Endpoint, Option<String>)>>,
+        pub refuse: Cell<bool>,
+    }
+
+    impl Callouts for FakeCallouts {
+        fn get(&self, endpoint: &Endpoint, etag: Option<&str>) -> Result<u32, String> {
+            if self.refuse.get() {
+                return Err("cluster unavailable".to_string());
+            }
+            let mut started = self.started.borrow_mut();
+            started.push((endpoint.clone(), etag.map(str::to_string)));
+            Ok(started.len() as u32)
+        }
+    }
+
+    /// A decision as the fake audit sink keeps it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Audited {
+        pub reason: Reason,
+        pub status: Option<u32>,
+        pub subject: Option<String>,
+    }
+
+    #[derive(Default)]
+    pub struct FakeAudit(pub RefCell<Vec<Audited>>);
+
+    impl AuditSink for FakeAudit {
+        fn decision(&self, record: &DecisionRecord<'_>) {
+            self.0.borrow_mut().push(Audited {
+                reason: record.reason,
+                status: record.status,
+                subject: record.caller.and_then(|c| c.subject.clone()),
+            });
+        }
+    }
+
+    /// Every fake, owned, lending out a [`Host`].
+    #[derive(Default)]
+    pub struct FakeHost {
+        pub clock: Option<FakeClock>,
+        pub shared: FakeShared,
+        pub metrics: FakeMetrics,
+        pub callouts: FakeCallouts,
+        pub audit: FakeAudit,
+    }
+
+    impl FakeHost {
+        pub fn at_secs(secs: u64) -> FakeHost {
+            FakeHost {
+                clock: Some(FakeClock::at_secs(secs)),
+                ..FakeHost::default()
+            }
+        }
+
+        pub fn host(&self) -> Host<'_> {
+            Host {
+                clock: self
+                    .clock
+                    .as_ref()
+                    .expect("FakeHost::at_secs sets the clock"),
+                shared: &self.shared,
+                metrics: &self.metrics,
+                callouts: &self.callouts,
+                audit: &self.audit,
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Stage: what the upstream sees. Client-sent headers in the identity namespace
+//! are purged, and the verified identity becomes headers. (Credentials are
+//! stripped by `credentials::strip_credentials`.)
+
+use super::decide::Authorizer;
+use crate::config::Provider;
+use crate::credentials::{HeaderEdit, RequestView};
+use crate::jwt::DecodedToken;
+use serde_json::Value;
+
+impl Authorizer<'_> {
+    pub(super) fn identity_headers(
+        &self,
+        p: &Provider,
+        t: &DecodedToken<'_>,
+        scopes: &[&str],
+    ) -> Vec<HeaderEdit> {
+        let id = &self.settings.identity;
+        let claim_str = |name: &str| t.claims.get(name).and_then(Value::as_str);
+        let mut out = Vec::with_capacity(6 + p.claim_to_headers.len());
+        let mut set = |name: &str, value: Option<String>| {
+            if let Some(v) = value.filter(|v| header_safe(v)) {
+                out.push(HeaderEdit::Set(name.to_string(), v));
+            }
+        };
+        set(&id.subject, claim_str("sub").map(str::to_string));
+        set(
+            &id.client_id,
+            claim_str("client_id")
+                .or_else(|| claim_str("azp"))
+                .map(str::to_string),
+        );
+        set(&id.scopes, Some(scopes.join(" ")).filter(|s| !s.is_empty()));
+        set(&id.issuer, Some(p.issuer.clone()));
+        set(&id.provider, Some(p.name.clone()));
+        for (claim, header) in &p.claim_to_headers {
+            set(header, t.claims.get(claim).and_then(claim_header_value));
+        }
+        if let Some(header) = &p.forward_payload_header {
+            // The payload segment is already base64url JSON, exactly as signed.
+            let payload = t.signing_input.split('.').nth(1).map(str::to_string);
+            set(header, payload);
+        }
+        out
+    }
+
+    /// Client-sent headers in the identity namespace never reach the upstream.
+    pub(super) fn purge_identity_headers(&self, req: &RequestView<'_>) -> Vec<HeaderEdit> {
+        let s = self.settings;
+        let prefix = &s.identity.header_prefix;
+        let mut edits: Vec<HeaderEdit> = Vec::new();
+        // Envoy hands header names over lower-cased (HTTP/1 and HTTP/2 alike),
+        // so they compare directly, and only matches allocate.
+        for (name, _) in req.headers {
+            let owned = name.starts_with(prefix.as_str())
+                || s.providers.iter().any(|p| {
+                    p.claim_to_headers.iter().any(|(_, h)| h == name)
+                        || p.forward_payload_header.as_ref() == Some(name)
+                });
+            if owned
+                && !edits
+                    .iter()
+                    .any(|e| matches!(e, HeaderEdit::Remove(n) if n == name))
+            {
+                edits.push(HeaderEdit::Remove(name.clone()));
+            }
+        }
+        edits
+    }
+}
+
+/// Scalars and arrays of scalars become header values; objects do not.
+pub(super) fn claim_header_value(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(items) => {
+            let parts: Option<Vec<String>> = items
+                .iter()
+                .map(|i| match i {
+                    Value::Array(_) | Value::Object(_) | Value::Null => None,
+                    other => claim_header_value(other),
+                })
+                .collect();
+            parts.map(|p| p.join(","))
+        }
+        Value::Object(_) | Value::Null => None,
+    }
+}
+
+/// No control characters (header injection), no empty values.
+pub(super) fn header_safe(v: &str) -> bool {
+    !v.is_empty() && !v.chars().any(|c| c.is_control())
+}

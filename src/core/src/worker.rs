@@ -1,0 +1,465 @@
+//! One worker's state: the settings, the signature backend, the token cache,
+//! and the remote documents (JWKS, revocation lists, the API-key set), with the
+//! fetch cycle that keeps them loaded. Each Envoy worker runs its own VM, so
+//! each has one `Worker`; documents are shared between workers through shared
+//! data (see `remote`).
+
+use crate::apikey::KeySet as ApiKeySet;
+use crate::config::{ApiKeySource, ProviderKeys, Settings};
+use crate::credentials::RequestView;
+use crate::crypto::SignatureVerifier;
+use crate::host::{Host, SharedData};
+use crate::jwk::{parse_jwks, KeySet, KeySource, Strictness};
+use crate::pipeline::{Authorizer, Outcome, RemoteState};
+use crate::ratelimit::table::Churn;
+use crate::remote::{Completion, FetchResult, FetchTrigger, RemoteDoc};
+use crate::revocation::RevocationList;
+use crate::token_cache::TokenCache;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tick while some remote documents are still missing, and once all are loaded.
+pub const TICK_LOADING: Duration = Duration::from_millis(200);
+pub const TICK_STEADY: Duration = Duration::from_secs(1);
+
+/// Rate-limit table slots swept per tick (per worker): the default 8192-slot
+/// table is swept every 16 s by one worker, faster by several.
+const SWEEP_SLOTS_PER_TICK: u32 = 512;
+
+/// The kinds of remote document, for stats and size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocKind {
+    Keys,
+    Revocations,
+    ApiKeys,
+}
+
+impl DocKind {
+    pub const ALL: [DocKind; 3] = [DocKind::Keys, DocKind::Revocations, DocKind::ApiKeys];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DocKind::Keys => "jwks",
+            DocKind::Revocations => "revocations",
+            DocKind::ApiKeys => "api_keys",
+        }
+    }
+
+    /// Largest document accepted.
+    pub fn max_bytes(self) -> usize {
+        match self {
+            DocKind::Keys => 512 * 1024,
+            DocKind::Revocations | DocKind::ApiKeys => 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// One remote document of this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocId {
+    /// A provider's JWKS.
+    Keys(usize),
+    /// A provider's revocation list.
+    Revocations(usize),
+    /// The API-key set.
+    ApiKeys,
+}
+
+impl DocId {
+    pub fn kind(self) -> DocKind {
+        match self {
+            DocId::Keys(_) => DocKind::Keys,
+            DocId::Revocations(_) => DocKind::Revocations,
+            DocId::ApiKeys => DocKind::ApiKeys,
+        }
+    }
+}
+
+/// A callout's answer, as the host read it.
+#[derive(Debug)]
+pub enum FetchResponse {
+    Body(Vec<u8>, Option<String>),
+    NotModified,
+    Failed(String),
+}
+
+impl FetchResponse {
+    fn as_result(&self) -> FetchResult<'_> {
+        match self {
+            FetchResponse::Body(body, etag) => FetchResult::Body {
+                body,
+                etag: etag.as_deref(),
+            },
+            FetchResponse::NotModified => FetchResult::NotModified,
+            FetchResponse::Failed(e) => FetchResult::Failed(e.clone()),
+        }
+    }
+}
+
+/// The remote documents of one provider on this worker.
+#[derive(Default)]
+struct ProviderDocs {
+    keys: Option<RemoteDoc<KeySet>>,
+    revocations: Option<RemoteDoc<RevocationList>>,
+}
+
+pub struct Worker {
+    pub settings: Settings,
+    verifier: Box<dyn SignatureVerifier>,
+    /// Indexed like `settings.providers`.
+    docs: RefCell<Vec<ProviderDocs>>,
+    /// The API-key set, when it is fetched rather than inline.
+    api_keys: RefCell<Option<RemoteDoc<ApiKeySet>>>,
+    token_cache: RefCell<TokenCache>,
+}
+
+impl Worker {
+    pub fn new(settings: Settings, verifier: Box<dyn SignatureVerifier>) -> Worker {
+        let docs = settings
+            .providers
+            .iter()
+            .map(|p| ProviderDocs {
+                keys: match &p.keys {
+                    ProviderKeys::Remote(src) => {
+                        let algorithms = p.algorithms.clone();
+                        Some(RemoteDoc::new(
+                            "jwks",
+                            src.endpoint.clone(),
+                            src.policy,
+                            move |body, _now_ms| {
+                                parse_jwks(
+                                    body,
+                                    KeySource::Remote,
+                                    &algorithms,
+                                    Strictness::Lenient,
+                                )
+                                .map(|(set, _)| set)
+                                .map_err(|e| format!("unusable JWKS: {e}"))
+                            },
+                        ))
+                    }
+                    ProviderKeys::Local(_) => None,
+                },
+                revocations: p.revocation_feed.as_ref().map(|src| {
+                    RemoteDoc::new(
+                        "revocations",
+                        src.endpoint.clone(),
+                        src.policy,
+                        |body, now_ms| RevocationList::parse(body, now_ms / 1000),
+                    )
+                }),
+            })
+            .collect();
+        let api_keys = match settings.api_keys.as_ref().map(|k| &k.key_set) {
+            Some(ApiKeySource::Remote(src)) => Some(RemoteDoc::new(
+                "api_keys",
+                src.endpoint.clone(),
+                src.policy,
+                |body, _now_ms| {
+                    ApiKeySet::parse(body).map_err(|e| format!("unusable API key set: {e}"))
+                },
+            )),
+            _ => None,
+        };
+        let (entries, bytes) = settings.token_cache;
+        Worker {
+            token_cache: RefCell::new(TokenCache::new(entries, bytes)),
+            verifier,
+            settings,
+            docs: RefCell::new(docs),
+            api_keys: RefCell::new(api_keys),
+        }
+    }
+
+    /// The credential stages for one request, on this worker's current state.
+    pub fn authorize(&self, req: &RequestView<'_>, now_ms: u64, refetch_allowed: bool) -> Outcome {
+        let view = WorkerView {
+            worker: self,
+            now_ms,
+            refetch_allowed,
+        };
+        Authorizer {
+            settings: &self.settings,
+            remote: &view,
+            verifier: self.verifier.as_ref(),
+            cache: &self.token_cache,
+            now: now_ms / 1000,
+        }
+        .decide(req)
+    }
+
+    /// Every remote document this worker keeps.
+    pub fn doc_ids(&self) -> Vec<DocId> {
+        let docs = self.docs.borrow();
+        let mut ids = Vec::new();
+        for (p, d) in docs.iter().enumerate() {
+            if d.keys.is_some() {
+                ids.push(DocId::Keys(p));
+            }
+            if d.revocations.is_some() {
+                ids.push(DocId::Revocations(p));
+            }
+        }
+        if self.api_keys.borrow().is_some() {
+            ids.push(DocId::ApiKeys);
+        }
+        ids
+    }
+
+    /// Runs `f` on a document, whatever its type.
+    fn with_doc<R>(&self, id: DocId, f: impl FnOnce(&mut dyn AnyDoc) -> R) -> Option<R> {
+        match id {
+            DocId::Keys(p) => Some(f(self.docs.borrow_mut().get_mut(p)?.keys.as_mut()?)),
+            DocId::Revocations(p) => Some(f(self
+                .docs
+                .borrow_mut()
+                .get_mut(p)?
+                .revocations
+                .as_mut()?)),
+            DocId::ApiKeys => Some(f(self.api_keys.borrow_mut().as_mut()?)),
+        }
+    }
+
+    /// Starts fetching a document if this worker wins the claim. Returns the
+    /// callout token; the answer goes to [`Self::complete_fetch`].
+    pub fn start_fetch(
+        &self,
+        host: Host<'_>,
+        id: DocId,
+        trigger: FetchTrigger,
+        now_ms: u64,
+    ) -> Option<u32> {
+        let started = self.with_doc(id, |doc| doc.start(host, trigger, now_ms))?;
+        started.unwrap_or_else(|err| {
+            self.report(host, id, &Completion::Failed(err));
+            None
+        })
+    }
+
+    /// Feeds a callout's answer into the document and the shared copy.
+    pub fn complete_fetch(&self, host: Host<'_>, id: DocId, response: &FetchResponse) {
+        let now_ms = host.clock.now().as_millis() as u64;
+        if let Some(completion) = self.with_doc(id, |doc| {
+            doc.complete(host.shared, response.as_result(), now_ms)
+        }) {
+            self.report(host, id, &completion);
+        }
+    }
+
+    fn report(&self, host: Host<'_>, id: DocId, completion: &Completion) {
+        host.metrics.fetch(id.kind(), completion);
+        let provider = |p: usize| {
+            self.settings
+                .providers
+                .get(p)
+                .map_or("?", |p| p.name.as_str())
+        };
+        let what = match id {
+            DocId::Keys(p) => format!("jwks fetch for provider `{}`", provider(p)),
+            DocId::Revocations(p) => format!("revocations fetch for provider `{}`", provider(p)),
+            DocId::ApiKeys => "api_keys fetch".to_string(),
+        };
+        match completion {
+            Completion::Loaded => {
+                let size = self.with_doc(id, |doc| doc.size()).flatten().unwrap_or(0);
+                match id {
+                    DocId::Keys(p) => {
+                        log::info!(
+                            "loaded {size} signing key(s) for provider `{}`",
+                            provider(p)
+                        )
+                    }
+                    DocId::Revocations(p) => log::info!(
+                        "loaded revocation list for provider `{}`: {size} revoked token(s)",
+                        provider(p)
+                    ),
+                    DocId::ApiKeys => log::info!("loaded API key set: {size} key(s)"),
+                }
+            }
+            Completion::Unchanged => log::debug!("{what}: unchanged"),
+            Completion::Failed(e) => {
+                log::warn!("{what} failed, keeping the last good copy: {e}")
+            }
+        }
+    }
+
+    /// Picks up documents other workers fetched. True if any changed.
+    pub fn sync(&self, shared: &dyn SharedData, now_ms: u64) -> bool {
+        let mut changed = false;
+        for id in self.doc_ids() {
+            changed |= self
+                .with_doc(id, |doc| doc.sync(shared, now_ms))
+                .unwrap_or(false);
+        }
+        changed
+    }
+
+    fn loading(&self) -> bool {
+        self.doc_ids().into_iter().any(|id| {
+            self.with_doc(id, |doc| doc.size().is_none())
+                .unwrap_or(false)
+        })
+    }
+
+    /// The periodic work: pick up documents other workers fetched, start the
+    /// fetches that are due (returned with their callout tokens), and sweep a
+    /// share of the rate-limit table. Returns the tick period to use next.
+    pub fn on_tick(&self, host: Host<'_>) -> (Vec<(u32, DocId)>, Duration) {
+        let now_ms = host.clock.now().as_millis() as u64;
+        self.sync(host.shared, now_ms);
+        let started = self
+            .doc_ids()
+            .into_iter()
+            .filter_map(|id| {
+                self.start_fetch(host, id, FetchTrigger::Scheduled, now_ms)
+                    .map(|token| (token, id))
+            })
+            .collect();
+        let limits = &self.settings.rate_limits;
+        if !limits.policies.is_empty() || limits.brute_force.is_some() {
+            // Reclaims idle counters; workers take turns through a shared cursor.
+            if let Some(first) = limits.table.claim_sweep(host.shared, SWEEP_SLOTS_PER_TICK) {
+                let removed = limits
+                    .table
+                    .sweep(host.shared, first, SWEEP_SLOTS_PER_TICK, now_ms);
+                host.metrics.churn(&Churn {
+                    entries_delta: -(removed as i64),
+                    evicted: 0,
+                });
+            }
+        }
+        let period = if self.loading() {
+            TICK_LOADING
+        } else {
+            TICK_STEADY
+        };
+        (started, period)
+    }
+}
+
+/// The worker's remote documents, as one request's decision sees them.
+struct WorkerView<'a> {
+    worker: &'a Worker,
+    now_ms: u64,
+    refetch_allowed: bool,
+}
+
+impl RemoteState for WorkerView<'_> {
+    fn remote_keys(&self, provider: usize) -> Option<Arc<KeySet>> {
+        self.worker
+            .docs
+            .borrow()
+            .get(provider)?
+            .keys
+            .as_ref()?
+            .value()
+    }
+
+    fn may_refetch(&self, provider: usize) -> bool {
+        self.refetch_allowed
+            && self
+                .worker
+                .docs
+                .borrow()
+                .get(provider)
+                .and_then(|d| d.keys.as_ref())
+                .is_some_and(|k| k.may_fetch_on_demand(self.now_ms))
+    }
+
+    fn api_keys(&self) -> Option<Arc<ApiKeySet>> {
+        self.worker.api_keys.borrow().as_ref()?.value()
+    }
+
+    fn revocations(&self, provider: usize) -> Option<Arc<RevocationList>> {
+        self.worker
+            .docs
+            .borrow()
+            .get(provider)?
+            .revocations
+            .as_ref()?
+            .value()
+    }
+}
+
+/// What the worker does with any remote document, whatever it parses into.
+trait AnyDoc {
+    fn start(
+        &mut self,
+        host: Host<'_>,
+        trigger: FetchTrigger,
+        now_ms: u64,
+    ) -> Result<Option<u32>, String>;
+    fn complete(
+        &mut self,
+        shared: &dyn SharedData,
+        result: FetchResult<'_>,
+        now_ms: u64,
+    ) -> Completion;
+    fn sync(&mut self, shared: &dyn SharedData, now_ms: u64) -> bool;
+    /// Entries in the loaded document, `None` before one loads.
+    fn size(&self) -> Option<usize>;
+}
+
+/// Documents that can say how many entries they hold, for logs.
+trait Countable {
+    fn entries(&self) -> usize;
+}
+
+impl Countable for KeySet {
+    fn entries(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+impl Countable for RevocationList {
+    fn entries(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Countable for ApiKeySet {
+    fn entries(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T: Countable> AnyDoc for RemoteDoc<T> {
+    /// Claims the fetch and dispatches it. `Ok(None)`: another worker has it, or
+    /// it is not due. `Err`: the dispatch itself failed (already recorded).
+    fn start(
+        &mut self,
+        host: Host<'_>,
+        trigger: FetchTrigger,
+        now_ms: u64,
+    ) -> Result<Option<u32>, String> {
+        if !self.try_claim_fetch(host.shared, now_ms, trigger) {
+            return Ok(None);
+        }
+        match host.callouts.get(&self.endpoint, self.etag()) {
+            Ok(token) => Ok(Some(token)),
+            Err(err) => {
+                let err = format!("cannot call cluster `{}`: {err}", self.endpoint.cluster);
+                self.complete_fetch(host.shared, now_ms, FetchResult::Failed(err.clone()));
+                Err(err)
+            }
+        }
+    }
+
+    fn complete(
+        &mut self,
+        shared: &dyn SharedData,
+        result: FetchResult<'_>,
+        now_ms: u64,
+    ) -> Completion {
+        self.complete_fetch(shared, now_ms, result)
+    }
+
+    fn sync(&mut self, shared: &dyn SharedData, now_ms: u64) -> bool {
+        RemoteDoc::sync(self, shared, now_ms)
+    }
+
+    fn size(&self) -> Option<usize> {
+        self.value().map(|v| v.entries())
+    }
+}
