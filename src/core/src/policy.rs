@@ -3,7 +3,9 @@
 //! Paths are matched as Envoy hands them over after its own normalisation
 //! (`normalize_path`, `merge_slashes`), with the query string removed.
 
+use crate::config::ProviderId;
 use crate::decision::Reason;
+use crate::ratelimit::PolicyId;
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +66,7 @@ pub struct Rule {
     /// Empty: any method.
     pub methods: Vec<String>,
     /// Rate-limit policies (indexes into `RateLimits::policies`).
-    pub limits: Vec<usize>,
+    pub limits: Vec<PolicyId>,
     pub requirement: Requirement,
 }
 
@@ -98,7 +100,7 @@ pub enum ClaimCheck {
 #[derive(Debug, Clone)]
 pub struct Requirement {
     /// Indexes into `Settings::providers`; `None` accepts any provider.
-    pub providers: Option<Vec<usize>>,
+    pub providers: Option<Vec<ProviderId>>,
     pub scopes: Option<ScopeRequirement>,
     pub claims: Vec<ClaimCheck>,
     pub allow_anonymous: bool,
@@ -123,7 +125,7 @@ impl Default for Requirement {
 }
 
 impl Requirement {
-    pub fn accepts_provider(&self, id: usize) -> bool {
+    pub fn accepts_provider(&self, id: ProviderId) -> bool {
         self.providers.as_ref().is_none_or(|ids| ids.contains(&id))
     }
 
@@ -297,12 +299,12 @@ mod tests {
     #[test]
     fn provider_restriction() {
         let open = Requirement::default();
-        assert!(open.accepts_provider(3));
+        assert!(open.accepts_provider(ProviderId(3)));
         let only = Requirement {
-            providers: Some(vec![1]),
+            providers: Some(vec![ProviderId(1)]),
             ..Default::default()
         };
-        assert!(only.accepts_provider(1));
-        assert!(!only.accepts_provider(0));
+        assert!(only.accepts_provider(ProviderId(1)));
+        assert!(!only.accepts_provider(ProviderId(0)));
     }
 }

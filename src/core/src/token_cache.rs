@@ -7,6 +7,7 @@
 //! same ones (a rotation or refetch makes every entry of that provider stale),
 //! that the token is within `exp`/`nbf`, and that its `jti` is not revoked.
 
+use crate::config::ProviderId;
 use crate::credentials::HeaderEdit;
 use crate::identity::Caller;
 use crate::jwk::KeySet;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 /// What verification established about a token, ready for authorization.
 #[derive(Debug)]
 pub struct VerifiedToken {
-    pub provider: usize,
+    pub provider: ProviderId,
     /// The key set that verified the signature.
     pub keys: Arc<KeySet>,
     pub exp: u64,
@@ -185,7 +186,7 @@ mod tests {
         let mut claims = Map::new();
         claims.insert("sub".into(), Value::from("x".repeat(claim_bytes)));
         Arc::new(VerifiedToken {
-            provider: 0,
+            provider: ProviderId(0),
             keys: Arc::new(KeySet::default()),
             exp: n as u64,
             nbf: None,

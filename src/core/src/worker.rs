@@ -5,7 +5,7 @@
 //! data (see `remote`).
 
 use crate::apikey::KeySet as ApiKeySet;
-use crate::config::{ApiKeySource, ProviderKeys, Settings};
+use crate::config::{ApiKeySource, ProviderId, ProviderKeys, Settings};
 use crate::credentials::RequestView;
 use crate::crypto::SignatureVerifier;
 use crate::host::{Host, SharedData};
@@ -59,9 +59,9 @@ impl DocKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DocId {
     /// A provider's JWKS.
-    Keys(usize),
+    Keys(ProviderId),
     /// A provider's revocation list.
-    Revocations(usize),
+    Revocations(ProviderId),
     /// The API-key set.
     ApiKeys,
 }
@@ -195,10 +195,10 @@ impl Worker {
         let mut ids = Vec::new();
         for (p, d) in docs.iter().enumerate() {
             if d.keys.is_some() {
-                ids.push(DocId::Keys(p));
+                ids.push(DocId::Keys(ProviderId(p)));
             }
             if d.revocations.is_some() {
-                ids.push(DocId::Revocations(p));
+                ids.push(DocId::Revocations(ProviderId(p)));
             }
         }
         if self.api_keys.borrow().is_some() {
@@ -210,11 +210,11 @@ impl Worker {
     /// Runs `f` on a document, whatever its type.
     fn with_doc<R>(&self, id: DocId, f: impl FnOnce(&mut dyn AnyDoc) -> R) -> Option<R> {
         match id {
-            DocId::Keys(p) => Some(f(self.docs.borrow_mut().get_mut(p)?.keys.as_mut()?)),
+            DocId::Keys(p) => Some(f(self.docs.borrow_mut().get_mut(p.0)?.keys.as_mut()?)),
             DocId::Revocations(p) => Some(f(self
                 .docs
                 .borrow_mut()
-                .get_mut(p)?
+                .get_mut(p.0)?
                 .revocations
                 .as_mut()?)),
             DocId::ApiKeys => Some(f(self.api_keys.borrow_mut().as_mut()?)),
@@ -249,12 +249,7 @@ impl Worker {
 
     fn report(&self, host: Host<'_>, id: DocId, completion: &Completion) {
         host.metrics.fetch(id.kind(), completion);
-        let provider = |p: usize| {
-            self.settings
-                .providers
-                .get(p)
-                .map_or("?", |p| p.name.as_str())
-        };
+        let provider = |p: ProviderId| self.settings.provider(p).map_or("?", |p| p.name.as_str());
         let what = match id {
             DocId::Keys(p) => format!("jwks fetch for provider `{}`", provider(p)),
             DocId::Revocations(p) => format!("revocations fetch for provider `{}`", provider(p)),
@@ -346,23 +341,23 @@ struct WorkerView<'a> {
 }
 
 impl RemoteState for WorkerView<'_> {
-    fn remote_keys(&self, provider: usize) -> Option<Arc<KeySet>> {
+    fn remote_keys(&self, provider: ProviderId) -> Option<Arc<KeySet>> {
         self.worker
             .docs
             .borrow()
-            .get(provider)?
+            .get(provider.0)?
             .keys
             .as_ref()?
             .value()
     }
 
-    fn may_refetch(&self, provider: usize) -> bool {
+    fn may_refetch(&self, provider: ProviderId) -> bool {
         self.refetch_allowed
             && self
                 .worker
                 .docs
                 .borrow()
-                .get(provider)
+                .get(provider.0)
                 .and_then(|d| d.keys.as_ref())
                 .is_some_and(|k| k.may_fetch_on_demand(self.now_ms))
     }
@@ -371,11 +366,11 @@ impl RemoteState for WorkerView<'_> {
         self.worker.api_keys.borrow().as_ref()?.value()
     }
 
-    fn revocations(&self, provider: usize) -> Option<Arc<RevocationList>> {
+    fn revocations(&self, provider: ProviderId) -> Option<Arc<RevocationList>> {
         self.worker
             .docs
             .borrow()
-            .get(provider)?
+            .get(provider.0)?
             .revocations
             .as_ref()?
             .value()

@@ -5,7 +5,7 @@
 
 use super::extract::Credential;
 use super::RemoteState;
-use crate::config::{RemoteSource, Settings};
+use crate::config::{ProviderId, RemoteSource, Settings};
 use crate::credentials::{strip_credentials, HeaderEdit, RequestView};
 use crate::crypto::SignatureVerifier;
 use crate::decision::{render_denial, Denial, Reason};
@@ -35,7 +35,7 @@ pub enum Outcome {
     },
     /// The token names a key the provider does not have; refetch its JWKS and
     /// decide again (with `may_refetch` then false).
-    FetchKeys { provider: usize },
+    FetchKeys { provider: ProviderId },
 }
 
 impl Outcome {
@@ -152,7 +152,7 @@ pub(super) struct Authenticated {
 
 pub(super) enum Failure {
     Denied(Reason),
-    FetchKeys(usize),
+    FetchKeys(ProviderId),
     /// A document the decision needs has not loaded: 503, retry after these seconds.
     Unavailable(Reason, u64),
 }
@@ -203,13 +203,13 @@ mod tests {
     struct Feed(Option<Arc<RevocationList>>);
 
     impl RemoteState for Feed {
-        fn remote_keys(&self, _provider: usize) -> Option<Arc<KeySet>> {
+        fn remote_keys(&self, _provider: ProviderId) -> Option<Arc<KeySet>> {
             None
         }
-        fn may_refetch(&self, _provider: usize) -> bool {
+        fn may_refetch(&self, _provider: ProviderId) -> bool {
             false
         }
-        fn revocations(&self, _provider: usize) -> Option<Arc<RevocationList>> {
+        fn revocations(&self, _provider: ProviderId) -> Option<Arc<RevocationList>> {
             self.0.clone()
         }
         fn api_keys(&self) -> Option<Arc<ApiKeySet>> {
@@ -218,13 +218,13 @@ mod tests {
     }
 
     impl RemoteState for Keys {
-        fn remote_keys(&self, _provider: usize) -> Option<Arc<KeySet>> {
+        fn remote_keys(&self, _provider: ProviderId) -> Option<Arc<KeySet>> {
             self.0.clone()
         }
-        fn may_refetch(&self, _provider: usize) -> bool {
+        fn may_refetch(&self, _provider: ProviderId) -> bool {
             self.1
         }
-        fn revocations(&self, _provider: usize) -> Option<Arc<RevocationList>> {
+        fn revocations(&self, _provider: ProviderId) -> Option<Arc<RevocationList>> {
             None
         }
         fn api_keys(&self) -> Option<Arc<ApiKeySet>> {
@@ -596,7 +596,15 @@ mod tests {
             "/remote/x",
             &[("authorization", &h)],
         );
-        assert!(matches!(o, Outcome::FetchKeys { provider: 1 }), "{o:?}");
+        assert!(
+            matches!(
+                o,
+                Outcome::FetchKeys {
+                    provider: ProviderId(1)
+                }
+            ),
+            "{o:?}"
+        );
         let o = f.decide_with(
             &Keys(Some(old_keys), false),
             "GET",
@@ -686,7 +694,7 @@ mod tests {
             match o {
                 Outcome::Allow { limits, .. } => limits
                     .iter()
-                    .map(|c| (names[c.policy].to_string(), c.value.clone()))
+                    .map(|c| (names[c.policy.0].to_string(), c.value.clone()))
                     .collect(),
                 other => panic!("{other:?}"),
             }
@@ -780,7 +788,7 @@ mod tests {
                     assert_eq!(
                         limits,
                         &vec![LimitCheck {
-                            policy: 0,
+                            policy: crate::ratelimit::PolicyId(0),
                             value: "partner-a".into()
                         }]
                     )

@@ -56,7 +56,7 @@ impl Authorizer<'_> {
                 let mut locs: Vec<TokenLocation> = Vec::new();
                 for loc in ids
                     .iter()
-                    .filter_map(|&i| s.providers.get(i))
+                    .filter_map(|&id| s.provider(id))
                     .flat_map(|p| p.locations.iter())
                 {
                     if !locs.contains(loc) {

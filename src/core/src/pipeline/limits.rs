@@ -23,12 +23,11 @@ impl Authorizer<'_> {
         req: &RequestView<'_>,
         who: Option<(&Caller, &Map<String, Value>)>,
     ) -> Vec<LimitCheck> {
-        let policies = &self.settings.rate_limits.policies;
         let ip = || req.client_ip.map(str::to_string);
         rule.limits
             .iter()
             .filter_map(|&policy| {
-                let key = &policies.get(policy)?.key;
+                let key = &self.settings.rate_limits.policy(policy)?.key;
                 let value = match (key, who) {
                     (LimitKey::ClientIp, _) => ip(),
                     (LimitKey::Header(h), _) => req
@@ -72,13 +71,12 @@ pub(super) fn enforce(
     );
     host.metrics.churn(&churn);
     match result {
-        Enforcement::Limited(policy, verdict) => match limits.policies.get(policy) {
+        Enforcement::Limited(policy, verdict) => match limits.policy(policy) {
             Some(p) => Err(ratelimit::limited_response(p, &verdict)),
             None => Ok(Vec::new()),
         },
         Enforcement::Allowed(Some((policy, verdict))) if limits.response_headers => Ok(limits
-            .policies
-            .get(policy)
+            .policy(policy)
             .map(|p| ratelimit::rate_limit_headers(p, &verdict).into())
             .unwrap_or_default()),
         Enforcement::Allowed(_) => Ok(Vec::new()),

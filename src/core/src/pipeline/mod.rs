@@ -24,6 +24,7 @@ mod verify;
 pub use decide::{Authorizer, Outcome};
 
 use crate::apikey::KeySet as ApiKeySet;
+use crate::config::ProviderId;
 use crate::credentials::{HeaderEdit, RequestView};
 use crate::decision::{Denial, Reason};
 use crate::host::{DecisionRecord, Host};
@@ -37,11 +38,11 @@ use std::sync::Arc;
 /// What providers fetched from elsewhere: keys, revocation lists, key sets.
 pub trait RemoteState {
     /// The current keys of a remote provider, `None` if none have loaded yet.
-    fn remote_keys(&self, provider: usize) -> Option<Arc<KeySet>>;
+    fn remote_keys(&self, provider: ProviderId) -> Option<Arc<KeySet>>;
     /// Whether a token with an unknown `kid` may trigger a refetch now.
-    fn may_refetch(&self, provider: usize) -> bool;
+    fn may_refetch(&self, provider: ProviderId) -> bool;
     /// The provider's revocation list, `None` if it has not loaded yet.
-    fn revocations(&self, provider: usize) -> Option<Arc<RevocationList>>;
+    fn revocations(&self, provider: ProviderId) -> Option<Arc<RevocationList>>;
     /// The fetched API-key set, `None` if it has not loaded yet.
     fn api_keys(&self) -> Option<Arc<ApiKeySet>>;
 }
@@ -416,7 +417,7 @@ mod tests {
         let (started, _) = f.worker.on_tick(host.host());
         let (_, doc) = started
             .into_iter()
-            .find(|(_, d)| *d == DocId::Keys(1))
+            .find(|(_, d)| *d == DocId::Keys(f.worker.settings.provider_named("remote").unwrap()))
             .expect("a scheduled JWKS fetch");
         let jwks =
             json!({"keys": keys.iter().map(|(k, kid)| es256_jwk(k, kid)).collect::<Vec<_>>()});
@@ -445,7 +446,10 @@ mod tests {
         let Step::Wait { doc, .. } = step else {
             panic!("expected a wait, got {step:?}");
         };
-        assert_eq!(doc, DocId::Keys(1));
+        assert_eq!(
+            doc,
+            DocId::Keys(f.worker.settings.provider_named("remote").unwrap())
+        );
         assert_eq!(
             host.callouts.started.borrow().len(),
             2,

@@ -2,7 +2,7 @@
 //! validity window (one check for both), and revocation.
 
 use super::decide::{unavailable, Authenticated, Authorizer, Failure};
-use crate::config::ProviderKeys;
+use crate::config::{ProviderId, ProviderKeys};
 use crate::credentials::{RequestView, TokenLocation};
 use crate::crypto::verify_with_keys;
 use crate::decision::Reason;
@@ -69,8 +69,7 @@ impl Authorizer<'_> {
     fn check_window(&self, verified: &VerifiedToken) -> Result<(), Reason> {
         let skew = self
             .settings
-            .providers
-            .get(verified.provider)
+            .provider(verified.provider)
             .map_or(0, |p| p.claim_rules.clock_skew_secs);
         check_validity_window(verified.exp, verified.nbf, skew, self.now)
     }
@@ -83,8 +82,7 @@ impl Authorizer<'_> {
     ) -> Result<(), Failure> {
         let Some(feed) = self
             .settings
-            .providers
-            .get(verified.provider)
+            .provider(verified.provider)
             .and_then(|p| p.revocation_feed.as_ref())
         else {
             return Ok(());
@@ -106,7 +104,7 @@ impl Authorizer<'_> {
 
     /// Whether a cached verification still stands on the provider's current keys.
     pub(super) fn same_keys(&self, v: &VerifiedToken) -> bool {
-        let current = match self.settings.providers.get(v.provider).map(|p| &p.keys) {
+        let current = match self.settings.provider(v.provider).map(|p| &p.keys) {
             Some(ProviderKeys::Local(keys)) => Some(keys.clone()),
             Some(ProviderKeys::Remote(_)) => self.remote.remote_keys(v.provider),
             None => None,
@@ -118,14 +116,13 @@ impl Authorizer<'_> {
     /// only where that provider reads them.
     pub(super) fn check_provider(
         &self,
-        provider: usize,
+        provider: ProviderId,
         location: &TokenLocation,
         requirement: &Requirement,
     ) -> Result<(), Reason> {
         let reads_there = self
             .settings
-            .providers
-            .get(provider)
+            .provider(provider)
             .is_some_and(|p| p.locations.contains(location));
         if requirement.accepts_provider(provider) && reads_there {
             Ok(())
@@ -146,9 +143,7 @@ impl Authorizer<'_> {
         let decoded = decode(token)?;
         let issuer = decoded.issuer().ok_or(Reason::UnknownIssuer)?;
         let (provider, p) = s
-            .providers
-            .iter()
-            .enumerate()
+            .providers_by_id()
             .find(|(_, p)| p.issuer == issuer)
             .ok_or(Reason::UnknownIssuer)?;
         self.check_provider(provider, location, requirement)?;

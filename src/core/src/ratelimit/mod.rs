@@ -43,10 +43,14 @@ pub struct Policy {
     pub key: LimitKey,
 }
 
-/// One policy applied to one request: the policy's index and the counted value.
+/// A policy's place in `RateLimits::policies`. Only the configuration makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PolicyId(pub(crate) usize);
+
+/// One policy applied to one request: the policy and the counted value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitCheck {
-    pub policy: usize,
+    pub policy: PolicyId,
     pub value: String,
 }
 
@@ -54,9 +58,9 @@ pub struct LimitCheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enforcement {
     /// Allowed. The most constrained policy, for optional `RateLimit` headers.
-    Allowed(Option<(usize, Verdict)>),
+    Allowed(Option<(PolicyId, Verdict)>),
     /// Refused by this policy.
-    Limited(usize, Verdict),
+    Limited(PolicyId, Verdict),
 }
 
 /// Applies `checks` in order. Each allowed check consumes from its counter;
@@ -71,9 +75,9 @@ pub fn enforce(
     now_ms: u64,
     churn: &mut Churn,
 ) -> Enforcement {
-    let mut tightest: Option<(usize, Verdict)> = None;
+    let mut tightest: Option<(PolicyId, Verdict)> = None;
     for check in checks {
-        let Some(policy) = policies.get(check.policy) else {
+        let Some(policy) = policies.get(check.policy.0) else {
             continue;
         };
         let hash = key_hash(&format!("p\0{}\0{}", policy.name, check.value));
@@ -190,11 +194,11 @@ mod tests {
         };
         let checks = vec![
             LimitCheck {
-                policy: 0,
+                policy: PolicyId(0),
                 value: client.into(),
             },
             LimitCheck {
-                policy: 1,
+                policy: PolicyId(1),
                 value: tenant.into(),
             },
         ];
@@ -209,12 +213,12 @@ mod tests {
         // Client a is out of its per-second budget.
         assert!(matches!(
             run(&s, "a", "acme", 0),
-            Enforcement::Limited(0, _)
+            Enforcement::Limited(PolicyId(0), _)
         ));
         // Client b shares the tenant's quota: one left, then the quota refuses.
         assert!(matches!(run(&s, "b", "acme", 0), Enforcement::Allowed(_)));
         match run(&s, "b", "acme", 0) {
-            Enforcement::Limited(1, v) => assert_eq!(v.retry_after_ms, 20_000),
+            Enforcement::Limited(PolicyId(1), v) => assert_eq!(v.retry_after_ms, 20_000),
             other => panic!("{other:?}"),
         }
         // Another tenant is unaffected.
@@ -226,7 +230,7 @@ mod tests {
         let s = FakeShared::default();
         match run(&s, "a", "acme", 0) {
             Enforcement::Allowed(Some((policy, v))) => {
-                assert_eq!(policy, 0);
+                assert_eq!(policy, PolicyId(0));
                 assert_eq!(v.remaining, 1);
             }
             other => panic!("{other:?}"),

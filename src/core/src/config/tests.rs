@@ -1,0 +1,405 @@
+use super::*;
+use crate::alg::Algorithm;
+use crate::apikey::KeyHashing;
+use crate::ratelimit::{LimitKey, PolicyId};
+use serde_json::{json, Value};
+
+fn remote_provider() -> Value {
+    json!({
+        "issuer": "https://idp.example",
+        "audiences": ["api"],
+        "remote_jwks": {"http_uri": {"uri": "http://idp/.well-known/jwks.json", "cluster": "idp"}}
+    })
+}
+
+fn base() -> Value {
+    json!({
+        "providers": {"idp": remote_provider()},
+        "rules": [
+            {"match": {"path": "/data", "methods": ["GET"]},
+             "requires": {"scopes": {"all_of": ["read:data"]}}},
+            {"match": {"prefix": "/public/"}, "requires": {"allow_anonymous": true}}
+        ]
+    })
+}
+
+fn parse_value(v: &Value) -> Result<Settings, ConfigError> {
+    parse(v.to_string().as_bytes())
+}
+
+fn error_at(v: Value) -> ConfigError {
+    parse_value(&v).expect_err("config should be rejected")
+}
+
+#[test]
+fn minimal_config_compiles_with_defaults() {
+    let s = parse_value(&base()).unwrap();
+    let p = &s.providers[0];
+    assert_eq!(p.claim_rules.clock_skew_secs, 60);
+    assert!(!p.algorithms.contains(&Algorithm::HS256));
+    assert_eq!(
+        p.locations,
+        vec![TokenLocation::Header {
+            name: "authorization".into(),
+            value_prefix: Some("Bearer ".into())
+        }]
+    );
+    match &p.keys {
+        ProviderKeys::Remote(r) => {
+            assert_eq!(r.endpoint.authority, "idp");
+            assert_eq!(r.endpoint.path, "/.well-known/jwks.json");
+            assert_eq!(r.endpoint.timeout_ms, 5_000);
+            assert_eq!(r.policy.refresh_ms, 300_000);
+            assert_eq!(r.policy.retry_ms, 1_000);
+            assert_eq!(r.policy.on_demand_ms, 10_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!s.allow_unmatched);
+    assert_eq!(s.identity.subject, "x-tollgate-subject");
+    assert_eq!(s.realm, "tollgate");
+}
+
+#[test]
+fn unknown_fields_are_named() {
+    let mut v = base();
+    v["providers"]["idp"]["audience"] = json!("api");
+    let e = error_at(v);
+    assert_eq!(e.field, "providers.idp.audience");
+    assert!(e.message.contains("unknown field `audience`"), "{e}");
+
+    let mut v = base();
+    v["rules"][0]["match"]["regex"] = json!(".*");
+    assert_eq!(error_at(v).field, "rules[0].match.regex");
+}
+
+#[test]
+fn bad_algorithms_are_named() {
+    let mut v = base();
+    v["providers"]["idp"]["algorithms"] = json!(["ES256", "none"]);
+    let e = error_at(v);
+    assert_eq!(e.field, "providers.idp.algorithms[1]");
+    assert!(e.message.contains("never accepted"), "{e}");
+
+    let mut v = base();
+    v["providers"]["idp"]["algorithms"] = json!(["RS256", "HS256"]);
+    let e = error_at(v);
+    assert_eq!(e.field, "providers.idp.algorithms[1]");
+    assert!(e.message.contains("shared secret"), "{e}");
+}
+
+#[test]
+fn missing_keys_are_refused() {
+    let mut v = base();
+    v["providers"]["idp"]
+        .as_object_mut()
+        .unwrap()
+        .remove("remote_jwks");
+    let e = error_at(v);
+    assert_eq!(e.field, "providers.idp");
+    assert!(e.message.contains("missing keys"), "{e}");
+    assert!(e
+        .to_string()
+        .starts_with("invalid tollgate configuration at `providers.idp`"));
+}
+
+#[test]
+fn bad_values_are_named() {
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"remote_jwks": {"http_uri": {"uri": "idp/jwks", "cluster": "idp"}}}),
+            "providers.idp.remote_jwks.http_uri.uri",
+        ),
+        (
+            json!({"remote_jwks": {"http_uri": {"uri": "http://idp/j", "cluster": "idp"}, "cache_duration": "5m"}}),
+            "providers.idp.remote_jwks.cache_duration",
+        ),
+        (
+            json!({"clock_skew_seconds": -1}),
+            "providers.idp.clock_skew_seconds",
+        ),
+        (
+            json!({"claim_to_headers": [{"header_name": "Host", "claim_name": "t"}]}),
+            "providers.idp.claim_to_headers[0].header_name",
+        ),
+        (
+            json!({"from_headers": [{"name": "bad header"}]}),
+            "providers.idp.from_headers[0].name",
+        ),
+        (
+            json!({"local_jwks": {"inline_string": "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\"}]}"}, "remote_jwks": null}),
+            "providers.idp.local_jwks.inline_string.keys[0]",
+        ),
+    ];
+    for (patch, field) in cases {
+        let mut v = base();
+        for (k, val) in patch.as_object().unwrap() {
+            if val.is_null() {
+                v["providers"]["idp"].as_object_mut().unwrap().remove(k);
+            } else {
+                v["providers"]["idp"][k] = val.clone();
+            }
+        }
+        assert_eq!(error_at(v).field, field);
+    }
+}
+
+#[test]
+fn rule_errors_are_named() {
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"match": {"path": "/a", "prefix": "/b"}, "requires": {}}),
+            "rules[0].match",
+        ),
+        (
+            json!({"match": {"path": "a"}, "requires": {}}),
+            "rules[0].match.path",
+        ),
+        (
+            json!({"match": {"path": "/a", "methods": ["get"]}, "requires": {}}),
+            "rules[0].match.methods[0]",
+        ),
+        (
+            json!({"match": {"path": "/a"}, "requires": {"providers": ["nope"]}}),
+            "rules[0].requires.providers[0]",
+        ),
+        (
+            json!({"match": {"path": "/a"}, "requires": {"scopes": {"all_of": ["a"], "any_of": ["b"]}}}),
+            "rules[0].requires.scopes",
+        ),
+        (
+            json!({"match": {"path": "/a"}, "requires": {"scopes": {"all_of": ["a b"]}}}),
+            "rules[0].requires.scopes.all_of[0]",
+        ),
+        (
+            json!({"match": {"path": "/a"}, "requires": {"claims": [{"name": "t"}]}}),
+            "rules[0].requires.claims[0]",
+        ),
+        (
+            json!({"match": {"path": "/a"}, "requires": {"allow_anonymous": true, "scopes": {"any_of": ["x"]}}}),
+            "rules[0].requires.allow_anonymous",
+        ),
+        (
+            json!({"match": {"template": "/a/**/b"}, "requires": {}}),
+            "rules[0].match.template",
+        ),
+    ];
+    for (rule, field) in cases {
+        let mut v = base();
+        v["rules"] = json!([rule]);
+        assert_eq!(error_at(v).field, field);
+    }
+}
+
+#[test]
+fn revocation_feed_compiles_and_names_bad_fields() {
+    let mut v = base();
+    v["providers"]["idp"]["revocation_feed"] =
+        json!({"http_uri": {"uri": "http://ts/revocations", "cluster": "ts"}});
+    let s = parse_value(&v).unwrap();
+    let feed = s.providers[0].revocation_feed.as_ref().unwrap();
+    assert_eq!(feed.endpoint.path, "/revocations");
+    assert_eq!(
+        (feed.policy.refresh_ms, feed.policy.retry_ms),
+        (5_000, 5_000)
+    );
+    v["providers"]["idp"]["revocation_feed"]["poll_interval"] = json!("fast");
+    assert_eq!(
+        error_at(v.clone()).field,
+        "providers.idp.revocation_feed.poll_interval"
+    );
+    v["providers"]["idp"]["revocation_feed"] = json!({"http_uri": {"uri": "/r", "cluster": "ts"}});
+    assert_eq!(
+        error_at(v).field,
+        "providers.idp.revocation_feed.http_uri.uri"
+    );
+}
+
+#[test]
+fn rate_limits_compile_and_name_bad_fields() {
+    let mut v = base();
+    v["rate_limits"] = json!({
+        "policies": {
+            "per-client": {"limit": 10, "window": "1s", "key": "client_id"},
+            "tenant": {"limit": 1000, "window": "86400s", "burst": 50, "key": {"claim": "tenant"}}
+        },
+        "brute_force": {"max_failures": 10, "window": "60s", "lockout": "300s"}
+    });
+    v["rules"][0]["rate_limits"] = json!(["per-client", "tenant"]);
+    let s = parse_value(&v).unwrap();
+    let p = &s.rate_limits.policies;
+    assert_eq!(p[0].name, "per-client");
+    assert_eq!(
+        (p[0].rate.limit, p[0].rate.window_ms, p[0].rate.burst),
+        (10, 1_000, 10)
+    );
+    assert_eq!(p[1].key, LimitKey::Claim("tenant".into()));
+    assert_eq!(s.rules[0].limits, vec![PolicyId(0), PolicyId(1)]);
+    assert_eq!(s.rate_limits.brute_force.unwrap().lockout_ms, 300_000);
+    assert_eq!(s.client_ip, ClientIpSource::Peer);
+
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"policies": {"p": {"limit": 0, "window": "1s", "key": "subject"}}}),
+            "rate_limits.policies.p.limit",
+        ),
+        (
+            json!({"policies": {"p": {"limit": 1, "window": "0s", "key": "subject"}}}),
+            "rate_limits.policies.p.window",
+        ),
+        (
+            json!({"policies": {"p": {"limit": 1, "window": "1s", "key": "user"}}}),
+            "rate_limits.policies.p.key",
+        ),
+        (
+            json!({"policies": {"p": {"limit": 1, "window": "1s", "burst": 0, "key": "subject"}}}),
+            "rate_limits.policies.p.burst",
+        ),
+        (
+            json!({"brute_force": {"max_failures": 3, "window": "1m", "lockout": "1s"}}),
+            "rate_limits.brute_force.window",
+        ),
+        (
+            json!({"table": {"slots": 0, "entries_per_slot": 4}}),
+            "rate_limits.table.slots",
+        ),
+    ];
+    for (rl, field) in cases {
+        let mut v = base();
+        v["rate_limits"] = rl;
+        assert_eq!(error_at(v).field, field);
+    }
+    let mut v = base();
+    v["rules"][0]["rate_limits"] = json!(["nope"]);
+    assert_eq!(error_at(v).field, "rules[0].rate_limits[0]");
+    let mut v = base();
+    v["client_ip"] = json!({"from": "x_forwarded_for"});
+    assert_eq!(error_at(v.clone()).field, "client_ip.trusted_hops");
+    v["client_ip"] = json!({"from": "x_forwarded_for", "trusted_hops": 1});
+    assert_eq!(
+        parse_value(&v).unwrap().client_ip,
+        ClientIpSource::XForwardedFor { trusted_hops: 1 }
+    );
+}
+
+#[test]
+fn api_keys_configuration_is_checked() {
+    let set = |plan: &str| {
+        json!({"consumers": [{"id": "c", "plan": plan, "keys": [{"id": "k", "hash": "a".repeat(64)}]}]})
+            .to_string()
+    };
+    let mut v = base();
+    v["api_keys"] = json!({"key_set": {"inline_string": set("gold")}, "pepper": {"inline_string": "0123456789abcdef"}});
+    v["rate_limits"] = json!({"policies": {"p": {"limit": 1, "window": "1s", "key": "client_id"}}, "plans": {"gold": ["p"]}});
+    v["rules"][0]["requires"]["credentials"] = json!(["api_key"]);
+    let s = parse_value(&v).unwrap();
+    let k = s.api_keys.as_ref().unwrap();
+    assert_eq!(
+        k.headers,
+        vec![TokenLocation::Header {
+            name: "x-api-key".to_string(),
+            value_prefix: None
+        }]
+    );
+    assert_eq!(k.bearer.as_ref().map(|(_, p)| p.as_str()), Some("tg_"));
+    assert!(matches!(k.hashing, KeyHashing::HmacSha256(_)));
+    assert!(s.rules[0].requirement.accept_api_key && !s.rules[0].requirement.accept_jwt);
+    assert!(s
+        .strip_locations
+        .contains(&TokenLocation::Query("api_key".into())));
+
+    type Edit<'a> = Box<dyn Fn(&mut Value) + 'a>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|v| v["api_keys"]["key_set"]["inline_string"] = json!(set("platinum"))),
+            "api_keys.key_set.inline_string.consumers[0].plan",
+        ),
+        (
+            Box::new(|v| {
+                v["api_keys"]["key_set"]["inline_string"] = json!("{\"consumers\":[{\"id\":\"c\",\"keys\":[{\"id\":\"k\",\"hash\":\"tg_live_plaintext\"}]}]}")
+            }),
+            "api_keys.key_set.inline_string.consumers[0].keys[0].hash",
+        ),
+        (
+            Box::new(|v| v["api_keys"]["pepper"]["inline_string"] = json!("short")),
+            "api_keys.pepper.inline_string",
+        ),
+        (
+            Box::new(|v| v["api_keys"]["bearer_prefix"] = json!("ey.")),
+            "api_keys.bearer_prefix",
+        ),
+        (
+            Box::new(|v| v["api_keys"]["from_headers"] = json!(["Authorization"])),
+            "api_keys.from_headers[0]",
+        ),
+        (
+            Box::new(|v| v["rules"][1]["requires"]["api_key_in_query"] = json!(true)),
+            "rules[1].requires.api_key_in_query",
+        ),
+        (
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("api_keys");
+            }),
+            "rules[0].requires.credentials",
+        ),
+    ];
+    for (edit, field) in cases {
+        let mut w = v.clone();
+        edit(&mut w);
+        assert_eq!(error_at(w).field, field);
+    }
+}
+
+#[test]
+fn duplicate_issuers_are_refused() {
+    let mut v = base();
+    v["providers"]["other"] = remote_provider();
+    let e = error_at(v);
+    assert!(
+        e.field.ends_with(".issuer") && e.message.contains("already used"),
+        "{e}"
+    );
+}
+
+#[test]
+fn non_json_and_wrong_types_are_errors() {
+    assert!(parse(b"not json").is_err());
+    assert!(parse(b"").is_err());
+    assert_eq!(
+        parse(b"{\"providers\": [], \"rules\": []}")
+            .unwrap_err()
+            .field,
+        "providers"
+    );
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration_ms("5s"), Ok(5000));
+    assert_eq!(parse_duration_ms("0.25s"), Ok(250));
+    assert_eq!(parse_duration_ms("1.000000001s"), Ok(1000));
+    for bad in [
+        "5",
+        "s",
+        "-1s",
+        "1.s",
+        "5m",
+        "1e3s",
+        "99999999999999999999s",
+    ] {
+        assert!(parse_duration_ms(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn hmac_provider_defaults_to_hs_algorithms() {
+    let secret =
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, [9u8; 32]);
+    let mut v = base();
+    v["providers"]["idp"] = json!({
+        "issuer": "hs",
+        "local_jwks": {"inline_string": json!({"keys":[{"kty":"oct","k":secret}]}).to_string()}
+    });
+    let s = parse_value(&v).unwrap();
+    assert!(s.providers[0].algorithms.iter().all(|a| a.is_hmac()));
+}
