@@ -11,7 +11,10 @@ BENCH_CONNECTIONS (32), BENCH_POOL (20000 distinct tokens per algorithm for the
 cold rows: twice the cache bound, so every request misses), BENCH_MEMORY_TOKENS
 (100000; 0 skips the memory run), BENCH_ROWS (comma-separated row ids to run,
 e.g. "1,2,4" for profiling; row 1 is always run), ENVOY (.venv/bin/envoy),
-TOLLGATE_WASM (the `make wasm` output; another build, to compare).
+TOLLGATE_WASM (the `make wasm` output; another build, to compare),
+TOLLGATE_BASELINE_WASM (another build, e.g. of an earlier commit: every Tollgate
+row gets a twin on it, interleaved in the same rounds, and the report gives each
+row's ratio to its twin: an A/B that machine drift cannot bias).
 
 Stdlib only. Generated keys, tokens, configs and Envoy logs go to bench/out/.
 """
@@ -70,6 +73,8 @@ class Settings:
     envoy: Path = Path(os.environ.get("ENVOY", ROOT / ".venv/bin/envoy")).resolve()
     tollgate_wasm: Path = Path(os.environ.get(
         "TOLLGATE_WASM", ROOT / "target/wasm32-wasip1/release/tollgate.wasm")).resolve()
+    baseline_wasm: Path | None = (Path(os.environ["TOLLGATE_BASELINE_WASM"]).resolve()
+                                  if os.environ.get("TOLLGATE_BASELINE_WASM") else None)
     floor_wasm: Path = BENCH / "floor/target/wasm32-wasip1/release/tollgate_bench_floor.wasm"
     minter: Path = BENCH / "tokens/target/release/tollgate-bench-tokens"
 
@@ -160,6 +165,7 @@ PROXIES = {
     "tollgate": ["tollgate"],
     "tollgate_limits": ["tollgate"],
     "tollgate_memory": ["tollgate"],
+    "tollgate_baseline": ["tollgate"],
 }
 
 
@@ -192,7 +198,8 @@ def proxy_config(s: Settings, name: str, tokens: Path, ports: Ports, upstream: i
     plugin = tollgate_config(jwks, name)
     values = {
         "port": ports.port, "admin_port": ports.admin, "upstream_port": upstream,
-        "floor_wasm": s.floor_wasm, "tollgate_wasm": s.tollgate_wasm,
+        "floor_wasm": s.floor_wasm,
+        "tollgate_wasm": s.baseline_wasm if name == "tollgate_baseline" else s.tollgate_wasm,
         "issuer": ISSUER, "audience": AUDIENCE, "jwks": json.dumps(jwks),
         "cache_entries": CACHE_ENTRIES, "api_key": API_KEY,
         # A JSON string literal is a valid YAML double-quoted scalar.
@@ -335,6 +342,7 @@ class Row:
     load: Load
     status: int = 200
     native: str = ""  # the id of the matching native row
+    baseline: str = ""  # the id of the twin row on TOLLGATE_BASELINE_WASM
     runs: list = field(default_factory=list)
     # Where the next run starts in the credential file: each run goes on
     # where the last one stopped, so a cold row never meets a token its
@@ -345,6 +353,19 @@ class Row:
         result = run_wrk(s, envoy.port, self.load, seconds, cpus, self.cursor)
         self.cursor += result["requests"]
         return result
+
+
+def with_baseline_twins(rows: list) -> list:
+    """Each plain Tollgate row followed by its twin on the baseline build."""
+    out = []
+    for row in rows:
+        out.append(row)
+        if row.proxy == "tollgate":
+            twin = f"{row.id}b"
+            row.baseline = twin
+            out.append(Row(twin, f"{row.label} [baseline]", "tollgate_baseline", row.load,
+                           row.status, native=row.native))
+    return out
 
 
 def make_rows(tokens: Path) -> list:
@@ -481,6 +502,8 @@ def summarize(rows) -> dict:
             "vs_limit": round_ratio(row, by_id["1"]),
             "native": row.native,
             "vs_native": round_ratio(row, native) if native else None,
+            "baseline": row.baseline,
+            "vs_baseline": round_ratio(row, by_id[row.baseline]) if row.baseline else None,
             "ok": all(x["ok"] for x in runs),
         }
     return out
@@ -534,6 +557,14 @@ def print_report(s, pin, summary, native_cache, memory, targets):
                          f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['cpu_us']:.0f} us",
                          f"{r['cpu_pct']:.0f}%", f"{r['vs_limit']:.2f}", native))
     print("CPU/req: the proxy Envoy's user+system time per request; CPU: its share of one core.")
+    if s.baseline_wasm:
+        print(f"Against the baseline build ({s.baseline_wasm}), same rounds "
+              "(req/s, and CPU/req: lower is better):")
+        for rid, r in summary.items():
+            if r["vs_baseline"] is not None:
+                twin = summary[r["baseline"]]
+                print(f"  row {rid:<9} req/s x{r['vs_baseline']:.3f}   CPU/req "
+                      f"{r['cpu_us']:.0f} us vs {twin['cpu_us']:.0f} us")
     if not all(r["ok"] for r in summary.values()):
         print("! = wrong statuses or socket errors in some round: see bench/out/run/*.log")
     if native_cache:
@@ -569,7 +600,9 @@ def bench_line(s, pin, summary, memory, targets) -> dict:
         "rows": {k: {"rps": round(v["rps"]), "p50_ms": round(v["p50_ms"], 2),
                      "p99_ms": round(v["p99_ms"], 2), "cpu_us": round(v["cpu_us"], 1),
                      "vs_limit": round(v["vs_limit"], 3),
-                     "vs_native": None if v["vs_native"] is None else round(v["vs_native"], 3)}
+                     "vs_native": None if v["vs_native"] is None else round(v["vs_native"], 3),
+                     "vs_baseline": (None if v["vs_baseline"] is None
+                                     else round(v["vs_baseline"], 3))}
                  for k, v in summary.items()},
         "memory": {k: {"rss_start": m["base"], "rss_end": m["samples"][-1][1],
                        "growth": m["growth"]} for k, m in memory.items()},
@@ -596,6 +629,10 @@ def main():
     if s.only_rows:
         wanted = {"1", *s.only_rows.split(",")}
         rows = [row for row in rows if row.id in wanted]
+    if s.baseline_wasm:
+        if not s.baseline_wasm.exists():
+            raise SystemExit(f"missing TOLLGATE_BASELINE_WASM {s.baseline_wasm}")
+        rows = with_baseline_twins(rows)
 
     upstream_ports = free_ports()
     envoys = {}

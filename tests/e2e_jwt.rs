@@ -670,3 +670,97 @@ fn failed_refreshes_keep_the_last_good_keys() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// The JWKS fetches Envoy made so far, whatever their outcome.
+fn jwks_fetches(stack: &Stack) -> u64 {
+    let stats = stack.envoy.stats();
+    ["loaded", "unchanged", "failed"]
+        .iter()
+        .map(|o| support::envoy::counter(&stats, &format!("tollgate.jwks.fetch_{o}")))
+        .sum()
+}
+
+/// The `iss` of a token the stack's token service issued.
+fn issuer_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["iss"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_key_rotation_right_after_a_fetch_fails_no_request() {
+    // The sample's own settings (unknown_kid_refetch_interval 5s), without the
+    // lock-out, which a failure here would trip.
+    let stack = Stack::builder()
+        .plugin_config(|c| {
+            c["rate_limits"]
+                .as_object_mut()
+                .unwrap()
+                .remove("brute_force");
+        })
+        .start();
+    let old = stack.token("reader", None);
+    assert_eq!(get_with(&stack, "/data", &old).status, 200);
+    let fetches = jwks_fetches(&stack);
+    // The issuer rotates at once, and its first new tokens arrive together,
+    // on both workers.
+    stack.tokens.rotate_keys(None);
+    let new = stack.token("reader", None);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..24)
+            .map(|_| s.spawn(|| get_with(&stack, "/data", &new).status))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every request with the new key is served: {statuses:?}\n{}",
+        stack.envoy.log()
+    );
+    let more = jwks_fetches(&stack) - fetches;
+    assert!(
+        (1..=2).contains(&more),
+        "{more} JWKS fetches for one rotation: requests wait behind one fetch"
+    );
+    assert_eq!(get_with(&stack, "/data", &old).status, 200);
+}
+
+#[test]
+fn a_flood_of_random_kids_costs_a_bounded_number_of_fetches() {
+    // Without the lock-out, which would stop the flood first.
+    let stack = Stack::builder()
+        .plugin_config(|c| {
+            c["rate_limits"]
+                .as_object_mut()
+                .unwrap()
+                .remove("brute_force");
+        })
+        .start();
+    let good = stack.token("reader", None);
+    assert_eq!(get_with(&stack, "/data", &good).status, 200);
+    let issuer = issuer_of(&good);
+    let fetches = jwks_fetches(&stack);
+    let started = Instant::now();
+    for i in 0..60 {
+        let key = ES256KeyPair::generate().with_key_id(&format!("random-{i}"));
+        let token = key.sign(claims(&issuer, json!({}))).unwrap();
+        let r = get_with(&stack, "/data", &token);
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(r.body.contains("unknown_key") || r.body.contains("invalid_token"));
+    }
+    let elapsed = started.elapsed().as_secs();
+    let more = jwks_fetches(&stack) - fetches;
+    // Process-wide: a burst of 3, then one per interval / 3 (5 s / 3).
+    let bound = 3 + elapsed * 3 / 5 + 1;
+    assert!(
+        more <= bound,
+        "{more} JWKS fetches for 60 random kids in {elapsed} s (bound {bound})"
+    );
+    assert_eq!(get_with(&stack, "/data", &good).status, 200);
+}

@@ -27,6 +27,10 @@ pub enum Reason {
     AudienceMismatch,
     WrongTokenType,
     MissingClaim,
+    /// An identity claim (`sub`, `client_id`, scopes, a `claim_to_headers`
+    /// claim) holds control characters: it cannot be forwarded, and the
+    /// upstream must never see an authenticated request without its identity.
+    UnsafeIdentityClaim,
     Revoked,
     // 401 invalid_token, one description for all: see `Reason::description`.
     ApiKeyUnknown,
@@ -46,7 +50,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 29] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::MissingCredentials,
@@ -63,6 +67,7 @@ impl Reason {
         Reason::AudienceMismatch,
         Reason::WrongTokenType,
         Reason::MissingClaim,
+        Reason::UnsafeIdentityClaim,
         Reason::Revoked,
         Reason::ApiKeyUnknown,
         Reason::ApiKeyDisabled,
@@ -95,6 +100,7 @@ impl Reason {
             Reason::AudienceMismatch => "audience_mismatch",
             Reason::WrongTokenType => "wrong_token_type",
             Reason::MissingClaim => "missing_claim",
+            Reason::UnsafeIdentityClaim => "unsafe_identity_claim",
             Reason::Revoked => "revoked",
             Reason::ApiKeyUnknown => "api_key_unknown",
             Reason::ApiKeyDisabled => "api_key_disabled",
@@ -178,6 +184,9 @@ impl Reason {
             Reason::AudienceMismatch => "the access token is not meant for this audience",
             Reason::WrongTokenType => "the token is not an access token of the required type",
             Reason::MissingClaim => "the access token lacks a required claim",
+            Reason::UnsafeIdentityClaim => {
+                "the access token carries an identity claim that cannot be forwarded"
+            }
             Reason::Revoked => "the access token has been revoked",
             Reason::ApiKeyUnknown
             | Reason::ApiKeyDisabled

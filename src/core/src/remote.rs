@@ -10,10 +10,23 @@
 //!
 //! Shared-data layout, per endpoint (`<base>` = `tollgate/<kind>/<cluster>/<authority><path>`):
 //! * `<base>/doc`: `<fetched_at_ms>\n<etag>\n<body>`: the last good document.
-//! * `<base>/schedule`: `<next_fetch_ms> <last_attempt_ms>`.
+//! * `<base>/schedule`: `<next_fetch_ms> <last_attempt_ms> <on_demand_tat_ms> <in_flight>
+//!   <last_on_demand_ms>`.
+//!
+//! On-demand fetches (a token names a key the worker does not have) are
+//! rate-limited process-wide: at least [`ON_DEMAND_MIN_GAP_MS`] apart (but not
+//! from a scheduled fetch, which cannot have seen a key published after it), and at
+//! most [`ON_DEMAND_BURST`] per `on_demand_ms` (a GCRA over the schedule entry).
+//! So a key rotation right after a scheduled fetch is fetched at once, and a
+//! flood of random `kid`s costs a bounded number of fetches.
 
 use crate::host::SharedData;
 use std::sync::Arc;
+
+/// Least time between two fetch attempts that requests asked for.
+pub const ON_DEMAND_MIN_GAP_MS: u64 = 1_000;
+/// On-demand fetches allowed at once within one `on_demand_ms`.
+pub const ON_DEMAND_BURST: u64 = 3;
 
 /// Where a document is fetched from. Durations in milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,20 +97,35 @@ pub struct RemoteDoc<T> {
 struct Schedule {
     next_fetch_ms: u64,
     last_attempt_ms: u64,
+    /// GCRA arrival time of on-demand fetches.
+    on_demand_tat_ms: u64,
+    /// A worker claimed a fetch and has not recorded its outcome yet.
+    in_flight: bool,
+    last_on_demand_ms: u64,
 }
 
 impl Schedule {
     fn parse(bytes: &[u8]) -> Option<Schedule> {
         let text = std::str::from_utf8(bytes).ok()?;
-        let (next, last) = text.split_once(' ')?;
+        let mut numbers = text.split(' ').map(str::parse::<u64>);
         Some(Schedule {
-            next_fetch_ms: next.parse().ok()?,
-            last_attempt_ms: last.parse().ok()?,
+            next_fetch_ms: numbers.next()?.ok()?,
+            last_attempt_ms: numbers.next()?.ok()?,
+            on_demand_tat_ms: numbers.next().and_then(Result::ok).unwrap_or(0),
+            in_flight: numbers.next().and_then(Result::ok) == Some(1),
+            last_on_demand_ms: numbers.next().and_then(Result::ok).unwrap_or(0),
         })
     }
 
     fn encode(&self) -> String {
-        format!("{} {}", self.next_fetch_ms, self.last_attempt_ms)
+        format!(
+            "{} {} {} {} {}",
+            self.next_fetch_ms,
+            self.last_attempt_ms,
+            self.on_demand_tat_ms,
+            u8::from(self.in_flight),
+            self.last_on_demand_ms
+        )
     }
 }
 
@@ -167,12 +195,6 @@ impl<T> RemoteDoc<T> {
         self.etag.as_deref()
     }
 
-    /// Whether a request may ask for a fetch now, judged on this worker's copy
-    /// (cheap); `try_claim_fetch` makes the binding, process-wide decision.
-    pub fn may_fetch_on_demand(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.fetched_at_ms) >= self.policy.on_demand_ms
-    }
-
     /// Loads the shared document if it changed since this worker last parsed it.
     /// Returns true when the value changed.
     pub fn sync(&mut self, shared: &dyn SharedData, now_ms: u64) -> bool {
@@ -197,6 +219,17 @@ impl<T> RemoteDoc<T> {
         }
     }
 
+    /// Whether some worker of this Envoy is fetching the document now (it
+    /// claimed a fetch less than the fetch timeout ago and has not finished).
+    pub fn fetch_underway(&self, shared: &dyn SharedData, now_ms: u64) -> bool {
+        shared
+            .get(&self.schedule_key())
+            .and_then(|(bytes, _)| Schedule::parse(&bytes))
+            .is_some_and(|s| {
+                s.in_flight && now_ms.saturating_sub(s.last_attempt_ms) <= self.endpoint.timeout_ms
+            })
+    }
+
     /// Tries to become the one worker that fetches now. On success the
     /// schedule is pushed out by the fetch timeout, so nobody else starts one.
     pub fn try_claim_fetch(
@@ -210,20 +243,32 @@ impl<T> RemoteDoc<T> {
             Some((bytes, cas)) => (Schedule::parse(&bytes), Some(cas)),
             None => (None, None),
         };
+        let spacing = self.policy.on_demand_ms / ON_DEMAND_BURST;
+        let tat = current.map_or(0, |s| s.on_demand_tat_ms);
         let due = match (trigger, current) {
             (_, None) => true,
             (FetchTrigger::Scheduled, Some(s)) => now_ms >= s.next_fetch_ms,
             (FetchTrigger::OnDemand, Some(s)) => {
-                self.may_fetch_on_demand(now_ms)
-                    && now_ms.saturating_sub(s.last_attempt_ms) >= self.policy.on_demand_ms
+                !(s.in_flight
+                    && now_ms.saturating_sub(s.last_attempt_ms) <= self.endpoint.timeout_ms)
+                    && now_ms.saturating_sub(s.last_on_demand_ms) >= ON_DEMAND_MIN_GAP_MS
+                    && tat.saturating_sub(now_ms) <= spacing * (ON_DEMAND_BURST - 1)
             }
         };
         if !due {
             return false;
         }
+        let last_on_demand = current.map_or(0, |s| s.last_on_demand_ms);
+        let (on_demand_tat_ms, last_on_demand_ms) = match trigger {
+            FetchTrigger::OnDemand => (tat.max(now_ms).saturating_add(spacing), now_ms),
+            FetchTrigger::Scheduled => (tat, last_on_demand),
+        };
         let claimed = Schedule {
             next_fetch_ms: now_ms + self.endpoint.timeout_ms + 1_000,
             last_attempt_ms: now_ms,
+            on_demand_tat_ms,
+            in_flight: true,
+            last_on_demand_ms,
         };
         shared.set(&key, claimed.encode().as_bytes(), cas)
     }
@@ -263,9 +308,15 @@ impl<T> RemoteDoc<T> {
             Completion::Failed(_) => now_ms + self.policy.retry_ms,
             _ => now_ms + self.policy.refresh_ms,
         };
+        let previous = shared
+            .get(&self.schedule_key())
+            .and_then(|(bytes, _)| Schedule::parse(&bytes));
         let schedule = Schedule {
             next_fetch_ms,
             last_attempt_ms: now_ms,
+            on_demand_tat_ms: previous.map_or(0, |s| s.on_demand_tat_ms),
+            in_flight: false,
+            last_on_demand_ms: previous.map_or(0, |s| s.last_on_demand_ms),
         };
         shared.set(&self.schedule_key(), schedule.encode().as_bytes(), None);
         completion
@@ -384,18 +435,32 @@ mod tests {
     }
 
     #[test]
-    fn on_demand_fetches_are_rate_limited() {
+    fn on_demand_fetches_follow_a_recent_fetch_but_stay_bounded() {
         let shared = FakeShared::default();
         let mut a = worker();
+        let b = worker();
         a.try_claim_fetch(&shared, 0, FetchTrigger::Scheduled);
         a.complete_fetch(&shared, 0, body(b"1"));
-        assert!(!a.may_fetch_on_demand(9_999));
-        assert!(!a.try_claim_fetch(&shared, 9_999, FetchTrigger::OnDemand));
-        assert!(a.try_claim_fetch(&shared, 10_000, FetchTrigger::OnDemand));
-        // A failed fetch leaves fetched_at alone, but the attempt time still throttles.
-        a.complete_fetch(&shared, 10_000, FetchResult::Failed("down".into()));
-        assert!(!a.try_claim_fetch(&shared, 15_000, FetchTrigger::OnDemand));
-        assert!(a.try_claim_fetch(&shared, 20_000, FetchTrigger::OnDemand));
+        // A rotation right after a scheduled fetch is fetched at once...
+        assert!(a.try_claim_fetch(&shared, 1_000, FetchTrigger::OnDemand));
+        // ...once: while that fetch is underway, nobody starts another.
+        assert!(!b.try_claim_fetch(&shared, 1_050, FetchTrigger::OnDemand));
+        a.complete_fetch(&shared, 1_100, body(b"1\n2"));
+        // ...but requests cannot make the workers fetch in a loop: at least
+        // a second apart, and a burst of three per `on_demand_ms` (10 s), for
+        // the whole process.
+        assert!(!b.try_claim_fetch(&shared, 1_500, FetchTrigger::OnDemand));
+        assert!(b.try_claim_fetch(&shared, 2_100, FetchTrigger::OnDemand));
+        b.try_claim_fetch(&shared, 2_100, FetchTrigger::Scheduled);
+        let mut fetched = 2;
+        for t in (3_200..13_000).step_by(1_100) {
+            if a.try_claim_fetch(&shared, t, FetchTrigger::OnDemand) {
+                a.complete_fetch(&shared, t, FetchResult::Failed("no such kid".into()));
+                fetched += 1;
+            }
+        }
+        // The burst of 3, then one per 10 s / 3: from 1.0 s to 12.1 s, 3 + 3.
+        assert_eq!(fetched, 6, "on-demand fetches from 1 s to 12.1 s");
     }
 
     #[test]

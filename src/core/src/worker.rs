@@ -27,6 +27,54 @@ pub const TICK_STEADY: Duration = Duration::from_secs(1);
 /// table is swept every 16 s by one worker, faster by several.
 const SWEEP_SLOTS_PER_TICK: u32 = 512;
 
+/// Requests one worker holds while a key fetch they wait for is underway;
+/// past this, requests with unknown keys are decided at once (`401`).
+pub const MAX_PARKED: usize = 256;
+
+/// Unknown `kid`s remembered per worker, so that a `kid` a fetch did not
+/// find is refused at once instead of fetching again.
+const KIDS_REMEMBERED: usize = 64;
+
+/// A request held until a document fetch ends (see [`Step::Park`]): what the
+/// pipeline needs to decide it again, owned.
+///
+/// [`Step::Park`]: crate::pipeline::Step::Park
+#[derive(Debug)]
+pub struct ParkedRequest {
+    /// The host's id for the request's context.
+    pub context: u32,
+    pub doc: DocId,
+    pub since_ms: u64,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub client_ip: Option<String>,
+}
+
+impl ParkedRequest {
+    pub fn view(&self) -> RequestView<'_> {
+        let header = |name: &str| {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .unwrap_or("")
+        };
+        RequestView {
+            method: header(":method"),
+            path: header(":path"),
+            headers: &self.headers,
+            client_ip: self.client_ip.as_deref(),
+        }
+    }
+}
+
+/// What a tick did: fetches started (with their callout tokens), requests to
+/// decide again, and the tick period to use next.
+pub struct Tick {
+    pub started: Vec<(u32, DocId)>,
+    pub woken: Vec<ParkedRequest>,
+    pub period: Duration,
+}
+
 /// The kinds of remote document, for stats and size limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DocKind {
@@ -112,6 +160,9 @@ pub struct Worker {
     /// The API-key set, when it is fetched rather than inline.
     api_keys: RefCell<Option<RemoteDoc<ApiKeySet>>>,
     token_cache: RefCell<TokenCache>,
+    /// `kid`s that started a key fetch, per provider, with when.
+    kids_fetched: RefCell<Vec<(ProviderId, String, u64)>>,
+    parked: RefCell<Vec<ParkedRequest>>,
 }
 
 impl Worker {
@@ -169,13 +220,82 @@ impl Worker {
             settings,
             docs: RefCell::new(docs),
             api_keys: RefCell::new(api_keys),
+            kids_fetched: RefCell::new(Vec::new()),
+            parked: RefCell::new(Vec::new()),
         }
     }
 
+    /// Remembers that `kid` started (or waits for) a fetch of the provider's keys.
+    pub(crate) fn note_kid_fetched(&self, provider: ProviderId, kid: Option<&str>, now_ms: u64) {
+        let mut kids = self.kids_fetched.borrow_mut();
+        let kid = kid.unwrap_or_default();
+        kids.retain(|(p, k, _)| !(*p == provider && k == kid));
+        if kids.len() >= KIDS_REMEMBERED {
+            kids.remove(0);
+        }
+        kids.push((provider, kid.to_string(), now_ms));
+    }
+
+    /// Whether an unknown `kid` may still ask for a key fetch: one that a fetch
+    /// already looked for within `unknown_kid_refetch_interval` may not, unless
+    /// that fetch is still underway (then the request waits for it).
+    fn may_refetch_for(
+        &self,
+        provider: ProviderId,
+        kid: Option<&str>,
+        shared: &dyn SharedData,
+        now_ms: u64,
+    ) -> bool {
+        let docs = self.docs.borrow();
+        let Some(keys) = docs.get(provider.0).and_then(|d| d.keys.as_ref()) else {
+            return false;
+        };
+        let kid = kid.unwrap_or_default();
+        let tried = self.kids_fetched.borrow().iter().any(|(p, k, at)| {
+            *p == provider && k == kid && now_ms.saturating_sub(*at) < keys.policy.on_demand_ms
+        });
+        !tried || keys.fetch_underway(shared, now_ms)
+    }
+
+    /// Whether some worker is fetching this document now.
+    pub(crate) fn fetch_underway(&self, shared: &dyn SharedData, id: DocId, now_ms: u64) -> bool {
+        self.with_doc(id, |doc| doc.underway(shared, now_ms))
+            .unwrap_or(false)
+    }
+
+    /// Whether another request may be parked.
+    pub(crate) fn may_park(&self) -> bool {
+        self.parked.borrow().len() < MAX_PARKED
+    }
+
+    /// Holds a request until its document's fetch ends.
+    pub fn park(&self, request: ParkedRequest) {
+        self.parked.borrow_mut().push(request);
+    }
+
+    /// Drops a parked request whose stream ended.
+    pub fn forget_parked(&self, context: u32) {
+        self.parked.borrow_mut().retain(|p| p.context != context);
+    }
+
+    fn take_parked(&self, pick: impl Fn(&ParkedRequest) -> bool) -> Vec<ParkedRequest> {
+        let mut parked = self.parked.borrow_mut();
+        let (woken, kept): (Vec<_>, Vec<_>) = parked.drain(..).partition(|p| pick(p));
+        *parked = kept;
+        woken
+    }
+
     /// The credential stages for one request, on this worker's current state.
-    pub fn authorize(&self, req: &RequestView<'_>, now_ms: u64, refetch_allowed: bool) -> Outcome {
+    pub fn authorize(
+        &self,
+        req: &RequestView<'_>,
+        shared: &dyn SharedData,
+        now_ms: u64,
+        refetch_allowed: bool,
+    ) -> Outcome {
         let view = WorkerView {
             worker: self,
+            shared,
             now_ms,
             refetch_allowed,
         };
@@ -237,14 +357,21 @@ impl Worker {
         })
     }
 
-    /// Feeds a callout's answer into the document and the shared copy.
-    pub fn complete_fetch(&self, host: Host<'_>, id: DocId, response: &FetchResponse) {
+    /// Feeds a callout's answer into the document and the shared copy. Returns
+    /// the requests parked for it, to decide again now.
+    pub fn complete_fetch(
+        &self,
+        host: Host<'_>,
+        id: DocId,
+        response: &FetchResponse,
+    ) -> Vec<ParkedRequest> {
         let now_ms = host.clock.now().as_millis() as u64;
         if let Some(completion) = self.with_doc(id, |doc| {
             doc.complete(host.shared, response.as_result(), now_ms)
         }) {
             self.report(host, id, &completion);
         }
+        self.take_parked(|p| p.doc == id)
     }
 
     fn report(&self, host: Host<'_>, id: DocId, completion: &Completion) {
@@ -300,9 +427,21 @@ impl Worker {
     /// The periodic work: pick up documents other workers fetched, start the
     /// fetches that are due (returned with their callout tokens), and sweep a
     /// share of the rate-limit table. Returns the tick period to use next.
-    pub fn on_tick(&self, host: Host<'_>) -> (Vec<(u32, DocId)>, Duration) {
+    pub fn on_tick(&self, host: Host<'_>) -> Tick {
         let now_ms = host.clock.now().as_millis() as u64;
-        self.sync(host.shared, now_ms);
+        let changed: Vec<DocId> = self
+            .doc_ids()
+            .into_iter()
+            .filter(|&id| {
+                self.with_doc(id, |doc| doc.sync(host.shared, now_ms))
+                    .unwrap_or(false)
+            })
+            .collect();
+        // Requests parked on a fetch another worker made, or on one that
+        // never ended, are decided with what the worker has now.
+        let woken = self.take_parked(|p| {
+            changed.contains(&p.doc) || !self.fetch_underway(host.shared, p.doc, now_ms)
+        });
         let started = self
             .doc_ids()
             .into_iter()
@@ -329,13 +468,18 @@ impl Worker {
         } else {
             TICK_STEADY
         };
-        (started, period)
+        Tick {
+            started,
+            woken,
+            period,
+        }
     }
 }
 
 /// The worker's remote documents, as one request's decision sees them.
 struct WorkerView<'a> {
     worker: &'a Worker,
+    shared: &'a dyn SharedData,
     now_ms: u64,
     refetch_allowed: bool,
 }
@@ -351,15 +495,11 @@ impl RemoteState for WorkerView<'_> {
             .value()
     }
 
-    fn may_refetch(&self, provider: ProviderId) -> bool {
+    fn may_refetch(&self, provider: ProviderId, kid: Option<&str>) -> bool {
         self.refetch_allowed
             && self
                 .worker
-                .docs
-                .borrow()
-                .get(provider.0)
-                .and_then(|d| d.keys.as_ref())
-                .is_some_and(|k| k.may_fetch_on_demand(self.now_ms))
+                .may_refetch_for(provider, kid, self.shared, self.now_ms)
     }
 
     fn api_keys(&self) -> Option<Arc<ApiKeySet>> {
@@ -392,6 +532,7 @@ trait AnyDoc {
         now_ms: u64,
     ) -> Completion;
     fn sync(&mut self, shared: &dyn SharedData, now_ms: u64) -> bool;
+    fn underway(&self, shared: &dyn SharedData, now_ms: u64) -> bool;
     /// Entries in the loaded document, `None` before one loads.
     fn size(&self) -> Option<usize>;
 }
@@ -452,6 +593,10 @@ impl<T: Countable> AnyDoc for RemoteDoc<T> {
 
     fn sync(&mut self, shared: &dyn SharedData, now_ms: u64) -> bool {
         RemoteDoc::sync(self, shared, now_ms)
+    }
+
+    fn underway(&self, shared: &dyn SharedData, now_ms: u64) -> bool {
+        self.fetch_underway(shared, now_ms)
     }
 
     fn size(&self) -> Option<usize> {

@@ -3,16 +3,19 @@
 
 use super::fetch::read_response;
 use super::host::{request_headers, EnvoyCallouts, EnvoyClock};
+use super::parked::decide_woken;
 use super::root::Shared;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 use tollgate_core::client_ip;
 use tollgate_core::credentials::{HeaderEdit, RequestView};
+use tollgate_core::host::Clock;
 use tollgate_core::pipeline::{self, Step};
-use tollgate_core::worker::DocId;
+use tollgate_core::worker::{DocId, ParkedRequest};
 
 pub struct TollgateHttp {
+    context_id: u32,
     shared: Rc<Shared>,
     /// Set while this request waits for a document fetch it started.
     waiting_for: Option<(u32, DocId)>,
@@ -23,8 +26,9 @@ pub struct TollgateHttp {
 }
 
 impl TollgateHttp {
-    pub fn new(shared: Rc<Shared>) -> TollgateHttp {
+    pub fn new(context_id: u32, shared: Rc<Shared>) -> TollgateHttp {
         TollgateHttp {
+            context_id,
             shared,
             waiting_for: None,
             headers: Vec::new(),
@@ -98,11 +102,29 @@ impl TollgateHttp {
                 self.waiting_for = Some((token, doc));
                 Action::Pause
             }
+            Step::Park { doc } => {
+                let now_ms = EnvoyClock(self).now().as_millis() as u64;
+                self.shared.worker.park(ParkedRequest {
+                    context: self.context_id,
+                    doc,
+                    since_ms: now_ms,
+                    headers: std::mem::take(&mut self.headers),
+                    client_ip: self.client_ip.take(),
+                });
+                Action::Pause
+            }
         }
     }
 }
 
 impl Context for TollgateHttp {
+    fn on_done(&mut self) -> bool {
+        // A parked request whose client went away.
+        self.shared.worker.forget_parked(self.context_id);
+        self.shared.take_response_headers(self.context_id);
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -118,9 +140,11 @@ impl Context for TollgateHttp {
         }
         let response = read_response(self, doc.kind(), body_size);
         let (clock, callouts) = (EnvoyClock(self), EnvoyCallouts(self));
-        self.shared
-            .worker
-            .complete_fetch(self.shared.host(&clock, &callouts), doc, &response);
+        let woken =
+            self.shared
+                .worker
+                .complete_fetch(self.shared.host(&clock, &callouts), doc, &response);
+        decide_woken(&self.shared, self, self.context_id, woken);
         let step = self.run(pipeline::resume);
         self.apply(step, true);
         if self.waiting_for.is_none() {
@@ -154,7 +178,9 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in std::mem::take(&mut self.response_headers) {
+        let mut headers = std::mem::take(&mut self.response_headers);
+        headers.extend(self.shared.take_response_headers(self.context_id));
+        for (name, value) in headers {
             self.set_http_response_header(name, Some(&value));
         }
         Action::Continue

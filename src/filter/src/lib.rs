@@ -8,6 +8,7 @@ mod fetch;
 mod host;
 mod http;
 mod metrics;
+mod parked;
 mod root;
 
 pub use root::TollgateRoot;
@@ -15,7 +16,7 @@ pub use root::TollgateRoot;
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(TollgateRoot::default())
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(TollgateRoot::new(context_id))
     });
 }}

@@ -5,8 +5,10 @@ use super::fetch::read_response;
 use super::host::{EnvoyCallouts, EnvoyClock, EnvoyForeignFunction, EnvoySharedData, LogAudit};
 use super::http::TollgateHttp;
 use super::metrics::EnvoyMetrics;
+use super::parked::decide_woken;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -19,9 +21,25 @@ use tollgate_core::worker::{DocId, Worker, TICK_LOADING};
 pub struct Shared {
     pub worker: Worker,
     pub metrics: EnvoyMetrics,
+    /// `RateLimit` headers for the responses of requests decided in another
+    /// context's callback (parked requests), by context id.
+    response_headers: RefCell<HashMap<u32, Vec<(&'static str, String)>>>,
 }
 
 impl Shared {
+    pub fn keep_response_headers(&self, context: u32, headers: Vec<(&'static str, String)>) {
+        if !headers.is_empty() {
+            self.response_headers.borrow_mut().insert(context, headers);
+        }
+    }
+
+    pub fn take_response_headers(&self, context: u32) -> Vec<(&'static str, String)> {
+        self.response_headers
+            .borrow_mut()
+            .remove(&context)
+            .unwrap_or_default()
+    }
+
     /// The host services for a callback running in `ctx`.
     pub fn host<'a>(
         &'a self,
@@ -38,12 +56,23 @@ impl Shared {
     }
 }
 
-#[derive(Default)]
 pub struct TollgateRoot {
+    context_id: u32,
     shared: Option<Rc<Shared>>,
     /// In-flight scheduled fetches: callout token → document.
     fetches: HashMap<u32, DocId>,
     tick: Option<Duration>,
+}
+
+impl TollgateRoot {
+    pub fn new(context_id: u32) -> TollgateRoot {
+        TollgateRoot {
+            context_id,
+            shared: None,
+            fetches: HashMap::new(),
+            tick: None,
+        }
+    }
 }
 
 impl Context for TollgateRoot {
@@ -59,9 +88,10 @@ impl Context for TollgateRoot {
         };
         let response = read_response(self, id.kind(), body_size);
         let (clock, callouts) = (EnvoyClock(self), EnvoyCallouts(self));
-        shared
+        let woken = shared
             .worker
             .complete_fetch(shared.host(&clock, &callouts), id, &response);
+        decide_woken(&shared, self, self.context_id, woken);
     }
 }
 
@@ -82,6 +112,7 @@ impl RootContext for TollgateRoot {
         self.shared = Some(Rc::new(Shared {
             worker: Worker::new(settings, verifier),
             metrics: EnvoyMetrics::define(),
+            response_headers: RefCell::new(HashMap::new()),
         }));
         self.fetches.clear();
         // Fetches start from ticks, not here: at bootstrap Envoy configures
@@ -98,17 +129,19 @@ impl RootContext for TollgateRoot {
             return;
         };
         let (clock, callouts) = (EnvoyClock(self), EnvoyCallouts(self));
-        let (started, period) = shared.worker.on_tick(shared.host(&clock, &callouts));
-        self.fetches.extend(started);
+        let tick = shared.worker.on_tick(shared.host(&clock, &callouts));
+        self.fetches.extend(tick.started);
+        decide_woken(&shared, self, self.context_id, tick.woken);
+        let period = tick.period;
         if self.tick != Some(period) {
             self.set_tick_period(period);
             self.tick = Some(period);
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
-        Some(Box::new(TollgateHttp::new(shared)))
+        Some(Box::new(TollgateHttp::new(context_id, shared)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -33,9 +33,12 @@ pub enum Outcome {
         denial: Denial,
         token_hash: Option<TokenDigest>,
     },
-    /// The token names a key the provider does not have; refetch its JWKS and
-    /// decide again (with `may_refetch` then false).
-    FetchKeys { provider: ProviderId },
+    /// The token names a key (`kid`) the provider does not have; refetch its
+    /// JWKS and decide again (with `may_refetch` then false).
+    FetchKeys {
+        provider: ProviderId,
+        kid: Option<String>,
+    },
 }
 
 impl Outcome {
@@ -111,7 +114,7 @@ impl Authorizer<'_> {
                     limits,
                 }
             }
-            Err(Failure::FetchKeys(provider)) => Outcome::FetchKeys { provider },
+            Err(Failure::FetchKeys(provider, kid)) => Outcome::FetchKeys { provider, kid },
             // Public routes ignore bad credentials; they are still stripped.
             Err(Failure::Denied(_) | Failure::Unavailable(..)) if requirement.allow_anonymous => {
                 allow_anonymous(edits, anonymous_limits(), Some(hash))
@@ -152,7 +155,7 @@ pub(super) struct Authenticated {
 
 pub(super) enum Failure {
     Denied(Reason),
-    FetchKeys(ProviderId),
+    FetchKeys(ProviderId, Option<String>),
     /// A document the decision needs has not loaded: 503, retry after these seconds.
     Unavailable(Reason, u64),
 }
@@ -206,7 +209,7 @@ mod tests {
         fn remote_keys(&self, _provider: ProviderId) -> Option<Arc<KeySet>> {
             None
         }
-        fn may_refetch(&self, _provider: ProviderId) -> bool {
+        fn may_refetch(&self, _provider: ProviderId, _kid: Option<&str>) -> bool {
             false
         }
         fn revocations(&self, _provider: ProviderId) -> Option<Arc<RevocationList>> {
@@ -221,7 +224,7 @@ mod tests {
         fn remote_keys(&self, _provider: ProviderId) -> Option<Arc<KeySet>> {
             self.0.clone()
         }
-        fn may_refetch(&self, _provider: ProviderId) -> bool {
+        fn may_refetch(&self, _provider: ProviderId, _kid: Option<&str>) -> bool {
             self.1
         }
         fn revocations(&self, _provider: ProviderId) -> Option<Arc<RevocationList>> {
@@ -431,6 +434,42 @@ mod tests {
     }
 
     #[test]
+    fn identity_claims_with_control_characters_refuse_the_token() {
+        let f = fixture();
+        for extra in [
+            json!({"sub": "admin\r\nx-injected: 1"}),
+            json!({"sub": "admin\u{0}"}),
+            json!({"client_id": "app\u{7f}"}),
+            json!({"scope": "read:data\nwrite:data"}),
+            json!({"tenant": "acme\r"}),
+        ] {
+            let token = f.token(extra.clone());
+            for _ in 0..2 {
+                let o = f.decide(
+                    "GET",
+                    "/data",
+                    &[("authorization", &format!("Bearer {token}"))],
+                );
+                let d = denial(&o);
+                assert_eq!(
+                    (d.status, d.reason),
+                    (401, Reason::UnsafeIdentityClaim),
+                    "{extra}"
+                );
+            }
+        }
+        // Empty claims are absent, not unsafe.
+        let token = f.token(json!({"client_id": ""}));
+        let o = f.decide(
+            "GET",
+            "/data",
+            &[("authorization", &format!("Bearer {token}"))],
+        );
+        assert_eq!(set(&o, "x-tollgate-subject").as_deref(), Some("user-1"));
+        assert_eq!(set(&o, "x-tollgate-client-id"), None);
+    }
+
+    #[test]
     fn missing_and_invalid_tokens() {
         let f = fixture();
         let o = f.decide("GET", "/data", &[]);
@@ -600,7 +639,8 @@ mod tests {
             matches!(
                 o,
                 Outcome::FetchKeys {
-                    provider: ProviderId(1)
+                    provider: ProviderId(1),
+                    ..
                 }
             ),
             "{o:?}"

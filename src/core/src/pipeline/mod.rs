@@ -39,8 +39,8 @@ use std::sync::Arc;
 pub trait RemoteState {
     /// The current keys of a remote provider, `None` if none have loaded yet.
     fn remote_keys(&self, provider: ProviderId) -> Option<Arc<KeySet>>;
-    /// Whether a token with an unknown `kid` may trigger a refetch now.
-    fn may_refetch(&self, provider: ProviderId) -> bool;
+    /// Whether a token with this unknown `kid` may ask for a key fetch now.
+    fn may_refetch(&self, provider: ProviderId, kid: Option<&str>) -> bool;
     /// The provider's revocation list, `None` if it has not loaded yet.
     fn revocations(&self, provider: ProviderId) -> Option<Arc<RevocationList>>;
     /// The fetched API-key set, `None` if it has not loaded yet.
@@ -62,6 +62,10 @@ pub enum Step {
     /// Hold it until the callout `token` (fetching `doc`) answers, feed the
     /// answer to [`Worker::complete_fetch`], then call [`resume`].
     Wait { token: u32, doc: DocId },
+    /// Hold it (see [`Worker::park`]) until the fetch of `doc` that another
+    /// request or worker started ends: [`Worker::complete_fetch`] and
+    /// [`Worker::on_tick`] hand it back, to [`resume`].
+    Park { doc: DocId },
 }
 
 /// Whether the credential stages may still ask for a key refetch.
@@ -89,7 +93,7 @@ pub fn resume(worker: &Worker, host: Host<'_>, req: &RequestView<'_>) -> Step {
 
 fn run(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, refetch: Refetch) -> Step {
     let now_ms = host.clock.now().as_millis() as u64;
-    match worker.authorize(req, now_ms, refetch == Refetch::Allowed) {
+    match worker.authorize(req, host.shared, now_ms, refetch == Refetch::Allowed) {
         Outcome::Allow {
             reason,
             edits,
@@ -121,10 +125,11 @@ fn run(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, refetch: Refetch)
         Outcome::Deny { denial, .. }
             if matches!(
                 denial.reason,
-                Reason::KeysUnavailable | Reason::RevocationsUnavailable
+                Reason::KeysUnavailable | Reason::RevocationsUnavailable | Reason::UnknownKey
             ) && worker.sync(host.shared, now_ms) =>
         {
-            // Another worker loaded them since this one last looked.
+            // Another worker loaded them (or the rotated keys) since this one
+            // last looked.
             run(worker, host, req, Refetch::Spent)
         }
         Outcome::Deny { denial, token_hash } => {
@@ -141,16 +146,22 @@ fn run(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, refetch: Refetch)
             );
             Step::Respond(denial)
         }
-        Outcome::FetchKeys { provider } => {
+        Outcome::FetchKeys { provider, kid } => {
             // Another worker may already have the new keys.
             if worker.sync(host.shared, now_ms) {
                 return run(worker, host, req, Refetch::Spent);
             }
             let doc = DocId::Keys(provider);
-            match worker.start_fetch(host, doc, FetchTrigger::OnDemand, now_ms) {
-                Some(token) => Step::Wait { token, doc },
-                None => run(worker, host, req, Refetch::Spent),
+            if let Some(token) = worker.start_fetch(host, doc, FetchTrigger::OnDemand, now_ms) {
+                worker.note_kid_fetched(provider, kid.as_deref(), now_ms);
+                return Step::Wait { token, doc };
             }
+            // A rotation: many requests with the new `kid` at once, one fetch.
+            if worker.fetch_underway(host.shared, doc, now_ms) && worker.may_park() {
+                worker.note_kid_fetched(provider, kid.as_deref(), now_ms);
+                return Step::Park { doc };
+            }
+            run(worker, host, req, Refetch::Spent)
         }
     }
 }
@@ -269,7 +280,7 @@ mod tests {
         match step {
             Step::Continue { .. } => 200,
             Step::Respond(denial) => denial.status,
-            Step::Wait { .. } => 0,
+            Step::Wait { .. } | Step::Park { .. } => 0,
         }
     }
 
@@ -414,8 +425,9 @@ mod tests {
 
     /// Loads `keys` as the remote provider's JWKS through a scheduled fetch.
     fn load_remote_keys(f: &Fixture, host: &FakeHost, keys: &[(&ES256KeyPair, &str)]) {
-        let (started, _) = f.worker.on_tick(host.host());
-        let (_, doc) = started
+        let tick = f.worker.on_tick(host.host());
+        let (_, doc) = tick
+            .started
             .into_iter()
             .find(|(_, d)| *d == DocId::Keys(f.worker.settings.provider_named("remote").unwrap()))
             .expect("a scheduled JWKS fetch");
@@ -481,8 +493,67 @@ mod tests {
         assert_eq!(host.callouts.started.borrow().len(), 2);
     }
 
+    fn park(worker: &Worker, context: u32, doc: DocId, mut headers: Vec<(String, Vec<u8>)>) {
+        headers.push((":method".into(), b"GET".to_vec()));
+        headers.push((":path".into(), b"/data".to_vec()));
+        worker.park(crate::worker::ParkedRequest {
+            context,
+            doc,
+            since_ms: NOW * 1000,
+            headers,
+            client_ip: Some("192.0.2.1".into()),
+        });
+    }
+
     #[test]
-    fn a_refetch_another_worker_holds_is_not_waited_for() {
+    fn a_rotation_parks_every_request_behind_one_fetch() {
+        let f = fixture(|_| {});
+        let host = FakeHost::at_secs(NOW);
+        let old = ES256KeyPair::generate().with_key_id("old");
+        load_remote_keys(&f, &host, &[(&old, "old")]);
+        // The issuer rotates a second after the scheduled fetch.
+        host.clock
+            .as_ref()
+            .unwrap()
+            .advance(std::time::Duration::from_secs(1));
+        let new = ES256KeyPair::generate().with_key_id("new");
+        let remote = f.worker.settings.provider_named("remote").unwrap();
+        let mut parked = 0;
+        let mut waiting = None;
+        for i in 0..20 {
+            let headers = bearer(&sign(&new, "https://remote.test", &format!("user-{i}")));
+            match on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1")) {
+                Step::Wait { doc, .. } => waiting = Some(doc),
+                Step::Park { doc } => {
+                    park(&f.worker, i, doc, headers);
+                    parked += 1;
+                }
+                other => panic!("request {i}: {other:?}"),
+            }
+        }
+        assert_eq!(waiting, Some(DocId::Keys(remote)));
+        assert_eq!(parked, 19);
+        assert_eq!(
+            host.callouts.started.borrow().len(),
+            2,
+            "one on-demand fetch"
+        );
+
+        let jwks = json!({"keys": [es256_jwk(&old, "old"), es256_jwk(&new, "new")]});
+        let woken = f.worker.complete_fetch(
+            host.host(),
+            DocId::Keys(remote),
+            &FetchResponse::Body(jwks.to_string().into_bytes(), None),
+        );
+        assert_eq!(woken.len(), 19);
+        for p in &woken {
+            let step = resume(&f.worker, host.host(), &p.view());
+            assert_eq!(subject(&step), Some(format!("user-{}", p.context)));
+        }
+    }
+
+    #[test]
+    fn a_fetch_another_worker_holds_is_waited_for_until_a_tick_sees_it() {
         let f = fixture(|_| {});
         let other = fixture(|_| {});
         let host = FakeHost::at_secs(NOW);
@@ -495,13 +566,122 @@ mod tests {
             .advance(std::time::Duration::from_secs(30));
 
         let new = ES256KeyPair::generate().with_key_id("new");
-        let token = bearer(&sign(&new, "https://remote.test", "bob"));
-        let first = on_request(&f.worker, host.host(), &request(&token, "192.0.2.1"));
-        assert!(matches!(first, Step::Wait { .. }));
-        // The other worker loses the fetch claim and decides with what it has.
-        let second = on_request(&other.worker, host.host(), &request(&token, "192.0.2.1"));
-        assert_eq!(status(&second), 401);
+        let headers = bearer(&sign(&new, "https://remote.test", "bob"));
+        let first = on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1"));
+        let Step::Wait { doc, .. } = first else {
+            panic!("expected a wait, got {first:?}");
+        };
+        let second = on_request(&other.worker, host.host(), &request(&headers, "192.0.2.1"));
+        assert!(matches!(second, Step::Park { .. }), "{second:?}");
+        park(&other.worker, 7, doc, headers.clone());
+        assert!(
+            other.worker.on_tick(host.host()).woken.is_empty(),
+            "still underway"
+        );
+
+        let jwks = json!({"keys": [es256_jwk(&old, "old"), es256_jwk(&new, "new")]});
+        f.worker.complete_fetch(
+            host.host(),
+            doc,
+            &FetchResponse::Body(jwks.to_string().into_bytes(), None),
+        );
+        let woken = other.worker.on_tick(host.host()).woken;
+        assert_eq!(woken.len(), 1);
+        let step = resume(&other.worker, host.host(), &woken[0].view());
+        assert_eq!(subject(&step).as_deref(), Some("bob"));
         assert_eq!(host.callouts.started.borrow().len(), 2);
+    }
+
+    #[test]
+    fn a_flood_of_random_kids_costs_a_bounded_number_of_fetches() {
+        let f = fixture(|_| {});
+        let host = FakeHost::at_secs(NOW);
+        let old = ES256KeyPair::generate().with_key_id("old");
+        load_remote_keys(&f, &host, &[(&old, "old")]);
+        let jwks = json!({"keys": [es256_jwk(&old, "old")]}).to_string();
+        let mut refused = 0;
+        let mut last_fetched = String::new();
+        // 200 requests over 20 s, each with a kid nobody publishes.
+        for i in 0..200u32 {
+            host.clock
+                .as_ref()
+                .unwrap()
+                .advance(std::time::Duration::from_millis(100));
+            let key = ES256KeyPair::generate().with_key_id(&format!("random-{i}"));
+            let headers = bearer(&sign(&key, "https://remote.test", "mallory"));
+            let mut step = on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1"));
+            if let Step::Wait { doc, .. } = step {
+                last_fetched = format!("random-{i}");
+                f.worker.complete_fetch(
+                    host.host(),
+                    doc,
+                    &FetchResponse::Body(jwks.clone().into_bytes(), None),
+                );
+                step = resume(&f.worker, host.host(), &request(&headers, "192.0.2.1"));
+            }
+            if let Step::Respond(d) = &step {
+                assert_eq!(d.reason, Reason::UnknownKey);
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 200);
+        let on_demand = host.callouts.started.borrow().len() - 1;
+        // A burst of 3, then one per 10 s / 3: at most 3 + 6 in 20 s.
+        assert!(
+            (3..=9).contains(&on_demand),
+            "{on_demand} on-demand fetches"
+        );
+
+        // A kid a fetch has already looked for is refused without another fetch.
+        let key = ES256KeyPair::generate().with_key_id(&last_fetched);
+        let headers = bearer(&sign(&key, "https://remote.test", "mallory"));
+        let before = host.callouts.started.borrow().len();
+        host.clock
+            .as_ref()
+            .unwrap()
+            .advance(std::time::Duration::from_secs(5));
+        let step = on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1"));
+        assert_eq!(status(&step), 401);
+        assert_eq!(host.callouts.started.borrow().len(), before);
+    }
+
+    #[test]
+    fn a_withdrawn_key_stops_verifying_on_every_worker_within_one_tick() {
+        let f = fixture(|_| {});
+        let other = fixture(|_| {});
+        let host = FakeHost::at_secs(NOW);
+        let leaked = ES256KeyPair::generate().with_key_id("leaked");
+        let next = ES256KeyPair::generate().with_key_id("next");
+        load_remote_keys(&f, &host, &[(&leaked, "leaked")]);
+        other.worker.sync(&host.shared, NOW * 1000);
+        let headers = bearer(&sign(&leaked, "https://remote.test", "alice"));
+        for worker in [&f.worker, &other.worker] {
+            let step = on_request(worker, host.host(), &request(&headers, "192.0.2.1"));
+            assert_eq!(
+                subject(&step).as_deref(),
+                Some("alice"),
+                "cached on both workers"
+            );
+        }
+        // The issuer withdraws the key; the next scheduled fetch is worker f's.
+        host.clock
+            .as_ref()
+            .unwrap()
+            .advance(std::time::Duration::from_secs(301));
+        load_remote_keys(&f, &host, &[(&next, "next")]);
+        let step = on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1"));
+        assert_ne!(
+            status(&step),
+            200,
+            "refused at once where the new set was fetched"
+        );
+        // The other worker's cache entry still stands on its old copy of the
+        // keys until its next tick (at most 1 s): that is the window.
+        let step = on_request(&other.worker, host.host(), &request(&headers, "192.0.2.1"));
+        assert_eq!(status(&step), 200);
+        other.worker.on_tick(host.host());
+        let step = on_request(&other.worker, host.host(), &request(&headers, "192.0.2.1"));
+        assert_ne!(status(&step), 200, "refused after the other worker's tick");
     }
 
     #[test]

@@ -5,23 +5,29 @@
 use super::decide::Authorizer;
 use crate::config::Provider;
 use crate::credentials::{HeaderEdit, RequestView};
+use crate::decision::Reason;
 use crate::jwt::DecodedToken;
 use serde_json::Value;
 
 impl Authorizer<'_> {
+    /// The verified identity as headers. An empty claim is left out; a claim
+    /// with control characters refuses the token
+    /// ([`Reason::UnsafeIdentityClaim`]): forwarding the request without the
+    /// identity it was authenticated as is never an option.
     pub(super) fn identity_headers(
         &self,
         p: &Provider,
         t: &DecodedToken<'_>,
         scopes: &[&str],
-    ) -> Vec<HeaderEdit> {
+    ) -> Result<Vec<HeaderEdit>, Reason> {
         let id = &self.settings.identity;
         let claim_str = |name: &str| t.claims.get(name).and_then(Value::as_str);
         let mut out = Vec::with_capacity(6 + p.claim_to_headers.len());
-        let mut set = |name: &str, value: Option<String>| {
-            if let Some(v) = value.filter(|v| header_safe(v)) {
-                out.push(HeaderEdit::Set(name.to_string(), v));
-            }
+        let mut unsafe_claim = false;
+        let mut set = |name: &str, value: Option<String>| match value {
+            Some(v) if v.chars().any(char::is_control) => unsafe_claim = true,
+            Some(v) if !v.is_empty() => out.push(HeaderEdit::Set(name.to_string(), v)),
+            _ => {}
         };
         set(&id.subject, claim_str("sub").map(str::to_string));
         set(
@@ -41,7 +47,10 @@ impl Authorizer<'_> {
             let payload = t.signing_input.split('.').nth(1).map(str::to_string);
             set(header, payload);
         }
-        out
+        if unsafe_claim {
+            return Err(Reason::UnsafeIdentityClaim);
+        }
+        Ok(out)
     }
 
     /// Client-sent headers in the identity namespace never reach the upstream.

@@ -160,15 +160,15 @@ impl Authorizer<'_> {
         match verify_with_keys(&decoded, &keys, self.verifier) {
             Err(Reason::UnknownKey)
                 if matches!(p.keys, ProviderKeys::Remote(_))
-                    && self.remote.may_refetch(provider) =>
+                    && self.remote.may_refetch(provider, decoded.kid.as_deref()) =>
             {
-                return Err(Failure::FetchKeys(provider));
+                return Err(Failure::FetchKeys(provider, decoded.kid.clone()));
             }
             other => other?,
         }
         decoded.validate_claims(&p.claim_rules, self.now)?;
         let scopes = scopes_of(&decoded.claims, &p.scope_claims);
-        let identity = self.identity_headers(p, &decoded, &scopes);
+        let identity = self.identity_headers(p, &decoded, &scopes)?;
         let claim = |name: &str| {
             decoded
                 .claims
