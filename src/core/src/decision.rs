@@ -39,6 +39,8 @@ pub enum Reason {
     ApiKeyAddressNotAllowed,
     // 403.
     InsufficientScope,
+    /// The rule needs roles (`requires.roles`) the caller lacks.
+    MissingRole,
     ClaimMismatch,
     NoMatchingRule,
     // 429.
@@ -50,7 +52,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 30] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::MissingCredentials,
@@ -74,6 +76,7 @@ impl Reason {
         Reason::ApiKeyExpired,
         Reason::ApiKeyAddressNotAllowed,
         Reason::InsufficientScope,
+        Reason::MissingRole,
         Reason::ClaimMismatch,
         Reason::NoMatchingRule,
         Reason::RateLimited,
@@ -107,6 +110,7 @@ impl Reason {
             Reason::ApiKeyExpired => "api_key_expired",
             Reason::ApiKeyAddressNotAllowed => "api_key_address_not_allowed",
             Reason::InsufficientScope => "insufficient_scope",
+            Reason::MissingRole => "missing_role",
             Reason::ClaimMismatch => "claim_mismatch",
             Reason::NoMatchingRule => "no_matching_rule",
             Reason::RateLimited => "rate_limited",
@@ -139,7 +143,10 @@ impl Reason {
     pub fn status(self) -> u32 {
         match self {
             Reason::Authenticated | Reason::Anonymous => 200,
-            Reason::InsufficientScope | Reason::ClaimMismatch | Reason::NoMatchingRule => 403,
+            Reason::InsufficientScope
+            | Reason::MissingRole
+            | Reason::ClaimMismatch
+            | Reason::NoMatchingRule => 403,
             Reason::RateLimited | Reason::LockedOut => 429,
             Reason::KeysUnavailable | Reason::RevocationsUnavailable => 503,
             _ => 401,
@@ -153,7 +160,7 @@ impl Reason {
             Reason::Authenticated | Reason::Anonymous => None,
             Reason::MissingCredentials => Some("unauthorized"),
             Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
-            Reason::NoMatchingRule => Some("access_denied"),
+            Reason::NoMatchingRule | Reason::MissingRole => Some("access_denied"),
             Reason::RateLimited | Reason::LockedOut => Some("rate_limited"),
             Reason::KeysUnavailable | Reason::RevocationsUnavailable => {
                 Some("temporarily_unavailable")
@@ -193,6 +200,7 @@ impl Reason {
             | Reason::ApiKeyExpired
             | Reason::ApiKeyAddressNotAllowed => "the API key is not valid",
             Reason::InsufficientScope => "the access token lacks the required scope",
+            Reason::MissingRole => "the caller lacks a role this resource requires",
             Reason::ClaimMismatch => "the access token does not carry the required claims",
             Reason::NoMatchingRule => "no access rule allows this request",
             Reason::RateLimited => "rate limit exceeded, retry later",
@@ -218,12 +226,14 @@ pub struct Denial {
 ///
 /// * 401 carries `WWW-Authenticate: Bearer realm="…"`, plus `error` and
 ///   `error_description` when credentials were presented (RFC 6750 §3).
-/// * 403 for scopes names the needed scope in `scope="…"`.
+/// * 403 for scopes names the needed scope in `scope="…"`; 403 for roles names
+///   the roles the rule needs in the description (`needed`: what the rule
+///   needs, never what the token holds).
 /// * 503 carries `Retry-After`.
 pub fn render_denial(
     reason: Reason,
     realm: &str,
-    needed_scope: Option<&str>,
+    needed: Option<&str>,
     retry_after_secs: u64,
 ) -> Denial {
     let status = reason.status();
@@ -237,7 +247,7 @@ pub fn render_denial(
             challenge.push_str(&format!(
                 ", error=\"insufficient_scope\", error_description=\"{description}\""
             ));
-            if let Some(scope) = needed_scope {
+            if let Some(scope) = needed.filter(|_| reason == Reason::InsufficientScope) {
                 challenge.push_str(&format!(", scope=\"{}\"", quote_safe(scope)));
             }
         }
@@ -256,7 +266,13 @@ pub fn render_denial(
     }
     headers.push(("content-type", "application/json".to_string()));
     headers.push(("cache-control", "no-store".to_string()));
-    let body = serde_json::json!({ "error": error, "error_description": description }).to_string();
+    let body = match (reason, needed) {
+        (Reason::MissingRole, Some(roles)) => serde_json::json!({
+            "error": error, "error_description": format!("{description} ({roles})")
+        }),
+        _ => serde_json::json!({ "error": error, "error_description": description }),
+    }
+    .to_string();
     Denial {
         reason,
         status,

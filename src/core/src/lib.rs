@@ -3,6 +3,7 @@
 //! here; tests use the fakes.
 
 pub mod apikey;
+pub mod claims;
 pub mod client_ip;
 pub mod config;
 pub mod credentials;

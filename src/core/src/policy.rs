@@ -3,6 +3,7 @@
 //! Paths are matched as Envoy hands them over after its own normalisation
 //! (`normalize_path`, `merge_slashes`), with the query string removed.
 
+use crate::claims::{string_set, ClaimPath};
 use crate::config::ProviderId;
 use crate::decision::Reason;
 use crate::ratelimit::PolicyId;
@@ -82,26 +83,53 @@ pub fn find_rule<'a>(rules: &'a [Rule], method: &str, path: &str) -> Option<&'a 
     rules.iter().find(|r| r.matches(method, path))
 }
 
+/// What a rule needs of a set of names (scopes, roles).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScopeRequirement {
+pub enum SetRequirement {
     AllOf(Vec<String>),
     AnyOf(Vec<String>),
+}
+
+impl SetRequirement {
+    pub fn satisfied_by(&self, have: &[&str]) -> bool {
+        match self {
+            SetRequirement::AllOf(need) => need.iter().all(|n| have.contains(&n.as_str())),
+            SetRequirement::AnyOf(need) => need.iter().any(|n| have.contains(&n.as_str())),
+        }
+    }
+
+    /// The names, space-separated (a 403's `scope`).
+    pub fn names(&self) -> String {
+        match self {
+            SetRequirement::AllOf(s) | SetRequirement::AnyOf(s) => s.join(" "),
+        }
+    }
+
+    /// For a person: "all of: a, b" or "one of: a, b".
+    pub fn describe(&self) -> String {
+        match self {
+            SetRequirement::AllOf(s) => format!("all of: {}", s.join(", ")),
+            SetRequirement::AnyOf(s) => format!("one of: {}", s.join(", ")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimCheck {
     /// The claim equals the value.
-    Equals(String, Value),
+    Equals(ClaimPath, Value),
     /// The claim is an array holding the value, or a space-delimited string
     /// listing it, or the value itself.
-    Contains(String, Value),
+    Contains(ClaimPath, Value),
 }
 
 #[derive(Debug, Clone)]
 pub struct Requirement {
     /// Indexes into `Settings::providers`; `None` accepts any provider.
     pub providers: Option<Vec<ProviderId>>,
-    pub scopes: Option<ScopeRequirement>,
+    pub scopes: Option<SetRequirement>,
+    /// Roles, from the provider's `role_claims`.
+    pub roles: Option<SetRequirement>,
     pub claims: Vec<ClaimCheck>,
     pub allow_anonymous: bool,
     pub accept_jwt: bool,
@@ -115,6 +143,7 @@ impl Default for Requirement {
         Requirement {
             providers: None,
             scopes: None,
+            roles: None,
             claims: Vec::new(),
             allow_anonymous: false,
             accept_jwt: true,
@@ -129,29 +158,36 @@ impl Requirement {
         self.providers.as_ref().is_none_or(|ids| ids.contains(&id))
     }
 
-    /// The `scope` value of a 403 challenge: what the client should ask for.
-    pub fn needed_scope(&self) -> Option<String> {
-        match &self.scopes {
-            Some(ScopeRequirement::AllOf(s)) | Some(ScopeRequirement::AnyOf(s)) => {
-                Some(s.join(" "))
-            }
-            None => None,
+    /// What a 403 for `reason` names: the scopes to ask for, or the roles the
+    /// rule needs (never what the token holds).
+    pub fn needed(&self, reason: Reason) -> Option<String> {
+        match reason {
+            Reason::InsufficientScope => self.scopes.as_ref().map(SetRequirement::names),
+            Reason::MissingRole => self.roles.as_ref().map(SetRequirement::describe),
+            _ => None,
         }
     }
 
     /// Least-privilege check on a verified identity.
-    pub fn authorize(&self, scopes: &[&str], claims: &Map<String, Value>) -> Result<(), Reason> {
-        let scopes_ok = match &self.scopes {
-            None => true,
-            Some(ScopeRequirement::AllOf(need)) => {
-                need.iter().all(|n| scopes.contains(&n.as_str()))
-            }
-            Some(ScopeRequirement::AnyOf(need)) => {
-                need.iter().any(|n| scopes.contains(&n.as_str()))
-            }
-        };
-        if !scopes_ok {
+    pub fn authorize(
+        &self,
+        scopes: &[&str],
+        roles: &[&str],
+        claims: &Map<String, Value>,
+    ) -> Result<(), Reason> {
+        if self
+            .scopes
+            .as_ref()
+            .is_some_and(|need| !need.satisfied_by(scopes))
+        {
             return Err(Reason::InsufficientScope);
+        }
+        if self
+            .roles
+            .as_ref()
+            .is_some_and(|need| !need.satisfied_by(roles))
+        {
+            return Err(Reason::MissingRole);
         }
         if self.claims.iter().all(|c| claim_satisfies(c, claims)) {
             Ok(())
@@ -163,8 +199,8 @@ impl Requirement {
 
 fn claim_satisfies(check: &ClaimCheck, claims: &Map<String, Value>) -> bool {
     match check {
-        ClaimCheck::Equals(name, want) => claims.get(name) == Some(want),
-        ClaimCheck::Contains(name, want) => match claims.get(name) {
+        ClaimCheck::Equals(path, want) => path.lookup(claims) == Some(want),
+        ClaimCheck::Contains(path, want) => match path.lookup(claims) {
             Some(Value::Array(items)) => items.contains(want),
             Some(Value::String(s)) => match want {
                 Value::String(w) => s.split(' ').any(|part| part == w),
@@ -176,17 +212,31 @@ fn claim_satisfies(check: &ClaimCheck, claims: &Map<String, Value>) -> bool {
     }
 }
 
-/// The token's scopes, from the first of `claim_names` it carries: a
+/// The token's scopes, from the first of `paths` it carries: a
 /// space-delimited string (`scope`, RFC 8693/9068) or an array (`scp`).
-pub fn scopes_of<'a>(claims: &'a Map<String, Value>, claim_names: &[String]) -> Vec<&'a str> {
-    for name in claim_names {
-        match claims.get(name) {
-            Some(Value::String(s)) => return s.split(' ').filter(|s| !s.is_empty()).collect(),
-            Some(Value::Array(items)) => return items.iter().filter_map(Value::as_str).collect(),
-            _ => {}
+pub fn scopes_of<'a>(claims: &'a Map<String, Value>, paths: &[ClaimPath]) -> Vec<&'a str> {
+    paths
+        .iter()
+        .filter_map(|p| p.lookup(claims))
+        .find(|v| v.is_string() || v.is_array())
+        .map(string_set)
+        .unwrap_or_default()
+}
+
+/// The token's roles: every value under every one of `paths` it carries
+/// (realm and client roles together, say), without repeats.
+pub fn roles_of(claims: &Map<String, Value>, paths: &[ClaimPath]) -> Vec<String> {
+    let mut roles: Vec<String> = Vec::new();
+    for role in paths
+        .iter()
+        .filter_map(|p| p.lookup(claims))
+        .flat_map(string_set)
+    {
+        if !roles.iter().any(|r| r == role) {
+            roles.push(role.to_string());
         }
     }
-    Vec::new()
+    roles
 }
 
 #[cfg(test)]
@@ -237,9 +287,17 @@ mod tests {
         assert!(find_rule(&rules[..1], "GET", "/data").is_none());
     }
 
+    fn paths(names: &[&str]) -> Vec<ClaimPath> {
+        names.iter().map(|n| ClaimPath::parse(n).unwrap()).collect()
+    }
+
+    fn path(name: &str) -> ClaimPath {
+        ClaimPath::parse(name).unwrap()
+    }
+
     #[test]
     fn scopes_from_string_or_array() {
-        let names = vec!["scope".to_string(), "scp".to_string()];
+        let names = paths(&["scope", "scp"]);
         let c = json!({"scope": "read:data  write:data"});
         assert_eq!(
             scopes_of(c.as_object().unwrap(), &names),
@@ -249,49 +307,86 @@ mod tests {
         assert_eq!(scopes_of(c.as_object().unwrap(), &names), vec!["a", "b"]);
         let c = json!({"scope": 5});
         assert!(scopes_of(c.as_object().unwrap(), &names).is_empty());
+        // Entra ID: `scp` is a space-delimited string.
+        let c = json!({"scp": "Data.Read Data.Write"});
+        assert_eq!(
+            scopes_of(c.as_object().unwrap(), &names),
+            vec!["Data.Read", "Data.Write"]
+        );
     }
 
     #[test]
-    fn scope_requirements() {
+    fn roles_from_every_listed_claim() {
+        let c = json!({"realm_access": {"roles": ["admin", "user"]},
+                       "resource_access": {"app": {"roles": ["user", "editor"]}}});
+        let roles = roles_of(
+            c.as_object().unwrap(),
+            &paths(&["realm_access.roles", "resource_access.app.roles", "roles"]),
+        );
+        assert_eq!(roles, ["admin", "user", "editor"]);
+    }
+
+    #[test]
+    fn scope_and_role_requirements() {
         let claims = Map::new();
         let all = Requirement {
-            scopes: Some(ScopeRequirement::AllOf(vec!["a".into(), "b".into()])),
+            scopes: Some(SetRequirement::AllOf(vec!["a".into(), "b".into()])),
             ..Default::default()
         };
-        assert_eq!(all.authorize(&["a", "b", "c"], &claims), Ok(()));
+        assert_eq!(all.authorize(&["a", "b", "c"], &[], &claims), Ok(()));
         assert_eq!(
-            all.authorize(&["a"], &claims),
+            all.authorize(&["a"], &[], &claims),
             Err(Reason::InsufficientScope)
         );
-        assert_eq!(all.needed_scope().as_deref(), Some("a b"));
+        assert_eq!(
+            all.needed(Reason::InsufficientScope).as_deref(),
+            Some("a b")
+        );
         let any = Requirement {
-            scopes: Some(ScopeRequirement::AnyOf(vec!["a".into(), "b".into()])),
+            scopes: Some(SetRequirement::AnyOf(vec!["a".into(), "b".into()])),
             ..Default::default()
         };
-        assert_eq!(any.authorize(&["b"], &claims), Ok(()));
-        assert_eq!(any.authorize(&[], &claims), Err(Reason::InsufficientScope));
+        assert_eq!(any.authorize(&["b"], &[], &claims), Ok(()));
+        assert_eq!(
+            any.authorize(&[], &[], &claims),
+            Err(Reason::InsufficientScope)
+        );
+        let admin = Requirement {
+            roles: Some(SetRequirement::AnyOf(vec!["admin".into(), "owner".into()])),
+            ..Default::default()
+        };
+        assert_eq!(admin.authorize(&[], &["owner"], &claims), Ok(()));
+        assert_eq!(
+            admin.authorize(&["admin"], &["user"], &claims),
+            Err(Reason::MissingRole)
+        );
+        assert_eq!(
+            admin.needed(Reason::MissingRole).as_deref(),
+            Some("one of: admin, owner")
+        );
     }
 
     #[test]
     fn claim_requirements() {
-        let claims =
-            json!({"tenant": "acme", "roles": ["admin", "dev"], "groups": "ops sre", "level": 3});
+        let claims = json!({"tenant": "acme", "roles": ["admin", "dev"], "groups": "ops sre",
+                            "level": 3, "org": {"unit": "sales"}});
         let claims = claims.as_object().unwrap();
         let req = |c: ClaimCheck| Requirement {
             claims: vec![c],
             ..Default::default()
         };
-        let ok = |c| req(c).authorize(&[], claims).is_ok();
-        assert!(ok(ClaimCheck::Equals("tenant".into(), json!("acme"))));
-        assert!(!ok(ClaimCheck::Equals("tenant".into(), json!("other"))));
-        assert!(!ok(ClaimCheck::Equals("missing".into(), json!("acme"))));
-        assert!(ok(ClaimCheck::Equals("level".into(), json!(3))));
-        assert!(ok(ClaimCheck::Contains("roles".into(), json!("admin"))));
-        assert!(!ok(ClaimCheck::Contains("roles".into(), json!("root"))));
-        assert!(ok(ClaimCheck::Contains("groups".into(), json!("sre"))));
-        assert!(!ok(ClaimCheck::Contains("groups".into(), json!("op"))));
+        let ok = |c| req(c).authorize(&[], &[], claims).is_ok();
+        assert!(ok(ClaimCheck::Equals(path("tenant"), json!("acme"))));
+        assert!(!ok(ClaimCheck::Equals(path("tenant"), json!("other"))));
+        assert!(!ok(ClaimCheck::Equals(path("missing"), json!("acme"))));
+        assert!(ok(ClaimCheck::Equals(path("level"), json!(3))));
+        assert!(ok(ClaimCheck::Contains(path("roles"), json!("admin"))));
+        assert!(!ok(ClaimCheck::Contains(path("roles"), json!("root"))));
+        assert!(ok(ClaimCheck::Contains(path("groups"), json!("sre"))));
+        assert!(!ok(ClaimCheck::Contains(path("groups"), json!("op"))));
+        assert!(ok(ClaimCheck::Equals(path("org.unit"), json!("sales"))));
         assert_eq!(
-            req(ClaimCheck::Equals("tenant".into(), json!("x"))).authorize(&[], claims),
+            req(ClaimCheck::Equals(path("tenant"), json!("x"))).authorize(&[], &[], claims),
             Err(Reason::ClaimMismatch)
         );
     }

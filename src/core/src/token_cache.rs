@@ -26,6 +26,8 @@ pub struct VerifiedToken {
     pub jti: Option<String>,
     pub claims: Map<String, Value>,
     pub scopes: Vec<String>,
+    /// Roles, from the provider's `role_claims`.
+    pub roles: Vec<String>,
     pub caller: Caller,
     /// Identity headers for the upstream, computed once.
     pub identity: Arc<[HeaderEdit]>,
@@ -41,10 +43,12 @@ impl VerifiedToken {
         let optional = [&caller.subject, &caller.client_id, &self.jti];
         let strings = std::iter::once(caller.provider.as_str())
             .chain(optional.into_iter().flatten().map(String::as_str))
-            .chain(self.scopes.iter().map(String::as_str));
+            .chain(self.scopes.iter().map(String::as_str))
+            .chain(self.roles.iter().map(String::as_str));
         let mut bytes = heap(arc_block(size_of::<VerifiedToken>()))
             + strings.map(|s| heap(s.len())).sum::<usize>()
             + heap(self.scopes.len() * size_of::<String>())
+            + heap(self.roles.len() * size_of::<String>())
             + heap(arc_block(self.identity.len() * size_of::<HeaderEdit>()))
             + CACHE_SLOTS;
         for edit in self.identity.iter() {
@@ -193,6 +197,7 @@ mod tests {
             jti: None,
             claims,
             scopes: vec![],
+            roles: vec![],
             caller: Caller {
                 provider: "p".into(),
                 subject: None,

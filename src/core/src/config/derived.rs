@@ -37,21 +37,22 @@ pub(super) fn strip_locations(
 
 /// The claims any decision after verification reads: cached tokens keep only
 /// these (identity headers are computed once, at verification).
+/// The top-level claims that hold them are kept whole.
 pub(super) fn retained_claims(rules: &[Rule], rate_limits: &RateLimits) -> Vec<String> {
     let mut retained: Vec<String> = Vec::new();
     let checked = rules
         .iter()
         .flat_map(|r| &r.requirement.claims)
         .map(|c| match c {
-            ClaimCheck::Equals(name, _) | ClaimCheck::Contains(name, _) => name,
+            ClaimCheck::Equals(path, _) | ClaimCheck::Contains(path, _) => path,
         });
     let counted = rate_limits.policies.iter().filter_map(|p| match &p.key {
-        LimitKey::Claim(name) => Some(name),
+        LimitKey::Claim(path) => Some(path),
         _ => None,
     });
-    for name in checked.chain(counted) {
-        if !retained.contains(name) {
-            retained.push(name.clone());
+    for path in checked.chain(counted) {
+        if !retained.iter().any(|r| r == path.top()) {
+            retained.push(path.top().to_string());
         }
     }
     retained

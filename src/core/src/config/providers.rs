@@ -5,8 +5,10 @@ use super::fields::{
     compile_endpoint, duration_ms, is_forwardable_header, is_header_name, parse_duration_ms,
     RawHttpUri,
 };
+use super::rules::claim_path;
 use super::{err, ConfigError};
 use crate::alg::Algorithm;
+use crate::claims::ClaimPath;
 use crate::credentials::TokenLocation;
 use crate::jwk::{parse_jwks, KeySet, KeySource, Strictness};
 use crate::jwt::ClaimRules;
@@ -41,6 +43,10 @@ pub(super) struct RawProvider {
     pub(super) required_typ: Option<String>,
     #[serde(default)]
     pub(super) scope_claims: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) role_claims: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) client_id_claims: Option<Vec<String>>,
     #[serde(default)]
     pub(super) claim_to_headers: Vec<RawClaimToHeader>,
     #[serde(default)]
@@ -107,8 +113,13 @@ pub struct Provider {
     pub claim_rules: ClaimRules,
     pub keys: ProviderKeys,
     pub locations: Vec<TokenLocation>,
-    pub scope_claims: Vec<String>,
-    pub claim_to_headers: Vec<(String, String)>,
+    /// Where scopes are read: the first of these the token has.
+    pub scope_claims: Vec<ClaimPath>,
+    /// Where roles are read: every one of these the token has.
+    pub role_claims: Vec<ClaimPath>,
+    /// Where the client id is read: the first of these the token has.
+    pub client_id_claims: Vec<ClaimPath>,
+    pub claim_to_headers: Vec<(ClaimPath, String)>,
     pub forward_payload_header: Option<String>,
     pub revocation_feed: Option<RemoteSource>,
 }
@@ -255,15 +266,23 @@ pub(super) fn compile_provider(name: &str, p: RawProvider) -> Result<Provider, C
         }
         locations.push(TokenLocation::Cookie(cookie));
     }
-    let scope_claims = p
-        .scope_claims
-        .unwrap_or_else(|| vec!["scope".to_string(), "scp".to_string()]);
-    if scope_claims.is_empty() || scope_claims.iter().any(String::is_empty) {
-        return Err(err(
-            at("scope_claims"),
-            "list at least one non-empty claim name",
-        ));
-    }
+    let paths = |field: &str, raw: Option<Vec<String>>, default: &[&str]| {
+        let raw = raw.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+        if raw.is_empty() {
+            return Err(err(at(field), "list at least one claim"));
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, p)| claim_path(&at(&format!("{field}[{i}]")), p))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let scope_claims = paths("scope_claims", p.scope_claims, &["scope", "scp"])?;
+    let role_claims = paths("role_claims", p.role_claims, &["roles"])?;
+    let client_id_claims = paths(
+        "client_id_claims",
+        p.client_id_claims,
+        &["client_id", "azp"],
+    )?;
     let mut claim_to_headers = Vec::new();
     for (i, c) in p.claim_to_headers.into_iter().enumerate() {
         let header = c.header_name.to_ascii_lowercase();
@@ -273,13 +292,11 @@ pub(super) fn compile_provider(name: &str, p: RawProvider) -> Result<Provider, C
                 "not a valid, forwardable header name",
             ));
         }
-        if c.claim_name.is_empty() {
-            return Err(err(
-                format!("providers.{name}.claim_to_headers[{i}].claim_name"),
-                "must not be empty",
-            ));
-        }
-        claim_to_headers.push((c.claim_name, header));
+        let claim = claim_path(
+            &format!("providers.{name}.claim_to_headers[{i}].claim_name"),
+            &c.claim_name,
+        )?;
+        claim_to_headers.push((claim, header));
     }
     let forward_payload_header = match p.forward_payload_header {
         Some(h) if !is_forwardable_header(&h.to_ascii_lowercase()) => {
@@ -303,6 +320,8 @@ pub(super) fn compile_provider(name: &str, p: RawProvider) -> Result<Provider, C
         keys,
         locations,
         scope_claims,
+        role_claims,
+        client_id_claims,
         claim_to_headers,
         forward_payload_header,
         revocation_feed: p

@@ -1,6 +1,7 @@
 //! `rate_limits`: policies, plans, brute-force lock-out and the shared table.
 
 use super::fields::{duration_ms, is_header_name, parse_duration_ms};
+use super::rules::claim_path;
 use super::{err, ConfigError};
 use crate::ratelimit::bruteforce::BruteForce;
 use crate::ratelimit::gcra::Rate;
@@ -125,10 +126,7 @@ pub(super) fn compile_rate_limits(raw: Option<RawRateLimits>) -> Result<RateLimi
             RawLimitKey::Subject => LimitKey::Subject,
             RawLimitKey::ClientId => LimitKey::ClientId,
             RawLimitKey::ClientIp => LimitKey::ClientIp,
-            RawLimitKey::Claim(c) if c.is_empty() => {
-                return Err(err(at("key.claim"), "must not be empty"))
-            }
-            RawLimitKey::Claim(c) => LimitKey::Claim(c),
+            RawLimitKey::Claim(c) => LimitKey::Claim(claim_path(&at("key.claim"), &c)?),
             RawLimitKey::Header(h) if !is_header_name(&h.to_ascii_lowercase()) => {
                 return Err(err(at("key.header"), "not a valid header name"))
             }

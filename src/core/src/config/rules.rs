@@ -1,7 +1,8 @@
 //! `rules`: what a request must match, and what it then requires.
 
 use super::{err, ConfigError, ProviderId};
-use crate::policy::{ClaimCheck, PathMatch, Requirement, Rule, ScopeRequirement};
+use crate::claims::ClaimPath;
+use crate::policy::{ClaimCheck, PathMatch, Requirement, Rule, SetRequirement};
 use crate::ratelimit::PolicyId;
 use serde::Deserialize;
 use serde_json::Value;
@@ -35,7 +36,9 @@ pub(super) struct RawRequirement {
     #[serde(default)]
     pub(super) providers: Option<Vec<String>>,
     #[serde(default)]
-    pub(super) scopes: Option<RawScopes>,
+    pub(super) scopes: Option<RawNames>,
+    #[serde(default)]
+    pub(super) roles: Option<RawNames>,
     #[serde(default)]
     pub(super) claims: Vec<RawClaimCheck>,
     #[serde(default)]
@@ -55,7 +58,8 @@ pub(super) enum CredentialKind {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawScopes {
+/// `{"all_of": [...]}` or `{"any_of": [...]}`, for scopes and roles.
+pub(super) struct RawNames {
     #[serde(default)]
     pub(super) all_of: Option<Vec<String>>,
     #[serde(default)]
@@ -143,38 +147,15 @@ pub(super) fn compile_rule(
             Some(ids)
         }
     };
-    let scopes = match q.scopes {
-        None => None,
-        Some(RawScopes {
-            all_of: Some(s),
-            any_of: None,
-        }) => Some(ScopeRequirement::AllOf(check_scopes(
-            &format!("{at}.requires.scopes.all_of"),
-            s,
-        )?)),
-        Some(RawScopes {
-            all_of: None,
-            any_of: Some(s),
-        }) => Some(ScopeRequirement::AnyOf(check_scopes(
-            &format!("{at}.requires.scopes.any_of"),
-            s,
-        )?)),
-        Some(_) => {
-            return Err(err(
-                format!("{at}.requires.scopes"),
-                "set exactly one of `all_of` or `any_of`",
-            ))
-        }
-    };
+    let scopes = compile_names(&format!("{at}.requires.scopes"), q.scopes)?;
+    let roles = compile_names(&format!("{at}.requires.roles"), q.roles)?;
     let mut claims = Vec::with_capacity(q.claims.len());
     for (i, c) in q.claims.into_iter().enumerate() {
         let field = format!("{at}.requires.claims[{i}]");
-        if c.name.is_empty() {
-            return Err(err(format!("{field}.name"), "must not be empty"));
-        }
+        let name = claim_path(&format!("{field}.name"), &c.name)?;
         let check = match (c.equals, c.contains) {
-            (Some(v), None) if is_scalar(&v) => ClaimCheck::Equals(c.name, v),
-            (None, Some(v)) if is_scalar(&v) => ClaimCheck::Contains(c.name, v),
+            (Some(v), None) if is_scalar(&v) => ClaimCheck::Equals(name, v),
+            (None, Some(v)) if is_scalar(&v) => ClaimCheck::Contains(name, v),
             (Some(_), None) | (None, Some(_)) => {
                 return Err(err(
                     field,
@@ -199,10 +180,12 @@ pub(super) fn compile_rule(
             "only meaningful when `credentials` includes `api_key`",
         ));
     }
-    if q.allow_anonymous && (scopes.is_some() || !claims.is_empty() || provider_ids.is_some()) {
+    if q.allow_anonymous
+        && (scopes.is_some() || roles.is_some() || !claims.is_empty() || provider_ids.is_some())
+    {
         return Err(err(
             format!("{at}.requires.allow_anonymous"),
-            "an anonymous rule cannot also require providers, scopes or claims",
+            "an anonymous rule cannot also require providers, scopes, roles or claims",
         ));
     }
     Ok(Rule {
@@ -212,6 +195,7 @@ pub(super) fn compile_rule(
         requirement: Requirement {
             providers: provider_ids,
             scopes,
+            roles,
             claims,
             allow_anonymous: q.allow_anonymous,
             accept_jwt: kinds.contains(&CredentialKind::Jwt),
@@ -250,4 +234,31 @@ pub(super) fn check_scopes(field: &str, scopes: Vec<String>) -> Result<Vec<Strin
         }
     }
     Ok(scopes)
+}
+
+/// `{"all_of": [...]}` or `{"any_of": [...]}`: exactly one, non-empty names.
+fn compile_names(at: &str, raw: Option<RawNames>) -> Result<Option<SetRequirement>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(RawNames {
+            all_of: Some(s),
+            any_of: None,
+        }) => Ok(Some(SetRequirement::AllOf(check_scopes(
+            &format!("{at}.all_of"),
+            s,
+        )?))),
+        Some(RawNames {
+            all_of: None,
+            any_of: Some(s),
+        }) => Ok(Some(SetRequirement::AnyOf(check_scopes(
+            &format!("{at}.any_of"),
+            s,
+        )?))),
+        Some(_) => Err(err(at, "set exactly one of `all_of` or `any_of`")),
+    }
+}
+
+/// A claim path (`realm_access.roles`, `"https://example.com/roles"`).
+pub(super) fn claim_path(at: &str, text: &str) -> Result<ClaimPath, ConfigError> {
+    ClaimPath::parse(text).map_err(|e| err(at, format!("not a claim path ({e})")))
 }

@@ -176,6 +176,26 @@ fn rule_errors_are_named() {
             "rules[0].requires.claims[0]",
         ),
         (
+            json!({"match": {"path": "/a"}, "requires": {"claims": [{"name": "https://x.example/roles", "contains": "a"}]}}),
+            "rules[0].requires.claims[0].name",
+        ),
+        (
+            json!({"match": {"path": "/a"}, "requires": {"claims": [{"name": "a..b", "equals": "a"}]}}),
+            "rules[0].requires.claims[0].name",
+        ),
+        (
+            json!({"match": {"path": "/a"}, "requires": {"roles": {"all_of": ["a"], "any_of": ["b"]}}}),
+            "rules[0].requires.roles",
+        ),
+        (
+            json!({"match": {"path": "/a"}, "requires": {"roles": {"any_of": []}}}),
+            "rules[0].requires.roles.any_of",
+        ),
+        (
+            json!({"match": {"path": "/a"}, "requires": {"allow_anonymous": true, "roles": {"any_of": ["a"]}}}),
+            "rules[0].requires.allow_anonymous",
+        ),
+        (
             json!({"match": {"path": "/a"}, "requires": {"allow_anonymous": true, "scopes": {"any_of": ["x"]}}}),
             "rules[0].requires.allow_anonymous",
         ),
@@ -233,7 +253,10 @@ fn rate_limits_compile_and_name_bad_fields() {
         (p[0].rate.limit, p[0].rate.window_ms, p[0].rate.burst),
         (10, 1_000, 10)
     );
-    assert_eq!(p[1].key, LimitKey::Claim("tenant".into()));
+    assert_eq!(
+        p[1].key,
+        LimitKey::Claim(crate::claims::ClaimPath::parse("tenant").unwrap())
+    );
     assert_eq!(s.rules[0].limits, vec![PolicyId(0), PolicyId(1)]);
     assert_eq!(s.rate_limits.brute_force.unwrap().lockout_ms, 300_000);
     assert_eq!(s.client_ip, ClientIpSource::Peer);
@@ -402,4 +425,45 @@ fn hmac_provider_defaults_to_hs_algorithms() {
     });
     let s = parse_value(&v).unwrap();
     assert!(s.providers[0].algorithms.iter().all(|a| a.is_hmac()));
+}
+
+#[test]
+fn claim_paths_are_checked_where_providers_name_them() {
+    for (field, value, at) in [
+        ("role_claims", json!([]), "providers.idp.role_claims"),
+        (
+            "role_claims",
+            json!(["realm_access..roles"]),
+            "providers.idp.role_claims[0]",
+        ),
+        (
+            "scope_claims",
+            json!(["\"open"]),
+            "providers.idp.scope_claims[0]",
+        ),
+        (
+            "client_id_claims",
+            json!(["a b"]),
+            "providers.idp.client_id_claims[0]",
+        ),
+        (
+            "claim_to_headers",
+            json!([{"claim_name": "https://example.com/tenant", "header_name": "x-tenant"}]),
+            "providers.idp.claim_to_headers[0].claim_name",
+        ),
+    ] {
+        let mut v = base();
+        v["providers"]["idp"][field] = value;
+        assert_eq!(error_at(v).field, at, "{field}");
+    }
+    let mut v = base();
+    v["providers"]["idp"]["role_claims"] =
+        json!(["realm_access.roles", "resource_access.\"my.app\".roles"]);
+    v["providers"]["idp"]["claim_to_headers"] =
+        json!([{"claim_name": "\"https://example.com/tenant\"", "header_name": "x-tenant"}]);
+    let s = parse_value(&v).unwrap();
+    let p = &s.providers[0];
+    assert_eq!(p.role_claims.len(), 2);
+    assert_eq!(p.claim_to_headers[0].0.top(), "https://example.com/tenant");
+    assert_eq!(p.client_id_claims.len(), 2, "client_id, then azp");
 }

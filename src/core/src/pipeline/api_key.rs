@@ -40,7 +40,7 @@ impl Authorizer<'_> {
             claims.insert("tenant".into(), Value::from(tenant.as_str()));
         }
         if !requirement.allow_anonymous {
-            requirement.authorize(&scopes, &claims)?;
+            requirement.authorize(&scopes, &[], &claims)?;
         }
         let caller = Caller {
             provider: "api_key".to_string(),

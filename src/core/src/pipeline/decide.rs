@@ -124,7 +124,7 @@ impl Authorizer<'_> {
                 token_hash: Some(hash),
             },
             Err(Failure::Denied(reason)) => {
-                self.deny(reason, requirement.needed_scope(), Some(hash))
+                self.deny(reason, requirement.needed(reason), Some(hash))
             }
         }
     }
@@ -132,16 +132,11 @@ impl Authorizer<'_> {
     fn deny(
         &self,
         reason: Reason,
-        needed_scope: Option<String>,
+        needed: Option<String>,
         token_hash: Option<TokenDigest>,
     ) -> Outcome {
-        let scope = if reason == Reason::InsufficientScope {
-            needed_scope
-        } else {
-            None
-        };
         Outcome::Deny {
-            denial: render_denial(reason, &self.settings.realm, scope.as_deref(), 0),
+            denial: render_denial(reason, &self.settings.realm, needed.as_deref(), 0),
             token_hash,
         }
     }

@@ -39,7 +39,7 @@ impl Authorizer<'_> {
                     (LimitKey::Subject, Some((c, _))) => c.subject.clone(),
                     (LimitKey::ClientId, Some((c, _))) => c.client_id.clone(),
                     (LimitKey::Claim(name), Some((_, claims))) => {
-                        claims.get(name).and_then(claim_header_value)
+                        name.lookup(claims).and_then(claim_header_value)
                     }
                 }?;
                 Some(LimitCheck { policy, value })

@@ -3,11 +3,12 @@
 //! stripped by `credentials::strip_credentials`.)
 
 use super::decide::Authorizer;
+use crate::claims::ClaimPath;
 use crate::config::Provider;
 use crate::credentials::{HeaderEdit, RequestView};
 use crate::decision::Reason;
 use crate::jwt::DecodedToken;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 impl Authorizer<'_> {
     /// The verified identity as headers. An empty claim is left out; a claim
@@ -32,15 +33,13 @@ impl Authorizer<'_> {
         set(&id.subject, claim_str("sub").map(str::to_string));
         set(
             &id.client_id,
-            claim_str("client_id")
-                .or_else(|| claim_str("azp"))
-                .map(str::to_string),
+            first_string(&p.client_id_claims, &t.claims).map(str::to_string),
         );
         set(&id.scopes, Some(scopes.join(" ")).filter(|s| !s.is_empty()));
         set(&id.issuer, Some(p.issuer.clone()));
         set(&id.provider, Some(p.name.clone()));
         for (claim, header) in &p.claim_to_headers {
-            set(header, t.claims.get(claim).and_then(claim_header_value));
+            set(header, claim.lookup(&t.claims).and_then(claim_header_value));
         }
         if let Some(header) = &p.forward_payload_header {
             // The payload segment is already base64url JSON, exactly as signed.
@@ -76,6 +75,14 @@ impl Authorizer<'_> {
         }
         edits
     }
+}
+
+/// The first of `paths` that holds a string.
+pub(super) fn first_string<'a>(
+    paths: &[ClaimPath],
+    claims: &'a Map<String, Value>,
+) -> Option<&'a str> {
+    paths.iter().find_map(|p| p.lookup(claims)?.as_str())
 }
 
 /// Scalars and arrays of scalars become header values; objects do not.

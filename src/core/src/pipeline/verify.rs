@@ -2,13 +2,14 @@
 //! validity window (one check for both), and revocation.
 
 use super::decide::{unavailable, Authenticated, Authorizer, Failure};
+use super::upstream::first_string;
 use crate::config::{ProviderId, ProviderKeys};
 use crate::credentials::{RequestView, TokenLocation};
 use crate::crypto::verify_with_keys;
 use crate::decision::Reason;
 use crate::identity::{Caller, TokenDigest};
 use crate::jwt::{check_validity_window, decode};
-use crate::policy::{scopes_of, Requirement, Rule};
+use crate::policy::{roles_of, scopes_of, Requirement, Rule};
 use crate::token_cache::VerifiedToken;
 use serde_json::Value;
 use std::sync::Arc;
@@ -32,8 +33,9 @@ impl Authorizer<'_> {
         }
         self.check_revocation(&verified, hash)?;
         let scopes: Vec<&str> = verified.scopes.iter().map(String::as_str).collect();
+        let roles: Vec<&str> = verified.roles.iter().map(String::as_str).collect();
         if !requirement.allow_anonymous {
-            requirement.authorize(&scopes, &verified.claims)?;
+            requirement.authorize(&scopes, &roles, &verified.claims)?;
         }
         Ok(Authenticated {
             limits: self.limit_checks(rule, req, Some((&verified.caller, &verified.claims))),
@@ -182,8 +184,9 @@ impl Authorizer<'_> {
         let caller = Caller {
             provider: p.name.clone(),
             subject: claim("sub"),
-            client_id: claim("client_id").or_else(|| claim("azp")),
+            client_id: first_string(&p.client_id_claims, &decoded.claims).map(str::to_string),
         };
+        let roles = roles_of(&decoded.claims, &p.role_claims);
         let scopes: Vec<String> = scopes.into_iter().map(str::to_string).collect();
         let mut claims = decoded.claims;
         claims.retain(|name, _| s.retained_claims.contains(name));
@@ -195,6 +198,7 @@ impl Authorizer<'_> {
             jti,
             caller,
             scopes,
+            roles,
             identity: identity.into(),
             claims,
         })

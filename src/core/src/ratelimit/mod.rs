@@ -16,6 +16,7 @@ pub mod bruteforce;
 pub mod gcra;
 pub mod table;
 
+use crate::claims::ClaimPath;
 use crate::decision::{Denial, Reason};
 use crate::host::SharedData;
 use gcra::{Rate, Verdict};
@@ -29,7 +30,7 @@ pub enum LimitKey {
     /// The verified client id (`client_id`, else `azp`).
     ClientId,
     /// A verified claim, such as a tenant.
-    Claim(String),
+    Claim(ClaimPath),
     /// A request header (lower-case name).
     Header(String),
     /// The client's address (see `client_ip` in the configuration).
@@ -182,7 +183,7 @@ mod tests {
                     window_ms: 60_000,
                     burst: 3,
                 },
-                key: LimitKey::Claim("tenant".into()),
+                key: LimitKey::Claim(ClaimPath::parse("tenant").unwrap()),
             },
         ]
     }
