@@ -7,7 +7,7 @@ ENVOY         := $(VENV)/bin/envoy
 WASM          := target/wasm32-wasip1/release/tollgate.wasm
 CARGO         ?= cargo
 
-.PHONY: all run test unit e2e wasm bins tools lint clean
+.PHONY: all run test unit e2e wasm bins tools lint clean oci oci-test
 
 all: wasm bins
 
@@ -32,6 +32,25 @@ wasm: .wasm-target
 
 bins:
 	$(CARGO) build --release -p tollgate-token-service -p tollgate-sample-api
+
+## OCI image ---------------------------------------------------------------
+
+# The filter as a Wasm OCI image (envoy/oci/build.py): an OCI layout in
+# target/oci/tollgate and a tarball beside it; prints the manifest digest.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+oci: wasm
+	python3 envoy/oci/build.py --tag $(VERSION) --version $(VERSION)
+
+# Reads the image with skopeo, pushes it to Debian's docker-registry on loopback,
+# pulls it back and has Envoy load the module from the registry (envoy/oci/test_oci.py).
+oci-test: tools wasm .oci-tools
+	ENVOY=$(abspath $(ENVOY)) python3 envoy/oci/test_oci.py
+
+.PHONY: .oci-tools
+.oci-tools:
+	@command -v skopeo >/dev/null && command -v docker-registry >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo docker-registry; }
 
 ## Run ---------------------------------------------------------------------
 
