@@ -7,7 +7,7 @@ ENVOY         := $(VENV)/bin/envoy
 WASM          := target/wasm32-wasip1/release/tollgate.wasm
 CARGO         ?= cargo
 
-.PHONY: all run test unit e2e wasm bins tools lint clean oci oci-test
+.PHONY: all run test unit e2e wasm bins tools lint clean oci oci-test istio-test
 
 all: wasm bins
 
@@ -51,6 +51,19 @@ oci-test: tools wasm .oci-tools
 .oci-tools:
 	@command -v skopeo >/dev/null && command -v docker-registry >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo docker-registry; }
+
+## Istio ---------------------------------------------------------------------
+
+# envoy/istio/ against Istio's published CRD schemas (python-jsonschema, pinned,
+# in the venv) and against the sample stack (envoy/istio/test_istio.py).
+PYDEPS := jsonschema==4.23.0 PyYAML==6.0.2
+
+istio-test: $(VENV)/.pydeps
+	$(VENV)/bin/python envoy/istio/test_istio.py
+
+$(VENV)/.pydeps: $(ENVOY) Makefile
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PYDEPS)
+	echo "$(PYDEPS)" > $@
 
 ## Run ---------------------------------------------------------------------
 
