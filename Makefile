@@ -7,7 +7,7 @@ ENVOY         := $(VENV)/bin/envoy
 WASM          := target/wasm32-wasip1/release/tollgate.wasm
 CARGO         ?= cargo
 
-.PHONY: all run test unit e2e wasm bins tools lint clean oci oci-test istio-test
+.PHONY: all run test unit e2e wasm bins tools lint clean oci oci-test istio-test run-test
 
 all: wasm bins
 
@@ -67,14 +67,31 @@ $(VENV)/.pydeps: $(ENVOY) Makefile
 
 ## Run ---------------------------------------------------------------------
 
-run: tools wasm bins
-	ENVOY=$(ENVOY) envoy/run.sh
+# envoy/run.sh: a second make run while one runs is refused before anything is
+# built. exec: the script's parent is make, which it follows (see run.sh).
+run: .run-check tools wasm bins
+	exec env ENVOY=$(ENVOY) envoy/run.sh
+
+.PHONY: .run-check
+.run-check:
+	@envoy/run.sh --check
 
 ## Test --------------------------------------------------------------------
 
 # Unit tests on the host, and end-to-end tests against real Envoy and real services.
-test: tools wasm
+# Then, one after the other (the stack's fixed ports are in a network namespace of
+# their own, but the machine has 2 cores): the Istio manifests, the OCI image, and
+# make run with the demo app's code + PKCE flow.
+test: tools wasm bins
 	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) test --workspace -- --test-threads 4
+	$(MAKE) --no-print-directory istio-test
+	$(MAKE) --no-print-directory oci-test
+	$(MAKE) --no-print-directory run-test
+
+# make run as a service manager (stopping, a second instance, a component that
+# exits) and the walkthrough against it, the demo app included (envoy/test_run.sh).
+run-test: tools wasm bins
+	envoy/test_run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
