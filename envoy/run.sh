@@ -129,94 +129,15 @@ start token-service "$BIN/tollgate-token-service" serve --listen 127.0.0.1:9000 
 start envoy "$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart --log-level warn \
   --component-log-level wasm:info
 
-# Ready means: Envoy answers, and both a token and an API key pass the filter several
-# times in a row (the filter answers 503 until its JWKS, revocation list and key set
-# have loaded in every worker).
-status_of() { curl -s -o /dev/null -w '%{http_code}' "$@" 2> /dev/null || true; }
-token=''
-streak=0
-for _ in $(seq 1 300); do
-  supervise
-  if [[ -z $token ]]; then
-    token=$(curl -s -u "backend:$BACKEND_SECRET" -d grant_type=client_credentials -d scope=read:data \
-      "$PUBLIC/token" 2> /dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2> /dev/null || true)
-  fi
-  if [[ -n $token && $(status_of -H "Authorization: Bearer $token" "$PUBLIC/data") == 200 &&
-    $(status_of -H "X-API-Key: $PARTNER_API_KEY" "$PUBLIC/data") == 200 ]]; then
-    streak=$((streak + 1))
-    ((streak < 5)) || break
-  else
-    streak=0
-  fi
-  sleep 0.1 9>&-
-done
-if ((streak < 5)); then
+# shellcheck source=envoy/demo/walkthrough.sh
+source envoy/demo/walkthrough.sh
+if ! demo_wait_ready 30 supervise; then
   say "the stack did not become ready within 30 s; logs in $RUN/"
   exit 1
 fi
-
-cat << EOF_WALK
-
-Tollgate sample stack is up (logs in $RUN/).
-  Envoy + Tollgate  $PUBLIC      token service 127.0.0.1:9000      sample API 127.0.0.1:9100
-
-1. A backend gets a token (client_credentials, client_secret_basic):
-
-   TOKEN=\$(curl -s -u backend:$BACKEND_SECRET \\
-     -d grant_type=client_credentials -d scope=read:data $PUBLIC/token \\
-     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-
-2. Call the API: 200, and the echo shows no Authorization header but x-tollgate-* identity:
-
-   curl -s -H "Authorization: Bearer \$TOKEN" $PUBLIC/data
-
-3. No token: 401 with WWW-Authenticate: Bearer realm="tollgate-sample":
-
-   curl -i $PUBLIC/data
-
-4. A bad token: 401 error="invalid_token":
-
-   curl -i -H "Authorization: Bearer \${TOKEN}x" $PUBLIC/data
-
-5. Missing scope (POST /data needs write:data): 403 error="insufficient_scope":
-
-   curl -i -X POST -H "Authorization: Bearer \$TOKEN" $PUBLIC/data
-
-6. An API key (consumer partner-a, tenant acme): 200, the upstream sees
-   x-tollgate-consumer and x-tollgate-tenant but no key:
-
-   curl -s -H "X-API-Key: $PARTNER_API_KEY" $PUBLIC/data
-
-7. Manage keys through the token service's admin API (scope tollgate:admin):
-
-   ADMIN=\$(curl -s -u key-admin:$KEY_ADMIN_SECRET -d grant_type=client_credentials \\
-     http://127.0.0.1:9000/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-   curl -s -H "Authorization: Bearer \$ADMIN" http://127.0.0.1:9000/admin/api-keys
-   curl -s -H "Authorization: Bearer \$ADMIN" -H 'Content-Type: application/json' \\
-     -d '{"consumer":"partner-a","expires_in":86400}' http://127.0.0.1:9000/admin/api-keys
-
-   New, disabled and deleted keys take effect at the gateway within about 3 s.
-
-8. A user signs in to the mobile app (authorization code + PKCE; public client
-   mobile-app, user $DEMO_USER / $DEMO_PASSWORD). The app's side, played by a script:
-   it opens the sign-in page in your browser, receives the redirect on
-   http://127.0.0.1:<port>/callback, exchanges the code, calls the API and refreshes:
-
-   python3 envoy/demo/mobile_app.py
-
-   By hand, the same steps:
-
-   VERIFIER=\$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')
-   CHALLENGE=\$(printf %s "\$VERIFIER" | openssl dgst -sha256 -binary | basenc --base64url | tr -d '=')
-   # open in a browser, sign in; it redirects to http://127.0.0.1/callback?code=...
-   echo "$PUBLIC/authorize?response_type=code&client_id=mobile-app&redirect_uri=http://127.0.0.1/callback&scope=read:data&state=xyz&code_challenge=\$CHALLENGE&code_challenge_method=S256"
-   curl -s -d grant_type=authorization_code -d client_id=mobile-app -d redirect_uri=http://127.0.0.1/callback \\
-     -d code_verifier="\$VERIFIER" -d code=<code from the address bar> $PUBLIC/token
-
-The CLI works on the stack's database with: export TOLLGATE_DB=$RUN_PATH/tollgate.db
-Anonymous route: curl -s $PUBLIC/public/hello      Another client: reader / $READER_SECRET
-Press Ctrl-C to stop.
-EOF_WALK
+demo_walkthrough "logs in $RUN/" \
+  "The CLI works on the stack's database with: export TOLLGATE_DB=$RUN_PATH/tollgate.db" \
+  "Press Ctrl-C to stop."
 
 while :; do
   supervise

@@ -32,7 +32,7 @@ pids_to_reap=()
 cleanup() {
   local pid
   for pid in "${pids_to_reap[@]}"; do kill -KILL "$pid" 2> /dev/null || true; done
-  rm -rf "$RUN" "$OUT" "$RUN".second "$RUN".app
+  rm -rf "$RUN" "$OUT" "$RUN".second
 }
 trap cleanup EXIT
 
@@ -95,8 +95,6 @@ expect_all_stopped() {
   ok "$what: make, run.sh and all 3 components stopped, ports closed"
 }
 
-status_of() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
-
 echo "1. make run, the walkthrough against it"
 start_stack
 ok "make run printed the banner (filter ready)"
@@ -104,33 +102,9 @@ ok "make run printed the banner (filter ready)"
 source "$RUN/demo.env"
 [[ $(stat -c %a "$RUN/demo.env") == 600 ]] || fail "demo.env is not mode 600"
 ok "demo secrets are kept in a mode-600 state file"
-python3 envoy/demo/mobile_app.py --username "$DEMO_USER" --password "$DEMO_PASSWORD" > "$RUN.app" 2>&1 ||
-  fail "the mobile app's flow: $(cat "$RUN.app")"
-grep -q 'refresh token rotated' "$RUN.app" || fail "the mobile app did not refresh"
-ok "mobile app: code + PKCE sign-in, API call, refresh (envoy/demo/mobile_app.py)"
-[[ $(python3 envoy/demo/mobile_app.py --username "$DEMO_USER" --password wrong-password 2>&1) == *'wrong password'* ]] ||
-  fail "a wrong password did not fail the sign-in"
-ok "mobile app: a wrong password is refused"
-TOKEN=$(curl -s -u "backend:$BACKEND_SECRET" -d grant_type=client_credentials -d scope=read:data "$PUBLIC/token" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-body=$(curl -s -H "Authorization: Bearer $TOKEN" "$PUBLIC/data")
-python3 -c 'import json,sys; h=json.loads(sys.argv[1])["headers"]; assert "authorization" not in h and h["x-tollgate-client-id"] == "backend", h' "$body" ||
-  fail "step 2: the upstream did not get the identity without the token"
-ok "walkthrough 1-2: client_credentials token, 200, upstream sees x-tollgate-client-id: backend and no token"
-curl -s -D - -o /dev/null "$PUBLIC/data" | grep -qi '^www-authenticate: Bearer realm="tollgate-sample"' || fail "step 3"
-[[ $(status_of -H "Authorization: Bearer ${TOKEN}x" "$PUBLIC/data") == 401 ]] || fail "step 4"
-[[ $(status_of -X POST -H "Authorization: Bearer $TOKEN" "$PUBLIC/data") == 403 ]] || fail "step 5"
-ok "walkthrough 3-5: 401 Bearer realm, 401 bad token, 403 missing scope"
-body=$(curl -s -H "X-API-Key: $PARTNER_API_KEY" "$PUBLIC/data")
-python3 -c 'import json,sys; h=json.loads(sys.argv[1])["headers"]; assert "x-api-key" not in h and h["x-tollgate-consumer"] == "partner-a" and h["x-tollgate-tenant"] == "acme", h' "$body" ||
-  fail "step 6: API key"
-ok "walkthrough 6: API key, upstream sees consumer partner-a, tenant acme, no key"
-ADMIN=$(curl -s -u "key-admin:$KEY_ADMIN_SECRET" -d grant_type=client_credentials http://127.0.0.1:9000/token |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-[[ $(status_of -H "Authorization: Bearer $ADMIN" http://127.0.0.1:9000/admin/api-keys) == 200 ]] || fail "step 7: admin API"
-ok "walkthrough 7: admin API with the key-admin client"
-[[ $(status_of -H 'x_tollgate_subject: admin' "$PUBLIC/public/hello") == 400 ]] || fail "underscored header not refused"
-ok "a client-sent x_tollgate_subject is refused with 400"
+# shellcheck source=envoy/demo/walkthrough.sh
+source envoy/demo/walkthrough.sh
+demo_check
 
 echo "2. a second make run is refused"
 sums=$(md5sum "$RUN"/*.log)
@@ -144,7 +118,7 @@ second=$(TOLLGATE_RUN_DIR=$RUN.second make --no-print-directory run 2>&1) && fai
 [[ $second == *'127.0.0.1:8080 (Envoy) is already in use'* ]] || fail "the second make run did not name the busy port: $second"
 [[ ! -e $RUN.second ]] || fail "the refused make run created its state directory"
 ok "a second make run exits non-zero, says so, prints no secret, leaves logs and state alone"
-[[ $(status_of "$PUBLIC/public/hello") == 200 ]] || fail "the first stack is hurt"
+[[ $(demo_status "$PUBLIC/public/hello") == 200 ]] || fail "the first stack is hurt"
 ok "the first stack still serves"
 
 echo "3. every way of stopping stops everything"
