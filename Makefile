@@ -119,16 +119,21 @@ bench: tools wasm
 ## Docker compose -------------------------------------------------------------
 
 # The same sample stack in containers, from an image built only from local files
-# (envoy/docker/). Uses `docker compose`, else Debian's `docker-compose`.
+# (envoy/docker/), seeded like make run (envoy/docker/compose.sh). Uses
+# `docker compose`, else Debian's `docker-compose`. Never part of make test.
 COMPOSE_YAML := envoy/docker/compose.yaml
 COMPOSE      ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: compose-up compose-down
+.PHONY: compose-up compose-down docker-test
 
 compose-up: tools wasm bins
-	envoy/docker/stage.sh
-	$(COMPOSE) -f $(COMPOSE_YAML) build
-	$(COMPOSE) -f $(COMPOSE_YAML) up
+	COMPOSE="$(COMPOSE)" envoy/docker/compose.sh up
 
 compose-down:
 	$(COMPOSE) -f $(COMPOSE_YAML) down
+
+# Builds the image, brings the stack up on host networking, runs the walkthrough
+# checks against the containers and removes them. Needs a running dockerd: says so
+# and fails where there is none.
+docker-test: tools wasm bins
+	COMPOSE="$(COMPOSE)" envoy/docker/compose.sh test

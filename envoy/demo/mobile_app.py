@@ -146,6 +146,7 @@ def call_api(api: str, access_token: str) -> dict:
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)
     parser = argparse.ArgumentParser(description="The sample stack's mobile app: code + PKCE, API call, refresh.")
     parser.add_argument("--issuer", default="http://127.0.0.1:8080")
     parser.add_argument("--client-id", default="mobile-app")
