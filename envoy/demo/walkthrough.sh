@@ -1,5 +1,6 @@
+# shellcheck shell=bash
 # The sample stack's walkthrough, shared by make run (envoy/run.sh), make compose-up
-# and the tests (envoy/test_run.sh, envoy/docker/test.sh). Sourced, after the demo
+# and the tests (envoy/test_run.sh, envoy/docker/compose.sh). Sourced, after the demo
 # state file (envoy/seed.sh) has been sourced: it uses BACKEND_SECRET, READER_SECRET,
 # KEY_ADMIN_SECRET, PARTNER_API_KEY, DEMO_USER and DEMO_PASSWORD.
 
