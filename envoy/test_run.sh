@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -z ${TOLLGATE_TEST_NETNS:-} ]] && command -v unshare > /dev/null && unshare --net true 2> /dev/null; then
+if [[ -z ${TOLLGATE_TEST_NETNS:-} ]] && command -v unshare ip > /dev/null && unshare --net true 2> /dev/null; then
   # shellcheck disable=SC2016 # $0 and $@ expand in the inner shell
   exec unshare --net env TOLLGATE_TEST_NETNS=1 bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
 fi
