@@ -7,7 +7,7 @@ ENVOY         := $(VENV)/bin/envoy
 WASM          := target/wasm32-wasip1/release/tollgate.wasm
 CARGO         ?= cargo
 
-.PHONY: all run test unit e2e wasm bins tools lint clean
+.PHONY: all run test unit e2e wasm bins tools lint clean oci oci-test istio-test run-test
 
 all: wasm bins
 
@@ -33,16 +33,65 @@ wasm: .wasm-target
 bins:
 	$(CARGO) build --release -p tollgate-token-service -p tollgate-sample-api
 
+## OCI image ---------------------------------------------------------------
+
+# The filter as a Wasm OCI image (envoy/oci/build.py): an OCI layout in
+# target/oci/tollgate and a tarball beside it; prints the manifest digest.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+
+oci: wasm
+	python3 envoy/oci/build.py --tag $(VERSION) --version $(VERSION)
+
+# Reads the image with skopeo, pushes it to Debian's docker-registry on loopback,
+# pulls it back and has Envoy load the module from the registry (envoy/oci/test_oci.py).
+oci-test: tools wasm .oci-tools
+	ENVOY=$(abspath $(ENVOY)) python3 envoy/oci/test_oci.py
+
+.PHONY: .oci-tools
+.oci-tools:
+	@command -v skopeo >/dev/null && command -v docker-registry >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo docker-registry; }
+
+## Istio ---------------------------------------------------------------------
+
+# envoy/istio/ against Istio's published CRD schemas (python-jsonschema, pinned,
+# in the venv) and against the sample stack (envoy/istio/test_istio.py).
+PYDEPS := jsonschema==4.23.0 PyYAML==6.0.2
+
+istio-test: $(VENV)/.pydeps
+	$(VENV)/bin/python envoy/istio/test_istio.py
+
+$(VENV)/.pydeps: $(ENVOY) Makefile
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PYDEPS)
+	echo "$(PYDEPS)" > $@
+
 ## Run ---------------------------------------------------------------------
 
-run: tools wasm bins
-	ENVOY=$(ENVOY) envoy/run.sh
+# envoy/run.sh: a second make run while one runs is refused before anything is
+# built. exec: the script's parent is make, which it follows (see run.sh).
+run: .run-check tools wasm bins
+	exec env ENVOY=$(ENVOY) envoy/run.sh
+
+.PHONY: .run-check
+.run-check:
+	@envoy/run.sh --check
 
 ## Test --------------------------------------------------------------------
 
 # Unit tests on the host, and end-to-end tests against real Envoy and real services.
-test: tools wasm
+# Then, one after the other (the stack's fixed ports are in a network namespace of
+# their own, but the machine has 2 cores): the Istio manifests, the OCI image, and
+# make run with the demo app's code + PKCE flow.
+test: tools wasm bins
 	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) test --workspace -- --test-threads 4
+	$(MAKE) --no-print-directory istio-test
+	$(MAKE) --no-print-directory oci-test
+	$(MAKE) --no-print-directory run-test
+
+# make run as a service manager (stopping, a second instance, a component that
+# exits) and the walkthrough against it, the demo app included (envoy/test_run.sh).
+run-test: tools wasm bins
+	envoy/test_run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -70,16 +119,21 @@ bench: tools wasm
 ## Docker compose -------------------------------------------------------------
 
 # The same sample stack in containers, from an image built only from local files
-# (envoy/docker/). Uses `docker compose`, else Debian's `docker-compose`.
+# (envoy/docker/), seeded like make run (envoy/docker/compose.sh). Uses
+# `docker compose`, else Debian's `docker-compose`. Never part of make test.
 COMPOSE_YAML := envoy/docker/compose.yaml
 COMPOSE      ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: compose-up compose-down
+.PHONY: compose-up compose-down docker-test
 
 compose-up: tools wasm bins
-	envoy/docker/stage.sh
-	$(COMPOSE) -f $(COMPOSE_YAML) build
-	$(COMPOSE) -f $(COMPOSE_YAML) up
+	COMPOSE="$(COMPOSE)" envoy/docker/compose.sh up
 
 compose-down:
 	$(COMPOSE) -f $(COMPOSE_YAML) down
+
+# Builds the image, brings the stack up on host networking, runs the walkthrough
+# checks against the containers and removes them. Needs a running dockerd: says so
+# and fails where there is none.
+docker-test: tools wasm bins
+	COMPOSE="$(COMPOSE)" envoy/docker/compose.sh test

@@ -1,123 +1,145 @@
 #!/usr/bin/env bash
-# Starts the Tollgate sample stack in the foreground: the sample API, the token
-# service and Envoy with the filter. Ctrl-C stops all three.
+# Runs the Tollgate sample stack in the foreground, like a small service manager:
+# the sample API, the token service and Envoy with the filter.
 #
-# State lives in .run/: the token service database (keys and clients survive
-# restarts) and, for this demo only, the demo clients' secrets so the
-# walkthrough can print copy-paste commands. The service itself stores only
-# argon2 hashes.
+# - One stack at a time: a second start (same state directory, or the stack's ports
+#   taken) says so and exits 1 before it changes anything. `run.sh --check` does only
+#   that test (make run calls it before building).
+# - Stopping it in any way stops every component: Ctrl-C, `kill` of the script, `kill`
+#   of make (the script follows its parent), even `kill -9` of the script (the
+#   components get SIGTERM when it dies, through setpriv --pdeathsig).
+# - A component that exits is named with the tail of its log, and the rest are stopped.
+# - The banner comes only once the filter has its keys: until then Envoy answers 503.
+#
+# State lives in $TOLLGATE_RUN_DIR (default .run/): the token service's database, the
+# logs, and, for this demo only, the demo identities' secrets (envoy/seed.sh) so the
+# walkthrough can print copy-paste commands. The service itself stores only hashes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENVOY=${ENVOY:-.venv/bin/envoy}
 BIN=target/release
-RUN=.run
-DB=$RUN/tollgate.db
-CREDS=$RUN/demo-clients.env
-KEYS=$RUN/demo-api-keys.env
+RUN=${TOLLGATE_RUN_DIR:-.run}
+STATE=$RUN/demo.env
 PUBLIC=http://127.0.0.1:8080
+# The fixed addresses of envoy/envoy.yaml and the commands below.
+PORTS=(8080:Envoy 9901:Envoy-admin 9000:token-service 9100:sample-api)
 
-mkdir -p "$RUN"
-chmod 700 "$RUN"
-export TOLLGATE_DB=$DB
+say() { echo "make run: $*" >&2; }
 
-# Prints the new client's secret; the CLI shows it once and stores only its hash.
-secret_of() {
-  local out
-  out=$("$BIN/tollgate-token-service" clients add --id "$1" --scopes "$2" 2>&1) || {
-    echo "cannot create demo client $1 (remove $RUN/ to start afresh): $out" >&2
-    return 1
-  }
-  awk '/^client_secret:/ {print $2}' <<< "$out"
+# Exits 1 if a stack is running from $RUN or any of the stack's ports is taken.
+# Touches nothing: the lock file is opened for appending, never truncated.
+refuse_if_running() {
+  if [[ -d $RUN ]]; then
+    exec 9>> "$RUN/run.lock"
+    if ! flock -n 9; then
+      local pid
+      pid=$(cat "$RUN/run.pid" 2> /dev/null || echo '?')
+      say "the sample stack is already running from $RUN/ (pid $pid). Stop it first: Ctrl-C in its terminal, or kill $pid."
+      exit 1
+    fi
+  fi
+  local entry
+  for entry in "${PORTS[@]}"; do
+    if (exec 3<> "/dev/tcp/127.0.0.1/${entry%%:*}") 2> /dev/null; then
+      say "127.0.0.1:${entry%%:*} (${entry#*:}) is already in use, by another make run (another checkout?) or another program. Stop it first."
+      exit 1
+    fi
+  done
 }
 
-if [[ ! -f $CREDS ]]; then
-  mobile=$(secret_of mobile-app 'read:data write:data')
-  reader=$(secret_of reader 'read:data')
-  umask 077
-  printf 'MOBILE_APP_SECRET=%s\nREADER_SECRET=%s\n' "$mobile" "$reader" > "$CREDS"
+if [[ ${1:-} == --check ]]; then
+  refuse_if_running
+  exit 0
 fi
-if [[ ! -f $KEYS ]]; then
-  # An operator client for the admin API, and an API-key consumer with one key
-  # (printed once by the CLI; the service stores only its SHA-256).
-  admin=$(secret_of key-admin 'tollgate:admin')
-  "$BIN/tollgate-token-service" consumers add --id partner-a --tenant acme \
-    --scopes read:data > /dev/null
-  key=$("$BIN/tollgate-token-service" api-keys create --consumer partner-a 2> /dev/null \
-    | awk '/^api_key:/ {print $2}')
-  [[ -n $key ]] || { echo "cannot create the demo API key (remove $RUN/ to start afresh)" >&2; exit 1; }
-  umask 077
-  printf 'KEY_ADMIN_SECRET=%s\nPARTNER_API_KEY=%s\n' "$admin" "$key" > "$KEYS"
+
+refuse_if_running
+mkdir -p "$RUN"
+chmod 700 "$RUN"
+# Held for as long as this script runs (components do not inherit it).
+exec 9>> "$RUN/run.lock"
+if ! flock -n 9; then
+  say "another make run is starting from $RUN/"
+  exit 1
 fi
+if [[ -f $RUN/demo-clients.env ]]; then
+  say "$RUN/ comes from an older make run (its mobile-app client was confidential; it is now the public"
+  say "client of the code flow). Start afresh: rm -rf $RUN"
+  exit 1
+fi
+echo $$ > "$RUN/run.pid"
+RUN_PATH=$(cd "$RUN" && pwd)
+export TOLLGATE_DB=$RUN/tollgate.db
+envoy/seed.sh "$STATE" "$BIN/tollgate-token-service"
 # shellcheck disable=SC1090
-source "$CREDS"
-# shellcheck disable=SC1090
-source "$KEYS"
+source "$STATE"
 
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+names=() pids=() logs=()
+# Components get SIGTERM if this script dies without cleaning up (kill -9).
+DEATHSIG=()
+if command -v setpriv > /dev/null; then DEATHSIG=(setpriv --pdeathsig TERM --); fi
 
-"$BIN/sample-api" --listen 127.0.0.1:9100 > "$RUN/sample-api.log" 2>&1 &
-pids+=($!)
-"$BIN/tollgate-token-service" serve --listen 127.0.0.1:9000 --issuer "$PUBLIC" \
-  --audience tollgate-sample-api > "$RUN/token-service.log" 2>&1 &
-pids+=($!)
-"$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart --log-level warn \
-  --component-log-level wasm:info > "$RUN/envoy.log" 2>&1 &
-pids+=($!)
+start() {
+  local name=$1
+  shift
+  "${DEATHSIG[@]}" "$@" > "$RUN/$name.log" 2>&1 9>&- &
+  names+=("$name") pids+=($!) logs+=("$RUN/$name.log")
+}
 
-for _ in $(seq 1 100); do
-  curl -fs http://127.0.0.1:9901/ready > /dev/null 2>&1 && break
-  sleep 0.2
+stop() {
+  trap - EXIT INT TERM HUP
+  local pid alive
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2> /dev/null || true; done
+  for _ in $(seq 1 100); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2> /dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2> /dev/null || true; done
+  wait 2> /dev/null || true
+  rm -f "$RUN/run.pid"
+}
+trap stop EXIT
+trap 'echo; say "stopping"; stop; exit 130' INT
+trap 'say "stopping"; stop; exit 143' TERM
+trap 'stop; exit 129' HUP
+
+# Exits (stopping the rest) if a component has exited or make has gone away.
+supervise() {
+  local i status
+  for i in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$i]}" 2> /dev/null; then
+      status=0
+      wait "${pids[$i]}" || status=$?
+      say "${names[$i]} exited (status $status); the end of ${logs[$i]}:"
+      tail -n 20 "${logs[$i]}" | sed 's/^/    /' >&2
+      exit 1
+    fi
+  done
+  if ! kill -0 "$PPID" 2> /dev/null; then
+    say "the parent process (pid $PPID) has gone; stopping"
+    exit 1
+  fi
+}
+
+start sample-api "$BIN/sample-api" --listen 127.0.0.1:9100
+start token-service "$BIN/tollgate-token-service" serve --listen 127.0.0.1:9000 --issuer "$PUBLIC" \
+  --audience tollgate-sample-api
+start envoy "$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart --log-level warn \
+  --component-log-level wasm:info
+
+# shellcheck source=envoy/demo/walkthrough.sh
+source envoy/demo/walkthrough.sh
+if ! demo_wait_ready 30 supervise; then
+  say "the stack did not become ready within 30 s; logs in $RUN/"
+  exit 1
+fi
+demo_walkthrough "logs in $RUN/" \
+  "The CLI works on the stack's database with: export TOLLGATE_DB=$RUN_PATH/tollgate.db" \
+  "Press Ctrl-C to stop."
+
+while :; do
+  supervise
+  sleep 0.5 9>&-
 done
-curl -fs http://127.0.0.1:9901/ready > /dev/null || { echo "Envoy did not start; see $RUN/envoy.log"; exit 1; }
-
-cat <<EOF_WALK
-
-Tollgate sample stack is up (logs in $RUN/).
-  Envoy + Tollgate  $PUBLIC      token service 127.0.0.1:9000      sample API 127.0.0.1:9100
-
-1. Get a token (client_credentials, client_secret_basic):
-
-   TOKEN=\$(curl -s -u mobile-app:$MOBILE_APP_SECRET \\
-     -d grant_type=client_credentials -d scope=read:data $PUBLIC/token \\
-     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-
-2. Call the API: 200, and the echo shows no Authorization header but x-tollgate-* identity:
-
-   curl -s -H "Authorization: Bearer \$TOKEN" $PUBLIC/data
-
-3. No token: 401 with WWW-Authenticate: Bearer realm="tollgate-sample":
-
-   curl -i $PUBLIC/data
-
-4. A bad token: 401 error="invalid_token":
-
-   curl -i -H "Authorization: Bearer \${TOKEN}x" $PUBLIC/data
-
-5. Missing scope (POST /data needs write:data): 403 error="insufficient_scope":
-
-   curl -i -X POST -H "Authorization: Bearer \$TOKEN" $PUBLIC/data
-
-6. An API key (consumer partner-a, tenant acme): 200, the upstream sees
-   x-tollgate-consumer and x-tollgate-tenant but no key:
-
-   curl -s -H "X-API-Key: $PARTNER_API_KEY" $PUBLIC/data
-
-7. Manage keys through the token service's admin API (scope tollgate:admin):
-
-   ADMIN=\$(curl -s -u key-admin:$KEY_ADMIN_SECRET -d grant_type=client_credentials \\
-     http://127.0.0.1:9000/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-   curl -s -H "Authorization: Bearer \$ADMIN" http://127.0.0.1:9000/admin/api-keys
-   curl -s -H "Authorization: Bearer \$ADMIN" -H 'Content-Type: application/json' \\
-     -d '{"consumer":"partner-a","expires_in":86400}' http://127.0.0.1:9000/admin/api-keys
-
-   New, disabled and deleted keys take effect at the gateway within about 3 s.
-
-Anonymous route: curl -s $PUBLIC/public/hello      Another client: reader / $READER_SECRET
-Press Ctrl-C to stop.
-EOF_WALK
-
-wait -n "${pids[@]}"
-echo "a component exited; see $RUN/*.log"
