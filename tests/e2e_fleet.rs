@@ -137,14 +137,15 @@ fn two_envoys_share_one_limit() {
 }
 
 /// What a client sees from each refusal on one rule with a local policy (Tollgate,
-/// checked first) and the fleet-wide one (the native filter): the remote limit (2)
-/// refuses the third request, the local one (3) every request after that, without
-/// a call to the backend.
+/// checked first, `response_headers` on) and the fleet-wide one (the native filter):
+/// the remote limit (2) refuses the third and fourth requests, the local one (4) the
+/// fifth, without a call to the backend.
 #[test]
 fn native_and_local_refusals_and_no_remote_call_after_a_local_one() {
     let fleet = Fleet::builder(&per_client_limits(2), 1)
         .local_limits(
-            json!({"policies": {"local": {"limit": 3, "window": "60s", "key": "subject"}}}),
+            json!({"policies": {"local": {"limit": 4, "window": "60s", "key": "subject"}},
+                   "response_headers": true}),
         )
         .start();
     let envoy = &fleet.envoys[0];
@@ -173,18 +174,27 @@ fn native_and_local_refusals_and_no_remote_call_after_a_local_one() {
         Some(reset.to_string().as_str())
     );
     assert_eq!(native.header("content-type"), Some("application/json"));
+    assert_eq!(native.header("cache-control"), Some("no-store"));
     let body: Value = serde_json::from_str(&native.body).unwrap();
     assert_eq!(body["error"], "rate_limited");
-    // What the native path cannot give: the IETF RateLimit headers Tollgate sends.
-    assert_eq!(native.header("ratelimit"), None);
-    assert_eq!(native.header("ratelimit-policy"), None);
+    // What the native path cannot give: the RateLimit headers of the fleet policy.
+    // Tollgate, having admitted the request before the native filter ran, put its
+    // local policy's on it: a 429 that says one request remains.
+    assert_eq!(
+        native.header("ratelimit-policy"),
+        Some("\"local\";q=4;w=60")
+    );
+    assert!(native
+        .header("ratelimit")
+        .unwrap()
+        .starts_with("\"local\";r=1;"));
 
     // Tollgate's own 429.
-    let local = &replies[3];
+    let local = &replies[4];
     eprintln!("local 429: {:?} {:?}", local.headers, local.body);
     assert_eq!(local.header("x-envoy-ratelimited"), None);
     assert!(local.header("retry-after").is_some());
-    assert_eq!(local.header("ratelimit-policy"), Some("\"local\";q=3;w=60"));
+    assert_eq!(local.header("ratelimit-policy"), Some("\"local\";q=4;w=60"));
     assert!(local
         .header("ratelimit")
         .unwrap()
@@ -192,14 +202,14 @@ fn native_and_local_refusals_and_no_remote_call_after_a_local_one() {
     let body: Value = serde_json::from_str(&local.body).unwrap();
     assert_eq!(body["error"], "rate_limited");
 
-    // Requests 4 and 5 never reached the backend.
+    // Request 5 never reached the backend.
     let stats = fleet.backend.stats();
     assert_eq!(
         (stats["calls"].as_u64(), stats["over_limit"].as_u64()),
-        (Some(3), Some(1)),
+        (Some(4), Some(2)),
         "{stats}"
     );
-    assert_eq!(ratelimit_stat(envoy, "over_limit"), 1);
+    assert_eq!(ratelimit_stat(envoy, "over_limit"), 2);
 }
 
 fn fail_closed(config: &mut support::envoy::EnvoyConfig) {

@@ -18,12 +18,14 @@ pub const DOMAIN: &str = "tollgate";
 const SAMPLE_RLS_PORT: &str = "port_value: 8181";
 
 type ConfigEdit = Box<dyn Fn(&mut EnvoyConfig)>;
+type PluginEdit = Box<dyn FnOnce(&mut Value)>;
 
 pub struct FleetBuilder {
     backend: RlsBackendBuilder,
     envoys: usize,
     local_limits: Option<Value>,
     edits: Vec<ConfigEdit>,
+    plugin_edits: Vec<PluginEdit>,
 }
 
 pub struct Fleet {
@@ -42,6 +44,7 @@ impl Fleet {
             envoys,
             local_limits: None,
             edits: Vec::new(),
+            plugin_edits: Vec::new(),
         }
     }
 
@@ -63,6 +66,13 @@ impl FleetBuilder {
     /// request, before the fleet-wide limit.
     pub fn local_limits(mut self, rate_limits: Value) -> Self {
         self.local_limits = Some(rate_limits);
+        self
+    }
+
+    /// Changes the plugin configuration (the test issuer as provider `test`, one
+    /// rule for every path requiring read:data), after `local_limits`.
+    pub fn plugin_config(mut self, f: impl FnOnce(&mut Value) + 'static) -> Self {
+        self.plugin_edits.push(Box::new(f));
         self
     }
 
@@ -97,6 +107,9 @@ impl FleetBuilder {
                 .unwrap_or_default();
             plugin["rules"][0]["rate_limits"] = json!(names);
             plugin["rate_limits"] = local.clone();
+        }
+        for edit in self.plugin_edits {
+            edit(&mut plugin);
         }
         let envoys = (0..self.envoys)
             .map(|_| {
