@@ -275,3 +275,36 @@ fn native_slow_backend_hits_the_timeout() {
     assert_eq!(ratelimit_stat(&fleet.envoys[0], "failure_mode_allowed"), 1);
     assert!(stat(&fleet.backend, "calls") >= 1);
 }
+
+/// A limit whose condition cannot be evaluated for a request (it reads a second
+/// descriptor; Envoy sends one) makes the backend answer an error, which the
+/// sample lets through, and the backend goes on answering.
+#[test]
+fn a_limit_the_backend_cannot_evaluate_is_an_error_answer() {
+    let limits = format!(
+        "- namespace: {DOMAIN}\n  max_value: 1\n  seconds: 60\n  \
+         conditions: [\"descriptors[1].policy == 'fleet-per-client'\"]\n  variables: []\n"
+    );
+    let fleet = Fleet::builder(&limits, 1).start();
+    let (agent, url, token) = (
+        support::http_agent(),
+        fleet.envoys[0].url("/data"),
+        fleet.token("frank"),
+    );
+    for _ in 0..2 {
+        assert_eq!(get(&agent, &url, &token).status, 200);
+    }
+    // Envoy may give up (0.25 s) before the backend has answered: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&fleet.backend, "errors") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = fleet.backend.stats();
+    assert_eq!(
+        (stats["calls"].as_u64(), stats["errors"].as_u64()),
+        (Some(2), Some(2)),
+        "{stats}"
+    );
+    assert_eq!(ratelimit_stat(&fleet.envoys[0], "error"), 2);
+    assert_eq!(ratelimit_stat(&fleet.envoys[0], "failure_mode_allowed"), 2);
+}

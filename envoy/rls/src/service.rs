@@ -38,7 +38,8 @@ pub struct Options {
 /// What the backend has answered since it started, for tests and the admin endpoint.
 #[derive(Default, Serialize)]
 pub struct Stats {
-    /// ShouldRateLimit calls received (answered or not).
+    /// ShouldRateLimit calls received. Each ends in one of the three below, even
+    /// when the caller gave up waiting.
     pub calls: AtomicU64,
     pub ok: AtomicU64,
     pub over_limit: AtomicU64,
@@ -175,19 +176,35 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let backend = &self.0;
-        backend.stats.calls.fetch_add(1, Ordering::Relaxed);
-        if !backend.options.delay.is_zero() {
-            tokio::time::sleep(backend.options.delay).await;
-        }
-        let answer = backend.answer(request.into_inner()).await;
-        let stats = &backend.stats;
-        let counted = match &answer {
-            Ok(r) if r.overall_code == i32::from(Code::OverLimit) => &stats.over_limit,
-            Ok(_) => &stats.ok,
-            Err(_) => &stats.errors,
-        };
-        counted.fetch_add(1, Ordering::Relaxed);
+        // In a task of its own: a call Envoy gives up on (its timeout) still runs to
+        // the end and is counted, as it would be by any server.
+        let backend = Arc::clone(&self.0);
+        let request = request.into_inner();
+        let call = tokio::spawn(async move {
+            backend.stats.calls.fetch_add(1, Ordering::Relaxed);
+            if !backend.options.delay.is_zero() {
+                tokio::time::sleep(backend.options.delay).await;
+            }
+            // Limitador panics on a condition that fails to evaluate (say, it
+            // indexes a descriptor the request lacks): answer INTERNAL for it.
+            let answering = Arc::clone(&backend);
+            let answer = tokio::spawn(async move { answering.answer(request).await })
+                .await
+                .unwrap_or_else(|err| {
+                    Err(Status::internal(format!("limit evaluation failed: {err}")))
+                });
+            let stats = &backend.stats;
+            let counted = match &answer {
+                Ok(r) if r.overall_code == i32::from(Code::OverLimit) => &stats.over_limit,
+                Ok(_) => &stats.ok,
+                Err(_) => &stats.errors,
+            };
+            counted.fetch_add(1, Ordering::Relaxed);
+            answer
+        });
+        let answer = call
+            .await
+            .unwrap_or_else(|err| Err(Status::internal(err.to_string())));
         answer.map(Response::new)
     }
 }
