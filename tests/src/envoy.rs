@@ -49,7 +49,14 @@ pub struct EnvoyConfig {
 
 impl EnvoyConfig {
     pub fn sample(ports: StackPorts) -> EnvoyConfig {
-        let text = std::fs::read_to_string(repo_path(SAMPLE)).expect("reading envoy/envoy.yaml");
+        EnvoyConfig::from_file(SAMPLE, ports)
+    }
+
+    /// Another bootstrap of the repository laid out like the sample (same ports),
+    /// e.g. the fleet sample `envoy/fleet/envoy.yaml`.
+    pub fn from_file(path: &str, ports: StackPorts) -> EnvoyConfig {
+        let text = std::fs::read_to_string(repo_path(path))
+            .unwrap_or_else(|e| panic!("reading {path}: {e}"));
         let yaml = text
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", ports.listener))
             .replace(
@@ -111,6 +118,13 @@ impl EnvoyConfig {
 
     pub fn set_plugin_config(&mut self, config: &Value) {
         self.set_plugin_config_text(&serde_json::to_string_pretty(config).unwrap());
+    }
+
+    /// Replaces text of the bootstrap outside the plugin configuration, e.g. a
+    /// cluster's `port_value`; panics if `from` is not there.
+    pub fn replace(&mut self, from: &str, to: &str) {
+        assert!(self.yaml.contains(from), "`{from}` not in the Envoy config");
+        self.yaml = self.yaml.replace(from, to);
     }
 
     pub fn yaml(&self) -> &str {

@@ -3,8 +3,11 @@
 
 pub mod artifacts;
 pub mod envoy;
+pub mod fleet;
 pub mod oauth;
 pub mod process;
+pub mod redis;
+pub mod rls;
 pub mod stack;
 pub mod token_service;
 
