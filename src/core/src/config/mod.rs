@@ -92,8 +92,18 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTokenCache {
+    #[serde(default = "default_cache_entries")]
     max_entries: usize,
+    #[serde(default = "default_cache_bytes")]
     max_bytes: usize,
+}
+
+fn default_cache_entries() -> usize {
+    10_000
+}
+
+fn default_cache_bytes() -> usize {
+    16 << 20
 }
 
 /// Where the client's address comes from.
@@ -298,6 +308,8 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         api_keys,
         token_cache: raw
             .token_cache
-            .map_or((10_000, 16 << 20), |c| (c.max_entries, c.max_bytes)),
+            .map_or((default_cache_entries(), default_cache_bytes()), |c| {
+                (c.max_entries, c.max_bytes)
+            }),
     })
 }

@@ -467,3 +467,12 @@ fn claim_paths_are_checked_where_providers_name_them() {
     assert_eq!(p.claim_to_headers[0].0.top(), "https://example.com/tenant");
     assert_eq!(p.client_id_claims.len(), 2, "client_id, then azp");
 }
+
+#[test]
+fn token_cache_fields_default_one_by_one() {
+    let mut v = base();
+    v["token_cache"] = json!({"max_entries": 0});
+    assert_eq!(parse_value(&v).unwrap().token_cache, (0, 16 << 20), "off");
+    v["token_cache"] = json!({"max_bytes": 1024});
+    assert_eq!(parse_value(&v).unwrap().token_cache, (10_000, 1024));
+}

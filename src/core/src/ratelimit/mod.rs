@@ -139,13 +139,17 @@ pub fn rate_limit_headers(policy: &Policy, verdict: &Verdict) -> [(&'static str,
     ]
 }
 
-/// The `429` for a request a policy refused.
+/// The `429` for a request a policy refused. `RateLimit`'s `t` and
+/// `Retry-After` agree: both say when the next request is admitted (the
+/// bucket refills continuously, so that is before it is full again).
 pub fn limited_response(policy: &Policy, verdict: &Verdict) -> Denial {
-    let mut headers: Vec<(&'static str, String)> = rate_limit_headers(policy, verdict).into();
-    headers.push((
-        "retry-after",
-        ceil_secs(verdict.retry_after_ms).max(1).to_string(),
-    ));
+    let retry_after = ceil_secs(verdict.retry_after_ms).max(1);
+    let refused = Verdict {
+        reset_ms: retry_after * 1000,
+        ..*verdict
+    };
+    let mut headers: Vec<(&'static str, String)> = rate_limit_headers(policy, &refused).into();
+    headers.push(("retry-after", retry_after.to_string()));
     headers.push(("content-type", "application/json".to_string()));
     headers.push(("cache-control", "no-store".to_string()));
     Denial {
@@ -245,7 +249,8 @@ mod tests {
             allowed: false,
             tat_ms: 0,
             remaining: 0,
-            reset_ms: 1_000,
+            // The whole burst is back in 2 s; the next request in 0.4 s.
+            reset_ms: 2_000,
             retry_after_ms: 400,
         };
         let d = limited_response(p, &v);
@@ -261,7 +266,11 @@ mod tests {
             h("ratelimit-policy").as_deref(),
             Some("\"per-client\";q=2;w=1")
         );
-        assert_eq!(h("ratelimit").as_deref(), Some("\"per-client\";r=0;t=1"));
+        assert_eq!(
+            h("ratelimit").as_deref(),
+            Some("\"per-client\";r=0;t=1"),
+            "t agrees with Retry-After on a 429"
+        );
         let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
         assert_eq!(body["error"], "rate_limited");
     }
