@@ -30,11 +30,11 @@ use serde::{Deserialize, Serialize};
 
 use super::form::{self, Form};
 use super::{active_access_token, blocking, AppState, LogContext};
-use crate::api_keys::{self, ApiKey, NewKey, Refused, Restrictions};
-use crate::clock;
-use crate::consumers::{self, Consumer};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::scope::ScopeSet;
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::scope::ScopeSet;
+use crate::server::clock;
+use crate::storage::api_keys::{self, ApiKey, NewKey, Refused, Restrictions};
+use crate::storage::consumers::{self, Consumer};
 
 /// The scope an access token needs for the admin API.
 pub const ADMIN_SCOPE: &str = "tollgate:admin";

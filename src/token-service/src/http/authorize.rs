@@ -23,14 +23,16 @@ use axum::response::{IntoResponse, Response};
 use super::form::{self, Form};
 use super::pages::{self, LoginPage};
 use super::{blocking, client_ip, AppState, LogContext};
-use crate::clients::{self, ClientType};
-use crate::codes::{self, NewCode};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::pending::{PendingAuthorization, Taken};
-use crate::scope::ScopeSet;
-use crate::throttle::{Account, Verdict};
-use crate::users::{self, User};
-use crate::{clock, pkce, redirect_uri, secrets};
+use crate::crypto::secrets;
+use crate::protocol::codes::{self, NewCode};
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::pending::{PendingAuthorization, Taken};
+use crate::protocol::scope::ScopeSet;
+use crate::protocol::{pkce, redirect_uri};
+use crate::server::clock;
+use crate::server::throttle::{Account, Verdict};
+use crate::storage::clients::{self, ClientType};
+use crate::storage::users::{self, User};
 
 /// Longest `state` carried through; clients commonly use a random value or a short JWT.
 const MAX_STATE_LEN: usize = 2048;

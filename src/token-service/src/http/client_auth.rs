@@ -16,10 +16,10 @@ use base64::Engine as _;
 
 use super::form::{decode_component, Form};
 use super::{blocking, AppState};
-use crate::clients::{self, Client, ClientType};
-use crate::errors::OAuthError;
-use crate::secrets;
-use crate::throttle::{Account, Verdict};
+use crate::crypto::secrets;
+use crate::protocol::errors::OAuthError;
+use crate::server::throttle::{Account, Verdict};
+use crate::storage::clients::{self, Client, ClientType};
 
 /// Credentials presented by the client. Deliberately not `Debug`: it holds a secret.
 pub struct ClientCredentials {
@@ -173,7 +173,7 @@ fn parse_basic(value: &[u8]) -> Option<ClientCredentials> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::errors::ErrorCode;
+    use crate::protocol::errors::ErrorCode;
     use axum::http::HeaderValue;
 
     fn basic(raw: &str) -> HeaderMap {

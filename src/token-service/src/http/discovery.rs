@@ -12,8 +12,9 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{blocking, AppState};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::{clients, clock};
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::server::clock;
+use crate::storage::clients;
 
 /// Short enough that verifiers see a rotation's new key within a minute.
 const PUBLIC_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=60");

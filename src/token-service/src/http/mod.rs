@@ -28,15 +28,16 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::sync::Semaphore;
 
-use crate::api_key_hashing::KeyHasher;
-use crate::config::ServeConfig;
-use crate::db::Database;
-use crate::errors::OAuthError;
-use crate::keystore::KeyCache;
-use crate::pending::PendingAuthorizations;
-use crate::throttle::Throttle;
-use crate::token::{self as access_token, VerifiedToken};
-use crate::{clock, revocation};
+use crate::protocol::access_token::{self, VerifiedToken};
+use crate::protocol::errors::OAuthError;
+use crate::protocol::pending::PendingAuthorizations;
+use crate::server::clock;
+use crate::server::config::ServeConfig;
+use crate::server::throttle::Throttle;
+use crate::storage::api_key_hashing::KeyHasher;
+use crate::storage::db::Database;
+use crate::storage::keystore::KeyCache;
+use crate::storage::revocation;
 
 /// State shared by all handlers.
 pub struct AppState {
@@ -146,7 +147,7 @@ async fn access_log(request: Request, next: Next) -> Response {
     response
 }
 
-/// The address a request came from, through trusted proxies (see [`crate::client_ip`]).
+/// The address a request came from, through trusted proxies (see [`crate::server::client_ip`]).
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     state.config.trusted_proxies.client_ip(peer.ip(), headers)
 }

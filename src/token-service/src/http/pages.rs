@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::scope::ScopeSet;
+use crate::protocol::scope::ScopeSet;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:28rem;margin:2rem auto;\
 padding:0 1rem;line-height:1.5}label{display:block;font-weight:600}\

@@ -17,11 +17,11 @@ use serde::Serialize;
 use super::client_auth::{self, Accepts};
 use super::form::{self, Form};
 use super::{blocking, client_ip, AppState, LogContext};
-use crate::clients::Client;
-use crate::clock;
-use crate::errors::{no_store_headers, OAuthError};
-use crate::grants::{self, CodeRequest, Context, Issued, RefreshRequest};
-use crate::scope::ScopeSet;
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::grants::{self, CodeRequest, Context, Issued, RefreshRequest};
+use crate::protocol::scope::ScopeSet;
+use crate::server::clock;
+use crate::storage::clients::Client;
 
 /// Parameters a duplicate error may name; other names are not echoed back.
 const KNOWN_PARAMETERS: &[&str] = &[

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension as _, Row, ToSql};
 
-use crate::scope::ScopeSet;
+use crate::protocol::scope::ScopeSet;
 
 /// Longest accepted client id; ids travel in headers, logs and tokens.
 const MAX_CLIENT_ID_LEN: usize = 128;
@@ -133,7 +133,7 @@ pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Client>> {
 /// its grants are recorded as revoked. Returns whether a client was removed.
 pub fn remove(conn: &Connection, client_id: &str, now: i64) -> rusqlite::Result<bool> {
     let tx = conn.unchecked_transaction()?;
-    crate::refresh::revoke_access_tokens_of_client(&tx, client_id, now)?;
+    crate::protocol::refresh::revoke_access_tokens_of_client(&tx, client_id, now)?;
     let removed = tx.execute("DELETE FROM clients WHERE client_id = ?1", [client_id])?;
     tx.commit()?;
     Ok(removed > 0)
@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn insert_find_list_remove() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
         insert(&conn, &client("b-app", "read"), &[]).expect("insert b");
         let uris = [
             "https://a.example/cb".to_owned(),

@@ -9,14 +9,16 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, ensure, Context as _};
 
-use crate::api_key_hashing::KeyHasher;
-use crate::api_keys::{self, NewKey, Restrictions};
-use crate::clients::{self, Client, ClientType};
-use crate::consumers::{self, Consumer};
-use crate::keys::Algorithm;
-use crate::scope::ScopeSet;
-use crate::users::{self, User};
-use crate::{clock, db, keystore, secrets};
+use crate::crypto::secrets;
+use crate::crypto::signing_keys::Algorithm;
+use crate::protocol::scope::ScopeSet;
+use crate::server::clock;
+use crate::storage::api_key_hashing::KeyHasher;
+use crate::storage::api_keys::{self, NewKey, Restrictions};
+use crate::storage::clients::{self, Client, ClientType};
+use crate::storage::consumers::{self, Consumer};
+use crate::storage::users::{self, User};
+use crate::storage::{db, keystore};
 
 /// Registers a client. A confidential client's secret is printed here, the only time
 /// it is shown.

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::client_ip::TrustedProxies;
-use crate::keys::Algorithm;
-use crate::refresh::Lifetimes;
-use crate::throttle::Limits;
+use crate::crypto::signing_keys::Algorithm;
+use crate::protocol::refresh::Lifetimes;
+use crate::server::client_ip::TrustedProxies;
+use crate::server::throttle::Limits;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {

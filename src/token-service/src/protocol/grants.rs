@@ -15,13 +15,13 @@
 use anyhow::Context as _;
 use rusqlite::Connection;
 
-use crate::clients::{Client, ClientType};
-use crate::config::ServeConfig;
-use crate::errors::OAuthError;
-use crate::keystore::KeySet;
-use crate::scope::ScopeSet;
-use crate::token::{self, Grant, IssuedToken};
-use crate::{codes, pkce, refresh};
+use crate::protocol::access_token::{self, Grant, IssuedToken};
+use crate::protocol::errors::OAuthError;
+use crate::protocol::scope::ScopeSet;
+use crate::protocol::{codes, pkce, refresh};
+use crate::server::config::ServeConfig;
+use crate::storage::clients::{Client, ClientType};
+use crate::storage::keystore::KeySet;
 
 /// What the token endpoint hands out.
 pub struct Issued {
@@ -227,5 +227,6 @@ fn sign(
         scopes,
         lifetime_secs: context.config.access_token_ttl,
     };
-    token::issue(context.keys.signing_key(), &grant, context.now).context("signing access token")
+    access_token::issue(context.keys.signing_key(), &grant, context.now)
+        .context("signing access token")
 }

@@ -7,7 +7,7 @@
 use anyhow::bail;
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 
-use crate::opaque;
+use crate::crypto::opaque;
 
 const MAX_USERNAME_LEN: usize = 64;
 /// NIST SP 800-63B §5.1.1.2: at least 8 characters.
@@ -107,7 +107,7 @@ pub fn remove(conn: &Connection, username: &str, now: i64) -> rusqlite::Result<b
     let Some(user_id) = user_id else {
         return Ok(false);
     };
-    crate::refresh::revoke_access_tokens_of_user(&tx, &user_id, now)?;
+    crate::protocol::refresh::revoke_access_tokens_of_user(&tx, &user_id, now)?;
     tx.execute("DELETE FROM users WHERE user_id = ?1", [&user_id])?;
     tx.commit()?;
     Ok(true)
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn insert_find_list_remove() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
         let alice = user("alice");
         insert(&conn, &alice).expect("insert alice");
         insert(&conn, &user("bob")).expect("insert bob");

@@ -12,14 +12,17 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::api_key_hashing::KeyHasher;
-use crate::config::ServeConfig;
-use crate::db::{self, Database};
+use crate::crypto::secrets;
 use crate::http::{self, AppState};
-use crate::keystore::{self, KeyCache};
-use crate::pending::PendingAuthorizations;
-use crate::throttle::Throttle;
-use crate::{clock, codes, refresh, revocation, secrets};
+use crate::protocol::pending::PendingAuthorizations;
+use crate::protocol::{codes, refresh};
+use crate::server::clock;
+use crate::server::config::ServeConfig;
+use crate::server::throttle::Throttle;
+use crate::storage::api_key_hashing::KeyHasher;
+use crate::storage::db::{self, Database};
+use crate::storage::keystore::{self, KeyCache};
+use crate::storage::revocation;
 
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 

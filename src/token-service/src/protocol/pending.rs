@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::opaque;
-use crate::scope::ScopeSet;
+use crate::crypto::opaque;
+use crate::protocol::scope::ScopeSet;
 
 /// Time a user has to log in.
 const LIFETIME: Duration = Duration::from_secs(600);

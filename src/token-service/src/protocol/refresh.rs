@@ -10,8 +10,8 @@
 
 use rusqlite::{params, Connection, OptionalExtension as _};
 
-use crate::opaque;
-use crate::scope::ScopeSet;
+use crate::crypto::opaque;
+use crate::protocol::scope::ScopeSet;
 
 /// Marks refresh tokens, so that `/revoke` and `/introspect` know what they hold and
 /// secret scanners can spot leaked ones.
@@ -253,8 +253,8 @@ fn insert_token(conn: &Connection, family_id: i64, now: i64) -> rusqlite::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clients::{self, Client, ClientType};
-    use crate::users::{self, User};
+    use crate::storage::clients::{self, Client, ClientType};
+    use crate::storage::users::{self, User};
 
     const LIFETIMES: Lifetimes = Lifetimes {
         idle: 100,
@@ -263,7 +263,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
         let client = Client {
             client_id: "app".to_owned(),
             client_type: ClientType::Public,

@@ -1,14 +1,19 @@
-//! The command line: `serve` and the management commands, parsed and dispatched.
+//! The command line: `serve` and the management commands, parsed and dispatched here;
+//! the management commands themselves are in [`manage`].
+
+mod manage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::ServeConfig;
-use crate::keys::Algorithm;
-use crate::scope::ScopeSet;
-use crate::{api_key_hashing, api_keys, cli, clients, consumers, redirect_uri, server, users};
+use crate::crypto::signing_keys::Algorithm;
+use crate::protocol::redirect_uri;
+use crate::protocol::scope::ScopeSet;
+use crate::server;
+use crate::server::config::ServeConfig;
+use crate::storage::{api_key_hashing, api_keys, clients, consumers, users};
 
 #[derive(Parser)]
 #[command(
@@ -227,40 +232,42 @@ pub fn main() -> ExitCode {
             scopes,
             public,
             redirect_uris,
-        }) => cli::add_client(db, &id, scopes, public, &redirect_uris),
-        Command::Clients(ClientsCommand::List) => cli::list_clients(db),
-        Command::Clients(ClientsCommand::Remove { id }) => cli::remove_client(db, &id),
-        Command::Users(UsersCommand::Add { username }) => cli::add_user(db, &username),
-        Command::Users(UsersCommand::List) => cli::list_users(db),
-        Command::Users(UsersCommand::Remove { username }) => cli::remove_user(db, &username),
-        Command::Keys(KeysCommand::Rotate { alg }) => cli::rotate_keys(db, alg),
-        Command::Keys(KeysCommand::List) => cli::list_keys(db),
+        }) => manage::add_client(db, &id, scopes, public, &redirect_uris),
+        Command::Clients(ClientsCommand::List) => manage::list_clients(db),
+        Command::Clients(ClientsCommand::Remove { id }) => manage::remove_client(db, &id),
+        Command::Users(UsersCommand::Add { username }) => manage::add_user(db, &username),
+        Command::Users(UsersCommand::List) => manage::list_users(db),
+        Command::Users(UsersCommand::Remove { username }) => manage::remove_user(db, &username),
+        Command::Keys(KeysCommand::Rotate { alg }) => manage::rotate_keys(db, alg),
+        Command::Keys(KeysCommand::List) => manage::list_keys(db),
         Command::Consumers(ConsumersCommand::Add {
             id,
             tenant,
             scopes,
             plan,
-        }) => cli::add_consumer(db, id, tenant, scopes, plan),
-        Command::Consumers(ConsumersCommand::List) => cli::list_consumers(db),
-        Command::Consumers(ConsumersCommand::Remove { id }) => cli::remove_consumer(db, &id),
+        }) => manage::add_consumer(db, id, tenant, scopes, plan),
+        Command::Consumers(ConsumersCommand::List) => manage::list_consumers(db),
+        Command::Consumers(ConsumersCommand::Remove { id }) => manage::remove_consumer(db, &id),
         Command::ApiKeys(ApiKeysCommand::Create {
             consumer,
             expires_in,
             allowed_cidrs,
         }) => hasher().and_then(|hasher| {
-            cli::create_api_key(db, &hasher, &consumer, expires_in, allowed_cidrs)
+            manage::create_api_key(db, &hasher, &consumer, expires_in, allowed_cidrs)
         }),
         Command::ApiKeys(ApiKeysCommand::List { consumer }) => {
-            cli::list_api_keys(db, consumer.as_deref())
+            manage::list_api_keys(db, consumer.as_deref())
         }
         Command::ApiKeys(ApiKeysCommand::Disable { id }) => {
-            cli::set_api_key_enabled(db, &id, false)
+            manage::set_api_key_enabled(db, &id, false)
         }
-        Command::ApiKeys(ApiKeysCommand::Enable { id }) => cli::set_api_key_enabled(db, &id, true),
+        Command::ApiKeys(ApiKeysCommand::Enable { id }) => {
+            manage::set_api_key_enabled(db, &id, true)
+        }
         Command::ApiKeys(ApiKeysCommand::Rotate { id, disable_old }) => {
-            hasher().and_then(|hasher| cli::rotate_api_key(db, &hasher, &id, disable_old))
+            hasher().and_then(|hasher| manage::rotate_api_key(db, &hasher, &id, disable_old))
         }
-        Command::ApiKeys(ApiKeysCommand::Delete { id }) => cli::delete_api_key(db, &id),
+        Command::ApiKeys(ApiKeysCommand::Delete { id }) => manage::delete_api_key(db, &id),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
