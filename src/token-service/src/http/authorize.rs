@@ -30,7 +30,7 @@ use crate::protocol::pending::{PendingAuthorization, Taken};
 use crate::protocol::scope::ScopeSet;
 use crate::protocol::{pkce, redirect_uri};
 use crate::server::clock;
-use crate::server::throttle::{Account, Verdict};
+use crate::server::throttle::Account;
 use crate::storage::clients::{self, ClientType};
 use crate::storage::users::{self, User};
 
@@ -260,10 +260,13 @@ async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -
             StatusCode::OK,
         );
     }
-    let account = Account::User(&username);
-    match state.throttle.check(account, ip, Instant::now()) {
-        Verdict::Blocked(wait) => {
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let attempt = match state
+        .throttle
+        .begin(Account::User(&username), ip, Instant::now())
+    {
+        Ok(attempt) => attempt,
+        Err(blocked) => {
+            let seconds = blocked.retry_after_secs();
             let message =
                 format!("Too many failed sign-in attempts. Try again in {seconds} seconds.");
             let mut response = retry(
@@ -278,8 +281,9 @@ async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             return response;
         }
-        Verdict::Proceed(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
-        Verdict::Proceed(_) => {}
+    };
+    if !attempt.delay().is_zero() {
+        tokio::time::sleep(attempt.delay()).await;
     }
     let user = match verify_user(state, &username, password).await {
         Ok(user) => user,
@@ -291,10 +295,10 @@ async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -
         }
     };
     let Some(user) = user else {
-        state.throttle.record_failure(account, ip, Instant::now());
+        attempt.failed();
         return retry(state, taken, &username, INCORRECT_LOGIN, StatusCode::OK);
     };
-    state.throttle.record_success(account, ip);
+    attempt.succeeded();
 
     let authorization = taken.authorization;
     let code = {

@@ -18,7 +18,7 @@ use super::form::{decode_component, Form};
 use super::{blocking, AppState};
 use crate::crypto::secrets;
 use crate::protocol::errors::OAuthError;
-use crate::server::throttle::{Account, Verdict};
+use crate::server::throttle::Account;
 use crate::storage::clients::{self, Client, ClientType};
 
 /// Credentials presented by the client. Deliberately not `Debug`: it holds a secret.
@@ -45,23 +45,20 @@ pub async fn authenticate(
     accepts: Accepts,
 ) -> Result<Client, OAuthError> {
     let client_id = credentials.client_id.clone();
-    let account = Account::Client(&client_id);
-    match state.throttle.check(account, ip, Instant::now()) {
-        Verdict::Blocked(wait) => {
-            return Err(OAuthError::too_many_requests(
-                wait.as_secs_f64().ceil().max(1.0) as u64,
-            ))
-        }
-        Verdict::Proceed(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
-        Verdict::Proceed(_) => {}
+    let attempt = state
+        .throttle
+        .begin(Account::Client(&client_id), ip, Instant::now())
+        .map_err(|blocked| OAuthError::too_many_requests(blocked.retry_after_secs()))?;
+    if !attempt.delay().is_zero() {
+        tokio::time::sleep(attempt.delay()).await;
     }
     match verify(state, credentials, accepts).await? {
         Some(client) => {
-            state.throttle.record_success(account, ip);
+            attempt.succeeded();
             Ok(client)
         }
         None => {
-            state.throttle.record_failure(account, ip, Instant::now());
+            attempt.failed();
             Err(OAuthError::invalid_client())
         }
     }

@@ -7,6 +7,18 @@
 //! under that key are delayed (250 ms, doubling, at most 4 s); at the limit they are
 //! refused with a retry time, before any password hash is computed.
 //!
+//! Checking and counting are one step: [`Throttle::begin`] reserves a failure in both
+//! buckets under the lock before the caller verifies anything, and
+//! [`Attempt::succeeded`] hands the reservation back. However many guesses arrive at
+//! once, at most the limit of them are ever verified. An attempt that ends any other
+//! way (wrong credentials, an error, a dropped request) keeps its reservation: it
+//! counts as a failure.
+//!
+//! A refused attempt is not counted, so a bucket never holds more than its limit and
+//! a blocked key waits at most one drain step for its next attempt: `window ÷ limit` (90 s for an account, 18 s for an
+//! address with the defaults). `Retry-After` is bounded by that, however long the
+//! attack goes on.
+//!
 //! There is deliberately no bucket for an account alone: an attacker failing as
 //! client A from address X slows down and then blocks only A-at-X (and, after many
 //! accounts, X), never the real A calling from elsewhere, nor client B. Client
@@ -44,13 +56,47 @@ pub enum Account<'a> {
     User(&'a str),
 }
 
-/// What to do with an authentication attempt.
+/// Refused: the key accepts attempts again after this long.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Go ahead after waiting this long.
-    Proceed(Duration),
-    /// Refuse; the key accepts attempts again after this long.
-    Blocked(Duration),
+pub struct Blocked(pub Duration);
+
+impl Blocked {
+    /// The wait in whole seconds, at least 1: a `Retry-After` value.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.0.as_secs_f64().ceil().max(1.0) as u64
+    }
+}
+
+/// An attempt the throttle let through, holding one failure in each of its buckets
+/// until it [`succeeded`](Attempt::succeeded).
+#[must_use = "an attempt counts as failed unless `succeeded` is called"]
+pub struct Attempt<'a> {
+    throttle: &'a Throttle,
+    account: Key,
+    address: Key,
+    delay: Duration,
+}
+
+impl Attempt<'_> {
+    /// How long to wait before verifying: attempts past half a limit are slowed down.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The credentials held: clears the account's bucket at that address and returns
+    /// the address's reserved failure; the rest of the address's bucket keeps draining
+    /// at its pace, so that one valid credential does not launder failures on other
+    /// accounts.
+    pub fn succeeded(self) {
+        let mut buckets = self.throttle.lock();
+        buckets.remove(&self.account);
+        if let Some(bucket) = buckets.get_mut(&self.address) {
+            bucket.level = (bucket.level - 1.0).max(0.0);
+        }
+    }
+
+    /// The credentials were wrong: the reserved failures stay counted.
+    pub fn failed(self) {}
 }
 
 pub struct Throttle {
@@ -86,12 +132,23 @@ impl Throttle {
         }
     }
 
-    /// Whether an attempt by `account` from `ip` may go ahead, and after what delay.
-    pub fn check(&self, account: Account<'_>, ip: IpAddr, now: Instant) -> Verdict {
-        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Lets an attempt by `account` from `ip` go ahead, counting it as a failure until
+    /// it succeeds, or refuses it without counting anything. One step under the lock.
+    pub fn begin(
+        &self,
+        account: Account<'_>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<Attempt<'_>, Blocked> {
+        let address = address_key(ip);
+        let keys = [
+            (account_key(account, address), self.limits.account_failures),
+            (Key::Address(address), self.limits.address_failures),
+        ];
+        let mut buckets = self.lock();
         let mut delay = Duration::ZERO;
         let mut blocked: Option<Duration> = None;
-        for (key, limit) in self.keys(account, ip) {
+        for (key, limit) in keys {
             let drain = self.drain_per_sec(limit);
             let level = buckets
                 .get(&key)
@@ -104,12 +161,10 @@ impl Throttle {
                 delay = delay.max(delay_for(level, limit));
             }
         }
-        blocked.map_or(Verdict::Proceed(delay), Verdict::Blocked)
-    }
-
-    pub fn record_failure(&self, account: Account<'_>, ip: IpAddr, now: Instant) {
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        for (key, limit) in self.keys(account, ip) {
+        if let Some(wait) = blocked {
+            return Err(Blocked(wait));
+        }
+        for (key, limit) in keys {
             let drain = self.drain_per_sec(limit);
             if !buckets.contains_key(&key) && buckets.len() >= MAX_BUCKETS {
                 evict(&mut buckets, now, self.limits.window);
@@ -118,25 +173,21 @@ impl Throttle {
                 level: 0.0,
                 updated: now,
             });
+            // At most the limit: only attempts below it are counted.
             bucket.level = bucket.level_at(now, drain) + 1.0;
             bucket.updated = now;
         }
+        let [(account, _), (address, _)] = keys;
+        Ok(Attempt {
+            throttle: self,
+            account,
+            address,
+            delay,
+        })
     }
 
-    /// A successful authentication clears the account's bucket at that address; the
-    /// address's own bucket keeps draining at its pace, so that one valid credential
-    /// does not launder failures on other accounts.
-    pub fn record_success(&self, account: Account<'_>, ip: IpAddr) {
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        buckets.remove(&account_key(account, address_key(ip)));
-    }
-
-    fn keys(&self, account: Account<'_>, ip: IpAddr) -> [(Key, u32); 2] {
-        let address = address_key(ip);
-        [
-            (account_key(account, address), self.limits.account_failures),
-            (Key::Address(address), self.limits.address_failures),
-        ]
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Bucket>> {
+        self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn drain_per_sec(&self, limit: u32) -> f64 {
@@ -196,6 +247,7 @@ fn evict(buckets: &mut HashMap<Key, Bucket>, now: Instant, window: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     const LIMITS: Limits = Limits {
         account_failures: 4,
@@ -207,45 +259,114 @@ mod tests {
         text.parse().expect("ip")
     }
 
+    /// A failed attempt; returns the delay it was given.
+    fn fail(throttle: &Throttle, account: Account<'_>, ip: IpAddr, now: Instant) -> Duration {
+        let attempt = throttle.begin(account, ip, now).expect("not blocked");
+        let delay = attempt.delay();
+        attempt.failed();
+        delay
+    }
+
+    fn is_blocked(throttle: &Throttle, account: Account<'_>, ip: IpAddr, now: Instant) -> bool {
+        throttle.begin(account, ip, now).is_err()
+    }
+
     #[test]
     fn delays_then_blocks_an_account_at_an_address() {
         let throttle = Throttle::new(LIMITS);
         let attacker = ip("203.0.113.5");
         let target = Account::Client("mobile-app");
         let now = Instant::now();
-        let mut delays = Vec::new();
-        for _ in 0..4 {
-            match throttle.check(target, attacker, now) {
-                Verdict::Proceed(delay) => delays.push(delay.as_millis()),
-                Verdict::Blocked(_) => panic!("blocked too early"),
-            }
-            throttle.record_failure(target, attacker, now);
-        }
+        let delays: Vec<u128> = (0..4)
+            .map(|_| fail(&throttle, target, attacker, now).as_millis())
+            .collect();
         assert_eq!(delays, [0, 0, 250, 500]);
         // 4 failures in a 60 s window: one drains every 15 s.
-        match throttle.check(target, attacker, now) {
-            Verdict::Blocked(wait) => assert_eq!(wait.as_secs_f64().round(), 15.0),
-            other => panic!("not blocked: {other:?}"),
+        match throttle.begin(target, attacker, now) {
+            Err(blocked) => assert_eq!(blocked.retry_after_secs(), 15),
+            Ok(_) => panic!("not blocked"),
         }
-        assert!(matches!(
-            throttle.check(target, attacker, now + Duration::from_secs(16)),
-            Verdict::Proceed(_)
+        assert!(!is_blocked(
+            &throttle,
+            target,
+            attacker,
+            now + Duration::from_secs(16)
         ));
 
         // The same client from elsewhere, and another client here, are unaffected.
+        let fresh = |account, ip| {
+            throttle
+                .begin(account, ip, now)
+                .map(|attempt| attempt.delay())
+        };
+        assert_eq!(fresh(target, ip("198.51.100.7")), Ok(Duration::ZERO));
         assert_eq!(
-            throttle.check(target, ip("198.51.100.7"), now),
-            Verdict::Proceed(Duration::ZERO)
-        );
-        assert_eq!(
-            throttle.check(Account::Client("other"), attacker, now),
-            Verdict::Proceed(Duration::ZERO)
+            fresh(Account::Client("other"), attacker),
+            Ok(Duration::ZERO)
         );
         // A user named like the client is another account.
         assert_eq!(
-            throttle.check(Account::User("mobile-app"), attacker, now),
-            Verdict::Proceed(Duration::ZERO)
+            fresh(Account::User("mobile-app"), attacker),
+            Ok(Duration::ZERO)
         );
+    }
+
+    #[test]
+    fn concurrent_attempts_never_pass_the_limit() {
+        // Regression: checking and counting were two steps, so every one of many
+        // simultaneous guesses passed the check before any was counted.
+        let throttle = Throttle::new(LIMITS);
+        let attacker = ip("203.0.113.5");
+        let now = Instant::now();
+        let admitted = AtomicUsize::new(0);
+        let start = std::sync::Barrier::new(50);
+        std::thread::scope(|scope| {
+            for _ in 0..50 {
+                scope.spawn(|| {
+                    start.wait();
+                    if let Ok(attempt) = throttle.begin(Account::User("alice"), attacker, now) {
+                        admitted.fetch_add(1, Ordering::SeqCst);
+                        // Held while "hashing", as a request would.
+                        std::thread::sleep(Duration::from_millis(20));
+                        attempt.failed();
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn an_attempt_dropped_unresolved_counts_as_a_failure() {
+        let throttle = Throttle::new(LIMITS);
+        let here = ip("192.0.2.1");
+        let now = Instant::now();
+        for _ in 0..4 {
+            drop(throttle.begin(Account::Client("app"), here, now));
+        }
+        assert!(is_blocked(&throttle, Account::Client("app"), here, now));
+    }
+
+    #[test]
+    fn the_wait_is_bounded_however_long_the_attack() {
+        let throttle = Throttle::new(LIMITS);
+        let attacker = ip("203.0.113.5");
+        let now = Instant::now();
+        let mut longest = Duration::ZERO;
+        // An attacker retrying the moment each block lifts, for an hour.
+        let mut at = now;
+        while at < now + Duration::from_secs(3_600) {
+            match throttle.begin(Account::User("alice"), attacker, at) {
+                Ok(attempt) => attempt.failed(),
+                Err(Blocked(wait)) => {
+                    longest = longest.max(wait);
+                    at += wait;
+                }
+            }
+        }
+        // One drain step of the account bucket: 60 s / 4.
+        assert!(longest <= Duration::from_secs(15), "{longest:?}");
+        assert!(longest >= Duration::from_secs(14), "{longest:?}");
     }
 
     #[test]
@@ -254,28 +375,29 @@ mod tests {
         let attacker = ip("2001:db8:1:2::5");
         let now = Instant::now();
         for index in 0..10 {
-            let name = format!("guess-{index}");
-            assert!(matches!(
-                throttle.check(Account::User(&name), attacker, now),
-                Verdict::Proceed(_)
-            ));
-            throttle.record_failure(Account::User(&name), attacker, now);
+            fail(
+                &throttle,
+                Account::User(&format!("guess-{index}")),
+                attacker,
+                now,
+            );
         }
-        assert!(matches!(
-            throttle.check(Account::User("fresh"), attacker, now),
-            Verdict::Blocked(_)
-        ));
+        assert!(is_blocked(&throttle, Account::User("fresh"), attacker, now));
         assert!(
-            matches!(
-                throttle.check(Account::User("fresh"), ip("2001:db8:1:2::99"), now),
-                Verdict::Blocked(_)
+            is_blocked(
+                &throttle,
+                Account::User("fresh"),
+                ip("2001:db8:1:2::99"),
+                now
             ),
             "the same /64"
         );
-        assert_eq!(
-            throttle.check(Account::User("fresh"), ip("2001:db8:1:3::5"), now),
-            Verdict::Proceed(Duration::ZERO)
-        );
+        assert!(!is_blocked(
+            &throttle,
+            Account::User("fresh"),
+            ip("2001:db8:1:3::5"),
+            now
+        ));
     }
 
     #[test]
@@ -285,24 +407,23 @@ mod tests {
         let app = Account::Client("app");
         let now = Instant::now();
         for _ in 0..3 {
-            throttle.record_failure(app, here, now);
+            fail(&throttle, app, here, now);
         }
-        throttle.record_success(app, here);
+        throttle.begin(app, here, now).expect("allowed").succeeded();
         // Had the account kept its 3 failures, a fourth would block it.
-        throttle.record_failure(app, here, now);
-        assert_eq!(
-            throttle.check(app, here, now),
-            Verdict::Proceed(Duration::ZERO)
-        );
-        for _ in 0..6 {
-            throttle.record_failure(Account::Client("x"), here, now);
+        fail(&throttle, app, here, now);
+        let attempt = throttle.begin(app, here, now).expect("allowed");
+        assert_eq!(attempt.delay(), Duration::ZERO);
+        attempt.succeeded();
+        // 3 + 1 failures at this address so far (successes give theirs back).
+        for index in 0..6 {
+            if index == 5 {
+                throttle.begin(app, here, now).expect("allowed").succeeded();
+            }
+            fail(&throttle, Account::Client(&format!("x{index}")), here, now);
         }
-        throttle.record_success(app, here);
         assert!(
-            matches!(
-                throttle.check(Account::Client("y"), here, now),
-                Verdict::Blocked(_)
-            ),
+            is_blocked(&throttle, Account::Client("y"), here, now),
             "10 failures at this address, whatever succeeded in between"
         );
     }
@@ -325,7 +446,8 @@ mod tests {
         let start = Instant::now();
         for index in 0..(MAX_BUCKETS as u32 / 2 + 10) {
             let ip = IpAddr::from(index.to_be_bytes());
-            throttle.record_failure(
+            fail(
+                &throttle,
                 Account::Client("c"),
                 ip,
                 start + Duration::from_millis(u64::from(index)),
