@@ -59,6 +59,8 @@ clean:
 # jwt_authn, on one pinned core (bench/bench.py). Installs wrk when missing; the
 # bench crates (bench/floor, bench/tokens) are standalone and only built here.
 # Settings: BENCH_SECONDS, BENCH_ROUNDS, BENCH_MEMORY_TOKENS, ... (bench/bench.py).
+# Then the token service's RSS after bursts of concurrent logins (bench/token_service_rss.py,
+# BENCH_TOKEN_BURST, BASELINE_TOKEN_SERVICE).
 .PHONY: bench
 
 bench: tools wasm
@@ -66,6 +68,8 @@ bench: tools wasm
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
 	$(CARGO) build --release --manifest-path bench/tokens/Cargo.toml
 	ENVOY=$(abspath $(ENVOY)) python3 bench/bench.py
+	$(CARGO) build --release -p tollgate-token-service
+	python3 bench/token_service_rss.py
 
 ## Docker compose -------------------------------------------------------------
 

@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use super::form::{self, Form};
 use super::pages::{self, LoginPage};
 use super::{blocking, client_ip, AppState, LogContext};
-use crate::crypto::secrets;
 use crate::protocol::codes::{self, NewCode};
 use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::protocol::pending::{PendingAuthorization, Taken};
@@ -260,10 +259,7 @@ async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -
             StatusCode::OK,
         );
     }
-    let attempt = match state
-        .throttle
-        .begin(Account::User(&username), ip, Instant::now())
-    {
+    let attempt = match state.throttle.begin(Account::User(&username), ip).await {
         Ok(attempt) => attempt,
         Err(blocked) => {
             let seconds = blocked.retry_after_secs();
@@ -343,27 +339,24 @@ async fn verify_user(
     username: &str,
     password: String,
 ) -> Result<Option<User>, OAuthError> {
-    let _permit = state
-        .secret_checks
-        .acquire()
+    let user = {
+        let state = Arc::clone(state);
+        let username = username.to_owned();
+        blocking(move || {
+            state
+                .db
+                .with(|conn| users::find_by_username(conn, &username))
+                .map_err(|err| OAuthError::internal("looking up user", err))
+        })
+        .await?
+    };
+    let hash = user.as_ref().map(|user| user.password_hash.clone());
+    let valid = state
+        .secrets
+        .verify(password, hash)
         .await
-        .map_err(|err| OAuthError::internal("secret check limiter closed", err))?;
-    let state = Arc::clone(state);
-    let username = username.to_owned();
-    blocking(move || {
-        let user = state
-            .db
-            .with(|conn| users::find_by_username(conn, &username))
-            .map_err(|err| OAuthError::internal("looking up user", err))?;
-        let hash = user
-            .as_ref()
-            .map_or(state.dummy_secret_hash.as_str(), |user| {
-                user.password_hash.as_str()
-            });
-        let valid = secrets::verify(&password, hash);
-        Ok(user.filter(|_| valid))
-    })
-    .await
+        .map_err(|err| OAuthError::internal("verifying a password", err))?;
+    Ok(user.filter(|_| valid))
 }
 
 /// The login page again, with an error, for the same pending request.

@@ -26,8 +26,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use tokio::sync::Semaphore;
 
+use crate::crypto::secrets;
 use crate::protocol::access_token::{self, VerifiedToken};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::pending::PendingAuthorizations;
@@ -44,11 +44,8 @@ pub struct AppState {
     pub config: ServeConfig,
     pub db: Database,
     pub keys: KeyCache,
-    /// Verified against when a client id or username is unknown, so that failing
-    /// costs the same.
-    pub dummy_secret_hash: String,
-    /// Bounds concurrent Argon2 verifications: each takes ~19 MiB and a core for a while.
-    pub secret_checks: Semaphore,
+    /// Checks client secrets and passwords: a few at a time, in reused memory.
+    pub secrets: secrets::Verifier,
     /// Failed client and user authentications.
     pub throttle: Throttle,
     /// Authorization requests waiting for the user's login.

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::crypto::secrets;
 use crate::http::{self, AppState};
@@ -46,8 +45,7 @@ pub fn run(db_path: &Path, config: ServeConfig, api_key_hasher: KeyHasher) -> an
 
     let parallelism = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     let state = Arc::new(AppState {
-        dummy_secret_hash: secrets::dummy_hash()?,
-        secret_checks: Semaphore::new(parallelism),
+        secrets: secrets::Verifier::new(parallelism)?,
         db: Database::new(conn),
         keys: KeyCache::default(),
         throttle: Throttle::new(config.throttle_limits()),

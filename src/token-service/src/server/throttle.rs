@@ -7,12 +7,14 @@
 //! under that key are delayed (250 ms, doubling, at most 4 s); at the limit they are
 //! refused with a retry time, before any password hash is computed.
 //!
-//! Checking and counting are one step: [`Throttle::begin`] reserves a failure in both
-//! buckets under the lock before the caller verifies anything, and
-//! [`Attempt::succeeded`] hands the reservation back. However many guesses arrive at
-//! once, at most the limit of them are ever verified. An attempt that ends any other
-//! way (wrong credentials, an error, a dropped request) keeps its reservation: it
-//! counts as a failure.
+//! Checking and counting are one step: [`Throttle::begin`] admits an attempt only if
+//! the failures so far *plus the attempts still being checked* stay below the limit,
+//! and holds its place until it resolves, as a failure or as a success. An attempt
+//! that would not fit waits for one in flight to resolve, then is decided again: so
+//! however many guesses arrive at once, at most the limit of them are ever checked and
+//! the rest get 429, while many concurrent requests with good credentials all go
+//! through (each success empties the account's bucket). An attempt dropped
+//! unresolved (an error, a cancelled request) counts as a failure.
 //!
 //! A refused attempt is not counted, so a bucket never holds more than its limit and
 //! a blocked key waits at most one drain step for its next attempt: `window ÷ limit` (90 s for an account, 18 s for an
@@ -28,10 +30,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
+use tokio::sync::Notify;
 
 /// Most buckets kept; beyond this, drained ones and then the stalest are dropped.
 const MAX_BUCKETS: usize = 65_536;
@@ -67,14 +70,15 @@ impl Blocked {
     }
 }
 
-/// An attempt the throttle let through, holding one failure in each of its buckets
-/// until it [`succeeded`](Attempt::succeeded).
+/// An attempt the throttle let through. It holds a place in its buckets until it is
+/// resolved; dropped unresolved, it counts as a failure.
 #[must_use = "an attempt counts as failed unless `succeeded` is called"]
 pub struct Attempt<'a> {
     throttle: &'a Throttle,
-    account: Key,
-    address: Key,
+    keys: [(Key, u32); 2],
+    started: Instant,
     delay: Duration,
+    resolved: bool,
 }
 
 impl Attempt<'_> {
@@ -83,25 +87,65 @@ impl Attempt<'_> {
         self.delay
     }
 
-    /// The credentials held: clears the account's bucket at that address and returns
-    /// the address's reserved failure; the rest of the address's bucket keeps draining
-    /// at its pace, so that one valid credential does not launder failures on other
-    /// accounts.
-    pub fn succeeded(self) {
-        let mut buckets = self.throttle.lock();
-        buckets.remove(&self.account);
-        if let Some(bucket) = buckets.get_mut(&self.address) {
-            bucket.level = (bucket.level - 1.0).max(0.0);
-        }
+    /// The credentials held: empties the account's bucket at that address. The
+    /// address's bucket keeps its failures draining at their pace, so that one valid
+    /// credential does not launder failures on other accounts.
+    pub fn succeeded(mut self) {
+        self.resolve(true);
     }
 
-    /// The credentials were wrong: the reserved failures stay counted.
-    pub fn failed(self) {}
+    /// The credentials were wrong: one more failure in each bucket.
+    pub fn failed(mut self) {
+        self.resolve(false);
+    }
+
+    fn resolve(&mut self, success: bool) {
+        self.resolved = true;
+        {
+            let mut buckets = self.throttle.lock();
+            let [(account, account_limit), (address, address_limit)] = self.keys;
+            for (key, limit) in [(account, account_limit), (address, address_limit)] {
+                let Some(bucket) = buckets.get_mut(&key) else {
+                    continue;
+                };
+                bucket.pending = bucket.pending.saturating_sub(1);
+                if success {
+                    if key == account {
+                        bucket.level = 0.0;
+                    }
+                } else {
+                    let drain = self.throttle.drain_per_sec(limit);
+                    bucket.level = bucket.level_at(self.started, drain) + 1.0;
+                    bucket.updated = bucket.updated.max(self.started);
+                }
+            }
+        }
+        self.throttle.resolved.notify_waiters();
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.resolved {
+            self.resolve(false);
+        }
+    }
+}
+
+/// Whether an attempt may start now.
+enum Admission<'a> {
+    Go(Attempt<'a>),
+    /// Over a limit: failures alone fill a bucket.
+    Blocked(Blocked),
+    /// Failures and attempts in flight fill a bucket: wait for one to resolve.
+    Busy,
 }
 
 pub struct Throttle {
     limits: Limits,
     buckets: Mutex<HashMap<Key, Bucket>>,
+    /// Signalled whenever an attempt resolves, for the attempts waiting on one.
+    resolved: Notify,
 }
 
 /// Accounts are hashed: bounded memory per key whatever the client sends.
@@ -113,8 +157,11 @@ enum Key {
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
+    /// Failures not drained yet at `updated`.
     level: f64,
     updated: Instant,
+    /// Attempts admitted and not yet resolved.
+    pending: u32,
 }
 
 impl Bucket {
@@ -129,64 +176,83 @@ impl Throttle {
         Self {
             limits,
             buckets: Mutex::new(HashMap::new()),
+            resolved: Notify::new(),
         }
     }
 
-    /// Lets an attempt by `account` from `ip` go ahead, counting it as a failure until
-    /// it succeeds, or refuses it without counting anything. One step under the lock.
-    pub fn begin(
-        &self,
-        account: Account<'_>,
-        ip: IpAddr,
-        now: Instant,
-    ) -> Result<Attempt<'_>, Blocked> {
-        let address = address_key(ip);
-        let keys = [
-            (account_key(account, address), self.limits.account_failures),
-            (Key::Address(address), self.limits.address_failures),
-        ];
+    /// Admits an attempt by `account` from `ip`, after waiting for attempts in flight
+    /// if they and the failures so far fill a bucket; or refuses it, counting nothing.
+    pub async fn begin(&self, account: Account<'_>, ip: IpAddr) -> Result<Attempt<'_>, Blocked> {
+        let keys = self.keys(account, ip);
+        loop {
+            // Registered before deciding, so that no resolution in between is missed.
+            let resolved = self.resolved.notified();
+            match self.admit(keys, Instant::now()) {
+                Admission::Go(attempt) => return Ok(attempt),
+                Admission::Blocked(blocked) => return Err(blocked),
+                Admission::Busy => resolved.await,
+            }
+        }
+    }
+
+    /// The decision for an attempt under `keys` at `now`, in one step under the lock.
+    fn admit(&self, keys: [(Key, u32); 2], now: Instant) -> Admission<'_> {
         let mut buckets = self.lock();
         let mut delay = Duration::ZERO;
         let mut blocked: Option<Duration> = None;
+        let mut busy = false;
         for (key, limit) in keys {
             let drain = self.drain_per_sec(limit);
-            let level = buckets
-                .get(&key)
-                .map_or(0.0, |bucket| bucket.level_at(now, drain));
+            let (level, pending) = buckets.get(&key).map_or((0.0, 0), |bucket| {
+                (bucket.level_at(now, drain), bucket.pending)
+            });
             let allowed = f64::from(limit - 1);
             if level > allowed {
                 let wait = Duration::from_secs_f64((level - allowed) / drain);
                 blocked = Some(blocked.map_or(wait, |other| other.max(wait)));
+            } else if level + f64::from(pending) > allowed {
+                busy = true;
             } else {
                 delay = delay.max(delay_for(level, limit));
             }
         }
         if let Some(wait) = blocked {
-            return Err(Blocked(wait));
+            return Admission::Blocked(Blocked(wait));
         }
-        for (key, limit) in keys {
-            let drain = self.drain_per_sec(limit);
+        if busy {
+            return Admission::Busy;
+        }
+        for (key, _) in keys {
             if !buckets.contains_key(&key) && buckets.len() >= MAX_BUCKETS {
                 evict(&mut buckets, now, self.limits.window);
             }
-            let bucket = buckets.entry(key).or_insert(Bucket {
-                level: 0.0,
-                updated: now,
-            });
-            // At most the limit: only attempts below it are counted.
-            bucket.level = bucket.level_at(now, drain) + 1.0;
-            bucket.updated = now;
+            buckets
+                .entry(key)
+                .or_insert(Bucket {
+                    level: 0.0,
+                    updated: now,
+                    pending: 0,
+                })
+                .pending += 1;
         }
-        let [(account, _), (address, _)] = keys;
-        Ok(Attempt {
+        Admission::Go(Attempt {
             throttle: self,
-            account,
-            address,
+            keys,
+            started: now,
             delay,
+            resolved: false,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Bucket>> {
+    fn keys(&self, account: Account<'_>, ip: IpAddr) -> [(Key, u32); 2] {
+        let address = address_key(ip);
+        [
+            (account_key(account, address), self.limits.account_failures),
+            (Key::Address(address), self.limits.address_failures),
+        ]
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Bucket>> {
         self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -234,13 +300,15 @@ fn address_key(ip: IpAddr) -> IpAddr {
 
 /// Makes room: drops the buckets that have drained, or else the stalest eighth.
 fn evict(buckets: &mut HashMap<Key, Bucket>, now: Instant, window: Duration) {
-    buckets.retain(|_, bucket| now.saturating_duration_since(bucket.updated) < window);
+    buckets.retain(|_, bucket| {
+        bucket.pending > 0 || now.saturating_duration_since(bucket.updated) < window
+    });
     if buckets.len() >= MAX_BUCKETS {
         let mut updated: Vec<Instant> = buckets.values().map(|bucket| bucket.updated).collect();
         let cutoff_index = updated.len() / 8;
         let (_, cutoff, _) = updated.select_nth_unstable(cutoff_index);
         let cutoff = *cutoff;
-        buckets.retain(|_, bucket| bucket.updated > cutoff);
+        buckets.retain(|_, bucket| bucket.pending > 0 || bucket.updated > cutoff);
     }
 }
 
@@ -259,16 +327,30 @@ mod tests {
         text.parse().expect("ip")
     }
 
+    /// [`Throttle::begin`] at `now`, with no attempt in flight.
+    fn begin<'a>(
+        throttle: &'a Throttle,
+        account: Account<'_>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<Attempt<'a>, Blocked> {
+        match throttle.admit(throttle.keys(account, ip), now) {
+            Admission::Go(attempt) => Ok(attempt),
+            Admission::Blocked(blocked) => Err(blocked),
+            Admission::Busy => panic!("busy with no attempt in flight"),
+        }
+    }
+
     /// A failed attempt; returns the delay it was given.
     fn fail(throttle: &Throttle, account: Account<'_>, ip: IpAddr, now: Instant) -> Duration {
-        let attempt = throttle.begin(account, ip, now).expect("not blocked");
+        let attempt = begin(throttle, account, ip, now).expect("not blocked");
         let delay = attempt.delay();
         attempt.failed();
         delay
     }
 
     fn is_blocked(throttle: &Throttle, account: Account<'_>, ip: IpAddr, now: Instant) -> bool {
-        throttle.begin(account, ip, now).is_err()
+        begin(throttle, account, ip, now).is_err()
     }
 
     #[test]
@@ -282,58 +364,76 @@ mod tests {
             .collect();
         assert_eq!(delays, [0, 0, 250, 500]);
         // 4 failures in a 60 s window: one drains every 15 s.
-        match throttle.begin(target, attacker, now) {
+        match begin(&throttle, target, attacker, now) {
             Err(blocked) => assert_eq!(blocked.retry_after_secs(), 15),
             Ok(_) => panic!("not blocked"),
         }
-        assert!(!is_blocked(
-            &throttle,
-            target,
-            attacker,
-            now + Duration::from_secs(16)
-        ));
+        begin(&throttle, target, attacker, now + Duration::from_secs(16))
+            .expect("one failure drained")
+            .succeeded();
 
         // The same client from elsewhere, and another client here, are unaffected.
         let fresh = |account, ip| {
-            throttle
-                .begin(account, ip, now)
-                .map(|attempt| attempt.delay())
+            let attempt = begin(&throttle, account, ip, now).expect("admitted");
+            let delay = attempt.delay();
+            attempt.succeeded();
+            delay
         };
-        assert_eq!(fresh(target, ip("198.51.100.7")), Ok(Duration::ZERO));
-        assert_eq!(
-            fresh(Account::Client("other"), attacker),
-            Ok(Duration::ZERO)
-        );
+        assert_eq!(fresh(target, ip("198.51.100.7")), Duration::ZERO);
+        assert_eq!(fresh(Account::Client("other"), attacker), Duration::ZERO);
         // A user named like the client is another account.
-        assert_eq!(
-            fresh(Account::User("mobile-app"), attacker),
-            Ok(Duration::ZERO)
-        );
+        assert_eq!(fresh(Account::User("mobile-app"), attacker), Duration::ZERO);
     }
 
-    #[test]
-    fn concurrent_attempts_never_pass_the_limit() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_guesses_never_pass_the_limit() {
         // Regression: checking and counting were two steps, so every one of many
         // simultaneous guesses passed the check before any was counted.
-        let throttle = Throttle::new(LIMITS);
+        let throttle = std::sync::Arc::new(Throttle::new(LIMITS));
         let attacker = ip("203.0.113.5");
-        let now = Instant::now();
-        let admitted = AtomicUsize::new(0);
-        let start = std::sync::Barrier::new(50);
-        std::thread::scope(|scope| {
-            for _ in 0..50 {
-                scope.spawn(|| {
-                    start.wait();
-                    if let Ok(attempt) = throttle.begin(Account::User("alice"), attacker, now) {
-                        admitted.fetch_add(1, Ordering::SeqCst);
-                        // Held while "hashing", as a request would.
-                        std::thread::sleep(Duration::from_millis(20));
-                        attempt.failed();
-                    }
-                });
+        let checked = std::sync::Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (throttle, checked) = (throttle.clone(), checked.clone());
+                tokio::spawn(async move {
+                    let attempt = throttle.begin(Account::User("alice"), attacker).await?;
+                    checked.fetch_add(1, Ordering::SeqCst);
+                    // Held while "hashing", as a request would.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    attempt.failed();
+                    Ok::<_, Blocked>(())
+                })
+            })
+            .collect();
+        let mut refused = 0;
+        for task in tasks {
+            if task.await.expect("task").is_err() {
+                refused += 1;
             }
-        });
-        assert_eq!(admitted.load(Ordering::SeqCst), 4);
+        }
+        assert_eq!((checked.load(Ordering::SeqCst), refused), (4, 46));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_good_credentials_all_go_through() {
+        let throttle = std::sync::Arc::new(Throttle::new(LIMITS));
+        let service = ip("192.0.2.8");
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let throttle = throttle.clone();
+                tokio::spawn(async move {
+                    let attempt = throttle
+                        .begin(Account::Client("batch-job"), service)
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    attempt.succeeded();
+                    Ok::<_, Blocked>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task").expect("admitted");
+        }
     }
 
     #[test]
@@ -342,7 +442,7 @@ mod tests {
         let here = ip("192.0.2.1");
         let now = Instant::now();
         for _ in 0..4 {
-            drop(throttle.begin(Account::Client("app"), here, now));
+            drop(begin(&throttle, Account::Client("app"), here, now));
         }
         assert!(is_blocked(&throttle, Account::Client("app"), here, now));
     }
@@ -356,7 +456,7 @@ mod tests {
         // An attacker retrying the moment each block lifts, for an hour.
         let mut at = now;
         while at < now + Duration::from_secs(3_600) {
-            match throttle.begin(Account::User("alice"), attacker, at) {
+            match begin(&throttle, Account::User("alice"), attacker, at) {
                 Ok(attempt) => attempt.failed(),
                 Err(Blocked(wait)) => {
                     longest = longest.max(wait);
@@ -409,16 +509,20 @@ mod tests {
         for _ in 0..3 {
             fail(&throttle, app, here, now);
         }
-        throttle.begin(app, here, now).expect("allowed").succeeded();
+        begin(&throttle, app, here, now)
+            .expect("allowed")
+            .succeeded();
         // Had the account kept its 3 failures, a fourth would block it.
         fail(&throttle, app, here, now);
-        let attempt = throttle.begin(app, here, now).expect("allowed");
+        let attempt = begin(&throttle, app, here, now).expect("allowed");
         assert_eq!(attempt.delay(), Duration::ZERO);
         attempt.succeeded();
-        // 3 + 1 failures at this address so far (successes give theirs back).
+        // 3 + 1 failures at this address so far (successes add none).
         for index in 0..6 {
             if index == 5 {
-                throttle.begin(app, here, now).expect("allowed").succeeded();
+                begin(&throttle, app, here, now)
+                    .expect("allowed")
+                    .succeeded();
             }
             fail(&throttle, Account::Client(&format!("x{index}")), here, now);
         }
