@@ -3,8 +3,11 @@
 //! real sockets; each test asserts what a user or operator relies on.
 
 use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::TcpStream;
 use std::sync::Barrier;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::http_agent;
@@ -150,4 +153,185 @@ fn concurrent_wrong_secrets_and_passwords_are_checked_at_most_the_limit() {
         .expect("Retry-After seconds");
     assert!((1..=90).contains(&retry_after), "{retry_after}");
     let _ = response.body_mut().read_to_string();
+}
+
+/// How long after `started` the server closed `socket` (read returns end of stream or
+/// a reset); panics if it is still open after `give_up`.
+fn closed_after(socket: &mut TcpStream, started: Instant, give_up: Duration) -> Duration {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    let mut buffer = [0u8; 1024];
+    loop {
+        match socket.read(&mut buffer) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => {}
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return started.elapsed(),
+        }
+        assert!(
+            started.elapsed() < give_up,
+            "the server kept the connection open for {give_up:?}"
+        );
+    }
+}
+
+fn connect(service: &TokenService) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", service.port())).expect("connect")
+}
+
+/// `GET /healthz` on a fresh connection; the status.
+fn healthz(service: &TokenService) -> u16 {
+    http_agent()
+        .get(service.url("/healthz"))
+        .call()
+        .expect("GET /healthz")
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn idle_and_slow_header_connections_are_closed_within_their_timeouts() {
+    let service = TokenService::builder()
+        .serve_arg("--keep-alive-timeout", "2")
+        .serve_arg("--header-read-timeout", "3")
+        .start();
+    let slack = Duration::from_millis(1_500);
+
+    // A socket that never sends anything.
+    let started = Instant::now();
+    let mut idle = connect(&service);
+    let after = closed_after(&mut idle, started, Duration::from_secs(20));
+    eprintln!("idle socket closed after {after:?} (keep-alive timeout 2 s)");
+    assert!(
+        after >= Duration::from_millis(1_800) && after <= Duration::from_secs(2) + slack,
+        "idle socket closed after {after:?}"
+    );
+
+    // Idle between two requests on one connection: the same timeout.
+    let mut kept = connect(&service);
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    kept.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let mut response = [0u8; 512];
+    let read = kept.read(&mut response).expect("response");
+    assert!(response[..read].starts_with(b"HTTP/1.1 200"));
+    let answered = Instant::now();
+    let after = closed_after(&mut kept, answered, Duration::from_secs(20));
+    eprintln!("kept-alive socket closed {after:?} after its answer (keep-alive timeout 2 s)");
+    assert!(
+        after <= Duration::from_secs(2) + slack,
+        "kept-alive socket closed after {after:?}"
+    );
+
+    // Headers one byte every 500 ms: never idle, but the head takes too long.
+    let mut slow = connect(&service);
+    let started = Instant::now();
+    let head =
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed = None;
+    for byte in head {
+        if slow.write_all(&[*byte]).is_err() {
+            closed = Some(started.elapsed());
+            break;
+        }
+        slow.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("read timeout");
+        match slow.read(&mut [0u8; 64]) {
+            Ok(_) => {
+                closed = Some(started.elapsed());
+                break;
+            }
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => {
+                closed = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let after = closed.expect("the slow head was let through to the end");
+    eprintln!("slow-header socket closed after {after:?} (header-read timeout 3 s)");
+    assert!(
+        after >= Duration::from_millis(2_800) && after <= Duration::from_secs(3) + slack,
+        "slow-header socket closed after {after:?}"
+    );
+    assert_eq!(healthz(&service), 200);
+}
+
+#[test]
+fn healthz_answers_while_hundreds_of_idle_sockets_are_open() {
+    let service = TokenService::builder().start();
+    let idle: Vec<TcpStream> = (0..300).map(|_| connect(&service)).collect();
+    let started = Instant::now();
+    assert_eq!(healthz(&service), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
+
+#[test]
+fn at_the_connection_cap_new_connections_wait_for_a_slot_and_the_cap_is_logged() {
+    let service = TokenService::builder()
+        .serve_arg("--max-connections", "100")
+        .serve_arg("--keep-alive-timeout", "1")
+        .start();
+    // 300 idle sockets: 100 are served, 200 wait in the backlog; each is closed one
+    // keep-alive timeout after it got its slot.
+    let idle: Vec<TcpStream> = (0..300).map(|_| connect(&service)).collect();
+    let started = Instant::now();
+    assert_eq!(healthz(&service), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        service
+            .log()
+            .contains("100 connections open, the --max-connections cap"),
+        "{}",
+        service.log()
+    );
+    drop(idle);
+}
+
+#[test]
+fn a_file_limit_too_low_for_the_connection_cap_is_refused_at_start() {
+    use std::os::unix::process::CommandExt as _;
+    let service = TokenService::builder().create();
+    let mut serve = std::process::Command::new(support::artifacts::token_service_binary());
+    serve.arg("--db").arg(service.db_path()).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "1000",
+    ]);
+    // SAFETY: only setrlimit between fork and exec, which is async-signal-safe.
+    unsafe {
+        serve.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let output = serve.output().expect("serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--max-connections 1000 needs 1064 open files, but the limit is 256 (hard 256)"
+        ),
+        "{stderr}"
+    );
 }
