@@ -335,3 +335,86 @@ fn a_file_limit_too_low_for_the_connection_cap_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_flood_of_anonymous_authorize_requests_does_not_invalidate_an_open_form() {
+    let service = builder().start();
+    let pkce = Pkce::new();
+    let url = authorize_url(
+        &service.base_url(),
+        &code_request(APP, APP_REDIRECT, "read:data", "before-the-flood", &pkce),
+    );
+    let browser = Browser::new();
+    let form = browser.get(&url).form();
+
+    // 12,000 anonymous requests, more than the 10,000 forms the server used to hold
+    // (it dropped the oldest to make room).
+    let flood_pkce = Pkce::new();
+    thread::scope(|scope| {
+        for worker in 0..4 {
+            let service = &service;
+            let flood_pkce = &flood_pkce;
+            scope.spawn(move || {
+                let agent = http_agent();
+                for index in 0..3_000 {
+                    let state = format!("flood-{worker}-{index}");
+                    let url = authorize_url(
+                        &service.base_url(),
+                        &code_request(APP, APP_REDIRECT, "read:data", &state, flood_pkce),
+                    );
+                    let mut response = agent.get(&url).call().expect("GET /authorize");
+                    assert_eq!(response.status(), 200);
+                    let _ = response.body_mut().read_to_string();
+                }
+            });
+        }
+    });
+
+    // Alice signs in with the form she opened before the flood.
+    let approve = [
+        ("username", ALICE),
+        ("password", PASSWORD),
+        ("decision", "approve"),
+    ];
+    let params = browser.submit(&form, &approve, &[]).redirect_params();
+    assert!(params.contains_key("code"), "{params:?}");
+    assert_eq!(params["state"], "before-the-flood");
+
+    // A form is approved once.
+    let again = browser.submit(&form, &approve, &[]);
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(
+        again.body.contains("expired or was already used"),
+        "{}",
+        again.body
+    );
+
+    // A form whose signed request was changed (another redirect URI) is refused.
+    let fresh = browser.get(&url).form();
+    let mut forged = fresh;
+    for (name, value) in &mut forged.hidden {
+        if name == "request" {
+            let (payload, tag) = value.split_once('.').expect("payload.tag");
+            let mut json: Value = serde_json::from_slice(
+                &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                    .expect("base64url"),
+            )
+            .expect("JSON");
+            json["redirect_uri"] = "com.evil.app:/steal".into();
+            *value = format!(
+                "{}.{tag}",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    serde_json::to_vec(&json).expect("JSON"),
+                )
+            );
+        }
+    }
+    let refused = browser.submit(&forged, &approve, &[]);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("expired or was already used"),
+        "{}",
+        refused.body
+    );
+}

@@ -187,7 +187,7 @@ fn code_flow_with_pkce_logs_in_issues_user_tokens_and_rotates_refresh_tokens() {
     assert!(
         form.hidden
             .iter()
-            .any(|(name, value)| name == "request_id" && value.len() >= 22),
+            .any(|(name, value)| name == "request" && value.len() >= 100),
         "anti-CSRF field: {:?}",
         form.hidden
     );

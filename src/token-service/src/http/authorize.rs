@@ -4,8 +4,8 @@
 //! `GET` validates the request. The client and redirect URI come first: if either is
 //! wrong, the user sees an error page and is never redirected (RFC 6749 §4.1.2.1).
 //! Every later problem goes back to the redirect URI as `error`, `error_description`,
-//! `state` and `iss` (RFC 9207). A valid request is held server-side and the login and
-//! consent page is shown. `POST` is that page's form: Deny sends `access_denied`;
+//! `state` and `iss` (RFC 9207). A valid request is signed into the login and consent
+//! page that is shown ([`crate::protocol::pending`]): the server holds nothing for it. `POST` is that page's form: Deny sends `access_denied`;
 //! Approve checks the user's password (throttled like client secrets, one Argon2
 //! verification known user or not) and redirects with a single-use code.
 //!
@@ -14,7 +14,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -25,7 +24,7 @@ use super::pages::{self, LoginPage};
 use super::{blocking, client_ip, AppState, LogContext};
 use crate::protocol::codes::{self, NewCode};
 use crate::protocol::errors::{no_store_headers, OAuthError};
-use crate::protocol::pending::{PendingAuthorization, Taken};
+use crate::protocol::pending::{PendingAuthorization, SignedForm};
 use crate::protocol::scope::ScopeSet;
 use crate::protocol::{pkce, redirect_uri};
 use crate::server::clock;
@@ -35,8 +34,16 @@ use crate::storage::users::{self, User};
 
 /// Longest `state` carried through; clients commonly use a random value or a short JWT.
 const MAX_STATE_LEN: usize = 2048;
-const FIELDS: &[&str] = &["request_id", "username", "password", "decision"];
+const FIELDS: &[&str] = &["request", "username", "password", "decision"];
 const INCORRECT_LOGIN: &str = "The username or password is incorrect.";
+const EXPIRED_FORM: &str = "This sign-in form has expired or was already used.";
+
+/// A login form posted back: its sealed value (shown again on a retry) and what it
+/// holds.
+struct Posted {
+    value: String,
+    form: SignedForm,
+}
 
 /// Why a request cannot proceed.
 enum Refusal {
@@ -72,10 +79,10 @@ pub async fn start(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery
             )
         }
     };
-    let request_id = state.pending.insert(authorization.clone(), Instant::now());
+    let request = state.login_forms.seal(authorization.clone(), clock::now());
     let page = LoginPage {
         action: &state.config.endpoint("/authorize"),
-        request_id: &request_id,
+        request: &request,
         client_id: &authorization.client_id,
         scopes: &authorization.scopes,
         username: "",
@@ -102,20 +109,21 @@ pub async fn decide(
             )
         }
     };
-    let taken = form
-        .get("request_id")
-        .and_then(|id| state.pending.take(id, Instant::now()));
-    let Some(taken) = taken else {
-        return pages::error(
-            StatusCode::BAD_REQUEST,
-            "This sign-in form has expired or was already used.",
-        );
+    let posted = form.get("request").and_then(|value| {
+        let opened = state.login_forms.open(value, clock::now())?;
+        Some(Posted {
+            value: value.to_owned(),
+            form: opened,
+        })
+    });
+    let Some(posted) = posted else {
+        return pages::error(StatusCode::BAD_REQUEST, EXPIRED_FORM);
     };
-    let client_id = taken.authorization.client_id.clone();
+    let client_id = posted.form.authorization.client_id.clone();
     let response = match form.get("decision") {
-        Some("approve") => approve(&state, taken, &form, ip).await,
+        Some("approve") => approve(&state, posted, &form, ip).await,
         Some("deny") => {
-            let authorization = taken.authorization;
+            let authorization = posted.form.authorization;
             refuse(
                 &state,
                 Refusal::Redirect {
@@ -126,10 +134,7 @@ pub async fn decide(
                 },
             )
         }
-        _ => {
-            state.pending.put_back(taken);
-            pages::error(StatusCode::BAD_REQUEST, "Choose Approve or Deny.")
-        }
+        _ => pages::error(StatusCode::BAD_REQUEST, "Choose Approve or Deny."),
     };
     with_client(response, &client_id)
 }
@@ -239,12 +244,12 @@ fn validate(
 }
 
 /// Verifies the user's credentials and, if they hold, redirects with a code.
-async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -> Response {
+async fn approve(state: &Arc<AppState>, posted: Posted, form: &Form, ip: IpAddr) -> Response {
     let username = form.get("username").unwrap_or_default().to_owned();
     let Some(password) = form.get("password").map(str::to_owned) else {
         return retry(
             state,
-            taken,
+            &posted,
             &username,
             "Enter your username and password.",
             StatusCode::OK,
@@ -253,7 +258,7 @@ async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -
     if username.is_empty() {
         return retry(
             state,
-            taken,
+            &posted,
             &username,
             "Enter your username and password.",
             StatusCode::OK,
@@ -267,7 +272,7 @@ async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -
                 format!("Too many failed sign-in attempts. Try again in {seconds} seconds.");
             let mut response = retry(
                 state,
-                taken,
+                &posted,
                 &username,
                 &message,
                 StatusCode::TOO_MANY_REQUESTS,
@@ -292,11 +297,14 @@ async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -
     };
     let Some(user) = user else {
         attempt.failed();
-        return retry(state, taken, &username, INCORRECT_LOGIN, StatusCode::OK);
+        return retry(state, &posted, &username, INCORRECT_LOGIN, StatusCode::OK);
     };
     attempt.succeeded();
+    if !state.login_forms.approve_once(&posted.form, clock::now()) {
+        return pages::error(StatusCode::BAD_REQUEST, EXPIRED_FORM);
+    }
 
-    let authorization = taken.authorization;
+    let authorization = posted.form.authorization;
     let code = {
         let state = Arc::clone(state);
         let authorization = authorization.clone();
@@ -362,22 +370,21 @@ async fn verify_user(
 /// The login page again, with an error, for the same pending request.
 fn retry(
     state: &AppState,
-    taken: Taken,
+    posted: &Posted,
     username: &str,
     error: &str,
     status: StatusCode,
 ) -> Response {
+    let authorization = &posted.form.authorization;
     let page = LoginPage {
         action: &state.config.endpoint("/authorize"),
-        request_id: &taken.id,
-        client_id: &taken.authorization.client_id,
-        scopes: &taken.authorization.scopes,
+        request: &posted.value,
+        client_id: &authorization.client_id,
+        scopes: &authorization.scopes,
         username,
         error: Some(error),
     };
-    let response = pages::login(status, &page);
-    state.pending.put_back(taken);
-    response
+    pages::login(status, &page)
 }
 
 fn refuse(state: &AppState, refusal: Refusal) -> Response {

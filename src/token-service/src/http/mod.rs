@@ -30,7 +30,7 @@ use axum::Router;
 use crate::crypto::secrets;
 use crate::protocol::access_token::{self, VerifiedToken};
 use crate::protocol::errors::OAuthError;
-use crate::protocol::pending::PendingAuthorizations;
+use crate::protocol::pending::LoginForms;
 use crate::server::clock;
 use crate::server::config::ServeConfig;
 use crate::server::throttle::Throttle;
@@ -48,8 +48,8 @@ pub struct AppState {
     pub secrets: secrets::Verifier,
     /// Failed client and user authentications.
     pub throttle: Throttle,
-    /// Authorization requests waiting for the user's login.
-    pub pending: PendingAuthorizations,
+    /// Seals and opens the login forms of pending authorization requests.
+    pub login_forms: LoginForms,
     /// How new API keys are digested.
     pub api_key_hasher: KeyHasher,
 }

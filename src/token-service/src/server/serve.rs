@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::crypto::secrets;
 use crate::http::{self, AppState};
-use crate::protocol::pending::PendingAuthorizations;
+use crate::protocol::pending::LoginForms;
 use crate::protocol::{codes, refresh};
 use crate::server::clock;
 use crate::server::config::ServeConfig;
@@ -45,12 +45,13 @@ pub fn run(db_path: &Path, config: ServeConfig, api_key_hasher: KeyHasher) -> an
 
     raise_file_limit(config.max_connections)?;
     let parallelism = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let login_forms = LoginForms::load(&conn)?;
     let state = Arc::new(AppState {
         secrets: secrets::Verifier::new(parallelism)?,
         db: Database::new(conn),
         keys: KeyCache::default(),
         throttle: Throttle::new(config.throttle_limits()),
-        pending: PendingAuthorizations::default(),
+        login_forms,
         api_key_hasher,
         config,
     });

@@ -161,6 +161,14 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX api_keys_consumer ON api_keys (consumer_id);
     "#,
+    // 4: keys the service keeps for itself.
+    r#"
+    -- E.g. the key login forms are signed with (HMAC-SHA256): random, never shown.
+    CREATE TABLE service_keys (
+        name  TEXT PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
