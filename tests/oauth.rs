@@ -1230,3 +1230,51 @@ fn cli_with_stdin(service: &TokenService, args: &[&str], stdin: &str) -> std::pr
         .write_all(format!("{stdin}\n").as_bytes());
     child.wait_with_output().expect("output")
 }
+
+#[test]
+fn loopback_redirect_uris_with_impossible_ports_are_refused() {
+    let mut service = builder().start();
+    for port in ["0", "65536", "99999"] {
+        let uri = format!("http://127.0.0.1:{port}/cb");
+        let refused = service.cli(&[
+            "clients",
+            "add",
+            "--id",
+            "desktop",
+            "--public",
+            "--redirect-uri",
+            &uri,
+        ]);
+        assert!(!refused.status.success(), "{uri} registered");
+    }
+    service.register_client(&support::token_service::ClientSpec {
+        client_id: "desktop".to_owned(),
+        scopes: "read:data".to_owned(),
+        public: true,
+        redirect_uris: vec!["http://127.0.0.1/cb".to_owned()],
+    });
+    // A registration without a port matches any real port at request time, never 0
+    // or one past 65535: the user sees an error page and is not redirected.
+    let pkce = Pkce::new();
+    let browser = Browser::new();
+    for (port, status) in [
+        ("0", 400),
+        ("65536", 400),
+        ("4294967297", 400),
+        ("53123", 200),
+    ] {
+        let redirect = format!("http://127.0.0.1:{port}/cb");
+        let page = browser.get(&authorize_url(
+            &service.base_url(),
+            &code_request("desktop", &redirect, "read:data", "s", &pkce),
+        ));
+        assert_eq!(page.status, status, "port {port}: {}", page.body);
+        if status == 400 {
+            assert!(
+                page.body.contains("The redirect_uri is not registered"),
+                "{}",
+                page.body
+            );
+        }
+    }
+}

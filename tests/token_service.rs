@@ -192,13 +192,13 @@ fn client_credentials_with_basic_auth_issues_an_rfc_9068_access_token() {
 #[test]
 fn client_secret_post_without_scope_grants_all_allowed_scopes() {
     let service = TokenService::builder()
-        .client("svc:billing", "write:data read:data")
+        .client("svc.billing", "write:data read:data")
         .audience("billing-api")
         .access_token_ttl(120)
         .start();
     let body = format!(
-        "grant_type=client_credentials&client_id=svc%3Abilling&client_secret={}",
-        service.secret("svc:billing")
+        "grant_type=client_credentials&client_id=svc.billing&client_secret={}",
+        service.secret("svc.billing")
     );
     let reply = post_token(&service, &[("Content-Type", FORM)], body.as_bytes());
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -209,7 +209,7 @@ fn client_secret_post_without_scope_grants_all_allowed_scopes() {
         &service,
         reply.body["access_token"].as_str().expect("token"),
     );
-    assert_eq!(claims.subject.as_deref(), Some("svc:billing"));
+    assert_eq!(claims.subject.as_deref(), Some("svc.billing"));
     assert_eq!(claims.custom.scope.as_deref(), Some("read:data write:data"));
     let lifetime = claims.expires_at.expect("exp") - claims.issued_at.expect("iat");
     assert_eq!(lifetime.as_secs(), 120);
@@ -489,19 +489,16 @@ fn discovery_documents_jwks_and_health_describe_the_service() {
         "authorization_response_iss_parameter_supported": true,
         "scopes_supported": ["read:data", "write:data"],
     });
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
-        let metadata = get(&service, path);
-        assert_eq!(metadata.status, 200, "{path}");
-        assert_eq!(
-            metadata.header("content-type"),
-            "application/json",
-            "{path}"
-        );
-        assert_eq!(metadata.body, expected, "{path}");
-    }
+    let metadata = get(&service, "/.well-known/oauth-authorization-server");
+    assert_eq!(metadata.status, 200);
+    assert_eq!(metadata.header("content-type"), "application/json");
+    assert_eq!(metadata.body, expected);
+    // Not an OpenID Provider: no OIDC discovery document that would promise one.
+    let oidc = get(&service, "/.well-known/openid-configuration");
+    assert_eq!(
+        (oidc.status, &oidc.body["error"]),
+        (404, &json!("not_found"))
+    );
 
     let jwks = get(&service, "/.well-known/jwks.json");
     assert_eq!(jwks.status, 200);
@@ -749,8 +746,28 @@ fn cli_lists_and_removes_clients() {
     let missing = service.cli(&["clients", "remove", "--id", "mobile-app"]);
     assert!(!missing.status.success(), "removing an unknown id fails");
 
-    let bad_id = service.cli(&["clients", "add", "--id", "has space"]);
-    assert!(!bad_id.status.success(), "invalid client ids are refused");
+    // Only RFC 3986 unreserved characters: nothing HTTP Basic needs to percent-encode.
+    for bad in [
+        "has space",
+        "svc:billing",
+        "ops@example",
+        "a+b",
+        "caf\u{e9}",
+    ] {
+        let refused = service.cli(&["clients", "add", "--id", bad]);
+        assert!(!refused.status.success(), "{bad} accepted");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("client id may contain only ASCII letters, digits and - . _ ~"),
+            "{stderr}"
+        );
+    }
+    let fine = service.cli(&["clients", "add", "--id", "svc.billing_v2~eu"]);
+    assert!(
+        fine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
 }
 
 #[test]

@@ -145,14 +145,14 @@ enum ClientsCommand {
     /// Register a client. A confidential client gets a generated secret, printed once;
     /// a public client (--public) has none and must use PKCE.
     Add {
-        /// Client id (printable ASCII, no spaces).
+        /// Client id: 1 to 128 ASCII letters, digits and - . _ ~
         #[arg(long, value_parser = parse_client_id)]
         id: String,
         /// Space-delimited scopes the client may request, e.g. "read:data write:data".
         #[arg(long, default_value = "")]
         scopes: ScopeSet,
-        /// A public client (mobile app, SPA): no secret, PKCE mandatory. Needs at least
-        /// one --redirect-uri.
+        /// A public client (a native mobile or desktop app): no secret, PKCE mandatory.
+        /// Needs at least one --redirect-uri.
         #[arg(long)]
         public: bool,
         /// A redirect URI for the authorization code flow, matched exactly (repeatable):

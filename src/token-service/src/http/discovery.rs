@@ -1,7 +1,8 @@
 //! Public, unauthenticated documents: the JWK Set, the authorization-server metadata
-//! (RFC 8414, also served as `openid-configuration` for OIDC-style discovery) and the
-//! health check. They advertise only what this server really supports; the gateway's
-//! revocation feed is not a standard endpoint and is not listed.
+//! (RFC 8414) and the health check. This is not an OpenID Provider (no ID tokens, no
+//! userinfo), so there is no `openid-configuration`. They advertise only what this
+//! server really supports; the gateway's revocation feed is not a standard endpoint
+//! and is not listed.
 
 use std::sync::Arc;
 

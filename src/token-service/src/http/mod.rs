@@ -99,10 +99,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/.well-known/oauth-authorization-server",
             get(discovery::metadata),
         )
-        .route(
-            "/.well-known/openid-configuration",
-            get(discovery::metadata),
-        )
         .route("/healthz", get(discovery::healthz))
         .fallback(|| async { OAuthError::not_found() })
         .method_not_allowed_fallback(|| async { OAuthError::method_not_allowed() })

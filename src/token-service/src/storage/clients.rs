@@ -1,7 +1,7 @@
 //! Registered OAuth clients: the `clients` table and their redirect URIs.
 //!
-//! Confidential clients hold a secret (RFC 6749 §2.1). Public clients (mobile apps,
-//! SPAs) cannot keep one: they authenticate with their client id alone
+//! Confidential clients hold a secret (RFC 6749 §2.1). Public clients (native mobile
+//! and desktop apps) cannot keep one: they authenticate with their client id alone
 //! (`token_endpoint_auth_method` `none`) and must use PKCE.
 
 use anyhow::{bail, Context as _};
@@ -59,15 +59,24 @@ pub struct Client {
     pub created_at: i64,
 }
 
-/// Client ids are non-empty visible ASCII (RFC 6749 Appendix A.1, without spaces).
+/// Client ids are 1 to 128 RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`):
+/// nothing a client library must percent-encode for HTTP Basic (RFC 6749 §2.3.1),
+/// which many get wrong, nor for a URL query.
 pub fn validate_client_id(client_id: &str) -> Result<(), String> {
     if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID_LEN {
         return Err(format!(
             "client id must be 1 to {MAX_CLIENT_ID_LEN} characters long"
         ));
     }
-    if !client_id.bytes().all(|byte| byte.is_ascii_graphic()) {
-        return Err("client id must be printable ASCII without spaces".to_owned());
+    if !client_id
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~'))
+    {
+        return Err(
+            "client id may contain only ASCII letters, digits and - . _ ~ (nothing that needs \
+             percent-encoding)"
+                .to_owned(),
+        );
     }
     Ok(())
 }
@@ -236,8 +245,12 @@ mod tests {
 
     #[test]
     fn client_id_rules() {
-        assert!(validate_client_id("mobile-app").is_ok());
-        assert!(validate_client_id("svc:billing@example").is_ok());
+        for good in ["mobile-app", "svc.billing_v2~eu", "A1"] {
+            assert_eq!(validate_client_id(good), Ok(()), "{good}");
+        }
+        for bad in ["svc:billing", "a@b", "a+b", "a%20b", "a/b", "a&b"] {
+            assert!(validate_client_id(bad).is_err(), "{bad}");
+        }
         assert!(validate_client_id("").is_err());
         assert!(validate_client_id("has space").is_err());
         assert!(validate_client_id("caf\u{e9}").is_err());
