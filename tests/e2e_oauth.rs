@@ -23,6 +23,8 @@ fn stack() -> Stack {
             tokens
                 .public_client(APP, "read:data write:data", &[REDIRECT])
                 .user(USER, PASSWORD)
+                // No retry window: a replayed refresh token is reuse at once.
+                .serve_arg("--refresh-reuse-grace", "0")
         })
         .start()
 }
@@ -183,6 +185,8 @@ fn revoked_tokens_are_refused_at_the_gateway_through_the_revocation_feed() {
             tokens
                 .public_client(APP, "read:data write:data", &[REDIRECT])
                 .user(USER, PASSWORD)
+                // No retry window: a replayed refresh token is reuse at once.
+                .serve_arg("--refresh-reuse-grace", "0")
         })
         .plugin_config(|config| {
             config["providers"]["tollgate"]["revocation_feed"] = json!({

@@ -642,6 +642,92 @@ fn refresh_token_reuse_revokes_the_whole_family() {
 }
 
 #[test]
+fn a_retried_refresh_keeps_the_session_through_20_duplicated_rounds() {
+    // A client sends each refresh twice at once (a retry after a lost response, or two
+    // tabs), and keeps whichever answer it read: alternately the first and the second.
+    let service = builder().start();
+    let token_url = service.token_url();
+    let (_, mut refresh_token) = app_tokens(&service, "read:data");
+    let mut access = String::new();
+    for round in 0..20 {
+        let replies: Vec<(u16, Value)> = thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (token_url, refresh_token) = (&token_url, &refresh_token);
+                    scope.spawn(move || refresh(token_url, APP, refresh_token, None))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("refresh thread"))
+                .collect()
+        });
+        for (status, body) in &replies {
+            assert_eq!(*status, 200, "round {round}: {body}");
+        }
+        let (_, kept) = &replies[round % 2];
+        refresh_token = string(kept, "refresh_token");
+        access = string(kept, "access_token");
+    }
+    // The session survived: its latest tokens work, nothing was revoked.
+    assert_eq!(introspect(&service, &refresh_token)["active"], true);
+    assert_eq!(introspect(&service, &access)["active"], true);
+    assert!(revoked_jtis(&service).is_empty());
+    let (status, body) = refresh(&token_url, APP, &refresh_token, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(!service
+        .log()
+        .contains("security: rotated refresh token reused"));
+}
+
+#[test]
+fn reuse_outside_the_grace_window_still_revokes_the_family() {
+    let service = builder().serve_arg("--refresh-reuse-grace", "1").start();
+    let token_url = service.token_url();
+    let (first_access, first_refresh) = app_tokens(&service, "read:data");
+    let (status, body) = refresh(&token_url, APP, &first_refresh, None);
+    assert_eq!(status, 200, "{body}");
+    let (second_access, second_refresh) = (
+        string(&body, "access_token"),
+        string(&body, "refresh_token"),
+    );
+
+    // Two seconds later the first token is presented again: reuse, not a retry.
+    thread::sleep(Duration::from_millis(2_100));
+    assert_invalid_grant(refresh(&token_url, APP, &first_refresh, None), "reuse");
+    assert_invalid_grant(
+        refresh(&token_url, APP, &second_refresh, None),
+        "the family is revoked",
+    );
+    for (what, token) in [
+        ("first access token", &first_access),
+        ("second access token", &second_access),
+        ("second refresh token", &second_refresh),
+    ] {
+        assert_inactive(&service, token, what);
+    }
+    assert!(service
+        .log()
+        .contains("security: rotated refresh token reused"));
+
+    // Within the window, but after the new token was used: reuse as well.
+    let (_, first_refresh) = app_tokens(&service, "read:data");
+    let (_, body) = refresh(&token_url, APP, &first_refresh, None);
+    let second_refresh = string(&body, "refresh_token");
+    let (status, body) = refresh(&token_url, APP, &second_refresh, None);
+    assert_eq!(status, 200, "{body}");
+    let third_refresh = string(&body, "refresh_token");
+    assert_invalid_grant(
+        refresh(&token_url, APP, &first_refresh, None),
+        "two generations old",
+    );
+    assert_invalid_grant(
+        refresh(&token_url, APP, &third_refresh, None),
+        "the family is revoked",
+    );
+}
+
+#[test]
 fn refresh_tokens_are_bound_to_their_client() {
     let service = builder().start();
     let (_, refresh_token) = app_tokens(&service, "read:data");

@@ -76,7 +76,7 @@ fn describe(state: &AppState, conn: &rusqlite::Connection, token: &str) -> anyho
         let Some(presented) = refresh::find(conn, token)? else {
             return Ok(inactive);
         };
-        if presented.rotated || !presented.family.is_live(now) {
+        if !presented.is_current() || !presented.family.is_live(now) {
             return Ok(inactive);
         }
         let family = presented.family;

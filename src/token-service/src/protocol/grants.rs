@@ -7,7 +7,8 @@
 //!   expiry, redirect URI and PKCE; starts a refresh-token family. A code presented
 //!   again revokes that family.
 //! - `refresh_token` (§6, RFC 9700 §4.14): rotates the token; the scope may narrow,
-//!   never widen. A rotated token presented again revokes its family.
+//!   never widen. A rotated token presented again revokes its family, unless it is a
+//!   retry within the grace window (see [`refresh`]), which gets new tokens.
 //!
 //! The database functions run inside one transaction that is committed even when the
 //! request is refused, because a refusal may have revoked a family.
@@ -159,11 +160,12 @@ pub fn refresh_token(
     let Some(presented) = refresh::find(conn, &request.refresh_token)? else {
         return refuse("the refresh token is invalid");
     };
-    let family = presented.family;
-    if family.client_id != client.client_id {
+    if presented.family.client_id != client.client_id {
         return refuse("the refresh token was issued to another client");
     }
-    if presented.rotated {
+    let retry = presented.is_retry(context.config.refresh_reuse_grace(), now);
+    let family = presented.family;
+    if presented.rotated_at.is_some() && !retry {
         if !family.revoked {
             refresh::revoke_family(conn, family.family_id, now)?;
             eprintln!(
@@ -188,13 +190,12 @@ pub fn refresh_token(
         }
     };
 
-    let refresh_token = refresh::rotate(
-        conn,
-        &request.refresh_token,
-        family.family_id,
-        context.config.refresh_lifetimes(),
-        now,
-    )?;
+    let lifetimes = context.config.refresh_lifetimes();
+    let refresh_token = if retry {
+        refresh::reissue(conn, &family, lifetimes, now)?
+    } else {
+        refresh::rotate(conn, &family, lifetimes, now)?
+    };
     let access_token = sign(context, &family.user_id, &client.client_id, &scopes)?;
     refresh::record_access_token(
         conn,

@@ -7,6 +7,16 @@
 //! together with the access tokens issued in it (they go to the revocation feed).
 //! A family dies when its current token idles past the idle lifetime or the family
 //! reaches its absolute lifetime.
+//!
+//! Tokens belong to generations: the family's current generation is the one that may be
+//! exchanged. Exchanging a current token retires its whole generation and starts the
+//! next. The grace window (`--refresh-reuse-grace`) is for a client that lost a response
+//! or retried: for that long after its generation was retired, a token of the previous
+//! generation may be exchanged again, which adds a token to the current generation
+//! instead of revoking the family. Once any token of the current generation has been
+//! exchanged, or the window has passed, presenting an old token is reuse again. So the
+//! family stays one chain: two parties holding it are still found out, at the latest
+//! when one of them presents a token the other's exchange retired.
 
 use rusqlite::{params, Connection, OptionalExtension as _};
 
@@ -42,6 +52,8 @@ pub struct Family {
     /// When the current token stops working.
     pub idle_expires_at: i64,
     pub revoked: bool,
+    /// The generation whose tokens may be exchanged.
+    pub generation: i64,
 }
 
 impl Family {
@@ -56,8 +68,24 @@ impl Family {
 pub struct Presented {
     pub family: Family,
     pub issued_at: i64,
-    /// Already exchanged for a newer token: presenting it again is reuse.
-    pub rotated: bool,
+    pub generation: i64,
+    /// When its generation was retired (exchanged for a newer one); presenting it
+    /// again is reuse, unless it is a retry within the grace window.
+    pub rotated_at: Option<i64>,
+}
+
+impl Presented {
+    pub fn is_current(&self) -> bool {
+        self.rotated_at.is_none()
+    }
+
+    /// Whether presenting this retired token at `now` is a retry of its exchange: it
+    /// is of the generation just retired, at most `grace` seconds ago.
+    pub fn is_retry(&self, grace: i64, now: i64) -> bool {
+        self.rotated_at.is_some_and(|rotated_at| {
+            self.generation + 1 == self.family.generation && now - rotated_at <= grace
+        })
+    }
 }
 
 /// Starts a family for a redeemed authorization code; returns its id and first token.
@@ -84,7 +112,7 @@ pub fn start_family(
         ],
     )?;
     let family_id = conn.last_insert_rowid();
-    let token = insert_token(conn, family_id, now)?;
+    let token = insert_token(conn, family_id, 0, now)?;
     Ok((family_id, token))
 }
 
@@ -96,8 +124,8 @@ pub fn find(conn: &Connection, token: &str) -> rusqlite::Result<Option<Presented
     let row = conn
         .prepare_cached(
             "SELECT f.family_id, f.client_id, f.user_id, f.scopes,
-                    f.idle_expires_at, f.revoked_at IS NOT NULL,
-                    t.issued_at, t.rotated_at IS NOT NULL
+                    f.idle_expires_at, f.revoked_at IS NOT NULL, f.generation,
+                    t.issued_at, t.generation, t.rotated_at
              FROM refresh_tokens t
              JOIN token_families f USING (family_id)
              WHERE t.token_hash = ?1",
@@ -111,40 +139,75 @@ pub fn find(conn: &Connection, token: &str) -> rusqlite::Result<Option<Presented
                     scopes: ScopeSet::default(),
                     idle_expires_at: row.get(4)?,
                     revoked: row.get(5)?,
+                    generation: row.get(6)?,
                 },
                 row.get::<_, String>(3)?,
-                row.get(6)?,
                 row.get(7)?,
+                row.get(8)?,
+                row.get(9)?,
             ))
         })
         .optional()?;
-    row.map(|(mut family, scopes, issued_at, rotated)| {
+    row.map(|(mut family, scopes, issued_at, generation, rotated_at)| {
         family.scopes = scopes.parse().map_err(|err| {
             rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(err))
         })?;
         Ok(Presented {
             family,
             issued_at,
-            rotated,
+            generation,
+            rotated_at,
         })
     })
     .transpose()
 }
 
-/// Exchanges the family's current token `token` for a new one, which starts a new idle
-/// period (never past the absolute lifetime). Call inside a transaction, after
-/// [`find`] showed the token current and its family live.
+/// Exchanges a current token of `family` for a new one: retires the current generation
+/// (the token and any siblings) and starts the next, with a new idle period (never past
+/// the absolute lifetime). Call inside a transaction, after [`find`] showed the token
+/// current and its family live.
 pub fn rotate(
     conn: &Connection,
-    token: &str,
-    family_id: i64,
+    family: &Family,
     lifetimes: Lifetimes,
     now: i64,
 ) -> rusqlite::Result<String> {
     conn.execute(
-        "UPDATE refresh_tokens SET rotated_at = ?2 WHERE token_hash = ?1",
-        params![opaque::digest(token), now],
+        "UPDATE refresh_tokens SET rotated_at = ?3
+         WHERE family_id = ?1 AND generation = ?2 AND rotated_at IS NULL",
+        params![family.family_id, family.generation, now],
     )?;
+    conn.execute(
+        "UPDATE token_families SET generation = generation + 1 WHERE family_id = ?1",
+        [family.family_id],
+    )?;
+    reissue_in(
+        conn,
+        family.family_id,
+        family.generation + 1,
+        lifetimes,
+        now,
+    )
+}
+
+/// Answers a retry within the grace window: one more token of the current generation,
+/// with a new idle period. The family is not otherwise changed.
+pub fn reissue(
+    conn: &Connection,
+    family: &Family,
+    lifetimes: Lifetimes,
+    now: i64,
+) -> rusqlite::Result<String> {
+    reissue_in(conn, family.family_id, family.generation, lifetimes, now)
+}
+
+fn reissue_in(
+    conn: &Connection,
+    family_id: i64,
+    generation: i64,
+    lifetimes: Lifetimes,
+    now: i64,
+) -> rusqlite::Result<String> {
     let absolute_expires_at: i64 = conn.query_row(
         "SELECT absolute_expires_at FROM token_families WHERE family_id = ?1",
         [family_id],
@@ -154,7 +217,7 @@ pub fn rotate(
         "UPDATE token_families SET idle_expires_at = ?2 WHERE family_id = ?1",
         params![family_id, idle_expiry(lifetimes, now, absolute_expires_at)],
     )?;
-    insert_token(conn, family_id, now)
+    insert_token(conn, family_id, generation, now)
 }
 
 /// Remembers an access token issued in the family, so that revoking the family
@@ -241,12 +304,18 @@ fn idle_expiry(lifetimes: Lifetimes, now: i64, absolute_expires_at: i64) -> i64 
     now.saturating_add(lifetimes.idle).min(absolute_expires_at)
 }
 
-fn insert_token(conn: &Connection, family_id: i64, now: i64) -> rusqlite::Result<String> {
+fn insert_token(
+    conn: &Connection,
+    family_id: i64,
+    generation: i64,
+    now: i64,
+) -> rusqlite::Result<String> {
     let token = format!("{PREFIX}{}", opaque::random(TOKEN_BYTES));
     conn.prepare_cached(
-        "INSERT INTO refresh_tokens (token_hash, family_id, issued_at) VALUES (?1, ?2, ?3)",
+        "INSERT INTO refresh_tokens (token_hash, family_id, generation, issued_at)
+         VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![opaque::digest(&token), family_id, now])?;
+    .execute(params![opaque::digest(&token), family_id, generation, now])?;
     Ok(token)
 }
 
@@ -300,7 +369,7 @@ mod tests {
         assert!(first.starts_with(PREFIX) && first.len() == PREFIX.len() + 43);
 
         let presented = find(&conn, &first).expect("find").expect("known");
-        assert!(!presented.rotated);
+        assert!(presented.is_current());
         assert_eq!(presented.family.family_id, family_id);
         assert_eq!(presented.family.user_id, "u1");
         assert_eq!(presented.family.scopes, scopes);
@@ -308,14 +377,15 @@ mod tests {
         assert!(presented.family.is_live(1_099));
         assert!(!presented.family.is_live(1_100));
 
-        let second = rotate(&conn, &first, family_id, LIFETIMES, 1_090).expect("rotate");
-        assert!(find(&conn, &first).expect("find").expect("known").rotated);
+        let second = rotate(&conn, &presented.family, LIFETIMES, 1_090).expect("rotate");
+        let old = find(&conn, &first).expect("find").expect("known");
+        assert_eq!(old.rotated_at, Some(1_090));
         let current = find(&conn, &second).expect("find").expect("known");
-        assert!(!current.rotated);
+        assert!(current.is_current());
         assert_eq!(current.issued_at, 1_090);
         assert_eq!(current.family.idle_expires_at, 1_190);
 
-        let third = rotate(&conn, &second, family_id, LIFETIMES, 1_180).expect("rotate");
+        let third = rotate(&conn, &current.family, LIFETIMES, 1_180).expect("rotate");
         let current = find(&conn, &third).expect("find").expect("known");
         assert_eq!(
             current.family.idle_expires_at, 1_250,
@@ -324,6 +394,47 @@ mod tests {
 
         assert!(find(&conn, "tgr_unknown").expect("find").is_none());
         assert!(find(&conn, "not-a-refresh-token").expect("find").is_none());
+    }
+
+    #[test]
+    fn only_the_generation_just_retired_may_retry_and_only_within_the_grace() {
+        let (_dir, conn) = store();
+        let scopes = ScopeSet::default();
+        let (_, first) =
+            start_family(&conn, "app", "u1", &scopes, LIFETIMES, 1_000).expect("start");
+        let family = find(&conn, &first).expect("find").expect("known").family;
+        let second = rotate(&conn, &family, LIFETIMES, 1_010).expect("rotate");
+
+        // The first token again, 5 s after its exchange: a retry, with a grace of 10 s.
+        let retried = find(&conn, &first).expect("find").expect("known");
+        assert!(retried.is_retry(10, 1_015));
+        assert!(!retried.is_retry(10, 1_021), "past the grace");
+        assert!(!retried.is_retry(0, 1_011), "no grace");
+        let sibling = reissue(&conn, &retried.family, LIFETIMES, 1_015).expect("reissue");
+        let sibling_presented = find(&conn, &sibling).expect("find").expect("known");
+        assert!(sibling_presented.is_current());
+        assert!(find(&conn, &second)
+            .expect("find")
+            .expect("known")
+            .is_current());
+
+        // Exchanging one of the siblings retires both; the first token is now two
+        // generations old: reuse, grace or not.
+        let third = rotate(&conn, &sibling_presented.family, LIFETIMES, 1_016).expect("rotate");
+        let other_sibling = find(&conn, &second).expect("find").expect("known");
+        assert_eq!(other_sibling.rotated_at, Some(1_016));
+        assert!(
+            other_sibling.is_retry(10, 1_020),
+            "the generation just retired"
+        );
+        assert!(!find(&conn, &first)
+            .expect("find")
+            .expect("known")
+            .is_retry(10, 1_017));
+        assert!(find(&conn, &third)
+            .expect("find")
+            .expect("known")
+            .is_current());
     }
 
     #[test]

@@ -73,6 +73,18 @@ pub struct ServeConfig {
     )]
     pub refresh_absolute_ttl: u64,
 
+    /// Seconds after a refresh during which the refresh token it used may be exchanged
+    /// again, for a client that lost the response or retried: the retry gets new
+    /// tokens and the grant lives on. Outside it (and once the new token was used),
+    /// presenting a used token revokes the grant. 0 turns retries off.
+    #[arg(
+        long,
+        env = "TOLLGATE_REFRESH_REUSE_GRACE",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=60)
+    )]
+    pub refresh_reuse_grace: u64,
+
     /// Peers whose X-Forwarded-For is believed (comma-separated CIDR ranges; empty for
     /// none). The client address is the right-most X-Forwarded-For entry that is not one
     /// of them.
@@ -167,6 +179,12 @@ impl ServeConfig {
         }
     }
 
+    /// [`Self::refresh_reuse_grace`] in seconds.
+    pub fn refresh_reuse_grace(&self) -> i64 {
+        // Bounded by the value parser.
+        i64::try_from(self.refresh_reuse_grace).unwrap_or(0)
+    }
+
     pub fn throttle_limits(&self) -> Limits {
         Limits {
             account_failures: self.throttle_account_failures,
@@ -224,6 +242,7 @@ mod tests {
         let config = ServeConfig::parse_from(["serve"]);
         assert_eq!(config.refresh_lifetimes().idle, 14 * 86_400);
         assert_eq!(config.refresh_lifetimes().absolute, 90 * 86_400);
+        assert_eq!(config.refresh_reuse_grace(), 10);
         assert_eq!(config.trusted_proxies.to_string(), "127.0.0.1/32,::1/128");
         let limits = config.throttle_limits();
         assert_eq!((limits.account_failures, limits.address_failures), (10, 50));

@@ -169,6 +169,14 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL
     ) STRICT;
     "#,
+    // 5: refresh-token generations, for the retry grace window.
+    r#"
+    -- The generation whose refresh tokens may be exchanged; each exchange starts the next.
+    ALTER TABLE token_families ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    -- Tokens of the same generation are a token and its retries' reissues.
+    ALTER TABLE refresh_tokens ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX refresh_tokens_family_generation ON refresh_tokens (family_id, generation);
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
