@@ -295,3 +295,77 @@ fn a_revoked_access_token_is_refused_within_the_poll_interval_plus_one_second() 
         "still accepted {last_accepted:?} after revocation"
     );
 }
+
+/// Waits until `GET /data` with `token` is refused as revoked; returns how long after
+/// `since` that was. Gives up after `give_up`.
+fn refused_as_revoked_after(
+    stack: &Stack,
+    token: &str,
+    since: Instant,
+    give_up: Duration,
+) -> Duration {
+    loop {
+        match call_api(stack, "GET", "/data", token) {
+            (200, _) => {}
+            (401, body) => {
+                assert_eq!(body["error"], "invalid_token", "{body}");
+                assert_eq!(
+                    body["error_description"], "the access token has been revoked",
+                    "{body}"
+                );
+                return since.elapsed();
+            }
+            (status, body) => panic!("unexpected {status}: {body}"),
+        }
+        assert!(
+            since.elapsed() < give_up,
+            "still accepted {give_up:?} later:\n{}",
+            stack.envoy.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Removing or disabling a client revokes its `client_credentials` tokens too: the
+/// gateway refuses them within the sample's poll interval (2 s) plus one second.
+#[test]
+fn removing_or_disabling_a_client_revokes_its_tokens_at_the_gateway_within_one_poll() {
+    let stack = Stack::start();
+    let poll = Duration::from_secs(2);
+
+    let reader = stack.token("reader", Some("read:data"));
+    assert_eq!(call_api(&stack, "GET", "/data", &reader).0, 200);
+    let removed = stack.tokens.cli(&["clients", "remove", "--id", "reader"]);
+    assert!(removed.status.success(), "{removed:?}");
+    let after = refused_as_revoked_after(&stack, &reader, Instant::now(), poll * 3);
+    eprintln!("removed client's token refused {after:?} after `clients remove`");
+    assert!(after <= poll + Duration::from_secs(1), "{after:?}");
+
+    let app = stack.token("mobile-app", Some("read:data"));
+    assert_eq!(call_api(&stack, "GET", "/data", &app).0, 200);
+    let disabled = stack
+        .tokens
+        .cli(&["clients", "disable", "--id", "mobile-app"]);
+    assert!(disabled.status.success(), "{disabled:?}");
+    let after = refused_as_revoked_after(&stack, &app, Instant::now(), poll * 3);
+    eprintln!("disabled client's token refused {after:?} after `clients disable`");
+    assert!(after <= poll + Duration::from_secs(1), "{after:?}");
+    let secret = stack.tokens.secret("mobile-app").to_owned();
+    let refused = stack
+        .tokens
+        .request_token("mobile-app", &secret, Some("read:data"));
+    assert_eq!(
+        refused.status(),
+        401,
+        "a disabled client cannot authenticate"
+    );
+
+    // Enabled again, it gets working tokens; the revoked one stays revoked.
+    let enabled = stack
+        .tokens
+        .cli(&["clients", "enable", "--id", "mobile-app"]);
+    assert!(enabled.status.success(), "{enabled:?}");
+    let fresh = stack.token("mobile-app", Some("read:data"));
+    assert_eq!(call_api(&stack, "GET", "/data", &fresh).0, 200);
+    assert_eq!(call_api(&stack, "GET", "/data", &app).0, 401);
+}

@@ -771,6 +771,85 @@ fn cli_lists_and_removes_clients() {
 }
 
 #[test]
+fn removing_or_disabling_a_client_revokes_its_client_credentials_tokens() {
+    let service = TokenService::builder()
+        .client("batch", "read:data")
+        .client("batch-2", "read:data")
+        .client("gateway", "")
+        .start();
+    let introspect = |token: &str| -> Value {
+        let mut response = http_agent()
+            .post(service.url("/introspect"))
+            .header(
+                "Authorization",
+                basic_authorization("gateway", service.secret("gateway")),
+            )
+            .send_form([("token", token)])
+            .expect("POST /introspect");
+        assert_eq!(response.status(), 200);
+        response.body_mut().read_json().expect("JSON")
+    };
+    let feed = || -> Value {
+        let mut response = http_agent()
+            .get(service.url("/revocations"))
+            .call()
+            .expect("GET /revocations");
+        response.body_mut().read_json().expect("JSON")
+    };
+    let jti = |token: &str| decode_jwt(token).1["jti"].clone();
+
+    let first = service.client_credentials_token("batch", service.secret("batch"), None);
+    let second = service.client_credentials_token("batch", service.secret("batch"), None);
+    let other = service.client_credentials_token("batch-2", service.secret("batch-2"), None);
+    assert_eq!(introspect(&first)["active"], true);
+
+    let removed = service.cli(&["clients", "remove", "--id", "batch"]);
+    assert!(removed.status.success(), "{removed:?}");
+    for token in [&first, &second] {
+        assert_eq!(introspect(token), json!({"active": false}));
+    }
+    let listed: Vec<Value> = feed()["revoked"]
+        .as_array()
+        .expect("revoked")
+        .iter()
+        .map(|entry| entry["jti"].clone())
+        .collect();
+    let mut expected = vec![jti(&first), jti(&second)];
+    expected.sort_by_key(|value| value.as_str().unwrap_or_default().to_owned());
+    assert_eq!(listed, expected);
+    assert_eq!(
+        introspect(&other)["active"],
+        true,
+        "other clients are untouched"
+    );
+
+    let disabled = service.cli(&["clients", "disable", "--id", "batch-2"]);
+    assert!(disabled.status.success(), "{disabled:?}");
+    assert_eq!(introspect(&other), json!({"active": false}));
+    answer(service.request_token("batch-2", service.secret("batch-2"), None)).assert_error(
+        401,
+        "invalid_client",
+        "disabled client",
+    );
+    let listed = String::from_utf8_lossy(&service.cli(&["clients", "list"]).stdout).into_owned();
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.starts_with("batch-2") && line.contains(" disabled ")),
+        "{listed}"
+    );
+    let enabled = service.cli(&["clients", "enable", "--id", "batch-2"]);
+    assert!(enabled.status.success(), "{enabled:?}");
+    let fresh = service.client_credentials_token("batch-2", service.secret("batch-2"), None);
+    assert_eq!(introspect(&fresh)["active"], true);
+    assert_eq!(
+        introspect(&other),
+        json!({"active": false}),
+        "stays revoked"
+    );
+}
+
+#[test]
 fn sigterm_stops_the_service_gracefully() {
     let mut service = TokenService::builder().start();
     let status = service.stop();

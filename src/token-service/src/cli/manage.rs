@@ -44,6 +44,7 @@ pub fn add_client(
         secret_hash: secret.as_deref().map(secrets::hash).transpose()?,
         scopes,
         created_at: clock::now(),
+        disabled_at: None,
     };
     clients::insert(&db::open(db_path)?, &client, redirect_uris)?;
     println!("client_id: {}", client.client_id);
@@ -77,13 +78,26 @@ pub fn list_clients(db_path: &Path) -> anyhow::Result<()> {
         rows.push(vec![
             client.client_id.clone(),
             client.client_type.as_str().to_owned(),
+            if client.disabled_at.is_some() {
+                "disabled"
+            } else {
+                "enabled"
+            }
+            .to_owned(),
             clock::rfc3339(client.created_at),
             client.scopes.to_string(),
             clients::redirect_uris(&conn, &client.client_id)?.join(" "),
         ]);
     }
     print_table(
-        &["CLIENT_ID", "TYPE", "CREATED", "SCOPES", "REDIRECT_URIS"],
+        &[
+            "CLIENT_ID",
+            "TYPE",
+            "STATE",
+            "CREATED",
+            "SCOPES",
+            "REDIRECT_URIS",
+        ],
         rows,
     );
     Ok(())
@@ -93,7 +107,20 @@ pub fn remove_client(db_path: &Path, client_id: &str) -> anyhow::Result<()> {
     if !clients::remove(&db::open(db_path)?, client_id, clock::now())? {
         bail!("no client {client_id}");
     }
-    println!("removed client {client_id}");
+    println!("removed client {client_id}; its unexpired access tokens are revoked");
+    Ok(())
+}
+
+pub fn set_client_enabled(db_path: &Path, client_id: &str, enabled: bool) -> anyhow::Result<()> {
+    let conn = db::open(db_path)?;
+    if clients::set_enabled(&conn, client_id, enabled, clock::now())?.is_none() {
+        bail!("no client {client_id}");
+    }
+    if enabled {
+        println!("enabled client {client_id}");
+    } else {
+        println!("disabled client {client_id}; its grants and unexpired access tokens are revoked");
+    }
     Ok(())
 }
 

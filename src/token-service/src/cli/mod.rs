@@ -163,9 +163,20 @@ enum ClientsCommand {
     },
     /// List registered clients (never their secrets).
     List,
-    /// Remove a client and its grants: its refresh tokens stop working, the access
-    /// tokens issued from them are revoked, client_credentials tokens run out.
+    /// Remove a client and its grants: its refresh tokens stop working and every
+    /// unexpired access token issued to it (client_credentials ones too) is revoked.
     Remove {
+        #[arg(long)]
+        id: String,
+    },
+    /// Disable a client: it can no longer authenticate, its grants are revoked and
+    /// every unexpired access token issued to it is revoked.
+    Disable {
+        #[arg(long)]
+        id: String,
+    },
+    /// Enable a disabled client again (what was revoked stays revoked).
+    Enable {
         #[arg(long)]
         id: String,
     },
@@ -235,6 +246,12 @@ pub fn main() -> ExitCode {
         }) => manage::add_client(db, &id, scopes, public, &redirect_uris),
         Command::Clients(ClientsCommand::List) => manage::list_clients(db),
         Command::Clients(ClientsCommand::Remove { id }) => manage::remove_client(db, &id),
+        Command::Clients(ClientsCommand::Disable { id }) => {
+            manage::set_client_enabled(db, &id, false)
+        }
+        Command::Clients(ClientsCommand::Enable { id }) => {
+            manage::set_client_enabled(db, &id, true)
+        }
         Command::Users(UsersCommand::Add { username }) => manage::add_user(db, &username),
         Command::Users(UsersCommand::List) => manage::list_users(db),
         Command::Users(UsersCommand::Remove { username }) => manage::remove_user(db, &username),

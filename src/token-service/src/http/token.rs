@@ -125,8 +125,8 @@ fn parse_grant(form: &Form) -> Result<GrantRequest, OAuthError> {
     }
 }
 
-/// Runs the grant. Code and refresh grants run in one transaction, committed even
-/// when refused (a refusal may have revoked a family).
+/// Runs the grant in one transaction, committed even when refused (a refusal may have
+/// revoked a family).
 async fn issue(
     state: &Arc<AppState>,
     client: &Client,
@@ -145,7 +145,7 @@ async fn issue(
             };
             match &grant {
                 GrantRequest::ClientCredentials(scopes) => {
-                    grants::client_credentials(&context, &client, scopes.clone())
+                    grants::client_credentials(conn, &context, &client, scopes.clone())
                 }
                 GrantRequest::AuthorizationCode(request) => {
                     grants::authorization_code(conn, &context, &client, request)
@@ -155,10 +155,7 @@ async fn issue(
                 }
             }
         };
-        let outcome = match &grant {
-            GrantRequest::ClientCredentials(_) => state.db.with(|conn| run(conn)),
-            _ => state.db.transaction(|tx| run(tx)),
-        };
+        let outcome = state.db.transaction(|tx| run(tx));
         outcome.unwrap_or_else(|err| Err(OAuthError::internal("issuing tokens", err)))
     })
     .await

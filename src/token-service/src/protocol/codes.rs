@@ -121,6 +121,7 @@ mod tests {
             secret_hash: None,
             scopes: "read".parse().expect("scopes"),
             created_at: 0,
+            disabled_at: None,
         };
         clients::insert(&conn, &client, &[]).expect("client");
         let user = User {

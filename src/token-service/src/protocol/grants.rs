@@ -22,6 +22,7 @@ use crate::protocol::scope::ScopeSet;
 use crate::protocol::{codes, pkce, refresh};
 use crate::server::config::ServeConfig;
 use crate::storage::clients::{Client, ClientType};
+use crate::storage::issued_tokens;
 use crate::storage::keystore::KeySet;
 
 /// What the token endpoint hands out.
@@ -58,6 +59,7 @@ pub type Outcome = anyhow::Result<Result<Issued, OAuthError>>;
 /// Signs a token for the requested scopes, or for all the client's if it requested
 /// none (RFC 6749 §3.3 allows this default).
 pub fn client_credentials(
+    conn: &Connection,
     context: &Context<'_>,
     client: &Client,
     requested: Option<ScopeSet>,
@@ -77,6 +79,14 @@ pub fn client_credentials(
         }
     };
     let access_token = sign(context, &client.client_id, &client.client_id, &scopes)?;
+    // Recorded, so that removing or disabling the client revokes it.
+    issued_tokens::record(
+        conn,
+        &access_token.jti,
+        &client.client_id,
+        None,
+        access_token.expires_at,
+    )?;
     Ok(Ok(Issued {
         access_token,
         refresh_token: None,
@@ -142,7 +152,13 @@ pub fn authorization_code(
     )?;
     codes::mark_redeemed(conn, &request.code, family_id)?;
     let access_token = sign(context, &stored.user_id, &client.client_id, &stored.scopes)?;
-    refresh::record_access_token(conn, family_id, &access_token.jti, access_token.expires_at)?;
+    issued_tokens::record(
+        conn,
+        &access_token.jti,
+        &client.client_id,
+        Some(family_id),
+        access_token.expires_at,
+    )?;
     Ok(Ok(Issued {
         access_token,
         refresh_token: Some(refresh_token),
@@ -197,10 +213,11 @@ pub fn refresh_token(
         refresh::rotate(conn, &family, lifetimes, now)?
     };
     let access_token = sign(context, &family.user_id, &client.client_id, &scopes)?;
-    refresh::record_access_token(
+    issued_tokens::record(
         conn,
-        family.family_id,
         &access_token.jti,
+        &client.client_id,
+        Some(family.family_id),
         access_token.expires_at,
     )?;
     Ok(Ok(Issued {

@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension as _};
 
 use crate::crypto::opaque;
 use crate::protocol::scope::ScopeSet;
+use crate::storage::issued_tokens;
 
 /// Marks refresh tokens, so that `/revoke` and `/introspect` know what they hold and
 /// secret scanners can spot leaked ones.
@@ -80,10 +81,11 @@ impl Presented {
     }
 
     /// Whether presenting this retired token at `now` is a retry of its exchange: it
-    /// is of the generation just retired, at most `grace` seconds ago.
+    /// is of the generation just retired, less than `grace` seconds ago (so a grace of
+    /// 0 allows none).
     pub fn is_retry(&self, grace: i64, now: i64) -> bool {
         self.rotated_at.is_some_and(|rotated_at| {
-            self.generation + 1 == self.family.generation && now - rotated_at <= grace
+            self.generation + 1 == self.family.generation && now - rotated_at < grace
         })
     }
 }
@@ -220,21 +222,6 @@ fn reissue_in(
     insert_token(conn, family_id, generation, now)
 }
 
-/// Remembers an access token issued in the family, so that revoking the family
-/// revokes it too.
-pub fn record_access_token(
-    conn: &Connection,
-    family_id: i64,
-    jti: &str,
-    expires_at: i64,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO family_access_tokens (jti, family_id, expires_at) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![jti, family_id, expires_at])?;
-    Ok(())
-}
-
 /// Revokes the family: none of its refresh tokens works any more, and its unexpired
 /// access tokens join the revocation feed.
 pub fn revoke_family(conn: &Connection, family_id: i64, now: i64) -> rusqlite::Result<()> {
@@ -242,58 +229,25 @@ pub fn revoke_family(conn: &Connection, family_id: i64, now: i64) -> rusqlite::R
         "UPDATE token_families SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
         params![family_id, now],
     )?;
-    conn.execute(
-        "INSERT INTO revoked_access_tokens (jti, expires_at)
-         SELECT jti, expires_at FROM family_access_tokens
-         WHERE family_id = ?1 AND expires_at > ?2
-         ON CONFLICT DO NOTHING",
-        params![family_id, now],
-    )?;
-    Ok(())
+    issued_tokens::revoke_of_family(conn, family_id, now)
 }
 
-/// Puts the unexpired access tokens of every family of `user_id` on the revocation
-/// feed (before the user, and with it the families, is deleted).
-pub fn revoke_access_tokens_of_user(
-    conn: &Connection,
-    user_id: &str,
-    now: i64,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO revoked_access_tokens (jti, expires_at)
-         SELECT a.jti, a.expires_at FROM family_access_tokens a
-         JOIN token_families f USING (family_id)
-         WHERE f.user_id = ?1 AND a.expires_at > ?2
-         ON CONFLICT DO NOTHING",
-        params![user_id, now],
-    )?;
-    Ok(())
-}
-
-/// As [`revoke_access_tokens_of_user`], for the families of a client.
-pub fn revoke_access_tokens_of_client(
+/// Revokes every live family of the client (when the client is disabled).
+pub fn revoke_families_of_client(
     conn: &Connection,
     client_id: &str,
     now: i64,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO revoked_access_tokens (jti, expires_at)
-         SELECT a.jti, a.expires_at FROM family_access_tokens a
-         JOIN token_families f USING (family_id)
-         WHERE f.client_id = ?1 AND a.expires_at > ?2
-         ON CONFLICT DO NOTHING",
+        "UPDATE token_families SET revoked_at = ?2 WHERE client_id = ?1 AND revoked_at IS NULL",
         params![client_id, now],
     )?;
     Ok(())
 }
 
 /// Deletes families dead for longer than the retention period (with their tokens and
-/// codes), and forgets expired access tokens. Returns the number of families deleted.
+/// codes). Returns the number of families deleted.
 pub fn prune(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
-    conn.execute(
-        "DELETE FROM family_access_tokens WHERE expires_at <= ?1",
-        [now],
-    )?;
     conn.execute(
         "DELETE FROM token_families WHERE idle_expires_at <= ?1",
         [now.saturating_sub(RETENTION_SECS)],
@@ -339,6 +293,7 @@ mod tests {
             secret_hash: None,
             scopes: "read write".parse().expect("scopes"),
             created_at: 0,
+            disabled_at: None,
         };
         clients::insert(&conn, &client, &[]).expect("client");
         let user = User {
@@ -409,7 +364,8 @@ mod tests {
         let retried = find(&conn, &first).expect("find").expect("known");
         assert!(retried.is_retry(10, 1_015));
         assert!(!retried.is_retry(10, 1_021), "past the grace");
-        assert!(!retried.is_retry(0, 1_011), "no grace");
+        assert!(!retried.is_retry(10, 1_020), "the grace is over");
+        assert!(!retried.is_retry(0, 1_010), "no grace, not even at once");
         let sibling = reissue(&conn, &retried.family, LIFETIMES, 1_015).expect("reissue");
         let sibling_presented = find(&conn, &sibling).expect("find").expect("known");
         assert!(sibling_presented.is_current());
@@ -443,11 +399,11 @@ mod tests {
         let scopes = ScopeSet::default();
         let (family_id, token) =
             start_family(&conn, "app", "u1", &scopes, LIFETIMES, 1_000).expect("start");
-        record_access_token(&conn, family_id, "live", 2_000).expect("record");
-        record_access_token(&conn, family_id, "expired", 1_050).expect("record");
+        issued_tokens::record(&conn, "live", "app", Some(family_id), 2_000).expect("record");
+        issued_tokens::record(&conn, "expired", "app", Some(family_id), 1_050).expect("record");
         let (other, _) =
             start_family(&conn, "app", "u1", &scopes, LIFETIMES, 1_000).expect("start");
-        record_access_token(&conn, other, "other", 2_000).expect("record");
+        issued_tokens::record(&conn, "other", "app", Some(other), 2_000).expect("record");
 
         revoke_family(&conn, family_id, 1_060).expect("revoke");
         revoke_family(&conn, family_id, 1_070).expect("revoking twice is harmless");
@@ -467,7 +423,7 @@ mod tests {
         let (family_id, token) =
             start_family(&conn, "app", "u1", &ScopeSet::default(), LIFETIMES, 1_000)
                 .expect("start");
-        record_access_token(&conn, family_id, "jti-1", 2_000).expect("record");
+        issued_tokens::record(&conn, "jti-1", "app", Some(family_id), 2_000).expect("record");
         assert!(users::remove(&conn, "alice", 1_010).expect("remove"));
         assert_eq!(revoked_jtis(&conn), ["jti-1"]);
         assert!(
@@ -482,7 +438,7 @@ mod tests {
         let (family_id, token) =
             start_family(&conn, "app", "u1", &ScopeSet::default(), LIFETIMES, 1_000)
                 .expect("start");
-        record_access_token(&conn, family_id, "jti-1", 1_900).expect("record");
+        issued_tokens::record(&conn, "jti-1", "app", Some(family_id), 1_900).expect("record");
         assert_eq!(prune(&conn, 1_100 + RETENTION_SECS - 1).expect("prune"), 0);
         assert!(find(&conn, &token).expect("find").is_some());
         assert_eq!(prune(&conn, 1_100 + RETENTION_SECS).expect("prune"), 1);

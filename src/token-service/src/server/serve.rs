@@ -21,7 +21,7 @@ use crate::server::throttle::Throttle;
 use crate::storage::api_key_hashing::KeyHasher;
 use crate::storage::db::{self, Database};
 use crate::storage::keystore::{self, KeyCache};
-use crate::storage::revocation;
+use crate::storage::{issued_tokens, revocation};
 
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -126,6 +126,7 @@ async fn prune_periodically(db: Database) {
                 let now = clock::now();
                 codes::prune(tx, now)?;
                 refresh::prune(tx, now)?;
+                issued_tokens::prune(tx, now)?;
                 revocation::prune(tx, now)?;
                 Ok(())
             })

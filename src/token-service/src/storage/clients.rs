@@ -8,7 +8,9 @@ use anyhow::{bail, Context as _};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension as _, Row, ToSql};
 
+use crate::protocol::refresh;
 use crate::protocol::scope::ScopeSet;
+use crate::storage::issued_tokens;
 
 /// Longest accepted client id; ids travel in headers, logs and tokens.
 const MAX_CLIENT_ID_LEN: usize = 128;
@@ -57,6 +59,8 @@ pub struct Client {
     /// Scopes the client may request.
     pub scopes: ScopeSet,
     pub created_at: i64,
+    /// When the client was disabled; it cannot authenticate until enabled again.
+    pub disabled_at: Option<i64>,
 }
 
 /// Client ids are 1 to 128 RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`):
@@ -120,32 +124,69 @@ pub fn redirect_uris(conn: &Connection, client_id: &str) -> rusqlite::Result<Vec
     .collect()
 }
 
+/// The client `client_id`, unless it is unknown or disabled: a disabled client is
+/// treated as unknown everywhere it would authenticate.
 pub fn find(conn: &Connection, client_id: &str) -> rusqlite::Result<Option<Client>> {
     conn.prepare_cached(
-        "SELECT client_id, client_type, secret_hash, scopes, created_at
-         FROM clients WHERE client_id = ?1",
+        "SELECT client_id, client_type, secret_hash, scopes, created_at, disabled_at
+         FROM clients WHERE client_id = ?1 AND disabled_at IS NULL",
     )?
     .query_row([client_id], from_row)
     .optional()
 }
 
+/// Every client, disabled ones included.
 pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Client>> {
     conn.prepare(
-        "SELECT client_id, client_type, secret_hash, scopes, created_at
+        "SELECT client_id, client_type, secret_hash, scopes, created_at, disabled_at
          FROM clients ORDER BY client_id",
     )?
     .query_map([], from_row)?
     .collect()
 }
 
-/// Removes a client, its redirect URIs and its grants; the access tokens issued from
-/// its grants are recorded as revoked. Returns whether a client was removed.
+/// Removes a client, its redirect URIs and its grants; every unexpired access token
+/// issued to it (through its users' grants or `client_credentials`) goes on the
+/// revocation feed. Returns whether a client was removed.
 pub fn remove(conn: &Connection, client_id: &str, now: i64) -> rusqlite::Result<bool> {
     let tx = conn.unchecked_transaction()?;
-    crate::protocol::refresh::revoke_access_tokens_of_client(&tx, client_id, now)?;
+    issued_tokens::revoke_of_client(&tx, client_id, now)?;
     let removed = tx.execute("DELETE FROM clients WHERE client_id = ?1", [client_id])?;
     tx.commit()?;
     Ok(removed > 0)
+}
+
+/// Disables a client: it cannot authenticate any more, its grants are revoked and every
+/// unexpired access token issued to it goes on the revocation feed. Enabling it again
+/// lets it authenticate; what was revoked stays revoked. `None` if there is no such
+/// client.
+pub fn set_enabled(
+    conn: &Connection,
+    client_id: &str,
+    enabled: bool,
+    now: i64,
+) -> rusqlite::Result<Option<()>> {
+    let tx = conn.unchecked_transaction()?;
+    let found = if enabled {
+        tx.execute(
+            "UPDATE clients SET disabled_at = NULL WHERE client_id = ?1",
+            [client_id],
+        )?
+    } else {
+        tx.execute(
+            "UPDATE clients SET disabled_at = coalesce(disabled_at, ?2) WHERE client_id = ?1",
+            params![client_id, now],
+        )?
+    };
+    if found == 0 {
+        return Ok(None);
+    }
+    if !enabled {
+        refresh::revoke_families_of_client(&tx, client_id, now)?;
+        issued_tokens::revoke_of_client(&tx, client_id, now)?;
+    }
+    tx.commit()?;
+    Ok(Some(()))
 }
 
 /// The union of every client's allowed scopes: all the scopes this server can grant.
@@ -166,6 +207,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Client> {
         secret_hash: row.get(2)?,
         scopes: parse_scopes(3, &row.get::<_, String>(3)?)?,
         created_at: row.get(4)?,
+        disabled_at: row.get(5)?,
     })
 }
 
@@ -190,6 +232,7 @@ mod tests {
             secret_hash: Some("$argon2id$placeholder".to_owned()),
             scopes: scopes.parse().expect("scopes"),
             created_at: 1_700_000_000,
+            disabled_at: None,
         }
     }
 
@@ -241,6 +284,48 @@ mod tests {
         assert!(remove(&conn, "a-app", 0).expect("remove"));
         assert!(!remove(&conn, "a-app", 0).expect("remove again"));
         assert!(redirect_uris(&conn, "a-app").expect("uris").is_empty());
+    }
+
+    #[test]
+    fn removing_or_disabling_a_client_revokes_all_its_live_access_tokens() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
+        let revoked = |conn: &Connection| -> Vec<String> {
+            conn.prepare("SELECT jti FROM revoked_access_tokens ORDER BY jti")
+                .expect("prepare")
+                .query_map([], |row| row.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        insert(&conn, &client("svc", "read"), &[]).expect("svc");
+        insert(&conn, &client("other", "read"), &[]).expect("other");
+        // client_credentials tokens: no grant, only the client.
+        issued_tokens::record(&conn, "svc-live", "svc", None, 2_000).expect("record");
+        issued_tokens::record(&conn, "svc-expired", "svc", None, 900).expect("record");
+        issued_tokens::record(&conn, "other-live", "other", None, 2_000).expect("record");
+
+        assert_eq!(
+            set_enabled(&conn, "svc", false, 1_000).expect("disable"),
+            Some(())
+        );
+        assert!(find(&conn, "svc").expect("find").is_none(), "disabled");
+        assert_eq!(revoked(&conn), ["svc-live"]);
+        let listed = list(&conn).expect("list");
+        assert_eq!(listed[1].client_id, "svc");
+        assert_eq!(listed[1].disabled_at, Some(1_000));
+        assert_eq!(
+            set_enabled(&conn, "svc", true, 1_010).expect("enable"),
+            Some(())
+        );
+        assert!(find(&conn, "svc").expect("find").is_some(), "enabled again");
+        assert_eq!(
+            set_enabled(&conn, "nobody", false, 1_000).expect("disable"),
+            None
+        );
+
+        assert!(remove(&conn, "other", 1_020).expect("remove"));
+        assert_eq!(revoked(&conn), ["other-live", "svc-live"]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The SQLite store and what lives in it: the schema and its migrations, clients,
-//! users, signing keys, revoked access tokens, and API-key consumers and keys with the
+//! users, signing keys, issued and revoked access tokens, and API-key consumers and keys with the
 //! key-set document the gateway polls.
 
 pub mod api_key_hashing;
@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod clients;
 pub mod consumers;
 pub mod db;
+pub mod issued_tokens;
 pub mod key_set;
 pub mod keystore;
 pub mod revocation;

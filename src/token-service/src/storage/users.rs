@@ -107,7 +107,7 @@ pub fn remove(conn: &Connection, username: &str, now: i64) -> rusqlite::Result<b
     let Some(user_id) = user_id else {
         return Ok(false);
     };
-    crate::protocol::refresh::revoke_access_tokens_of_user(&tx, &user_id, now)?;
+    crate::storage::issued_tokens::revoke_of_user(&tx, &user_id, now)?;
     tx.execute("DELETE FROM users WHERE user_id = ?1", [&user_id])?;
     tx.commit()?;
     Ok(true)
