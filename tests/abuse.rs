@@ -27,7 +27,7 @@ fn builder() -> TokenServiceBuilder {
     TokenService::builder()
         .public_client(APP, "read:data", &[APP_REDIRECT])
         .client("victim", "read:data")
-        .user(ALICE, PASSWORD)
+        .user(ALICE, PASSWORD, "read:data")
 }
 
 /// Runs `attempt` on `count` threads released at the same instant; returns how many

@@ -22,7 +22,7 @@ fn stack() -> Stack {
         .token_service(|tokens| {
             tokens
                 .public_client(APP, "read:data write:data", &[REDIRECT])
-                .user(USER, PASSWORD)
+                .user(USER, PASSWORD, "read:data write:data")
                 // No retry window: a replayed refresh token is reuse at once.
                 .serve_arg("--refresh-reuse-grace", "0")
         })
@@ -184,7 +184,7 @@ fn revoked_tokens_are_refused_at_the_gateway_through_the_revocation_feed() {
         .token_service(|tokens| {
             tokens
                 .public_client(APP, "read:data write:data", &[REDIRECT])
-                .user(USER, PASSWORD)
+                .user(USER, PASSWORD, "read:data write:data")
                 // No retry window: a replayed refresh token is reuse at once.
                 .serve_arg("--refresh-reuse-grace", "0")
         })

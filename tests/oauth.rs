@@ -36,7 +36,7 @@ fn builder() -> TokenServiceBuilder {
         )
         .client_with_redirects(WEB, "read:data", &[WEB_REDIRECT])
         .client(GATEWAY, "")
-        .user(ALICE, PASSWORD)
+        .user(ALICE, PASSWORD, "read:data write:data")
 }
 
 /// Logs Alice in for the mobile app; returns the code, after checking `state` and `iss`.
@@ -1186,7 +1186,7 @@ fn cli_manages_users_and_public_clients() {
     );
     assert!(!listed.contains("argon2"), "no hashes: {listed}");
 
-    let bob = service.add_user("bob", "another long password");
+    let bob = service.add_user("bob", "another long password", "read:data");
     assert_ne!(bob, service.user_id(ALICE));
     for (what, args, stdin_password) in [
         (

@@ -26,6 +26,7 @@ pub fn add_client(
     db_path: &Path,
     client_id: &str,
     scopes: ScopeSet,
+    default_scopes: ScopeSet,
     public: bool,
     redirect_uris: &[String],
 ) -> anyhow::Result<()> {
@@ -43,6 +44,7 @@ pub fn add_client(
         },
         secret_hash: secret.as_deref().map(secrets::hash).transpose()?,
         scopes,
+        default_scopes,
         created_at: clock::now(),
         disabled_at: None,
     };
@@ -52,11 +54,8 @@ pub fn add_client(
     if let Some(secret) = &secret {
         println!("client_secret: {secret}");
     }
-    if client.scopes.is_empty() {
-        println!("scopes: (none)");
-    } else {
-        println!("scopes: {}", client.scopes);
-    }
+    println!("scopes: {}", or_none(&client.scopes));
+    println!("default_scopes: {}", or_none(&client.default_scopes));
     for redirect_uri in redirect_uris {
         println!("redirect_uri: {redirect_uri}");
     }
@@ -86,6 +85,7 @@ pub fn list_clients(db_path: &Path) -> anyhow::Result<()> {
             .to_owned(),
             clock::rfc3339(client.created_at),
             client.scopes.to_string(),
+            client.default_scopes.to_string(),
             clients::redirect_uris(&conn, &client.client_id)?.join(" "),
         ]);
     }
@@ -96,6 +96,7 @@ pub fn list_clients(db_path: &Path) -> anyhow::Result<()> {
             "STATE",
             "CREATED",
             "SCOPES",
+            "DEFAULT_SCOPES",
             "REDIRECT_URIS",
         ],
         rows,
@@ -126,19 +127,38 @@ pub fn set_client_enabled(db_path: &Path, client_id: &str, enabled: bool) -> any
 
 /// Adds a user with a password read from standard input; prints the user id, which is
 /// the `sub` of the user's tokens.
-pub fn add_user(db_path: &Path, username: &str) -> anyhow::Result<()> {
+pub fn add_user(db_path: &Path, username: &str, scopes: ScopeSet) -> anyhow::Result<()> {
     let password = read_password()?;
     users::validate_password(&password).map_err(anyhow::Error::msg)?;
     let user = User {
         user_id: users::new_user_id(),
         username: username.to_owned(),
         password_hash: secrets::hash(&password)?,
+        scopes,
         created_at: clock::now(),
     };
     users::insert(&db::open(db_path)?, &user)?;
     println!("user_id: {}", user.user_id);
     println!("username: {}", user.username);
+    println!("scopes: {}", or_none(&user.scopes));
     Ok(())
+}
+
+pub fn set_user_scopes(db_path: &Path, username: &str, scopes: &ScopeSet) -> anyhow::Result<()> {
+    if !users::set_scopes(&db::open(db_path)?, username, scopes)? {
+        bail!("no user {username}");
+    }
+    println!("{username}: {}", or_none(scopes));
+    Ok(())
+}
+
+/// Scopes for display: `(none)` when empty.
+fn or_none(scopes: &ScopeSet) -> String {
+    if scopes.is_empty() {
+        "(none)".to_owned()
+    } else {
+        scopes.to_string()
+    }
 }
 
 pub fn list_users(db_path: &Path) -> anyhow::Result<()> {
@@ -154,10 +174,11 @@ pub fn list_users(db_path: &Path) -> anyhow::Result<()> {
                 user.username.clone(),
                 user.user_id.clone(),
                 clock::rfc3339(user.created_at),
+                user.scopes.to_string(),
             ]
         })
         .collect();
-    print_table(&["USERNAME", "USER_ID", "CREATED"], rows);
+    print_table(&["USERNAME", "USER_ID", "CREATED", "SCOPES"], rows);
     Ok(())
 }
 

@@ -151,6 +151,10 @@ enum ClientsCommand {
         /// Space-delimited scopes the client may request, e.g. "read:data write:data".
         #[arg(long, default_value = "")]
         scopes: ScopeSet,
+        /// What a token request without `scope` gets: some of --scopes [default: none,
+        /// so requests must name the scopes they want].
+        #[arg(long, default_value = "")]
+        default_scopes: ScopeSet,
         /// A public client (a native mobile or desktop app): no secret, PKCE mandatory.
         /// Needs at least one --redirect-uri.
         #[arg(long)]
@@ -190,9 +194,21 @@ enum UsersCommand {
         /// Username: 1 to 64 ASCII letters, digits and . _ @ + -
         #[arg(long, value_parser = parse_username)]
         username: String,
+        /// Space-delimited scopes the user may hold, e.g. "read:data"; a token for the
+        /// user carries no others, whatever the client may ask for [default: none].
+        #[arg(long, default_value = "")]
+        scopes: ScopeSet,
     },
     /// List users (never their password hashes).
     List,
+    /// Replace the scopes a user may hold. Their tokens keep their scopes until they
+    /// expire; refreshes from then on get the new set.
+    SetScopes {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        scopes: ScopeSet,
+    },
     /// Remove a user: their refresh tokens stop working and their access tokens are
     /// revoked.
     Remove {
@@ -241,9 +257,10 @@ pub fn main() -> ExitCode {
         Command::Clients(ClientsCommand::Add {
             id,
             scopes,
+            default_scopes,
             public,
             redirect_uris,
-        }) => manage::add_client(db, &id, scopes, public, &redirect_uris),
+        }) => manage::add_client(db, &id, scopes, default_scopes, public, &redirect_uris),
         Command::Clients(ClientsCommand::List) => manage::list_clients(db),
         Command::Clients(ClientsCommand::Remove { id }) => manage::remove_client(db, &id),
         Command::Clients(ClientsCommand::Disable { id }) => {
@@ -252,8 +269,13 @@ pub fn main() -> ExitCode {
         Command::Clients(ClientsCommand::Enable { id }) => {
             manage::set_client_enabled(db, &id, true)
         }
-        Command::Users(UsersCommand::Add { username }) => manage::add_user(db, &username),
+        Command::Users(UsersCommand::Add { username, scopes }) => {
+            manage::add_user(db, &username, scopes)
+        }
         Command::Users(UsersCommand::List) => manage::list_users(db),
+        Command::Users(UsersCommand::SetScopes { username, scopes }) => {
+            manage::set_user_scopes(db, &username, &scopes)
+        }
         Command::Users(UsersCommand::Remove { username }) => manage::remove_user(db, &username),
         Command::Keys(KeysCommand::Rotate { alg }) => manage::rotate_keys(db, alg),
         Command::Keys(KeysCommand::List) => manage::list_keys(db),

@@ -199,7 +199,7 @@ fn validate(
         }
     }
     let scopes = match params.get("scope").map(str::parse::<ScopeSet>) {
-        None => client.scopes.clone(),
+        None => client.default_scopes.clone(),
         Some(Ok(requested)) if requested.is_subset(&client.scopes) => requested,
         Some(_) => {
             return back(
@@ -308,12 +308,14 @@ async fn approve(state: &Arc<AppState>, posted: Posted, form: &Form, ip: IpAddr)
     let code = {
         let state = Arc::clone(state);
         let authorization = authorization.clone();
+        // What was asked for, of what the user may hold.
+        let granted = authorization.scopes.intersection(&user.scopes);
         blocking(move || {
             let new = NewCode {
                 client_id: &authorization.client_id,
                 user_id: &user.user_id,
                 redirect_uri: &authorization.redirect_uri,
-                scopes: &authorization.scopes,
+                scopes: &granted,
                 code_challenge: authorization.code_challenge.as_deref(),
             };
             state

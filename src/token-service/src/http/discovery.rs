@@ -39,7 +39,7 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, OA
         blocking(move || {
             state
                 .db
-                .with(clients::all_scopes)
+                .with(clients::public_scopes)
                 .map_err(|err| OAuthError::internal("listing scopes", err))
         })
         .await?

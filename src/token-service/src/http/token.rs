@@ -42,8 +42,9 @@ struct TokenResponse<'a> {
     expires_in: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<String>,
+    /// Always present: the granted scope may differ from the requested one (RFC 6749
+    /// §5.1), e.g. narrowed to what the user may hold; empty when none is granted.
+    scope: String,
 }
 
 /// A parsed grant request.
@@ -83,7 +84,7 @@ pub async fn token(
                 token_type: "Bearer",
                 expires_in: state.config.access_token_ttl,
                 refresh_token: issued.refresh_token.as_deref(),
-                scope: (!issued.scopes.is_empty()).then(|| issued.scopes.to_string()),
+                scope: issued.scopes.to_string(),
             };
             let response = (StatusCode::OK, no_store_headers(), Json(body)).into_response();
             (response, Some(issued.access_token.jti))

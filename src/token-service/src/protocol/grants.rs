@@ -22,8 +22,8 @@ use crate::protocol::scope::ScopeSet;
 use crate::protocol::{codes, pkce, refresh};
 use crate::server::config::ServeConfig;
 use crate::storage::clients::{Client, ClientType};
-use crate::storage::issued_tokens;
 use crate::storage::keystore::KeySet;
+use crate::storage::{issued_tokens, users};
 
 /// What the token endpoint hands out.
 pub struct Issued {
@@ -56,8 +56,8 @@ pub struct RefreshRequest {
 /// A refusal to answer with, or an internal failure.
 pub type Outcome = anyhow::Result<Result<Issued, OAuthError>>;
 
-/// Signs a token for the requested scopes, or for all the client's if it requested
-/// none (RFC 6749 §3.3 allows this default).
+/// Signs a token for the requested scopes, or for the client's default scopes if it
+/// requested none (RFC 6749 §3.3).
 pub fn client_credentials(
     conn: &Connection,
     context: &Context<'_>,
@@ -70,7 +70,7 @@ pub fn client_credentials(
         )));
     }
     let scopes = match requested {
-        None => client.scopes.clone(),
+        None => client.default_scopes.intersection(&client.scopes),
         Some(requested) if requested.is_subset(&client.scopes) => requested,
         Some(_) => {
             return Ok(Err(OAuthError::invalid_scope(
@@ -194,8 +194,15 @@ pub fn refresh_token(
     if !family.is_live(now) {
         return refuse("the refresh token expired or was revoked");
     }
-    // The scope granted, less any the client may no longer request.
-    let granted = family.scopes.intersection(&client.scopes);
+    // The scope granted, less any the client may no longer ask for or the user may no
+    // longer hold.
+    let Some(user_scopes) = users::scopes_of(conn, &family.user_id)? else {
+        return refuse("the refresh token's user no longer exists");
+    };
+    let granted = family
+        .scopes
+        .intersection(&client.scopes)
+        .intersection(&user_scopes);
     let scopes = match &request.scope {
         None => granted,
         Some(requested) if requested.is_subset(&granted) => requested.clone(),

@@ -292,6 +292,7 @@ mod tests {
             client_type: ClientType::Public,
             secret_hash: None,
             scopes: "read write".parse().expect("scopes"),
+            default_scopes: ScopeSet::default(),
             created_at: 0,
             disabled_at: None,
         };
@@ -300,6 +301,7 @@ mod tests {
             user_id: "u1".to_owned(),
             username: "alice".to_owned(),
             password_hash: "$argon2id$placeholder".to_owned(),
+            scopes: ScopeSet::default(),
             created_at: 0,
         };
         users::insert(&conn, &user).expect("user");

@@ -9,9 +9,11 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 use rusqlite::{params, Connection, OptionalExtension as _, Row, ToSql};
 
 use crate::protocol::refresh;
-use crate::protocol::scope::ScopeSet;
+use crate::protocol::scope::{self, ScopeSet};
 use crate::storage::issued_tokens;
 
+/// Scopes never advertised in the public metadata: the admin API's.
+pub const PRIVILEGED_SCOPES: &[&str] = &[scope::ADMIN];
 /// Longest accepted client id; ids travel in headers, logs and tokens.
 const MAX_CLIENT_ID_LEN: usize = 128;
 
@@ -58,6 +60,8 @@ pub struct Client {
     pub secret_hash: Option<String>,
     /// Scopes the client may request.
     pub scopes: ScopeSet,
+    /// What a request without `scope` gets: a subset of `scopes`.
+    pub default_scopes: ScopeSet,
     pub created_at: i64,
     /// When the client was disabled; it cannot authenticate until enabled again.
     pub disabled_at: Option<i64>,
@@ -87,16 +91,21 @@ pub fn validate_client_id(client_id: &str) -> Result<(), String> {
 
 /// Registers `client` with its redirect URIs (already validated).
 pub fn insert(conn: &Connection, client: &Client, redirect_uris: &[String]) -> anyhow::Result<()> {
+    if !client.default_scopes.is_subset(&client.scopes) {
+        bail!("the default scopes must be among the client's scopes");
+    }
     let tx = conn.unchecked_transaction()?;
     let inserted = tx.execute(
-        "INSERT INTO clients (client_id, client_type, secret_hash, scopes, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO clients
+             (client_id, client_type, secret_hash, scopes, default_scopes, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (client_id) DO NOTHING",
         params![
             client.client_id,
             client.client_type,
             client.secret_hash,
             client.scopes.to_string(),
+            client.default_scopes.to_string(),
             client.created_at
         ],
     )?;
@@ -128,7 +137,8 @@ pub fn redirect_uris(conn: &Connection, client_id: &str) -> rusqlite::Result<Vec
 /// treated as unknown everywhere it would authenticate.
 pub fn find(conn: &Connection, client_id: &str) -> rusqlite::Result<Option<Client>> {
     conn.prepare_cached(
-        "SELECT client_id, client_type, secret_hash, scopes, created_at, disabled_at
+        "SELECT client_id, client_type, secret_hash, scopes, default_scopes, created_at,
+                disabled_at
          FROM clients WHERE client_id = ?1 AND disabled_at IS NULL",
     )?
     .query_row([client_id], from_row)
@@ -138,7 +148,8 @@ pub fn find(conn: &Connection, client_id: &str) -> rusqlite::Result<Option<Clien
 /// Every client, disabled ones included.
 pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Client>> {
     conn.prepare(
-        "SELECT client_id, client_type, secret_hash, scopes, created_at, disabled_at
+        "SELECT client_id, client_type, secret_hash, scopes, default_scopes, created_at,
+                disabled_at
          FROM clients ORDER BY client_id",
     )?
     .query_map([], from_row)?
@@ -189,15 +200,15 @@ pub fn set_enabled(
     Ok(Some(()))
 }
 
-/// The union of every client's allowed scopes: all the scopes this server can grant.
-pub fn all_scopes(conn: &Connection) -> rusqlite::Result<ScopeSet> {
-    let mut joined = String::new();
+/// The scopes this server grants that anyone may know about: the union of every
+/// client's allowed scopes, without [`PRIVILEGED_SCOPES`].
+pub fn public_scopes(conn: &Connection) -> rusqlite::Result<ScopeSet> {
+    let mut all = ScopeSet::default();
     let mut statement = conn.prepare_cached("SELECT scopes FROM clients")?;
-    for scopes in statement.query_map([], |row| row.get::<_, String>(0))? {
-        joined.push(' ');
-        joined.push_str(&scopes?);
+    for scopes in statement.query_map([], |row| row.get::<_, ScopeSet>(0))? {
+        all = all.union(&scopes?);
     }
-    parse_scopes(0, &joined)
+    Ok(all.without(PRIVILEGED_SCOPES))
 }
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Client> {
@@ -205,19 +216,10 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Client> {
         client_id: row.get(0)?,
         client_type: row.get(1)?,
         secret_hash: row.get(2)?,
-        scopes: parse_scopes(3, &row.get::<_, String>(3)?)?,
-        created_at: row.get(4)?,
-        disabled_at: row.get(5)?,
-    })
-}
-
-fn parse_scopes(column: usize, scopes: &str) -> rusqlite::Result<ScopeSet> {
-    scopes.parse().map_err(|err| {
-        rusqlite::Error::FromSqlConversionFailure(
-            column,
-            rusqlite::types::Type::Text,
-            Box::new(err),
-        )
+        scopes: row.get(3)?,
+        default_scopes: row.get(4)?,
+        created_at: row.get(5)?,
+        disabled_at: row.get(6)?,
     })
 }
 
@@ -231,6 +233,7 @@ mod tests {
             client_type: ClientType::Confidential,
             secret_hash: Some("$argon2id$placeholder".to_owned()),
             scopes: scopes.parse().expect("scopes"),
+            default_scopes: ScopeSet::default(),
             created_at: 1_700_000_000,
             disabled_at: None,
         }
@@ -254,16 +257,23 @@ mod tests {
         assert_eq!(found.client_type, ClientType::Confidential);
         assert!(find(&conn, "nobody").expect("find").is_none());
 
+        insert(&conn, &client("ops", "read tollgate:admin"), &[]).expect("insert ops");
         assert_eq!(
-            all_scopes(&conn).expect("all scopes").to_string(),
-            "read write"
+            public_scopes(&conn).expect("public scopes").to_string(),
+            "read write",
+            "the admin scope is never advertised"
         );
+        let defaults_outside = Client {
+            default_scopes: "write".parse().expect("scopes"),
+            ..client("narrow", "read")
+        };
+        assert!(insert(&conn, &defaults_outside, &[]).is_err());
         let ids: Vec<_> = list(&conn)
             .expect("list")
             .into_iter()
             .map(|c| c.client_id)
             .collect();
-        assert_eq!(ids, ["a-app", "b-app"]);
+        assert_eq!(ids, ["a-app", "b-app", "ops"]);
 
         assert_eq!(
             redirect_uris(&conn, "a-app").expect("uris"),

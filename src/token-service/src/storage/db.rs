@@ -198,6 +198,14 @@ const MIGRATIONS: &[&str] = &[
     -- A disabled client cannot authenticate; its tokens were revoked when it was disabled.
     ALTER TABLE clients ADD COLUMN disabled_at INTEGER;
     "#,
+    // 7: per-user permissions and per-client default scopes.
+    r#"
+    -- Space-delimited scopes the user may hold; a token gets what the client may ask
+    -- for, the user may hold and the request asked for. Users from before hold none.
+    ALTER TABLE users ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+    -- What a request without `scope` gets (a subset of `scopes`); empty: nothing.
+    ALTER TABLE clients ADD COLUMN default_scopes TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
