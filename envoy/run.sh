@@ -107,7 +107,7 @@ Tollgate sample stack is up (logs in $RUN/).
 
 7. Manage keys through the token service's admin API (scope tollgate:admin):
 
-   ADMIN=\$(curl -s -u key-admin:$KEY_ADMIN_SECRET -d grant_type=client_credentials \\
+   ADMIN=\$(curl -s -u key-admin:$KEY_ADMIN_SECRET -d grant_type=client_credentials -d scope=tollgate:admin \\
      http://127.0.0.1:9000/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
    curl -s -H "Authorization: Bearer \$ADMIN" http://127.0.0.1:9000/admin/api-keys
    curl -s -H "Authorization: Bearer \$ADMIN" -H 'Content-Type: application/json' \\
