@@ -296,34 +296,37 @@ fn a_revoked_access_token_is_refused_within_the_poll_interval_plus_one_second() 
     );
 }
 
-/// Waits until `GET /data` with `token` is refused as revoked; returns how long after
-/// `since` that was. Gives up after `give_up`.
-fn refused_as_revoked_after(
-    stack: &Stack,
-    token: &str,
-    since: Instant,
-    give_up: Duration,
-) -> Duration {
-    loop {
+/// Calls `GET /data` with `token` (each call on a new connection, so every Envoy
+/// worker answers) until it has been refused as revoked 8 times in a row, and returns
+/// when it was last accepted after `since`. Before its first revocation list a worker
+/// may answer 503. Few calls: the sample's brute-force guard counts each 401.
+fn last_accepted(stack: &Stack, token: &str, since: Instant) -> Duration {
+    let mut last = Duration::ZERO;
+    let mut refused_in_a_row = 0;
+    while refused_in_a_row < 8 {
         match call_api(stack, "GET", "/data", token) {
-            (200, _) => {}
+            (200, _) => {
+                last = since.elapsed();
+                refused_in_a_row = 0;
+            }
             (401, body) => {
                 assert_eq!(body["error"], "invalid_token", "{body}");
                 assert_eq!(
                     body["error_description"], "the access token has been revoked",
                     "{body}"
                 );
-                return since.elapsed();
+                refused_in_a_row += 1;
             }
+            (503, _) => refused_in_a_row = 0,
             (status, body) => panic!("unexpected {status}: {body}"),
         }
         assert!(
-            since.elapsed() < give_up,
-            "still accepted {give_up:?} later:\n{}",
-            stack.envoy.log()
+            since.elapsed() < Duration::from_secs(10),
+            "still accepted after 10 s"
         );
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(Duration::from_millis(50));
     }
+    last
 }
 
 /// Removing or disabling a client revokes its `client_credentials` tokens too: the
@@ -337,9 +340,9 @@ fn removing_or_disabling_a_client_revokes_its_tokens_at_the_gateway_within_one_p
     assert_eq!(call_api(&stack, "GET", "/data", &reader).0, 200);
     let removed = stack.tokens.cli(&["clients", "remove", "--id", "reader"]);
     assert!(removed.status.success(), "{removed:?}");
-    let after = refused_as_revoked_after(&stack, &reader, Instant::now(), poll * 3);
-    eprintln!("removed client's token refused {after:?} after `clients remove`");
-    assert!(after <= poll + Duration::from_secs(1), "{after:?}");
+    let last = last_accepted(&stack, &reader, Instant::now());
+    eprintln!("removed client's token last accepted {last:?} after `clients remove`");
+    assert!(last <= poll + Duration::from_secs(1), "{last:?}");
 
     let app = stack.token("mobile-app", Some("read:data"));
     assert_eq!(call_api(&stack, "GET", "/data", &app).0, 200);
@@ -347,9 +350,9 @@ fn removing_or_disabling_a_client_revokes_its_tokens_at_the_gateway_within_one_p
         .tokens
         .cli(&["clients", "disable", "--id", "mobile-app"]);
     assert!(disabled.status.success(), "{disabled:?}");
-    let after = refused_as_revoked_after(&stack, &app, Instant::now(), poll * 3);
-    eprintln!("disabled client's token refused {after:?} after `clients disable`");
-    assert!(after <= poll + Duration::from_secs(1), "{after:?}");
+    let last = last_accepted(&stack, &app, Instant::now());
+    eprintln!("disabled client's token last accepted {last:?} after `clients disable`");
+    assert!(last <= poll + Duration::from_secs(1), "{last:?}");
     let secret = stack.tokens.secret("mobile-app").to_owned();
     let refused = stack
         .tokens
