@@ -20,7 +20,14 @@ pub struct Pkce {
     pub challenge: String,
 }
 
+impl Default for Pkce {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Pkce {
+    /// A fresh random pair.
     pub fn new() -> Pkce {
         let mut bytes = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut bytes);
@@ -135,6 +142,12 @@ impl LoginForm {
 /// elsewhere (to the app's redirect URI), reporting it, as a native app reads it.
 pub struct Browser {
     agent: ureq::Agent,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Browser {

@@ -23,8 +23,6 @@ use tempfile::TempDir;
 use super::http_agent;
 use super::process::{free_port, ChildProcess};
 
-/// The binary under test, built by Cargo for integration tests.
-
 /// How long `serve` may take to answer `/healthz` (an RS256 key is generated first,
 /// which takes seconds in a debug build).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
