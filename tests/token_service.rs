@@ -190,7 +190,8 @@ fn client_credentials_with_basic_auth_issues_an_rfc_9068_access_token() {
 }
 
 #[test]
-fn client_secret_post_without_scope_grants_all_allowed_scopes() {
+fn client_secret_post_without_scope_grants_the_default_scopes() {
+    // The harness makes a client's default scopes all it may ask for.
     let service = TokenService::builder()
         .client("svc.billing", "write:data read:data")
         .audience("billing-api")
