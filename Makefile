@@ -122,6 +122,8 @@ clean:
 # bench crates (bench/floor, bench/tokens) are standalone and only built here.
 # The fleet row adds Redis and the rate-limit service (envoy/rls).
 # Settings: BENCH_SECONDS, BENCH_ROUNDS, BENCH_MEMORY_TOKENS, ... (bench/bench.py).
+# Then the token service's RSS after bursts of concurrent logins (bench/token_service_rss.py,
+# BENCH_TOKEN_BURST, BASELINE_TOKEN_SERVICE).
 .PHONY: bench
 
 bench: tools wasm
@@ -130,6 +132,8 @@ bench: tools wasm
 	$(CARGO) build --release --manifest-path bench/tokens/Cargo.toml
 	$(CARGO) build --release -p tollgate-rls-backend
 	ENVOY=$(abspath $(ENVOY)) python3 bench/bench.py
+	$(CARGO) build --release -p tollgate-token-service
+	python3 bench/token_service_rss.py
 
 ## Docker compose -------------------------------------------------------------
 

@@ -57,7 +57,7 @@ if [[ -z ${PARTNER_API_KEY:-} ]]; then
 fi
 if [[ -z ${DEMO_PASSWORD:-} ]]; then
   password=$(head -c 12 /dev/urandom | base64 | tr -d '/+=')
-  out=$(printf '%s\n' "$password" | "${CLI[@]}" users add --username alice 2>&1) || fail 'user alice' "$out"
+  out=$(printf '%s\n' "$password" | "${CLI[@]}" users add --username alice --scopes "read:data write:data" 2>&1) || fail 'user alice' "$out"
   remember DEMO_USER alice
   remember DEMO_PASSWORD "$password"
 fi

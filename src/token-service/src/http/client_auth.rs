@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::http::{header, HeaderMap};
 use base64::engine::general_purpose::STANDARD;
@@ -16,10 +15,9 @@ use base64::Engine as _;
 
 use super::form::{decode_component, Form};
 use super::{blocking, AppState};
-use crate::clients::{self, Client, ClientType};
-use crate::errors::OAuthError;
-use crate::secrets;
-use crate::throttle::{Account, Verdict};
+use crate::protocol::errors::OAuthError;
+use crate::server::throttle::Account;
+use crate::storage::clients::{self, Client, ClientType};
 
 /// Credentials presented by the client. Deliberately not `Debug`: it holds a secret.
 pub struct ClientCredentials {
@@ -45,23 +43,21 @@ pub async fn authenticate(
     accepts: Accepts,
 ) -> Result<Client, OAuthError> {
     let client_id = credentials.client_id.clone();
-    let account = Account::Client(&client_id);
-    match state.throttle.check(account, ip, Instant::now()) {
-        Verdict::Blocked(wait) => {
-            return Err(OAuthError::too_many_requests(
-                wait.as_secs_f64().ceil().max(1.0) as u64,
-            ))
-        }
-        Verdict::Proceed(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
-        Verdict::Proceed(_) => {}
+    let attempt = state
+        .throttle
+        .begin(Account::Client(&client_id), ip)
+        .await
+        .map_err(|blocked| OAuthError::too_many_requests(blocked.retry_after_secs()))?;
+    if !attempt.delay().is_zero() {
+        tokio::time::sleep(attempt.delay()).await;
     }
     match verify(state, credentials, accepts).await? {
         Some(client) => {
-            state.throttle.record_success(account, ip);
+            attempt.succeeded();
             Ok(client)
         }
         None => {
-            state.throttle.record_failure(account, ip, Instant::now());
+            attempt.failed();
             Err(OAuthError::invalid_client())
         }
     }
@@ -75,37 +71,34 @@ async fn verify(
     credentials: ClientCredentials,
     accepts: Accepts,
 ) -> Result<Option<Client>, OAuthError> {
-    let _permit = match credentials.client_secret {
-        Some(_) => Some(
+    let client = {
+        let state = Arc::clone(state);
+        let client_id = credentials.client_id.clone();
+        blocking(move || {
             state
-                .secret_checks
-                .acquire()
-                .await
-                .map_err(|err| OAuthError::internal("secret check limiter closed", err))?,
-        ),
-        None => None,
-    };
-    let state = Arc::clone(state);
-    blocking(move || {
-        let client = state
-            .db
-            .with(|conn| clients::find(conn, &credentials.client_id))
-            .map_err(|err| OAuthError::internal("looking up client", err))?;
-        Ok(match credentials.client_secret {
-            Some(secret) => {
-                let hash = client
-                    .as_ref()
-                    .and_then(|client| client.secret_hash.as_deref())
-                    .unwrap_or(&state.dummy_secret_hash);
-                let valid = secrets::verify(&secret, hash);
-                client.filter(|client| valid && client.client_type == ClientType::Confidential)
-            }
-            None => client.filter(|client| {
-                client.client_type == ClientType::Public && accepts == Accepts::AnyClient
-            }),
+                .db
+                .with(|conn| clients::find(conn, &client_id))
+                .map_err(|err| OAuthError::internal("looking up client", err))
         })
+        .await?
+    };
+    Ok(match credentials.client_secret {
+        Some(secret) => {
+            let hash = client
+                .as_ref()
+                .filter(|client| client.client_type == ClientType::Confidential)
+                .and_then(|client| client.secret_hash.clone());
+            let valid = state
+                .secrets
+                .verify(secret, hash)
+                .await
+                .map_err(|err| OAuthError::internal("verifying a client secret", err))?;
+            client.filter(|_| valid)
+        }
+        None => client.filter(|client| {
+            client.client_type == ClientType::Public && accepts == Accepts::AnyClient
+        }),
     })
-    .await
 }
 
 /// Extracts the client credentials from the `Authorization` header or the form.
@@ -173,7 +166,7 @@ fn parse_basic(value: &[u8]) -> Option<ClientCredentials> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::errors::ErrorCode;
+    use crate::protocol::errors::ErrorCode;
     use axum::http::HeaderValue;
 
     fn basic(raw: &str) -> HeaderMap {

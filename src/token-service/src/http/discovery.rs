@@ -1,7 +1,8 @@
 //! Public, unauthenticated documents: the JWK Set, the authorization-server metadata
-//! (RFC 8414, also served as `openid-configuration` for OIDC-style discovery) and the
-//! health check. They advertise only what this server really supports; the gateway's
-//! revocation feed is not a standard endpoint and is not listed.
+//! (RFC 8414) and the health check. This is not an OpenID Provider (no ID tokens, no
+//! userinfo), so there is no `openid-configuration`. They advertise only what this
+//! server really supports; the gateway's revocation feed is not a standard endpoint
+//! and is not listed.
 
 use std::sync::Arc;
 
@@ -12,8 +13,9 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{blocking, AppState};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::{clients, clock};
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::server::clock;
+use crate::storage::clients;
 
 /// Short enough that verifiers see a rotation's new key within a minute.
 const PUBLIC_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=60");
@@ -37,7 +39,7 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, OA
         blocking(move || {
             state
                 .db
-                .with(clients::all_scopes)
+                .with(clients::public_scopes)
                 .map_err(|err| OAuthError::internal("listing scopes", err))
         })
         .await?

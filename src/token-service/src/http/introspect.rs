@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 use super::client_auth::{self, Accepts};
 use super::form;
 use super::{active_access_token, blocking, client_ip, AppState, LogContext};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::{clock, refresh};
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::refresh;
+use crate::server::clock;
 
 const KNOWN_PARAMETERS: &[&str] = &["token", "token_type_hint", "client_id", "client_secret"];
 
@@ -75,7 +76,7 @@ fn describe(state: &AppState, conn: &rusqlite::Connection, token: &str) -> anyho
         let Some(presented) = refresh::find(conn, token)? else {
             return Ok(inactive);
         };
-        if presented.rotated || !presented.family.is_live(now) {
+        if !presented.is_current() || !presented.family.is_live(now) {
             return Ok(inactive);
         }
         let family = presented.family;

@@ -18,8 +18,10 @@ use axum::response::{IntoResponse, Response};
 use super::client_auth::{self, Accepts};
 use super::form;
 use super::{blocking, client_ip, AppState, LogContext};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::{clock, refresh, revocation, token};
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::{access_token, refresh};
+use crate::server::clock;
+use crate::storage::revocation;
 
 const KNOWN_PARAMETERS: &[&str] = &["token", "token_type_hint", "client_id", "client_secret"];
 
@@ -100,7 +102,7 @@ fn revoke_token(
     }
     let keys = state.keys.current(conn, now)?;
     Ok(
-        match token::verify(&keys, token, &state.config.issuer, now) {
+        match access_token::verify(&keys, token, &state.config.issuer, now) {
             None => Revocation::Done,
             Some(verified) if verified.client_id != client_id => Revocation::NotYours,
             Some(verified) => {

@@ -17,11 +17,11 @@ use serde::Serialize;
 use super::client_auth::{self, Accepts};
 use super::form::{self, Form};
 use super::{blocking, client_ip, AppState, LogContext};
-use crate::clients::Client;
-use crate::clock;
-use crate::errors::{no_store_headers, OAuthError};
-use crate::grants::{self, CodeRequest, Context, Issued, RefreshRequest};
-use crate::scope::ScopeSet;
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::grants::{self, CodeRequest, Context, Issued, RefreshRequest};
+use crate::protocol::scope::ScopeSet;
+use crate::server::clock;
+use crate::storage::clients::Client;
 
 /// Parameters a duplicate error may name; other names are not echoed back.
 const KNOWN_PARAMETERS: &[&str] = &[
@@ -42,8 +42,9 @@ struct TokenResponse<'a> {
     expires_in: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<String>,
+    /// Always present: the granted scope may differ from the requested one (RFC 6749
+    /// §5.1), e.g. narrowed to what the user may hold; empty when none is granted.
+    scope: String,
 }
 
 /// A parsed grant request.
@@ -83,7 +84,7 @@ pub async fn token(
                 token_type: "Bearer",
                 expires_in: state.config.access_token_ttl,
                 refresh_token: issued.refresh_token.as_deref(),
-                scope: (!issued.scopes.is_empty()).then(|| issued.scopes.to_string()),
+                scope: issued.scopes.to_string(),
             };
             let response = (StatusCode::OK, no_store_headers(), Json(body)).into_response();
             (response, Some(issued.access_token.jti))
@@ -125,8 +126,8 @@ fn parse_grant(form: &Form) -> Result<GrantRequest, OAuthError> {
     }
 }
 
-/// Runs the grant. Code and refresh grants run in one transaction, committed even
-/// when refused (a refusal may have revoked a family).
+/// Runs the grant in one transaction, committed even when refused (a refusal may have
+/// revoked a family).
 async fn issue(
     state: &Arc<AppState>,
     client: &Client,
@@ -145,7 +146,7 @@ async fn issue(
             };
             match &grant {
                 GrantRequest::ClientCredentials(scopes) => {
-                    grants::client_credentials(&context, &client, scopes.clone())
+                    grants::client_credentials(conn, &context, &client, scopes.clone())
                 }
                 GrantRequest::AuthorizationCode(request) => {
                     grants::authorization_code(conn, &context, &client, request)
@@ -155,10 +156,7 @@ async fn issue(
                 }
             }
         };
-        let outcome = match &grant {
-            GrantRequest::ClientCredentials(_) => state.db.with(|conn| run(conn)),
-            _ => state.db.transaction(|tx| run(tx)),
-        };
+        let outcome = state.db.transaction(|tx| run(tx));
         outcome.unwrap_or_else(|err| Err(OAuthError::internal("issuing tokens", err)))
     })
     .await

@@ -112,7 +112,11 @@ fn authority(hier_part: &str) -> Option<(&str, Option<&str>)> {
     let (host, port) = authority.split_at(host_end);
     match port.strip_prefix(':') {
         None if port.is_empty() => Some((host, None)),
-        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+        // A TCP port: 1 to 65535 (port 0 cannot be connected to).
+        Some(port)
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|n| n != 0) =>
+        {
             Some((host, Some(port)))
         }
         _ => None,
@@ -169,6 +173,11 @@ mod tests {
             "com.example.app:",
             "https://app.example.com/with space",
             "1http://x",
+            "http://127.0.0.1:0/cb",
+            "http://127.0.0.1:65536/cb",
+            "http://[::1]:99999/cb",
+            "https://app.example.com:0/cb",
+            "http://localhost:123456789012345678901234567890/cb",
         ] {
             assert!(validate(bad).is_err(), "{bad}");
         }
@@ -204,6 +213,11 @@ mod tests {
             "only IP literals are port-agnostic"
         );
         assert!(!matches("http://127.0.0.1/cb", "http://127.0.0.1:/cb"));
+        for port in ["0", "65536", "99999", "4294967297"] {
+            let requested = format!("http://127.0.0.1:{port}/cb");
+            assert!(!matches("http://127.0.0.1/cb", &requested), "{requested}");
+        }
+        assert!(matches("http://127.0.0.1/cb", "http://127.0.0.1:65535/cb"));
     }
 
     #[test]

@@ -161,6 +161,51 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX api_keys_consumer ON api_keys (consumer_id);
     "#,
+    // 4: keys the service keeps for itself.
+    r#"
+    -- E.g. the key login forms are signed with (HMAC-SHA256): random, never shown.
+    CREATE TABLE service_keys (
+        name  TEXT PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL
+    ) STRICT;
+    "#,
+    // 5: refresh-token generations, for the retry grace window.
+    r#"
+    -- The generation whose refresh tokens may be exchanged; each exchange starts the next.
+    ALTER TABLE token_families ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    -- Tokens of the same generation are a token and its retries' reissues.
+    ALTER TABLE refresh_tokens ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX refresh_tokens_family_generation ON refresh_tokens (family_id, generation);
+    "#,
+    // 6: every issued access token by client (client_credentials ones too), so that
+    //    removing or disabling a client revokes them; clients can be disabled.
+    r#"
+    CREATE TABLE issued_access_tokens (
+        jti        TEXT PRIMARY KEY NOT NULL,
+        client_id  TEXT NOT NULL REFERENCES clients (client_id) ON DELETE CASCADE,
+        -- The user's grant that issued it; NULL for client_credentials.
+        family_id  INTEGER REFERENCES token_families (family_id) ON DELETE CASCADE,
+        expires_at INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO issued_access_tokens (jti, client_id, family_id, expires_at)
+        SELECT a.jti, f.client_id, a.family_id, a.expires_at
+        FROM family_access_tokens a JOIN token_families f USING (family_id);
+    DROP TABLE family_access_tokens;
+    CREATE INDEX issued_access_tokens_client ON issued_access_tokens (client_id);
+    CREATE INDEX issued_access_tokens_family ON issued_access_tokens (family_id);
+    CREATE INDEX issued_access_tokens_expiry ON issued_access_tokens (expires_at);
+
+    -- A disabled client cannot authenticate; its tokens were revoked when it was disabled.
+    ALTER TABLE clients ADD COLUMN disabled_at INTEGER;
+    "#,
+    // 7: per-user permissions and per-client default scopes.
+    r#"
+    -- Space-delimited scopes the user may hold; a token gets what the client may ask
+    -- for, the user may hold and the request asked for. Users from before hold none.
+    ALTER TABLE users ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+    -- What a request without `scope` gets (a subset of `scopes`); empty: nothing.
+    ALTER TABLE clients ADD COLUMN default_scopes TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.

@@ -10,6 +10,10 @@ use std::str::FromStr;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
 use serde::{Serialize, Serializer};
 
+/// The scope the admin API needs. Privileged: never advertised, and a user's token
+/// carries it only if the user may hold it.
+pub const ADMIN: &str = "tollgate:admin";
+
 /// A set of valid scope tokens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScopeSet(BTreeSet<String>);
@@ -44,6 +48,22 @@ impl ScopeSet {
     /// The scopes in both sets.
     pub fn intersection(&self, other: &ScopeSet) -> ScopeSet {
         ScopeSet(self.0.intersection(&other.0).cloned().collect())
+    }
+
+    /// The scopes in either set.
+    pub fn union(&self, other: &ScopeSet) -> ScopeSet {
+        ScopeSet(self.0.union(&other.0).cloned().collect())
+    }
+
+    /// This set less `scopes`.
+    pub fn without(&self, scopes: &[&str]) -> ScopeSet {
+        ScopeSet(
+            self.0
+                .iter()
+                .filter(|scope| !scopes.contains(&scope.as_str()))
+                .cloned()
+                .collect(),
+        )
     }
 }
 
@@ -135,6 +155,10 @@ mod tests {
         assert_eq!(
             scopes("admin read:data").intersection(&allowed),
             scopes("read:data")
+        );
+        assert_eq!(
+            scopes("a b").union(&scopes("b c")).without(&["a"]),
+            scopes("b c")
         );
     }
 }

@@ -9,14 +9,16 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, ensure, Context as _};
 
-use crate::api_key_hashing::KeyHasher;
-use crate::api_keys::{self, NewKey, Restrictions};
-use crate::clients::{self, Client, ClientType};
-use crate::consumers::{self, Consumer};
-use crate::keys::Algorithm;
-use crate::scope::ScopeSet;
-use crate::users::{self, User};
-use crate::{clock, db, keystore, secrets};
+use crate::crypto::secrets;
+use crate::crypto::signing_keys::Algorithm;
+use crate::protocol::scope::ScopeSet;
+use crate::server::clock;
+use crate::storage::api_key_hashing::KeyHasher;
+use crate::storage::api_keys::{self, NewKey, Restrictions};
+use crate::storage::clients::{self, Client, ClientType};
+use crate::storage::consumers::{self, Consumer};
+use crate::storage::users::{self, User};
+use crate::storage::{db, keystore};
 
 /// Registers a client. A confidential client's secret is printed here, the only time
 /// it is shown.
@@ -24,6 +26,7 @@ pub fn add_client(
     db_path: &Path,
     client_id: &str,
     scopes: ScopeSet,
+    default_scopes: ScopeSet,
     public: bool,
     redirect_uris: &[String],
 ) -> anyhow::Result<()> {
@@ -41,7 +44,9 @@ pub fn add_client(
         },
         secret_hash: secret.as_deref().map(secrets::hash).transpose()?,
         scopes,
+        default_scopes,
         created_at: clock::now(),
+        disabled_at: None,
     };
     clients::insert(&db::open(db_path)?, &client, redirect_uris)?;
     println!("client_id: {}", client.client_id);
@@ -49,11 +54,8 @@ pub fn add_client(
     if let Some(secret) = &secret {
         println!("client_secret: {secret}");
     }
-    if client.scopes.is_empty() {
-        println!("scopes: (none)");
-    } else {
-        println!("scopes: {}", client.scopes);
-    }
+    println!("scopes: {}", or_none(&client.scopes));
+    println!("default_scopes: {}", or_none(&client.default_scopes));
     for redirect_uri in redirect_uris {
         println!("redirect_uri: {redirect_uri}");
     }
@@ -75,13 +77,28 @@ pub fn list_clients(db_path: &Path) -> anyhow::Result<()> {
         rows.push(vec![
             client.client_id.clone(),
             client.client_type.as_str().to_owned(),
+            if client.disabled_at.is_some() {
+                "disabled"
+            } else {
+                "enabled"
+            }
+            .to_owned(),
             clock::rfc3339(client.created_at),
             client.scopes.to_string(),
+            client.default_scopes.to_string(),
             clients::redirect_uris(&conn, &client.client_id)?.join(" "),
         ]);
     }
     print_table(
-        &["CLIENT_ID", "TYPE", "CREATED", "SCOPES", "REDIRECT_URIS"],
+        &[
+            "CLIENT_ID",
+            "TYPE",
+            "STATE",
+            "CREATED",
+            "SCOPES",
+            "DEFAULT_SCOPES",
+            "REDIRECT_URIS",
+        ],
         rows,
     );
     Ok(())
@@ -91,25 +108,57 @@ pub fn remove_client(db_path: &Path, client_id: &str) -> anyhow::Result<()> {
     if !clients::remove(&db::open(db_path)?, client_id, clock::now())? {
         bail!("no client {client_id}");
     }
-    println!("removed client {client_id}");
+    println!("removed client {client_id}; its unexpired access tokens are revoked");
+    Ok(())
+}
+
+pub fn set_client_enabled(db_path: &Path, client_id: &str, enabled: bool) -> anyhow::Result<()> {
+    let conn = db::open(db_path)?;
+    if clients::set_enabled(&conn, client_id, enabled, clock::now())?.is_none() {
+        bail!("no client {client_id}");
+    }
+    if enabled {
+        println!("enabled client {client_id}");
+    } else {
+        println!("disabled client {client_id}; its grants and unexpired access tokens are revoked");
+    }
     Ok(())
 }
 
 /// Adds a user with a password read from standard input; prints the user id, which is
 /// the `sub` of the user's tokens.
-pub fn add_user(db_path: &Path, username: &str) -> anyhow::Result<()> {
+pub fn add_user(db_path: &Path, username: &str, scopes: ScopeSet) -> anyhow::Result<()> {
     let password = read_password()?;
     users::validate_password(&password).map_err(anyhow::Error::msg)?;
     let user = User {
         user_id: users::new_user_id(),
         username: username.to_owned(),
         password_hash: secrets::hash(&password)?,
+        scopes,
         created_at: clock::now(),
     };
     users::insert(&db::open(db_path)?, &user)?;
     println!("user_id: {}", user.user_id);
     println!("username: {}", user.username);
+    println!("scopes: {}", or_none(&user.scopes));
     Ok(())
+}
+
+pub fn set_user_scopes(db_path: &Path, username: &str, scopes: &ScopeSet) -> anyhow::Result<()> {
+    if !users::set_scopes(&db::open(db_path)?, username, scopes)? {
+        bail!("no user {username}");
+    }
+    println!("{username}: {}", or_none(scopes));
+    Ok(())
+}
+
+/// Scopes for display: `(none)` when empty.
+fn or_none(scopes: &ScopeSet) -> String {
+    if scopes.is_empty() {
+        "(none)".to_owned()
+    } else {
+        scopes.to_string()
+    }
 }
 
 pub fn list_users(db_path: &Path) -> anyhow::Result<()> {
@@ -125,10 +174,11 @@ pub fn list_users(db_path: &Path) -> anyhow::Result<()> {
                 user.username.clone(),
                 user.user_id.clone(),
                 clock::rfc3339(user.created_at),
+                user.scopes.to_string(),
             ]
         })
         .collect();
-    print_table(&["USERNAME", "USER_ID", "CREATED"], rows);
+    print_table(&["USERNAME", "USER_ID", "CREATED", "SCOPES"], rows);
     Ok(())
 }
 

@@ -7,8 +7,8 @@
 
 use rusqlite::{params, Connection, OptionalExtension as _};
 
-use crate::opaque;
-use crate::scope::ScopeSet;
+use crate::crypto::opaque;
+use crate::protocol::scope::ScopeSet;
 
 /// RFC 6749 §4.1.2 recommends at most ten minutes; a redirect and one token request
 /// need seconds.
@@ -107,26 +107,29 @@ pub fn prune(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clients::{self, Client, ClientType};
-    use crate::refresh::{self, Lifetimes};
-    use crate::users::{self, User};
+    use crate::protocol::refresh::{self, Lifetimes};
+    use crate::storage::clients::{self, Client, ClientType};
+    use crate::storage::users::{self, User};
 
     #[test]
     fn issue_find_redeem_prune() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
         let client = Client {
             client_id: "app".to_owned(),
             client_type: ClientType::Public,
             secret_hash: None,
             scopes: "read".parse().expect("scopes"),
+            default_scopes: ScopeSet::default(),
             created_at: 0,
+            disabled_at: None,
         };
         clients::insert(&conn, &client, &[]).expect("client");
         let user = User {
             user_id: "u1".to_owned(),
             username: "alice".to_owned(),
             password_hash: "$argon2id$placeholder".to_owned(),
+            scopes: ScopeSet::default(),
             created_at: 0,
         };
         users::insert(&conn, &user).expect("user");

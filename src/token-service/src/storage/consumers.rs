@@ -8,7 +8,7 @@
 use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 
-use crate::scope::ScopeSet;
+use crate::protocol::scope::ScopeSet;
 
 /// Longest id, tenant or plan name; they travel in headers and logs.
 const MAX_NAME_LEN: usize = 128;
@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn insert_find_list_remove() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
         assert!(insert(&conn, &consumer("b")).expect("insert b"));
         assert!(insert(&conn, &consumer("a")).expect("insert a"));
         assert!(!insert(&conn, &consumer("a")).expect("duplicate"));

@@ -1,8 +1,7 @@
 //! `serve`: prepares the store (records the token TTL, creates the first signing key),
-//! runs the HTTP server until SIGTERM or SIGINT, letting in-flight requests finish, and
-//! prunes expired codes, grants and revocations once a minute.
+//! runs the HTTP server ([`connections`]) until SIGTERM or SIGINT, letting in-flight
+//! requests finish, and prunes expired codes, grants and revocations once a minute.
 
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,16 +9,19 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
-use crate::api_key_hashing::KeyHasher;
-use crate::config::ServeConfig;
-use crate::db::{self, Database};
+use crate::crypto::secrets;
 use crate::http::{self, AppState};
-use crate::keystore::{self, KeyCache};
-use crate::pending::PendingAuthorizations;
-use crate::throttle::Throttle;
-use crate::{clock, codes, refresh, revocation, secrets};
+use crate::protocol::pending::LoginForms;
+use crate::protocol::{codes, refresh};
+use crate::server::clock;
+use crate::server::config::ServeConfig;
+use crate::server::connections;
+use crate::server::throttle::Throttle;
+use crate::storage::api_key_hashing::KeyHasher;
+use crate::storage::db::{self, Database};
+use crate::storage::keystore::{self, KeyCache};
+use crate::storage::{issued_tokens, revocation};
 
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -41,14 +43,15 @@ pub fn run(db_path: &Path, config: ServeConfig, api_key_hasher: KeyHasher) -> an
         }
     }
 
+    raise_file_limit(config.max_connections)?;
     let parallelism = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let login_forms = LoginForms::load(&conn)?;
     let state = Arc::new(AppState {
-        dummy_secret_hash: secrets::dummy_hash()?,
-        secret_checks: Semaphore::new(parallelism),
+        secrets: secrets::Verifier::new(parallelism)?,
         db: Database::new(conn),
         keys: KeyCache::default(),
         throttle: Throttle::new(config.throttle_limits()),
-        pending: PendingAuthorizations::default(),
+        login_forms,
         api_key_hasher,
         config,
     });
@@ -69,14 +72,46 @@ pub fn run(db_path: &Path, config: ServeConfig, api_key_hasher: KeyHasher) -> an
             state.config.audience
         );
         tokio::spawn(prune_periodically(state.db.clone()));
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving HTTP")?;
+        let limits = state.config.connection_limits();
+        connections::serve(listener, http::router(state), limits, shutdown_signal()).await;
         eprintln!("shut down");
         Ok(())
     })
+}
+
+/// File descriptors needed besides the connections: the listener, the database and
+/// its journal, standard streams, the runtime's own.
+const SPARE_FILES: u64 = 64;
+
+/// Makes sure `max_connections` sockets can be open at once: raises the soft limit on
+/// open files up to the hard limit if needed, or explains what to change.
+fn raise_file_limit(max_connections: u32) -> anyhow::Result<()> {
+    let needed = u64::from(max_connections) + SPARE_FILES;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading the open-file limit");
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= needed {
+        return Ok(());
+    }
+    if limit.rlim_max != libc::RLIM_INFINITY && limit.rlim_max < needed {
+        anyhow::bail!(
+            "--max-connections {max_connections} needs {needed} open files, but the limit is \
+             {} (hard {}): lower --max-connections or raise the limit (ulimit -n)",
+            limit.rlim_cur,
+            limit.rlim_max
+        );
+    }
+    limit.rlim_cur = needed;
+    // SAFETY: setrlimit reads one rlimit through a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("raising the open-file limit");
+    }
+    Ok(())
 }
 
 /// Deletes what has expired: unused authorization codes, dead grants past their
@@ -91,6 +126,7 @@ async fn prune_periodically(db: Database) {
                 let now = clock::now();
                 codes::prune(tx, now)?;
                 refresh::prune(tx, now)?;
+                issued_tokens::prune(tx, now)?;
                 revocation::prune(tx, now)?;
                 Ok(())
             })

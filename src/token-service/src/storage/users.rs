@@ -2,12 +2,14 @@
 //!
 //! Passwords are stored as Argon2id hashes only. A user's `user_id` is opaque and never
 //! reused, and it is the `sub` of the user's tokens: a later account that takes a
-//! removed user's name does not inherit their identity at the APIs.
+//! removed user's name does not inherit their identity at the APIs. Each user has the
+//! scopes they may hold: whatever a client asks for, a user's token carries no others.
 
 use anyhow::bail;
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 
-use crate::opaque;
+use crate::crypto::opaque;
+use crate::protocol::scope::ScopeSet;
 
 const MAX_USERNAME_LEN: usize = 64;
 /// NIST SP 800-63B §5.1.1.2: at least 8 characters.
@@ -21,6 +23,8 @@ pub struct User {
     pub username: String,
     /// Argon2id PHC string.
     pub password_hash: String,
+    /// Scopes the user may hold.
+    pub scopes: ScopeSet,
     pub created_at: i64,
 }
 
@@ -61,13 +65,14 @@ pub fn validate_password(password: &str) -> Result<(), String> {
 
 pub fn insert(conn: &Connection, user: &User) -> anyhow::Result<()> {
     let inserted = conn.execute(
-        "INSERT INTO users (user_id, username, password_hash, created_at)
-         VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO users (user_id, username, password_hash, scopes, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT DO NOTHING",
         params![
             user.user_id,
             user.username,
             user.password_hash,
+            user.scopes.to_string(),
             user.created_at
         ],
     )?;
@@ -77,20 +82,36 @@ pub fn insert(conn: &Connection, user: &User) -> anyhow::Result<()> {
     Ok(())
 }
 
+const COLUMNS: &str = "user_id, username, password_hash, scopes, created_at";
+
 pub fn find_by_username(conn: &Connection, username: &str) -> rusqlite::Result<Option<User>> {
-    conn.prepare_cached(
-        "SELECT user_id, username, password_hash, created_at FROM users WHERE username = ?1",
-    )?
-    .query_row([username], from_row)
-    .optional()
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM users WHERE username = ?1"))?
+        .query_row([username], from_row)
+        .optional()
+}
+
+/// The scopes the user `user_id` may hold now; `None` if there is no such user.
+pub fn scopes_of(conn: &Connection, user_id: &str) -> rusqlite::Result<Option<ScopeSet>> {
+    conn.prepare_cached("SELECT scopes FROM users WHERE user_id = ?1")?
+        .query_row([user_id], |row| row.get(0))
+        .optional()
 }
 
 pub fn list(conn: &Connection) -> rusqlite::Result<Vec<User>> {
-    conn.prepare(
-        "SELECT user_id, username, password_hash, created_at FROM users ORDER BY username",
-    )?
-    .query_map([], from_row)?
-    .collect()
+    conn.prepare(&format!("SELECT {COLUMNS} FROM users ORDER BY username"))?
+        .query_map([], from_row)?
+        .collect()
+}
+
+/// Replaces the scopes `username` may hold; false if there is no such user. Tokens
+/// issued before keep their scopes until they expire; refreshes from then on are
+/// narrowed to the new set.
+pub fn set_scopes(conn: &Connection, username: &str, scopes: &ScopeSet) -> rusqlite::Result<bool> {
+    conn.execute(
+        "UPDATE users SET scopes = ?2 WHERE username = ?1",
+        params![username, scopes.to_string()],
+    )
+    .map(|updated| updated > 0)
 }
 
 /// Removes a user and their grants; the access tokens issued from those grants are
@@ -107,7 +128,7 @@ pub fn remove(conn: &Connection, username: &str, now: i64) -> rusqlite::Result<b
     let Some(user_id) = user_id else {
         return Ok(false);
     };
-    crate::refresh::revoke_access_tokens_of_user(&tx, &user_id, now)?;
+    crate::storage::issued_tokens::revoke_of_user(&tx, &user_id, now)?;
     tx.execute("DELETE FROM users WHERE user_id = ?1", [&user_id])?;
     tx.commit()?;
     Ok(true)
@@ -118,7 +139,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         user_id: row.get(0)?,
         username: row.get(1)?,
         password_hash: row.get(2)?,
-        created_at: row.get(3)?,
+        scopes: row.get(3)?,
+        created_at: row.get(4)?,
     })
 }
 
@@ -131,6 +153,7 @@ mod tests {
             user_id: new_user_id(),
             username: username.to_owned(),
             password_hash: "$argon2id$placeholder".to_owned(),
+            scopes: "read".parse().expect("scopes"),
             created_at: 1_700_000_000,
         }
     }
@@ -138,7 +161,7 @@ mod tests {
     #[test]
     fn insert_find_list_remove() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
         let alice = user("alice");
         insert(&conn, &alice).expect("insert alice");
         insert(&conn, &user("bob")).expect("insert bob");
@@ -151,6 +174,15 @@ mod tests {
             .expect("find")
             .expect("present");
         assert_eq!(found.user_id, alice.user_id);
+        assert_eq!(found.scopes.to_string(), "read");
+        let wider: ScopeSet = "read write".parse().expect("scopes");
+        assert!(set_scopes(&conn, "alice", &wider).expect("set"));
+        assert!(!set_scopes(&conn, "nobody", &wider).expect("set"));
+        assert_eq!(
+            scopes_of(&conn, &alice.user_id).expect("scopes"),
+            Some(wider)
+        );
+        assert_eq!(scopes_of(&conn, "no-such-id").expect("scopes"), None);
         assert!(find_by_username(&conn, "Alice").expect("find").is_none());
         let names: Vec<_> = list(&conn)
             .expect("list")

@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension as _, Row, Transaction, Tra
 use serde::Serialize;
 use tollgate_contract::cidr::Cidr;
 
-use crate::api_key_hashing::KeyHasher;
-use crate::opaque;
+use crate::crypto::opaque;
+use crate::storage::api_key_hashing::KeyHasher;
 
 /// What secret scanners look for.
 pub const KEY_PREFIX: &str = "tg_live_";
@@ -264,11 +264,11 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consumers::{self, Consumer};
+    use crate::storage::consumers::{self, Consumer};
 
     fn store() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
         let consumer = Consumer {
             id: "partner-a".to_owned(),
             tenant: None,

@@ -7,7 +7,8 @@
 //!   expiry, redirect URI and PKCE; starts a refresh-token family. A code presented
 //!   again revokes that family.
 //! - `refresh_token` (§6, RFC 9700 §4.14): rotates the token; the scope may narrow,
-//!   never widen. A rotated token presented again revokes its family.
+//!   never widen. A rotated token presented again revokes its family, unless it is a
+//!   retry within the grace window (see [`refresh`]), which gets new tokens.
 //!
 //! The database functions run inside one transaction that is committed even when the
 //! request is refused, because a refusal may have revoked a family.
@@ -15,13 +16,14 @@
 use anyhow::Context as _;
 use rusqlite::Connection;
 
-use crate::clients::{Client, ClientType};
-use crate::config::ServeConfig;
-use crate::errors::OAuthError;
-use crate::keystore::KeySet;
-use crate::scope::ScopeSet;
-use crate::token::{self, Grant, IssuedToken};
-use crate::{codes, pkce, refresh};
+use crate::protocol::access_token::{self, Grant, IssuedToken};
+use crate::protocol::errors::OAuthError;
+use crate::protocol::scope::ScopeSet;
+use crate::protocol::{codes, pkce, refresh};
+use crate::server::config::ServeConfig;
+use crate::storage::clients::{Client, ClientType};
+use crate::storage::keystore::KeySet;
+use crate::storage::{issued_tokens, users};
 
 /// What the token endpoint hands out.
 pub struct Issued {
@@ -54,9 +56,10 @@ pub struct RefreshRequest {
 /// A refusal to answer with, or an internal failure.
 pub type Outcome = anyhow::Result<Result<Issued, OAuthError>>;
 
-/// Signs a token for the requested scopes, or for all the client's if it requested
-/// none (RFC 6749 §3.3 allows this default).
+/// Signs a token for the requested scopes, or for the client's default scopes if it
+/// requested none (RFC 6749 §3.3).
 pub fn client_credentials(
+    conn: &Connection,
     context: &Context<'_>,
     client: &Client,
     requested: Option<ScopeSet>,
@@ -67,7 +70,7 @@ pub fn client_credentials(
         )));
     }
     let scopes = match requested {
-        None => client.scopes.clone(),
+        None => client.default_scopes.intersection(&client.scopes),
         Some(requested) if requested.is_subset(&client.scopes) => requested,
         Some(_) => {
             return Ok(Err(OAuthError::invalid_scope(
@@ -76,6 +79,14 @@ pub fn client_credentials(
         }
     };
     let access_token = sign(context, &client.client_id, &client.client_id, &scopes)?;
+    // Recorded, so that removing or disabling the client revokes it.
+    issued_tokens::record(
+        conn,
+        &access_token.jti,
+        &client.client_id,
+        None,
+        access_token.expires_at,
+    )?;
     Ok(Ok(Issued {
         access_token,
         refresh_token: None,
@@ -141,7 +152,13 @@ pub fn authorization_code(
     )?;
     codes::mark_redeemed(conn, &request.code, family_id)?;
     let access_token = sign(context, &stored.user_id, &client.client_id, &stored.scopes)?;
-    refresh::record_access_token(conn, family_id, &access_token.jti, access_token.expires_at)?;
+    issued_tokens::record(
+        conn,
+        &access_token.jti,
+        &client.client_id,
+        Some(family_id),
+        access_token.expires_at,
+    )?;
     Ok(Ok(Issued {
         access_token,
         refresh_token: Some(refresh_token),
@@ -159,11 +176,12 @@ pub fn refresh_token(
     let Some(presented) = refresh::find(conn, &request.refresh_token)? else {
         return refuse("the refresh token is invalid");
     };
-    let family = presented.family;
-    if family.client_id != client.client_id {
+    if presented.family.client_id != client.client_id {
         return refuse("the refresh token was issued to another client");
     }
-    if presented.rotated {
+    let retry = presented.is_retry(context.config.refresh_reuse_grace(), now);
+    let family = presented.family;
+    if presented.rotated_at.is_some() && !retry {
         if !family.revoked {
             refresh::revoke_family(conn, family.family_id, now)?;
             eprintln!(
@@ -176,8 +194,15 @@ pub fn refresh_token(
     if !family.is_live(now) {
         return refuse("the refresh token expired or was revoked");
     }
-    // The scope granted, less any the client may no longer request.
-    let granted = family.scopes.intersection(&client.scopes);
+    // The scope granted, less any the client may no longer ask for or the user may no
+    // longer hold.
+    let Some(user_scopes) = users::scopes_of(conn, &family.user_id)? else {
+        return refuse("the refresh token's user no longer exists");
+    };
+    let granted = family
+        .scopes
+        .intersection(&client.scopes)
+        .intersection(&user_scopes);
     let scopes = match &request.scope {
         None => granted,
         Some(requested) if requested.is_subset(&granted) => requested.clone(),
@@ -188,18 +213,18 @@ pub fn refresh_token(
         }
     };
 
-    let refresh_token = refresh::rotate(
-        conn,
-        &request.refresh_token,
-        family.family_id,
-        context.config.refresh_lifetimes(),
-        now,
-    )?;
+    let lifetimes = context.config.refresh_lifetimes();
+    let refresh_token = if retry {
+        refresh::reissue(conn, &family, lifetimes, now)?
+    } else {
+        refresh::rotate(conn, &family, lifetimes, now)?
+    };
     let access_token = sign(context, &family.user_id, &client.client_id, &scopes)?;
-    refresh::record_access_token(
+    issued_tokens::record(
         conn,
-        family.family_id,
         &access_token.jti,
+        &client.client_id,
+        Some(family.family_id),
         access_token.expires_at,
     )?;
     Ok(Ok(Issued {
@@ -227,5 +252,6 @@ fn sign(
         scopes,
         lifetime_secs: context.config.access_token_ttl,
     };
-    token::issue(context.keys.signing_key(), &grant, context.now).context("signing access token")
+    access_token::issue(context.keys.signing_key(), &grant, context.now)
+        .context("signing access token")
 }

@@ -1,5 +1,5 @@
-//! Opaque random values (authorization codes, refresh tokens, token ids, login request
-//! ids) and the SHA-256 digest that codes and refresh tokens are stored under.
+//! Opaque random values (authorization codes, refresh tokens, token ids, login-form
+//! nonces, keys) and the SHA-256 digest that codes and refresh tokens are stored under.
 //!
 //! Storing only the digest means a leaked database yields nothing a client could
 //! present. SHA-256 without salt or stretching is enough: the values are random and
@@ -16,6 +16,13 @@ pub fn random(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     OsRng.fill_bytes(&mut buffer);
     URL_SAFE_NO_PAD.encode(buffer)
+}
+
+/// `N` random bytes from the OS, e.g. a key.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buffer = [0u8; N];
+    OsRng.fill_bytes(&mut buffer);
+    buffer
 }
 
 /// The SHA-256 digest a code or refresh token is stored and looked up by.

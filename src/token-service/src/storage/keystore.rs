@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use serde_json::Value;
 
-use crate::keys::{Algorithm, SigningKey, VerifyingKey};
+use crate::crypto::signing_keys::{Algorithm, SigningKey, VerifyingKey};
 
 /// Verifiers commonly accept tokens up to a minute past `exp`.
 const CLOCK_SKEW_LEEWAY_SECS: i64 = 60;
@@ -288,7 +288,7 @@ mod tests {
     fn rotation_retires_publishes_and_prunes() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("store.db");
-        let mut conn = crate::db::open(&path).expect("open");
+        let mut conn = crate::storage::db::open(&path).expect("open");
         record_access_token_ttl(&conn, 300).expect("ttl");
         record_access_token_ttl(&conn, 120).expect("shorter ttl is ignored");
 
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(rotation.retired, Some((first.clone(), 2_000 + 300 + 60)));
 
         // A second connection sees the change through data_version.
-        let server = crate::db::open(&path).expect("server connection");
+        let server = crate::storage::db::open(&path).expect("server connection");
         let cache = KeyCache::default();
         let keys = cache.current(&server, 2_001).expect("keys");
         assert_eq!(keys.signing_key().kid(), rotation.new_kid);

@@ -7,11 +7,22 @@
 //! together with the access tokens issued in it (they go to the revocation feed).
 //! A family dies when its current token idles past the idle lifetime or the family
 //! reaches its absolute lifetime.
+//!
+//! Tokens belong to generations: the family's current generation is the one that may be
+//! exchanged. Exchanging a current token retires its whole generation and starts the
+//! next. The grace window (`--refresh-reuse-grace`) is for a client that lost a response
+//! or retried: for that long after its generation was retired, a token of the previous
+//! generation may be exchanged again, which adds a token to the current generation
+//! instead of revoking the family. Once any token of the current generation has been
+//! exchanged, or the window has passed, presenting an old token is reuse again. So the
+//! family stays one chain: two parties holding it are still found out, at the latest
+//! when one of them presents a token the other's exchange retired.
 
 use rusqlite::{params, Connection, OptionalExtension as _};
 
-use crate::opaque;
-use crate::scope::ScopeSet;
+use crate::crypto::opaque;
+use crate::protocol::scope::ScopeSet;
+use crate::storage::issued_tokens;
 
 /// Marks refresh tokens, so that `/revoke` and `/introspect` know what they hold and
 /// secret scanners can spot leaked ones.
@@ -42,6 +53,8 @@ pub struct Family {
     /// When the current token stops working.
     pub idle_expires_at: i64,
     pub revoked: bool,
+    /// The generation whose tokens may be exchanged.
+    pub generation: i64,
 }
 
 impl Family {
@@ -56,8 +69,25 @@ impl Family {
 pub struct Presented {
     pub family: Family,
     pub issued_at: i64,
-    /// Already exchanged for a newer token: presenting it again is reuse.
-    pub rotated: bool,
+    pub generation: i64,
+    /// When its generation was retired (exchanged for a newer one); presenting it
+    /// again is reuse, unless it is a retry within the grace window.
+    pub rotated_at: Option<i64>,
+}
+
+impl Presented {
+    pub fn is_current(&self) -> bool {
+        self.rotated_at.is_none()
+    }
+
+    /// Whether presenting this retired token at `now` is a retry of its exchange: it
+    /// is of the generation just retired, less than `grace` seconds ago (so a grace of
+    /// 0 allows none).
+    pub fn is_retry(&self, grace: i64, now: i64) -> bool {
+        self.rotated_at.is_some_and(|rotated_at| {
+            self.generation + 1 == self.family.generation && now - rotated_at < grace
+        })
+    }
 }
 
 /// Starts a family for a redeemed authorization code; returns its id and first token.
@@ -84,7 +114,7 @@ pub fn start_family(
         ],
     )?;
     let family_id = conn.last_insert_rowid();
-    let token = insert_token(conn, family_id, now)?;
+    let token = insert_token(conn, family_id, 0, now)?;
     Ok((family_id, token))
 }
 
@@ -96,8 +126,8 @@ pub fn find(conn: &Connection, token: &str) -> rusqlite::Result<Option<Presented
     let row = conn
         .prepare_cached(
             "SELECT f.family_id, f.client_id, f.user_id, f.scopes,
-                    f.idle_expires_at, f.revoked_at IS NOT NULL,
-                    t.issued_at, t.rotated_at IS NOT NULL
+                    f.idle_expires_at, f.revoked_at IS NOT NULL, f.generation,
+                    t.issued_at, t.generation, t.rotated_at
              FROM refresh_tokens t
              JOIN token_families f USING (family_id)
              WHERE t.token_hash = ?1",
@@ -111,40 +141,75 @@ pub fn find(conn: &Connection, token: &str) -> rusqlite::Result<Option<Presented
                     scopes: ScopeSet::default(),
                     idle_expires_at: row.get(4)?,
                     revoked: row.get(5)?,
+                    generation: row.get(6)?,
                 },
                 row.get::<_, String>(3)?,
-                row.get(6)?,
                 row.get(7)?,
+                row.get(8)?,
+                row.get(9)?,
             ))
         })
         .optional()?;
-    row.map(|(mut family, scopes, issued_at, rotated)| {
+    row.map(|(mut family, scopes, issued_at, generation, rotated_at)| {
         family.scopes = scopes.parse().map_err(|err| {
             rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(err))
         })?;
         Ok(Presented {
             family,
             issued_at,
-            rotated,
+            generation,
+            rotated_at,
         })
     })
     .transpose()
 }
 
-/// Exchanges the family's current token `token` for a new one, which starts a new idle
-/// period (never past the absolute lifetime). Call inside a transaction, after
-/// [`find`] showed the token current and its family live.
+/// Exchanges a current token of `family` for a new one: retires the current generation
+/// (the token and any siblings) and starts the next, with a new idle period (never past
+/// the absolute lifetime). Call inside a transaction, after [`find`] showed the token
+/// current and its family live.
 pub fn rotate(
     conn: &Connection,
-    token: &str,
-    family_id: i64,
+    family: &Family,
     lifetimes: Lifetimes,
     now: i64,
 ) -> rusqlite::Result<String> {
     conn.execute(
-        "UPDATE refresh_tokens SET rotated_at = ?2 WHERE token_hash = ?1",
-        params![opaque::digest(token), now],
+        "UPDATE refresh_tokens SET rotated_at = ?3
+         WHERE family_id = ?1 AND generation = ?2 AND rotated_at IS NULL",
+        params![family.family_id, family.generation, now],
     )?;
+    conn.execute(
+        "UPDATE token_families SET generation = generation + 1 WHERE family_id = ?1",
+        [family.family_id],
+    )?;
+    reissue_in(
+        conn,
+        family.family_id,
+        family.generation + 1,
+        lifetimes,
+        now,
+    )
+}
+
+/// Answers a retry within the grace window: one more token of the current generation,
+/// with a new idle period. The family is not otherwise changed.
+pub fn reissue(
+    conn: &Connection,
+    family: &Family,
+    lifetimes: Lifetimes,
+    now: i64,
+) -> rusqlite::Result<String> {
+    reissue_in(conn, family.family_id, family.generation, lifetimes, now)
+}
+
+fn reissue_in(
+    conn: &Connection,
+    family_id: i64,
+    generation: i64,
+    lifetimes: Lifetimes,
+    now: i64,
+) -> rusqlite::Result<String> {
     let absolute_expires_at: i64 = conn.query_row(
         "SELECT absolute_expires_at FROM token_families WHERE family_id = ?1",
         [family_id],
@@ -154,22 +219,7 @@ pub fn rotate(
         "UPDATE token_families SET idle_expires_at = ?2 WHERE family_id = ?1",
         params![family_id, idle_expiry(lifetimes, now, absolute_expires_at)],
     )?;
-    insert_token(conn, family_id, now)
-}
-
-/// Remembers an access token issued in the family, so that revoking the family
-/// revokes it too.
-pub fn record_access_token(
-    conn: &Connection,
-    family_id: i64,
-    jti: &str,
-    expires_at: i64,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO family_access_tokens (jti, family_id, expires_at) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![jti, family_id, expires_at])?;
-    Ok(())
+    insert_token(conn, family_id, generation, now)
 }
 
 /// Revokes the family: none of its refresh tokens works any more, and its unexpired
@@ -179,58 +229,25 @@ pub fn revoke_family(conn: &Connection, family_id: i64, now: i64) -> rusqlite::R
         "UPDATE token_families SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
         params![family_id, now],
     )?;
-    conn.execute(
-        "INSERT INTO revoked_access_tokens (jti, expires_at)
-         SELECT jti, expires_at FROM family_access_tokens
-         WHERE family_id = ?1 AND expires_at > ?2
-         ON CONFLICT DO NOTHING",
-        params![family_id, now],
-    )?;
-    Ok(())
+    issued_tokens::revoke_of_family(conn, family_id, now)
 }
 
-/// Puts the unexpired access tokens of every family of `user_id` on the revocation
-/// feed (before the user, and with it the families, is deleted).
-pub fn revoke_access_tokens_of_user(
-    conn: &Connection,
-    user_id: &str,
-    now: i64,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO revoked_access_tokens (jti, expires_at)
-         SELECT a.jti, a.expires_at FROM family_access_tokens a
-         JOIN token_families f USING (family_id)
-         WHERE f.user_id = ?1 AND a.expires_at > ?2
-         ON CONFLICT DO NOTHING",
-        params![user_id, now],
-    )?;
-    Ok(())
-}
-
-/// As [`revoke_access_tokens_of_user`], for the families of a client.
-pub fn revoke_access_tokens_of_client(
+/// Revokes every live family of the client (when the client is disabled).
+pub fn revoke_families_of_client(
     conn: &Connection,
     client_id: &str,
     now: i64,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO revoked_access_tokens (jti, expires_at)
-         SELECT a.jti, a.expires_at FROM family_access_tokens a
-         JOIN token_families f USING (family_id)
-         WHERE f.client_id = ?1 AND a.expires_at > ?2
-         ON CONFLICT DO NOTHING",
+        "UPDATE token_families SET revoked_at = ?2 WHERE client_id = ?1 AND revoked_at IS NULL",
         params![client_id, now],
     )?;
     Ok(())
 }
 
 /// Deletes families dead for longer than the retention period (with their tokens and
-/// codes), and forgets expired access tokens. Returns the number of families deleted.
+/// codes). Returns the number of families deleted.
 pub fn prune(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
-    conn.execute(
-        "DELETE FROM family_access_tokens WHERE expires_at <= ?1",
-        [now],
-    )?;
     conn.execute(
         "DELETE FROM token_families WHERE idle_expires_at <= ?1",
         [now.saturating_sub(RETENTION_SECS)],
@@ -241,20 +258,26 @@ fn idle_expiry(lifetimes: Lifetimes, now: i64, absolute_expires_at: i64) -> i64 
     now.saturating_add(lifetimes.idle).min(absolute_expires_at)
 }
 
-fn insert_token(conn: &Connection, family_id: i64, now: i64) -> rusqlite::Result<String> {
+fn insert_token(
+    conn: &Connection,
+    family_id: i64,
+    generation: i64,
+    now: i64,
+) -> rusqlite::Result<String> {
     let token = format!("{PREFIX}{}", opaque::random(TOKEN_BYTES));
     conn.prepare_cached(
-        "INSERT INTO refresh_tokens (token_hash, family_id, issued_at) VALUES (?1, ?2, ?3)",
+        "INSERT INTO refresh_tokens (token_hash, family_id, generation, issued_at)
+         VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![opaque::digest(&token), family_id, now])?;
+    .execute(params![opaque::digest(&token), family_id, generation, now])?;
     Ok(token)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clients::{self, Client, ClientType};
-    use crate::users::{self, User};
+    use crate::storage::clients::{self, Client, ClientType};
+    use crate::storage::users::{self, User};
 
     const LIFETIMES: Lifetimes = Lifetimes {
         idle: 100,
@@ -263,19 +286,22 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
         let client = Client {
             client_id: "app".to_owned(),
             client_type: ClientType::Public,
             secret_hash: None,
             scopes: "read write".parse().expect("scopes"),
+            default_scopes: ScopeSet::default(),
             created_at: 0,
+            disabled_at: None,
         };
         clients::insert(&conn, &client, &[]).expect("client");
         let user = User {
             user_id: "u1".to_owned(),
             username: "alice".to_owned(),
             password_hash: "$argon2id$placeholder".to_owned(),
+            scopes: ScopeSet::default(),
             created_at: 0,
         };
         users::insert(&conn, &user).expect("user");
@@ -300,7 +326,7 @@ mod tests {
         assert!(first.starts_with(PREFIX) && first.len() == PREFIX.len() + 43);
 
         let presented = find(&conn, &first).expect("find").expect("known");
-        assert!(!presented.rotated);
+        assert!(presented.is_current());
         assert_eq!(presented.family.family_id, family_id);
         assert_eq!(presented.family.user_id, "u1");
         assert_eq!(presented.family.scopes, scopes);
@@ -308,14 +334,15 @@ mod tests {
         assert!(presented.family.is_live(1_099));
         assert!(!presented.family.is_live(1_100));
 
-        let second = rotate(&conn, &first, family_id, LIFETIMES, 1_090).expect("rotate");
-        assert!(find(&conn, &first).expect("find").expect("known").rotated);
+        let second = rotate(&conn, &presented.family, LIFETIMES, 1_090).expect("rotate");
+        let old = find(&conn, &first).expect("find").expect("known");
+        assert_eq!(old.rotated_at, Some(1_090));
         let current = find(&conn, &second).expect("find").expect("known");
-        assert!(!current.rotated);
+        assert!(current.is_current());
         assert_eq!(current.issued_at, 1_090);
         assert_eq!(current.family.idle_expires_at, 1_190);
 
-        let third = rotate(&conn, &second, family_id, LIFETIMES, 1_180).expect("rotate");
+        let third = rotate(&conn, &current.family, LIFETIMES, 1_180).expect("rotate");
         let current = find(&conn, &third).expect("find").expect("known");
         assert_eq!(
             current.family.idle_expires_at, 1_250,
@@ -327,16 +354,58 @@ mod tests {
     }
 
     #[test]
+    fn only_the_generation_just_retired_may_retry_and_only_within_the_grace() {
+        let (_dir, conn) = store();
+        let scopes = ScopeSet::default();
+        let (_, first) =
+            start_family(&conn, "app", "u1", &scopes, LIFETIMES, 1_000).expect("start");
+        let family = find(&conn, &first).expect("find").expect("known").family;
+        let second = rotate(&conn, &family, LIFETIMES, 1_010).expect("rotate");
+
+        // The first token again, 5 s after its exchange: a retry, with a grace of 10 s.
+        let retried = find(&conn, &first).expect("find").expect("known");
+        assert!(retried.is_retry(10, 1_015));
+        assert!(!retried.is_retry(10, 1_021), "past the grace");
+        assert!(!retried.is_retry(10, 1_020), "the grace is over");
+        assert!(!retried.is_retry(0, 1_010), "no grace, not even at once");
+        let sibling = reissue(&conn, &retried.family, LIFETIMES, 1_015).expect("reissue");
+        let sibling_presented = find(&conn, &sibling).expect("find").expect("known");
+        assert!(sibling_presented.is_current());
+        assert!(find(&conn, &second)
+            .expect("find")
+            .expect("known")
+            .is_current());
+
+        // Exchanging one of the siblings retires both; the first token is now two
+        // generations old: reuse, grace or not.
+        let third = rotate(&conn, &sibling_presented.family, LIFETIMES, 1_016).expect("rotate");
+        let other_sibling = find(&conn, &second).expect("find").expect("known");
+        assert_eq!(other_sibling.rotated_at, Some(1_016));
+        assert!(
+            other_sibling.is_retry(10, 1_020),
+            "the generation just retired"
+        );
+        assert!(!find(&conn, &first)
+            .expect("find")
+            .expect("known")
+            .is_retry(10, 1_017));
+        assert!(find(&conn, &third)
+            .expect("find")
+            .expect("known")
+            .is_current());
+    }
+
+    #[test]
     fn revoking_a_family_revokes_its_live_access_tokens() {
         let (_dir, conn) = store();
         let scopes = ScopeSet::default();
         let (family_id, token) =
             start_family(&conn, "app", "u1", &scopes, LIFETIMES, 1_000).expect("start");
-        record_access_token(&conn, family_id, "live", 2_000).expect("record");
-        record_access_token(&conn, family_id, "expired", 1_050).expect("record");
+        issued_tokens::record(&conn, "live", "app", Some(family_id), 2_000).expect("record");
+        issued_tokens::record(&conn, "expired", "app", Some(family_id), 1_050).expect("record");
         let (other, _) =
             start_family(&conn, "app", "u1", &scopes, LIFETIMES, 1_000).expect("start");
-        record_access_token(&conn, other, "other", 2_000).expect("record");
+        issued_tokens::record(&conn, "other", "app", Some(other), 2_000).expect("record");
 
         revoke_family(&conn, family_id, 1_060).expect("revoke");
         revoke_family(&conn, family_id, 1_070).expect("revoking twice is harmless");
@@ -356,7 +425,7 @@ mod tests {
         let (family_id, token) =
             start_family(&conn, "app", "u1", &ScopeSet::default(), LIFETIMES, 1_000)
                 .expect("start");
-        record_access_token(&conn, family_id, "jti-1", 2_000).expect("record");
+        issued_tokens::record(&conn, "jti-1", "app", Some(family_id), 2_000).expect("record");
         assert!(users::remove(&conn, "alice", 1_010).expect("remove"));
         assert_eq!(revoked_jtis(&conn), ["jti-1"]);
         assert!(
@@ -371,7 +440,7 @@ mod tests {
         let (family_id, token) =
             start_family(&conn, "app", "u1", &ScopeSet::default(), LIFETIMES, 1_000)
                 .expect("start");
-        record_access_token(&conn, family_id, "jti-1", 1_900).expect("record");
+        issued_tokens::record(&conn, "jti-1", "app", Some(family_id), 1_900).expect("record");
         assert_eq!(prune(&conn, 1_100 + RETENTION_SECS - 1).expect("prune"), 0);
         assert!(find(&conn, &token).expect("find").is_some());
         assert_eq!(prune(&conn, 1_100 + RETENTION_SECS).expect("prune"), 1);

@@ -1,14 +1,19 @@
-//! The command line: `serve` and the management commands, parsed and dispatched.
+//! The command line: `serve` and the management commands, parsed and dispatched here;
+//! the management commands themselves are in [`manage`].
+
+mod manage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::ServeConfig;
-use crate::keys::Algorithm;
-use crate::scope::ScopeSet;
-use crate::{api_key_hashing, api_keys, cli, clients, consumers, redirect_uri, server, users};
+use crate::crypto::signing_keys::Algorithm;
+use crate::protocol::redirect_uri;
+use crate::protocol::scope::ScopeSet;
+use crate::server;
+use crate::server::config::ServeConfig;
+use crate::storage::{api_key_hashing, api_keys, clients, consumers, users};
 
 #[derive(Parser)]
 #[command(
@@ -140,14 +145,18 @@ enum ClientsCommand {
     /// Register a client. A confidential client gets a generated secret, printed once;
     /// a public client (--public) has none and must use PKCE.
     Add {
-        /// Client id (printable ASCII, no spaces).
+        /// Client id: 1 to 128 ASCII letters, digits and - . _ ~
         #[arg(long, value_parser = parse_client_id)]
         id: String,
         /// Space-delimited scopes the client may request, e.g. "read:data write:data".
         #[arg(long, default_value = "")]
         scopes: ScopeSet,
-        /// A public client (mobile app, SPA): no secret, PKCE mandatory. Needs at least
-        /// one --redirect-uri.
+        /// What a token request without `scope` gets: some of --scopes [default: none,
+        /// so requests must name the scopes they want].
+        #[arg(long, default_value = "")]
+        default_scopes: ScopeSet,
+        /// A public client (a native mobile or desktop app): no secret, PKCE mandatory.
+        /// Needs at least one --redirect-uri.
         #[arg(long)]
         public: bool,
         /// A redirect URI for the authorization code flow, matched exactly (repeatable):
@@ -158,9 +167,20 @@ enum ClientsCommand {
     },
     /// List registered clients (never their secrets).
     List,
-    /// Remove a client and its grants: its refresh tokens stop working, the access
-    /// tokens issued from them are revoked, client_credentials tokens run out.
+    /// Remove a client and its grants: its refresh tokens stop working and every
+    /// unexpired access token issued to it (client_credentials ones too) is revoked.
     Remove {
+        #[arg(long)]
+        id: String,
+    },
+    /// Disable a client: it can no longer authenticate, its grants are revoked and
+    /// every unexpired access token issued to it is revoked.
+    Disable {
+        #[arg(long)]
+        id: String,
+    },
+    /// Enable a disabled client again (what was revoked stays revoked).
+    Enable {
         #[arg(long)]
         id: String,
     },
@@ -174,9 +194,21 @@ enum UsersCommand {
         /// Username: 1 to 64 ASCII letters, digits and . _ @ + -
         #[arg(long, value_parser = parse_username)]
         username: String,
+        /// Space-delimited scopes the user may hold, e.g. "read:data"; a token for the
+        /// user carries no others, whatever the client may ask for [default: none].
+        #[arg(long, default_value = "")]
+        scopes: ScopeSet,
     },
     /// List users (never their password hashes).
     List,
+    /// Replace the scopes a user may hold. Their tokens keep their scopes until they
+    /// expire; refreshes from then on get the new set.
+    SetScopes {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        scopes: ScopeSet,
+    },
     /// Remove a user: their refresh tokens stop working and their access tokens are
     /// revoked.
     Remove {
@@ -225,42 +257,56 @@ pub fn main() -> ExitCode {
         Command::Clients(ClientsCommand::Add {
             id,
             scopes,
+            default_scopes,
             public,
             redirect_uris,
-        }) => cli::add_client(db, &id, scopes, public, &redirect_uris),
-        Command::Clients(ClientsCommand::List) => cli::list_clients(db),
-        Command::Clients(ClientsCommand::Remove { id }) => cli::remove_client(db, &id),
-        Command::Users(UsersCommand::Add { username }) => cli::add_user(db, &username),
-        Command::Users(UsersCommand::List) => cli::list_users(db),
-        Command::Users(UsersCommand::Remove { username }) => cli::remove_user(db, &username),
-        Command::Keys(KeysCommand::Rotate { alg }) => cli::rotate_keys(db, alg),
-        Command::Keys(KeysCommand::List) => cli::list_keys(db),
+        }) => manage::add_client(db, &id, scopes, default_scopes, public, &redirect_uris),
+        Command::Clients(ClientsCommand::List) => manage::list_clients(db),
+        Command::Clients(ClientsCommand::Remove { id }) => manage::remove_client(db, &id),
+        Command::Clients(ClientsCommand::Disable { id }) => {
+            manage::set_client_enabled(db, &id, false)
+        }
+        Command::Clients(ClientsCommand::Enable { id }) => {
+            manage::set_client_enabled(db, &id, true)
+        }
+        Command::Users(UsersCommand::Add { username, scopes }) => {
+            manage::add_user(db, &username, scopes)
+        }
+        Command::Users(UsersCommand::List) => manage::list_users(db),
+        Command::Users(UsersCommand::SetScopes { username, scopes }) => {
+            manage::set_user_scopes(db, &username, &scopes)
+        }
+        Command::Users(UsersCommand::Remove { username }) => manage::remove_user(db, &username),
+        Command::Keys(KeysCommand::Rotate { alg }) => manage::rotate_keys(db, alg),
+        Command::Keys(KeysCommand::List) => manage::list_keys(db),
         Command::Consumers(ConsumersCommand::Add {
             id,
             tenant,
             scopes,
             plan,
-        }) => cli::add_consumer(db, id, tenant, scopes, plan),
-        Command::Consumers(ConsumersCommand::List) => cli::list_consumers(db),
-        Command::Consumers(ConsumersCommand::Remove { id }) => cli::remove_consumer(db, &id),
+        }) => manage::add_consumer(db, id, tenant, scopes, plan),
+        Command::Consumers(ConsumersCommand::List) => manage::list_consumers(db),
+        Command::Consumers(ConsumersCommand::Remove { id }) => manage::remove_consumer(db, &id),
         Command::ApiKeys(ApiKeysCommand::Create {
             consumer,
             expires_in,
             allowed_cidrs,
         }) => hasher().and_then(|hasher| {
-            cli::create_api_key(db, &hasher, &consumer, expires_in, allowed_cidrs)
+            manage::create_api_key(db, &hasher, &consumer, expires_in, allowed_cidrs)
         }),
         Command::ApiKeys(ApiKeysCommand::List { consumer }) => {
-            cli::list_api_keys(db, consumer.as_deref())
+            manage::list_api_keys(db, consumer.as_deref())
         }
         Command::ApiKeys(ApiKeysCommand::Disable { id }) => {
-            cli::set_api_key_enabled(db, &id, false)
+            manage::set_api_key_enabled(db, &id, false)
         }
-        Command::ApiKeys(ApiKeysCommand::Enable { id }) => cli::set_api_key_enabled(db, &id, true),
+        Command::ApiKeys(ApiKeysCommand::Enable { id }) => {
+            manage::set_api_key_enabled(db, &id, true)
+        }
         Command::ApiKeys(ApiKeysCommand::Rotate { id, disable_old }) => {
-            hasher().and_then(|hasher| cli::rotate_api_key(db, &hasher, &id, disable_old))
+            hasher().and_then(|hasher| manage::rotate_api_key(db, &hasher, &id, disable_old))
         }
-        Command::ApiKeys(ApiKeysCommand::Delete { id }) => cli::delete_api_key(db, &id),
+        Command::ApiKeys(ApiKeysCommand::Delete { id }) => manage::delete_api_key(db, &id),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::client_ip::TrustedProxies;
-use crate::keys::Algorithm;
-use crate::refresh::Lifetimes;
-use crate::throttle::Limits;
+use crate::crypto::signing_keys::Algorithm;
+use crate::protocol::refresh::Lifetimes;
+use crate::server::client_ip::TrustedProxies;
+use crate::server::connections;
+use crate::server::throttle::Limits;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -72,6 +73,18 @@ pub struct ServeConfig {
     )]
     pub refresh_absolute_ttl: u64,
 
+    /// Seconds after a refresh during which the refresh token it used may be exchanged
+    /// again, for a client that lost the response or retried: the retry gets new
+    /// tokens and the grant lives on. Outside it (and once the new token was used),
+    /// presenting a used token revokes the grant. 0 turns retries off.
+    #[arg(
+        long,
+        env = "TOLLGATE_REFRESH_REUSE_GRACE",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=60)
+    )]
+    pub refresh_reuse_grace: u64,
+
     /// Peers whose X-Forwarded-For is believed (comma-separated CIDR ranges; empty for
     /// none). The client address is the right-most X-Forwarded-For entry that is not one
     /// of them.
@@ -110,6 +123,37 @@ pub struct ServeConfig {
         value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub throttle_window: u64,
+
+    /// Seconds a client has to send a request's whole head (request line and headers)
+    /// once its first byte arrived; slower connections are closed.
+    #[arg(
+        long,
+        env = "TOLLGATE_HEADER_READ_TIMEOUT",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=300)
+    )]
+    pub header_read_timeout: u64,
+
+    /// Seconds a connection may stay open with no request being handled and no byte
+    /// sent either way: before its first request, between requests, or stalled.
+    #[arg(
+        long,
+        env = "TOLLGATE_KEEP_ALIVE_TIMEOUT",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
+    )]
+    pub keep_alive_timeout: u64,
+
+    /// Most connections open at once; at the cap, new ones wait until one closes (and
+    /// the server logs it). The file-descriptor limit is raised to fit, or `serve`
+    /// refuses to start.
+    #[arg(
+        long,
+        env = "TOLLGATE_MAX_CONNECTIONS",
+        default_value_t = 1_024,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_connections: u32,
 }
 
 impl ServeConfig {
@@ -125,6 +169,20 @@ impl ServeConfig {
             idle: seconds(self.refresh_idle_ttl),
             absolute: seconds(self.refresh_absolute_ttl),
         }
+    }
+
+    pub fn connection_limits(&self) -> connections::Limits {
+        connections::Limits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// [`Self::refresh_reuse_grace`] in seconds.
+    pub fn refresh_reuse_grace(&self) -> i64 {
+        // Bounded by the value parser.
+        i64::try_from(self.refresh_reuse_grace).unwrap_or(0)
     }
 
     pub fn throttle_limits(&self) -> Limits {
@@ -184,10 +242,15 @@ mod tests {
         let config = ServeConfig::parse_from(["serve"]);
         assert_eq!(config.refresh_lifetimes().idle, 14 * 86_400);
         assert_eq!(config.refresh_lifetimes().absolute, 90 * 86_400);
+        assert_eq!(config.refresh_reuse_grace(), 10);
         assert_eq!(config.trusted_proxies.to_string(), "127.0.0.1/32,::1/128");
         let limits = config.throttle_limits();
         assert_eq!((limits.account_failures, limits.address_failures), (10, 50));
         assert_eq!(limits.window, Duration::from_secs(900));
+        let connections = config.connection_limits();
+        assert_eq!(connections.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(connections.keep_alive_timeout, Duration::from_secs(60));
+        assert_eq!(connections.max_connections, 1_024);
         let none = ServeConfig::parse_from(["serve", "--trusted-proxies", ""]);
         assert_eq!(none.trusted_proxies, TrustedProxies::default());
     }

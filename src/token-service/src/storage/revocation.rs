@@ -54,7 +54,7 @@ mod tests {
     #[test]
     fn lists_unexpired_revocations_in_jti_order() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
         record(&conn, "b", 2_000).expect("record");
         record(&conn, "a", 1_500).expect("record");
         record(&conn, "old", 900).expect("record");

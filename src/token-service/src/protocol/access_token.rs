@@ -11,10 +11,10 @@ use jwt_simple::prelude::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::keys::SigningKey;
-use crate::keystore::KeySet;
-use crate::opaque;
-use crate::scope::ScopeSet;
+use crate::crypto::opaque;
+use crate::crypto::signing_keys::SigningKey;
+use crate::protocol::scope::ScopeSet;
+use crate::storage::keystore::KeySet;
 
 /// RFC 9068 §2.1 media type of the header's `typ`.
 const ACCESS_TOKEN_TYPE: &str = "at+jwt";
@@ -131,8 +131,8 @@ pub fn verify(keys: &KeySet, jwt: &str, issuer: &str, now: i64) -> Option<Verifi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::Algorithm;
-    use crate::keystore::{self, KeyCache};
+    use crate::crypto::signing_keys::Algorithm;
+    use crate::storage::keystore::{self, KeyCache};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
     use serde_json::Value;
@@ -178,8 +178,8 @@ mod tests {
     #[test]
     fn verifies_its_own_unexpired_tokens_only() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut conn = crate::db::open(&dir.path().join("store.db")).expect("open");
-        let now = crate::clock::now();
+        let mut conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
+        let now = crate::server::clock::now();
         keystore::ensure_active(&mut conn, Algorithm::Es256, now).expect("key");
         let keys = KeyCache::default().current(&conn, now).expect("keys");
         let scopes: ScopeSet = "read".parse().expect("scopes");

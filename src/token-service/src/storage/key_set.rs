@@ -8,7 +8,7 @@
 use rusqlite::Connection;
 use tollgate_contract::api_key_set::{ConsumerDocument, KeyDocument, KeySetDocument};
 
-use crate::scope::ScopeSet;
+use crate::protocol::scope::ScopeSet;
 
 /// Every consumer with every one of its keys, in one query.
 pub fn load(conn: &Connection) -> rusqlite::Result<KeySetDocument> {
@@ -59,16 +59,16 @@ pub fn load(conn: &Connection) -> rusqlite::Result<KeySetDocument> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api_key_hashing::KeyHasher;
-    use crate::api_keys::{self, Restrictions};
-    use crate::consumers::{self, Consumer};
+    use crate::storage::api_key_hashing::KeyHasher;
+    use crate::storage::api_keys::{self, Restrictions};
+    use crate::storage::consumers::{self, Consumer};
     use tollgate_contract::key_hashing::KeyHashing;
     use tollgate_core::apikey::KeySet as FilterKeySet;
 
     #[test]
     fn the_filter_parses_and_verifies_the_set() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = crate::db::open(&dir.path().join("store.db")).expect("open");
+        let conn = crate::storage::db::open(&dir.path().join("store.db")).expect("open");
         for (id, tenant, plan) in [
             ("b-script", None, None),
             ("a-partner", Some("acme"), Some("gold")),
