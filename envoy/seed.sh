@@ -44,7 +44,7 @@ if [[ -z ${BACKEND_SECRET:-} ]]; then
   remember BACKEND_SECRET "$(field_of client_secret 'client backend' clients add --id backend --scopes 'read:data write:data')"
 fi
 if [[ -z ${READER_SECRET:-} ]]; then
-  remember READER_SECRET "$(field_of client_secret 'client reader' clients add --id reader --scopes 'read:data')"
+  remember READER_SECRET "$(field_of client_secret 'client reader' clients add --id reader --scopes 'read:data' --default-scopes 'read:data')"
 fi
 if [[ -z ${KEY_ADMIN_SECRET:-} ]]; then
   remember KEY_ADMIN_SECRET "$(field_of client_secret 'client key-admin' clients add --id key-admin --scopes 'tollgate:admin')"
