@@ -6,15 +6,16 @@
 
 use crate::apikey::KeySet as ApiKeySet;
 use crate::config::{ApiKeySource, ProviderKeys, RemoteSource, Settings};
-use crate::credentials::{find_token, strip_credentials, HeaderEdit, RequestView, TokenLocation};
+use crate::credentials::{find_token, HeaderEdit, RequestView, TokenLocation};
 use crate::crypto::SignatureVerifier;
 use crate::decision::{render_denial, Denial, Reason};
 use crate::jwk::KeySet;
 use crate::jwt::{decode, DecodedToken};
-use crate::policy::{find_rule, scopes_of, Requirement, Rule};
+use crate::policy::{scopes_of, Requirement, Rule};
 use crate::ratelimit::{LimitCheck, LimitKey};
 use crate::revocation::RevocationList;
 use crate::token_cache::{TokenCache, VerifiedToken};
+use crate::{path, upstream};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -117,12 +118,14 @@ pub struct Authorizer<'a> {
 impl Authorizer<'_> {
     pub fn decide(&self, req: &RequestView<'_>) -> Outcome {
         let s = self.settings;
-        let mut edits = strip_credentials(req, &s.strip_locations);
-        edits.extend(self.purge_identity_headers(req));
-        let rule = match find_rule(&s.rules, req.method, req.path_without_query()) {
-            Some(rule) => rule,
-            None if s.allow_unmatched => return allow_anonymous(edits, Vec::new(), None),
-            None => return self.deny(Reason::NoMatchingRule, None, None),
+        let edits = upstream::purge(req, s);
+        let rule = match upstream::method_for_rules(req, s.method_override)
+            .and_then(|method| path::find_rule(&s.rules, &method, req.path_without_query()))
+        {
+            Ok(Some(rule)) => rule,
+            Ok(None) if s.allow_unmatched => return allow_anonymous(edits, Vec::new(), None),
+            Ok(None) => return self.deny(Reason::NoMatchingRule, None, None),
+            Err(reason) => return self.deny(reason, None, None),
         };
         let requirement = &rule.requirement;
         let anonymous_limits = || self.limit_checks(rule, req, None);
@@ -506,30 +509,6 @@ impl Authorizer<'_> {
             set(header, payload);
         }
         out
-    }
-
-    /// Client-sent headers in the identity namespace never reach the upstream.
-    fn purge_identity_headers(&self, req: &RequestView<'_>) -> Vec<HeaderEdit> {
-        let s = self.settings;
-        let prefix = &s.identity.header_prefix;
-        let mut edits: Vec<HeaderEdit> = Vec::new();
-        // Envoy hands header names over lower-cased (HTTP/1 and HTTP/2 alike),
-        // so they compare directly, and only matches allocate.
-        for (name, _) in req.headers {
-            let owned = name.starts_with(prefix.as_str())
-                || s.providers.iter().any(|p| {
-                    p.claim_to_headers.iter().any(|(_, h)| h == name)
-                        || p.forward_payload_header.as_ref() == Some(name)
-                });
-            if owned
-                && !edits
-                    .iter()
-                    .any(|e| matches!(e, HeaderEdit::Remove(n) if n == name))
-            {
-                edits.push(HeaderEdit::Remove(name.clone()));
-            }
-        }
-        edits
     }
 
     /// Where to look for a token on this rule: every provider's locations,

@@ -19,6 +19,7 @@ use crate::ratelimit::gcra::Rate;
 use crate::ratelimit::table::SlotTable;
 use crate::ratelimit::{LimitKey, Policy};
 use crate::remote::{Endpoint, FetchPolicy};
+use crate::upstream::MethodOverride;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -76,6 +77,8 @@ struct RawConfig {
     api_keys: Option<RawApiKeys>,
     #[serde(default)]
     token_cache: Option<RawTokenCache>,
+    #[serde(default)]
+    method_override: MethodOverride,
 }
 
 #[derive(Deserialize)]
@@ -386,6 +389,7 @@ pub struct Settings {
     pub api_keys: Option<ApiKeys>,
     /// Verified-token cache bounds, per worker: (entries, bytes). 0 entries disables it.
     pub token_cache: (usize, usize),
+    pub method_override: MethodOverride,
 }
 
 /// API-key authentication: where keys are read, how they are hashed, and
@@ -627,6 +631,7 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         token_cache: raw
             .token_cache
             .map_or((10_000, 16 << 20), |c| (c.max_entries, c.max_bytes)),
+        method_override: raw.method_override,
     })
 }
 
@@ -1306,6 +1311,7 @@ fn check_path(field: &str, p: String) -> Result<String, ConfigError> {
             "must start with `/` and contain no query or fragment",
         ));
     }
+    crate::path::check_rule_path(&p).map_err(|m| err(field, m))?;
     Ok(p)
 }
 

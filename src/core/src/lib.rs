@@ -11,10 +11,13 @@ pub mod crypto;
 pub mod decision;
 pub mod jwk;
 pub mod jwt;
+pub mod names;
+pub mod path;
 pub mod policy;
 pub mod ratelimit;
 pub mod remote;
 pub mod revocation;
 pub mod token_cache;
+pub mod upstream;
 
 pub use tollgate_contract::alg;
