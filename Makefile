@@ -135,6 +135,22 @@ bench: tools wasm
 	$(CARGO) build --release -p tollgate-token-service
 	python3 bench/token_service_rss.py
 
+## Fuzz --------------------------------------------------------------------
+
+# cargo fuzz targets for every parser (src/core/fuzz: tokens, JWKS, config, API-key
+# sets, the header-map reader, paths, request purging, revocation lists), each run
+# for FUZZ_SECONDS (default 60); FUZZ_TARGETS picks some. Needs nightly (installed
+# through rustup) and cargo-fuzz, for this target only. Seeds and past crashes are
+# replayed by `make test`.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= jwt jwks config api_keys header_map path request revocations
+.PHONY: fuzz
+
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" src/core/fuzz/run.sh
+
 ## Docker compose -------------------------------------------------------------
 
 # The same sample stack in containers, from an image built only from local files

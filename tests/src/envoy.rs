@@ -130,7 +130,35 @@ impl EnvoyConfig {
     pub fn yaml(&self) -> &str {
         &self.yaml
     }
+
+    /// Removes the HTTP connection manager settings that clean paths and header
+    /// names before Tollgate sees them, to show that Tollgate's safety does not
+    /// depend on them.
+    pub fn without_hcm_safeguards(&mut self) {
+        let lines = self.yaml.lines().count();
+        let kept: Vec<&str> = self
+            .yaml
+            .lines()
+            .filter(|l| !HCM_SAFEGUARDS.iter().any(|s| l.trim_start().starts_with(s)))
+            .collect();
+        assert_eq!(
+            lines - kept.len(),
+            HCM_SAFEGUARDS.len(),
+            "envoy/envoy.yaml no longer sets every one of {HCM_SAFEGUARDS:?}"
+        );
+        self.yaml = kept.join("\n") + "\n";
+    }
 }
+
+/// The sample's HTTP connection manager settings that normalise paths and
+/// refuse header names with underscores.
+const HCM_SAFEGUARDS: [&str; 5] = [
+    "normalize_path:",
+    "merge_slashes:",
+    "path_with_escaped_slashes_action:",
+    "common_http_protocol_options:",
+    "headers_with_underscores_action:",
+];
 
 pub struct Envoy {
     pub process: ChildProcess,

@@ -11,6 +11,9 @@ pub enum Reason {
     // Allowed.
     Authenticated,
     Anonymous,
+    // 400 invalid_request: the request means different things to different readers.
+    AmbiguousPath,
+    AmbiguousMethodOverride,
     // 401, no error code (RFC 6750 §3.1: the client sent no credentials).
     MissingCredentials,
     // 401 invalid_token.
@@ -52,9 +55,11 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 32] = [
         Reason::Authenticated,
         Reason::Anonymous,
+        Reason::AmbiguousPath,
+        Reason::AmbiguousMethodOverride,
         Reason::MissingCredentials,
         Reason::MalformedToken,
         Reason::UnsupportedAlgorithm,
@@ -89,6 +94,8 @@ impl Reason {
         match self {
             Reason::Authenticated => "authenticated",
             Reason::Anonymous => "anonymous",
+            Reason::AmbiguousPath => "ambiguous_path",
+            Reason::AmbiguousMethodOverride => "ambiguous_method_override",
             Reason::MissingCredentials => "missing_credentials",
             Reason::MalformedToken => "malformed_token",
             Reason::UnsupportedAlgorithm => "unsupported_algorithm",
@@ -143,6 +150,7 @@ impl Reason {
     pub fn status(self) -> u32 {
         match self {
             Reason::Authenticated | Reason::Anonymous => 200,
+            Reason::AmbiguousPath | Reason::AmbiguousMethodOverride => 400,
             Reason::InsufficientScope
             | Reason::MissingRole
             | Reason::ClaimMismatch
@@ -158,6 +166,7 @@ impl Reason {
     fn error_code(self) -> Option<&'static str> {
         match self {
             Reason::Authenticated | Reason::Anonymous => None,
+            Reason::AmbiguousPath | Reason::AmbiguousMethodOverride => Some("invalid_request"),
             Reason::MissingCredentials => Some("unauthorized"),
             Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
             Reason::NoMatchingRule | Reason::MissingRole => Some("access_denied"),
@@ -177,6 +186,12 @@ impl Reason {
         match self {
             Reason::Authenticated => "authenticated",
             Reason::Anonymous => "anonymous access allowed",
+            Reason::AmbiguousPath => {
+                "the request path is ambiguous (encoded slash or backslash, malformed or double escape, or dot-segments and parameters that change its meaning)"
+            }
+            Reason::AmbiguousMethodOverride => {
+                "the request's method overrides are invalid or disagree"
+            }
             Reason::MissingCredentials => "authentication required",
             Reason::MalformedToken => "the access token is malformed",
             Reason::UnsupportedAlgorithm => "the token's signing algorithm is not accepted",
@@ -363,6 +378,17 @@ mod tests {
         assert_eq!(d.status, 503);
         assert_eq!(header(&d, "retry-after"), Some("1"));
         assert_eq!(header(&d, "www-authenticate"), None);
+    }
+
+    #[test]
+    fn ambiguous_requests_are_400_invalid_request_without_challenge() {
+        for reason in [Reason::AmbiguousPath, Reason::AmbiguousMethodOverride] {
+            let d = render_denial(reason, "api", None, 0);
+            assert_eq!(d.status, 400);
+            assert_eq!(header(&d, "www-authenticate"), None);
+            let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+            assert_eq!(body["error"], "invalid_request");
+        }
     }
 
     #[test]

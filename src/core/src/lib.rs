@@ -13,12 +13,15 @@ pub mod host;
 pub mod identity;
 pub mod jwk;
 pub mod jwt;
+pub mod names;
+pub mod path;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
 pub mod remote;
 pub mod revocation;
 pub mod token_cache;
+pub mod upstream;
 pub mod worker;
 
 pub use tollgate_contract::alg;

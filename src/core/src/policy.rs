@@ -1,7 +1,7 @@
 //! Access rules: which requests need what. An ordered list, first match wins.
 //!
-//! Paths are matched as Envoy hands them over after its own normalisation
-//! (`normalize_path`, `merge_slashes`), with the query string removed.
+//! Paths are matched in normal form, query removed (`path::find_rule`), not
+//! as the HTTP connection manager happens to hand them over.
 
 use crate::claims::{string_set, ClaimPath};
 use crate::config::ProviderId;

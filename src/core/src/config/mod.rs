@@ -10,6 +10,7 @@
 
 use crate::credentials::TokenLocation;
 use crate::policy::Rule;
+use crate::upstream::MethodOverride;
 use api_keys::{compile_api_keys, RawApiKeys};
 use fields::is_header_name;
 use identity_headers::RawIdentity;
@@ -87,6 +88,8 @@ struct RawConfig {
     api_keys: Option<RawApiKeys>,
     #[serde(default)]
     token_cache: Option<RawTokenCache>,
+    #[serde(default)]
+    method_override: MethodOverride,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +170,7 @@ pub struct Settings {
     pub api_keys: Option<ApiKeys>,
     /// Verified-token cache bounds, per worker: (entries, bytes). 0 entries disables it.
     pub token_cache: (usize, usize),
+    pub method_override: MethodOverride,
 }
 
 impl Settings {
@@ -311,5 +315,6 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
             .map_or((default_cache_entries(), default_cache_bytes()), |c| {
                 (c.max_entries, c.max_bytes)
             }),
+        method_override: raw.method_override,
     })
 }

@@ -216,6 +216,7 @@ pub(super) fn check_path(field: &str, p: String) -> Result<String, ConfigError> 
             "must start with `/` and contain no query or fragment",
         ));
     }
+    crate::path::check_rule_path(&p).map_err(|m| err(field, m))?;
     Ok(p)
 }
 

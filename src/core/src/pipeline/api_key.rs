@@ -2,7 +2,7 @@
 //! (inline, or polled from the token service); its consumer becomes the caller.
 
 use super::decide::{unavailable, Authenticated, Authorizer, Failure};
-use super::upstream::header_safe;
+use super::identity_headers::header_safe;
 use crate::config::ApiKeySource;
 use crate::credentials::{HeaderEdit, RequestView};
 use crate::decision::Reason;

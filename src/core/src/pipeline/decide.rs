@@ -6,13 +6,13 @@
 use super::extract::Credential;
 use super::RemoteState;
 use crate::config::{ProviderId, RemoteSource, Settings};
-use crate::credentials::{strip_credentials, HeaderEdit, RequestView};
+use crate::credentials::{HeaderEdit, RequestView};
 use crate::crypto::SignatureVerifier;
 use crate::decision::{render_denial, Denial, Reason};
 use crate::identity::{Caller, TokenDigest};
-use crate::policy::find_rule;
 use crate::ratelimit::LimitCheck;
 use crate::token_cache::TokenCache;
+use crate::{path, upstream};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -64,12 +64,14 @@ pub struct Authorizer<'a> {
 impl Authorizer<'_> {
     pub fn decide(&self, req: &RequestView<'_>) -> Outcome {
         let s = self.settings;
-        let mut edits = strip_credentials(req, &s.strip_locations);
-        edits.extend(self.purge_identity_headers(req));
-        let rule = match find_rule(&s.rules, req.method, req.path_without_query()) {
-            Some(rule) => rule,
-            None if s.allow_unmatched => return allow_anonymous(edits, Vec::new(), None),
-            None => return self.deny(Reason::NoMatchingRule, None, None),
+        let edits = upstream::purge(req, s);
+        let rule = match upstream::method_for_rules(req, s.method_override)
+            .and_then(|method| path::find_rule(&s.rules, &method, req.path_without_query()))
+        {
+            Ok(Some(rule)) => rule,
+            Ok(None) if s.allow_unmatched => return allow_anonymous(edits, Vec::new(), None),
+            Ok(None) => return self.deny(Reason::NoMatchingRule, None, None),
+            Err(reason) => return self.deny(reason, None, None),
         };
         let requirement = &rule.requirement;
         let anonymous_limits = || self.limit_checks(rule, req, None);

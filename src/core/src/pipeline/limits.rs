@@ -2,7 +2,7 @@
 //! the shared-table enforcement once the request is otherwise allowed.
 
 use super::decide::Authorizer;
-use super::upstream::claim_header_value;
+use super::identity_headers::claim_header_value;
 use crate::config::RateLimits;
 use crate::credentials::RequestView;
 use crate::decision::Denial;

@@ -7,8 +7,9 @@
 //! 4. **revocation** (`verify`): the issuer's revocation feed;
 //! 5. **policy** (`decide`): scopes and claims of the rule;
 //! 6. **limits** (`limits`): counted only once everything else allowed the request;
-//! 7. **upstream edits** (`upstream`): credentials stripped, spoofed identity
-//!    purged, verified identity set.
+//! 7. **upstream edits**: credentials, identity look-alikes and method overrides
+//!    removed (`crate::upstream`, on every route), verified identity set
+//!    (`identity_headers`).
 //!
 //! Whatever must wait on the host is a [`Step`] the pipeline returns: the filter
 //! crate maps steps to host calls and calls [`resume`] when a wait is over.
@@ -16,9 +17,9 @@
 mod api_key;
 mod decide;
 mod extract;
+mod identity_headers;
 mod limits;
 mod lockout;
-mod upstream;
 mod verify;
 
 pub use decide::{Authorizer, Outcome};

@@ -2,7 +2,7 @@
 //! validity window (one check for both), and revocation.
 
 use super::decide::{unavailable, Authenticated, Authorizer, Failure};
-use super::upstream::first_string;
+use super::identity_headers::first_string;
 use crate::config::{ProviderId, ProviderKeys};
 use crate::credentials::{RequestView, TokenLocation};
 use crate::crypto::verify_with_keys;

@@ -1,6 +1,5 @@
-//! Stage: what the upstream sees. Client-sent headers in the identity namespace
-//! are purged, and the verified identity becomes headers. (Credentials are
-//! stripped by `credentials::strip_credentials`.)
+//! Stage: the verified identity as headers for the upstream. (What the client
+//! may not hand the upstream is removed by `crate::upstream::purge`.)
 
 use super::decide::Authorizer;
 use crate::claims::ClaimPath;
@@ -52,29 +51,6 @@ impl Authorizer<'_> {
         Ok(out)
     }
 
-    /// Client-sent headers in the identity namespace never reach the upstream.
-    pub(super) fn purge_identity_headers(&self, req: &RequestView<'_>) -> Vec<HeaderEdit> {
-        let s = self.settings;
-        let prefix = &s.identity.header_prefix;
-        let mut edits: Vec<HeaderEdit> = Vec::new();
-        // Envoy hands header names over lower-cased (HTTP/1 and HTTP/2 alike),
-        // so they compare directly, and only matches allocate.
-        for (name, _) in req.headers {
-            let owned = name.starts_with(prefix.as_str())
-                || s.providers.iter().any(|p| {
-                    p.claim_to_headers.iter().any(|(_, h)| h == name)
-                        || p.forward_payload_header.as_ref() == Some(name)
-                });
-            if owned
-                && !edits
-                    .iter()
-                    .any(|e| matches!(e, HeaderEdit::Remove(n) if n == name))
-            {
-                edits.push(HeaderEdit::Remove(name.clone()));
-            }
-        }
-        edits
-    }
 }
 
 /// The first of `paths` that holds a string.
