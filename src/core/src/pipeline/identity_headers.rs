@@ -4,7 +4,7 @@
 use super::decide::Authorizer;
 use crate::claims::ClaimPath;
 use crate::config::Provider;
-use crate::credentials::{HeaderEdit, RequestView};
+use crate::credentials::HeaderEdit;
 use crate::decision::Reason;
 use crate::jwt::DecodedToken;
 use serde_json::{Map, Value};
@@ -50,7 +50,6 @@ impl Authorizer<'_> {
         }
         Ok(out)
     }
-
 }
 
 /// The first of `paths` that holds a string.
