@@ -40,7 +40,7 @@ pub fn add_client(
         !public || tls_auth.is_none(),
         "a public client cannot authenticate with a certificate"
     );
-    let secret = (!public && tls_auth.is_none()).then(secrets::generate);
+    let secret = (!public).then(secrets::generate);
     let client = Client {
         client_id: client_id.to_owned(),
         client_type: if public {
@@ -64,6 +64,9 @@ pub fn add_client(
     if let Some(tls_auth) = &tls_auth {
         println!("token_endpoint_auth_method: {tls_auth}");
     }
+    // A certificate client's secret is never shown: nobody can authenticate with it (the
+    // schema wants a hash for every confidential client).
+    let secret = secret.filter(|_| tls_auth.is_none());
     if let Some(secret) = &secret {
         println!("client_secret: {secret}");
     }

@@ -165,8 +165,16 @@ pub struct ServeConfig {
     )]
     pub dpop_proof_max_age: u64,
 
-    /// Require a server nonce in DPoP proofs (RFC 9449 §8).
-    #[arg(long, env = "TOLLGATE_DPOP_NONCE")]
+    /// Require a server nonce in DPoP proofs (RFC 9449 §8): `--dpop-nonce` or
+    /// `--dpop-nonce true|false`.
+    #[arg(
+        long,
+        env = "TOLLGATE_DPOP_NONCE",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     pub dpop_nonce: bool,
 
     /// Seconds between nonce rotations; a nonce is accepted for up to twice as long.
