@@ -604,3 +604,30 @@ fn introspection_returns_the_dpop_binding() {
     assert_eq!(introspected.body["active"], true, "{}", introspected.body);
     assert_eq!(introspected.body["cnf"], json!({ "jkt": key.jkt }));
 }
+
+/// The sample DPoP client (`tollgate-dpop-app`) runs the code flow with `dpop_jkt`,
+/// answers the nonce challenge and refreshes with its key.
+#[test]
+fn the_sample_dpop_app_gets_bound_tokens() {
+    let service = TokenService::builder()
+        .public_client("mobile-app", "read:data", &["http://127.0.0.1/callback"])
+        .user(ALICE, PASSWORD, "read:data")
+        .serve_arg("--dpop-nonce", "true")
+        .start();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-dpop-app"))
+        .args(["--issuer", &service.base_url()])
+        .args(["--username", ALICE, "--password", PASSWORD])
+        .output()
+        .expect("running tollgate-dpop-app");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("asked for a nonce"), "{stdout}");
+    assert!(
+        stdout.contains("4. refreshed with the same key: token_type \"DPoP\""),
+        "{stdout}"
+    );
+}
