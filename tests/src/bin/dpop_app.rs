@@ -195,7 +195,7 @@ fn report(step: &str, tokens: &Value, access_token: &str, key: &DpopKey) -> Resu
         tokens["scope"],
         &hex(&Sha256::digest(access_token.as_bytes()))[..16]
     );
-    if tokens["token_type"] != "DPoP" || *jkt != Value::from(key.jkt.as_str()) {
+    if tokens["token_type"] != "DPoP" || jkt.as_str() != Some(key.jkt.as_str()) {
         return Err("the token is not bound to this key".to_owned());
     }
     Ok(())
