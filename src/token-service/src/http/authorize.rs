@@ -23,6 +23,7 @@ use super::form::{self, Form};
 use super::pages::{self, LoginPage};
 use super::{blocking, client_ip, AppState, LogContext};
 use crate::protocol::codes::{self, NewCode};
+use crate::protocol::dpop;
 use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::protocol::pending::{PendingAuthorization, SignedForm};
 use crate::protocol::scope::ScopeSet;
@@ -234,12 +235,20 @@ fn validate(
             "public clients must use PKCE: send code_challenge with code_challenge_method=S256",
         );
     }
+    let dpop_jkt = params.get("dpop_jkt");
+    if dpop_jkt.is_some_and(|jkt| !dpop::is_thumbprint(jkt)) {
+        return back(
+            "invalid_request",
+            "dpop_jkt must be a JWK SHA-256 thumbprint (43 base64url characters)",
+        );
+    }
     Ok(Ok(PendingAuthorization {
         client_id: client.client_id,
         redirect_uri: requested_uri.to_owned(),
         scopes,
         state: state.map(str::to_owned),
         code_challenge,
+        dpop_jkt: dpop_jkt.map(str::to_owned),
     }))
 }
 
@@ -317,6 +326,7 @@ async fn approve(state: &Arc<AppState>, posted: Posted, form: &Form, ip: IpAddr)
                 redirect_uri: &authorization.redirect_uri,
                 scopes: &granted,
                 code_challenge: authorization.code_challenge.as_deref(),
+                dpop_jkt: authorization.dpop_jkt.as_deref(),
             };
             state
                 .db

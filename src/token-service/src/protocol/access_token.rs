@@ -2,7 +2,9 @@
 //! presented back to `/revoke` and `/introspect`.
 //!
 //! Header: `typ: at+jwt`, `alg`, `kid`. Claims: `iss`, `sub`, `aud`, `exp`, `iat`,
-//! `nbf`, `jti`, `client_id` and, when any scope is granted, `scope`.
+//! `nbf`, `jti`, `client_id`, when any scope is granted, `scope`, and for a
+//! sender-constrained token `cnf` (RFC 7800) with `jkt` (DPoP, RFC 9449 §6) and/or
+//! `x5t#S256` (mutual TLS, RFC 8705 §3.1).
 
 use std::collections::HashSet;
 
@@ -28,6 +30,25 @@ pub struct Grant<'a> {
     pub client_id: &'a str,
     pub scopes: &'a ScopeSet,
     pub lifetime_secs: u64,
+    /// The key or certificate the token is bound to; `None`: a bearer token.
+    pub confirmation: Option<&'a Confirmation>,
+}
+
+/// The `cnf` claim of a sender-constrained token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// RFC 7638 thumbprint of the DPoP key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+    /// base64url SHA-256 of the client certificate's DER.
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+}
+
+impl Confirmation {
+    pub fn is_empty(&self) -> bool {
+        self.jkt.is_none() && self.x5t_s256.is_none()
+    }
 }
 
 /// A signed access token.
@@ -44,6 +65,8 @@ struct AccessTokenClaims {
     client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cnf: Option<Confirmation>,
 }
 
 /// The claims of a valid, unexpired access token this service issued.
@@ -55,6 +78,7 @@ pub struct VerifiedToken {
     pub audience: String,
     pub client_id: String,
     pub scope: Option<String>,
+    pub confirmation: Option<Confirmation>,
     pub issued_at: i64,
     pub expires_at: i64,
 }
@@ -68,6 +92,10 @@ pub fn issue(key: &SigningKey, grant: &Grant<'_>, now: i64) -> anyhow::Result<Is
         AccessTokenClaims {
             client_id: grant.client_id.to_owned(),
             scope: (!grant.scopes.is_empty()).then(|| grant.scopes.to_string()),
+            cnf: grant
+                .confirmation
+                .filter(|confirmation| !confirmation.is_empty())
+                .cloned(),
         },
         Duration::from_secs(grant.lifetime_secs),
     )
@@ -123,6 +151,7 @@ pub fn verify(keys: &KeySet, jwt: &str, issuer: &str, now: i64) -> Option<Verifi
         audience,
         client_id: claims.custom.client_id,
         scope: claims.custom.scope,
+        confirmation: claims.custom.cnf,
         issued_at: i64::try_from(claims.issued_at?.as_secs()).ok()?,
         expires_at,
     })
@@ -152,6 +181,7 @@ mod tests {
             client_id: "svc",
             scopes: &scopes,
             lifetime_secs: 900,
+            confirmation: None,
         };
         let token = issue(&key, &grant, 1_700_000_000).expect("issue");
         let segments: Vec<&str> = token.jwt.split('.').collect();
@@ -172,7 +202,23 @@ mod tests {
         assert_eq!(claims["nbf"], 1_700_000_000);
         assert_eq!(claims["exp"], 1_700_000_900);
         assert_eq!(claims["jti"], token.jti.as_str());
+        assert!(claims.get("cnf").is_none(), "a bearer token");
         assert_eq!(token.expires_at, 1_700_000_900);
+
+        let confirmation = Confirmation {
+            jkt: Some("key-thumbprint".to_owned()),
+            x5t_s256: Some("cert-thumbprint".to_owned()),
+        };
+        let bound = Grant {
+            confirmation: Some(&confirmation),
+            ..grant
+        };
+        let token = issue(&key, &bound, 1_700_000_000).expect("issue");
+        let claims = decode_segment(token.jwt.split('.').nth(1).expect("payload"));
+        assert_eq!(
+            claims["cnf"],
+            serde_json::json!({"jkt": "key-thumbprint", "x5t#S256": "cert-thumbprint"})
+        );
     }
 
     #[test]
@@ -190,6 +236,7 @@ mod tests {
             client_id: "app",
             scopes: &scopes,
             lifetime_secs: 60,
+            confirmation: None,
         };
         let token = issue(keys.signing_key(), &grant, now).expect("issue");
 
@@ -225,6 +272,7 @@ mod tests {
             client_id: "svc",
             scopes: &scopes,
             lifetime_secs: 60,
+            confirmation: None,
         };
         let first = issue(&key, &grant, 1_700_000_000).expect("issue");
         let second = issue(&key, &grant, 1_700_000_000).expect("issue");

@@ -38,6 +38,9 @@ pub struct PendingAuthorization {
     pub scopes: ScopeSet,
     pub state: Option<String>,
     pub code_challenge: Option<String>,
+    /// RFC 9449 §10: the thumbprint of the DPoP key the code must be redeemed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// What a login form carries: the request, when the form expires, and a nonce that
@@ -168,6 +171,7 @@ mod tests {
             scopes: "read write".parse().expect("scopes"),
             state: Some("xyz".to_owned()),
             code_challenge: None,
+            dpop_jkt: None,
         }
     }
 
