@@ -4,70 +4,20 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::*;
-use p256::ecdsa::signature::Signer;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::time::{SystemTime, UNIX_EPOCH};
+use support::dpop::{now, DpopKey};
 use support::stack::{claims, Stack, TEST_ISSUER};
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// The app's key pair, as its secure enclave would hold it.
-struct AppKey(ES256KeyPair);
-
-impl AppKey {
-    fn new() -> AppKey {
-        AppKey(ES256KeyPair::generate())
+/// A proof for this request and token: the harness's proof plus `ath` and
+/// any extra or changed claims.
+fn make_proof(key: &DpopKey, method: &str, htu: &str, token: &str, extra: Value) -> String {
+    let mut c = DpopKey::claims(method, htu);
+    c["ath"] = json!(URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes())));
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
     }
-
-    fn jwk(&self) -> Value {
-        let point = self.0.public_key().public_key().to_bytes_uncompressed();
-        json!({"kty": "EC", "crv": "P-256",
-               "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])})
-    }
-
-    /// RFC 7638 thumbprint.
-    fn jkt(&self) -> String {
-        let j = self.jwk();
-        let canonical = format!(
-            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-            j["x"].as_str().unwrap(),
-            j["y"].as_str().unwrap()
-        );
-        URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
-    }
-
-    fn proof_with(&self, header: Value, claims: Value) -> String {
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig: p256::ecdsa::Signature = self.0.key_pair().as_ref().sign(input.as_bytes());
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
-    }
-
-    fn proof(&self, method: &str, htu: &str, token: &str, extra: Value) -> String {
-        let mut c = json!({"jti": format!("{:x}", rand_u64()), "htm": method, "htu": htu, "iat": now(),
-                           "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))});
-        for (k, v) in extra.as_object().unwrap() {
-            c[k] = v.clone();
-        }
-        self.proof_with(
-            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()}),
-            c,
-        )
-    }
-}
-
-fn rand_u64() -> u64 {
-    use rand::RngCore;
-    rand::thread_rng().next_u64()
+    key.sign(&key.header(), &c)
 }
 
 struct Reply {
@@ -103,11 +53,11 @@ fn call(stack: &Stack, method: &str, path: &str, headers: &[(&str, &str)]) -> Re
     }
 }
 
-fn bound_token(stack: &Stack, key: &AppKey) -> String {
+fn bound_token(stack: &Stack, key: &DpopKey) -> String {
     stack
         .keys
         .es256
-        .sign(claims(TEST_ISSUER, json!({"cnf": {"jkt": key.jkt()}})))
+        .sign(claims(TEST_ISSUER, json!({"cnf": {"jkt": key.jkt}})))
         .unwrap()
 }
 
@@ -126,13 +76,13 @@ fn start(nonce: bool) -> Stack {
 #[test]
 fn bound_tokens_need_a_fresh_proof_made_with_their_key() {
     let stack = start(false);
-    let key = AppKey::new();
+    let key = DpopKey::generate();
     let token = bound_token(&stack, &key);
     let htu = stack.envoy.url("/data");
     let dpop_auth = format!("DPoP {token}");
 
     // A valid proof: 200; the upstream sees the key thumbprint, never the proof.
-    let proof = key.proof("GET", &htu, &token, json!({}));
+    let proof = make_proof(&key, "GET", &htu, &token, json!({}));
     let r = call(
         &stack,
         "GET",
@@ -141,7 +91,7 @@ fn bound_tokens_need_a_fresh_proof_made_with_their_key() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let seen = &r.body["headers"];
-    assert_eq!(seen["x-tollgate-dpop-jkt"], key.jkt().as_str());
+    assert_eq!(seen["x-tollgate-dpop-jkt"], key.jkt.as_str());
     assert!(seen.get("dpop").is_none() && seen.get("authorization").is_none());
 
     // The same proof again (whichever worker takes it): refused.
@@ -159,7 +109,7 @@ fn bound_tokens_need_a_fresh_proof_made_with_their_key() {
         .unwrap()
         .starts_with("DPoP algs=\"ES256\", error=\"invalid_dpop_proof\""));
     // Cached tokens are checked as strictly: a fresh proof passes again.
-    let proof = key.proof("GET", &htu, &token, json!({}));
+    let proof = make_proof(&key, "GET", &htu, &token, json!({}));
     assert_eq!(
         call(
             &stack,
@@ -171,52 +121,53 @@ fn bound_tokens_need_a_fresh_proof_made_with_their_key() {
         200
     );
 
-    let other = AppKey::new();
+    let other = DpopKey::generate();
     let refused = [
-        ("another method", key.proof("POST", &htu, &token, json!({}))),
+        (
+            "another method",
+            make_proof(&key, "POST", &htu, &token, json!({})),
+        ),
         (
             "another URL",
-            key.proof("GET", &stack.envoy.url("/admin/x"), &token, json!({})),
+            make_proof(&key, "GET", &stack.envoy.url("/admin/x"), &token, json!({})),
         ),
         (
             "an old iat",
-            key.proof("GET", &htu, &token, json!({"iat": now() - 600})),
+            make_proof(&key, "GET", &htu, &token, json!({"iat": now() - 600})),
         ),
         (
             "a wrong ath",
-            key.proof("GET", &htu, "another-token", json!({})),
+            make_proof(&key, "GET", &htu, "another-token", json!({})),
         ),
-        ("another key", other.proof("GET", &htu, &token, json!({}))),
         (
-            "a private key in jwk",
-            key.proof_with(
-                json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": {
-                "d": "c2VjcmV0", "kty": "EC", "crv": "P-256",
-                "x": key.jwk()["x"], "y": key.jwk()["y"]}}),
-                json!({"jti": "j-priv", "htm": "GET", "htu": htu, "iat": now(),
-                   "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))}),
-            ),
+            "another key",
+            make_proof(&other, "GET", &htu, &token, json!({})),
         ),
+        ("a private key in jwk", {
+            let mut header = key.header();
+            header["jwk"]["d"] = json!(key.private_d());
+            let mut c = DpopKey::claims("GET", &htu);
+            c["ath"] = json!(URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes())));
+            key.sign(&header, &c)
+        }),
         (
             "alg none",
             format!(
                 "{}.{}.",
-                URL_SAFE_NO_PAD.encode(
-                    json!({"typ": "dpop+jwt", "alg": "none", "jwk": key.jwk()}).to_string()
-                ),
+                URL_SAFE_NO_PAD
+                    .encode(json!({"typ": "dpop+jwt", "alg": "none", "jwk": key.jwk}).to_string()),
                 URL_SAFE_NO_PAD.encode(
                     json!({"jti": "j-none", "htm": "GET", "htu": htu, "iat": now()}).to_string()
                 )
             ),
         ),
-        ("HS256", {
-            let hs = HS256Key::generate();
-            let _ = &hs;
-            key.proof_with(
-                json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": key.jwk()}),
-                json!({"jti": "j-hs", "htm": "GET", "htu": htu, "iat": now()}),
-            )
-        }),
+        (
+            "HS256",
+            key.sign(
+                &json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": key.jwk}),
+                &DpopKey::claims("GET", &htu),
+            ),
+        ),
     ];
     for (what, proof) in refused {
         let r = call(
@@ -261,7 +212,7 @@ fn bound_tokens_need_a_fresh_proof_made_with_their_key() {
         .status,
         200
     );
-    let proof = key.proof("GET", &htu, &plain, json!({}));
+    let proof = make_proof(&key, "GET", &htu, &plain, json!({}));
     assert_eq!(
         call(
             &stack,
@@ -282,11 +233,11 @@ fn bound_tokens_need_a_fresh_proof_made_with_their_key() {
 #[test]
 fn a_server_nonce_is_asked_for_then_accepted() {
     let stack = start(true);
-    let key = AppKey::new();
+    let key = DpopKey::generate();
     let token = bound_token(&stack, &key);
     let htu = stack.envoy.url("/data");
     let auth = format!("DPoP {token}");
-    let proof = key.proof("GET", &htu, &token, json!({}));
+    let proof = make_proof(&key, "GET", &htu, &token, json!({}));
     let r = call(
         &stack,
         "GET",
@@ -297,7 +248,7 @@ fn a_server_nonce_is_asked_for_then_accepted() {
     assert_eq!(r.body["error"], "use_dpop_nonce");
     assert!(r.www.unwrap().contains("error=\"use_dpop_nonce\""));
     let nonce = r.nonce.expect("a DPoP-Nonce header");
-    let proof = key.proof("GET", &htu, &token, json!({"nonce": nonce}));
+    let proof = make_proof(&key, "GET", &htu, &token, json!({"nonce": nonce}));
     let r = call(
         &stack,
         "GET",
