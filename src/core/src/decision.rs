@@ -32,6 +32,8 @@ pub enum Reason {
     /// upstream must never see an authenticated request without its identity.
     UnsafeIdentityClaim,
     Revoked,
+    /// An anomaly signal suspended this credential for a while (`anomalies`).
+    CredentialSuspended,
     // 401 invalid_token, one description for all: see `Reason::description`.
     ApiKeyUnknown,
     ApiKeyDisabled,
@@ -44,13 +46,15 @@ pub enum Reason {
     // 429.
     RateLimited,
     LockedOut,
-    // 503: keys (or the revocation list) for the token's issuer are not loaded yet.
+    // 503: keys (or the revocation list) for the token's issuer, or the API-key
+    // set, are not loaded yet.
     KeysUnavailable,
     RevocationsUnavailable,
+    ApiKeysUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 31] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::MissingCredentials,
@@ -69,6 +73,7 @@ impl Reason {
         Reason::MissingClaim,
         Reason::UnsafeIdentityClaim,
         Reason::Revoked,
+        Reason::CredentialSuspended,
         Reason::ApiKeyUnknown,
         Reason::ApiKeyDisabled,
         Reason::ApiKeyExpired,
@@ -80,6 +85,7 @@ impl Reason {
         Reason::LockedOut,
         Reason::KeysUnavailable,
         Reason::RevocationsUnavailable,
+        Reason::ApiKeysUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +108,7 @@ impl Reason {
             Reason::MissingClaim => "missing_claim",
             Reason::UnsafeIdentityClaim => "unsafe_identity_claim",
             Reason::Revoked => "revoked",
+            Reason::CredentialSuspended => "credential_suspended",
             Reason::ApiKeyUnknown => "api_key_unknown",
             Reason::ApiKeyDisabled => "api_key_disabled",
             Reason::ApiKeyExpired => "api_key_expired",
@@ -113,6 +120,7 @@ impl Reason {
             Reason::LockedOut => "locked_out",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::RevocationsUnavailable => "revocations_unavailable",
+            Reason::ApiKeysUnavailable => "api_keys_unavailable",
         }
     }
 
@@ -141,7 +149,9 @@ impl Reason {
             Reason::Authenticated | Reason::Anonymous => 200,
             Reason::InsufficientScope | Reason::ClaimMismatch | Reason::NoMatchingRule => 403,
             Reason::RateLimited | Reason::LockedOut => 429,
-            Reason::KeysUnavailable | Reason::RevocationsUnavailable => 503,
+            Reason::KeysUnavailable
+            | Reason::RevocationsUnavailable
+            | Reason::ApiKeysUnavailable => 503,
             _ => 401,
         }
     }
@@ -155,9 +165,9 @@ impl Reason {
             Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
             Reason::NoMatchingRule => Some("access_denied"),
             Reason::RateLimited | Reason::LockedOut => Some("rate_limited"),
-            Reason::KeysUnavailable | Reason::RevocationsUnavailable => {
-                Some("temporarily_unavailable")
-            }
+            Reason::KeysUnavailable
+            | Reason::RevocationsUnavailable
+            | Reason::ApiKeysUnavailable => Some("temporarily_unavailable"),
             _ => Some("invalid_token"),
         }
     }
@@ -188,6 +198,7 @@ impl Reason {
                 "the access token carries an identity claim that cannot be forwarded"
             }
             Reason::Revoked => "the access token has been revoked",
+            Reason::CredentialSuspended => "the credential is suspended for a while, get a new one",
             Reason::ApiKeyUnknown
             | Reason::ApiKeyDisabled
             | Reason::ApiKeyExpired
@@ -201,6 +212,7 @@ impl Reason {
             Reason::RevocationsUnavailable => {
                 "the token revocation list is not available yet, retry shortly"
             }
+            Reason::ApiKeysUnavailable => "the API key set is not available yet, retry shortly",
         }
     }
 }
@@ -347,6 +359,20 @@ mod tests {
         assert_eq!(d.status, 503);
         assert_eq!(header(&d, "retry-after"), Some("1"));
         assert_eq!(header(&d, "www-authenticate"), None);
+    }
+
+    #[test]
+    fn an_api_key_caller_waiting_for_the_key_set_hears_about_api_keys() {
+        let d = render_denial(Reason::ApiKeysUnavailable, "api", None, 2);
+        assert_eq!(d.status, 503);
+        assert_eq!(header(&d, "retry-after"), Some("2"));
+        let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert_eq!(
+            body["error_description"],
+            "the API key set is not available yet, retry shortly"
+        );
+        assert!(!d.body.contains("token"), "{}", d.body);
     }
 
     #[test]

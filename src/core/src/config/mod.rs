@@ -8,9 +8,11 @@
 //! use protobuf JSON form (`"300s"`, `"1.5s"`). Anything unknown or wrong is an
 //! error that names the field, and the plugin refuses to start.
 
+use crate::anomaly::Anomalies;
 use crate::credentials::TokenLocation;
 use crate::policy::Rule;
 use api_keys::{compile_api_keys, RawApiKeys};
+use audit::{compile_anomalies, compile_audit, RawAnomalies, RawAudit};
 use fields::is_header_name;
 use identity_headers::RawIdentity;
 use providers::{compile_provider, RawProvider};
@@ -21,6 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 mod api_keys;
+mod audit;
 mod derived;
 mod fields;
 mod identity_headers;
@@ -31,6 +34,7 @@ mod rules;
 mod tests;
 
 pub use api_keys::{ApiKeySource, ApiKeys};
+pub use audit::Audit;
 pub use fields::parse_duration_ms;
 pub use identity_headers::Identity;
 pub use providers::{Provider, ProviderId, ProviderKeys, RemoteSource};
@@ -87,6 +91,10 @@ struct RawConfig {
     api_keys: Option<RawApiKeys>,
     #[serde(default)]
     token_cache: Option<RawTokenCache>,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    anomalies: RawAnomalies,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +165,8 @@ pub struct Settings {
     pub api_keys: Option<ApiKeys>,
     /// Verified-token cache bounds, per worker: (entries, bytes). 0 entries disables it.
     pub token_cache: (usize, usize),
+    pub audit: Audit,
+    pub anomalies: Anomalies,
 }
 
 impl Settings {
@@ -240,6 +250,14 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         .enumerate()
         .map(|(i, r)| compile_rule(&format!("rules[{i}]"), r, &names, &policy_names))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, rule) in rules.iter().enumerate() {
+        if rules.iter().take(i).any(|r| r.name == rule.name) {
+            return Err(err(
+                format!("rules[{i}].name"),
+                format!("`{}` names an earlier rule too", rule.name),
+            ));
+        }
+    }
     let client_ip =
         match raw.client_ip.from {
             ClientIpFrom::Peer if raw.client_ip.trusted_hops > 0 => {
@@ -281,7 +299,10 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         ));
     }
     let retained_claims = derived::retained_claims(&rules, &rate_limits);
-    let uses_client_ip = derived::uses_client_ip(&rate_limits, api_keys.as_ref());
+    let audit = compile_audit(raw.audit)?;
+    let anomalies = compile_anomalies(raw.anomalies)?;
+    let uses_client_ip =
+        derived::uses_client_ip(&rate_limits, api_keys.as_ref()) || anomalies.uses_client_ip();
     Ok(Settings {
         providers,
         rules,
@@ -299,5 +320,7 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         token_cache: raw
             .token_cache
             .map_or((10_000, 16 << 20), |c| (c.max_entries, c.max_bytes)),
+        audit,
+        anomalies,
     })
 }

@@ -20,6 +20,8 @@ use std::sync::Arc;
 pub enum Outcome {
     Allow {
         reason: Reason,
+        /// The index of the rule that matched (`None`: no rule, `unmatched: allow`).
+        rule: Option<usize>,
         /// Credentials and client-sent identity headers to remove.
         edits: Vec<HeaderEdit>,
         /// The verified identity to set, shared with the token cache.
@@ -31,7 +33,10 @@ pub enum Outcome {
     },
     Deny {
         denial: Denial,
+        rule: Option<usize>,
         token_hash: Option<TokenDigest>,
+        /// Who was refused, when the credential was good but not enough.
+        caller: Option<Box<Caller>>,
     },
     /// The token names a key (`kid`) the provider does not have; refetch its
     /// JWKS and decide again (with `may_refetch` then false).
@@ -66,26 +71,27 @@ impl Authorizer<'_> {
         let s = self.settings;
         let mut edits = strip_credentials(req, &s.strip_locations);
         edits.extend(self.purge_identity_headers(req));
-        let rule = match find_rule(&s.rules, req.method, req.path_without_query()) {
-            Some(rule) => rule,
-            None if s.allow_unmatched => return allow_anonymous(edits, Vec::new(), None),
-            None => return self.deny(Reason::NoMatchingRule, None, None),
+        let (index, rule) = match find_rule(&s.rules, req.method, req.path_without_query()) {
+            Some(found) => found,
+            None if s.allow_unmatched => return allow_anonymous(None, edits, Vec::new(), None),
+            None => return self.deny(None, Reason::NoMatchingRule, None, None),
         };
+        let at = Some(index);
         let requirement = &rule.requirement;
         let anonymous_limits = || self.limit_checks(rule, req, None);
         let locations = self.locations_for(requirement);
         let Some(credential) = self.find_credential(req, requirement, &locations) else {
             return if requirement.allow_anonymous {
-                allow_anonymous(edits, anonymous_limits(), None)
+                allow_anonymous(at, edits, anonymous_limits(), None)
             } else {
-                self.deny(Reason::MissingCredentials, None, None)
+                self.deny(at, Reason::MissingCredentials, None, None)
             };
         };
         let (hash, result) = match &credential {
             Credential::Jwt(token, location) => {
                 let hash = TokenDigest::of(token);
                 let Some(location) = locations.get(*location) else {
-                    return self.deny(Reason::MissingCredentials, None, Some(hash));
+                    return self.deny(at, Reason::MissingCredentials, None, Some(hash));
                 };
                 (hash, self.authenticate(token, &hash, location, rule, req))
             }
@@ -107,6 +113,7 @@ impl Authorizer<'_> {
                 };
                 Outcome::Allow {
                     reason,
+                    rule: at,
                     edits,
                     identity,
                     caller: Some(caller),
@@ -116,21 +123,33 @@ impl Authorizer<'_> {
             }
             Err(Failure::FetchKeys(provider, kid)) => Outcome::FetchKeys { provider, kid },
             // Public routes ignore bad credentials; they are still stripped.
-            Err(Failure::Denied(_) | Failure::Unavailable(..)) if requirement.allow_anonymous => {
-                allow_anonymous(edits, anonymous_limits(), Some(hash))
+            Err(Failure::Denied(_) | Failure::Refused(..) | Failure::Unavailable(..))
+                if requirement.allow_anonymous =>
+            {
+                allow_anonymous(at, edits, anonymous_limits(), Some(hash))
             }
             Err(Failure::Unavailable(reason, retry_after)) => Outcome::Deny {
                 denial: render_denial(reason, &self.settings.realm, None, retry_after),
+                rule: at,
                 token_hash: Some(hash),
+                caller: None,
             },
             Err(Failure::Denied(reason)) => {
-                self.deny(reason, requirement.needed_scope(), Some(hash))
+                self.deny(at, reason, requirement.needed_scope(), Some(hash))
+            }
+            Err(Failure::Refused(reason, caller)) => {
+                let mut outcome = self.deny(at, reason, requirement.needed_scope(), Some(hash));
+                if let Outcome::Deny { caller: who, .. } = &mut outcome {
+                    *who = Some(caller);
+                }
+                outcome
             }
         }
     }
 
     fn deny(
         &self,
+        rule: Option<usize>,
         reason: Reason,
         needed_scope: Option<String>,
         token_hash: Option<TokenDigest>,
@@ -142,7 +161,9 @@ impl Authorizer<'_> {
         };
         Outcome::Deny {
             denial: render_denial(reason, &self.settings.realm, scope.as_deref(), 0),
+            rule,
             token_hash,
+            caller: None,
         }
     }
 }
@@ -155,6 +176,9 @@ pub(super) struct Authenticated {
 
 pub(super) enum Failure {
     Denied(Reason),
+    /// A good credential that the rule refuses (scopes, claims) or that was
+    /// revoked: the caller is known.
+    Refused(Reason, Box<Caller>),
     FetchKeys(ProviderId, Option<String>),
     /// A document the decision needs has not loaded: 503, retry after these seconds.
     Unavailable(Reason, u64),
@@ -171,13 +195,25 @@ impl From<Reason> for Failure {
     }
 }
 
+impl Failure {
+    /// A denial of a credential already verified names its caller.
+    pub(super) fn of(self, caller: &Caller) -> Failure {
+        match self {
+            Failure::Denied(r) => Failure::Refused(r, Box::new(caller.clone())),
+            other => other,
+        }
+    }
+}
+
 fn allow_anonymous(
+    rule: Option<usize>,
     edits: Vec<HeaderEdit>,
     limits: Vec<LimitCheck>,
     token_hash: Option<TokenDigest>,
 ) -> Outcome {
     Outcome::Allow {
         reason: Reason::Anonymous,
+        rule,
         edits,
         identity: Arc::new([]),
         caller: None,
@@ -325,6 +361,7 @@ mod tests {
                 path,
                 headers: &headers,
                 client_ip: Some("192.0.2.1"),
+                received_us: 0,
             };
             Authorizer {
                 settings: &self.settings,
@@ -938,6 +975,7 @@ mod tests {
             path: "/data",
             headers: &headers,
             client_ip: None,
+            received_us: 0,
         };
         assert_eq!(later.decide(&req).reason(), Some(Reason::Expired));
     }

@@ -6,9 +6,14 @@
 //!    one validity-window check for both;
 //! 4. **revocation** (`verify`): the issuer's revocation feed;
 //! 5. **policy** (`decide`): scopes and claims of the rule;
-//! 6. **limits** (`limits`): counted only once everything else allowed the request;
-//! 7. **upstream edits** (`upstream`): credentials stripped, spoofed identity
+//! 6. **anomaly signals** (`signals`): a suspended credential is refused; uses
+//!    and refusals are recorded for the heuristics;
+//! 7. **limits** (`limits`): counted only once everything else allowed the request;
+//! 8. **upstream edits** (`upstream`): credentials stripped, spoofed identity
 //!    purged, verified identity set.
+//!
+//! Every decision goes through [`record`] once: the stats, and the audit event
+//! (denials always, allowed requests as sampled).
 //!
 //! Whatever must wait on the host is a [`Step`] the pipeline returns: the filter
 //! crate maps steps to host calls and calls [`resume`] when a wait is over.
@@ -18,18 +23,23 @@ mod decide;
 mod extract;
 mod limits;
 mod lockout;
+mod signals;
 mod upstream;
 mod verify;
 
 pub use decide::{Authorizer, Outcome};
 
+pub(crate) use signals::configured as signals_configured;
+
+use crate::anomaly::Signal;
 use crate::apikey::KeySet as ApiKeySet;
 use crate::config::ProviderId;
 use crate::credentials::{HeaderEdit, RequestView};
-use crate::decision::{Denial, Reason};
+use crate::decision::{render_denial, Denial, Reason};
 use crate::host::{DecisionRecord, Host};
 use crate::identity::{Caller, TokenDigest};
 use crate::jwk::KeySet;
+use crate::ratelimit::PolicyId;
 use crate::remote::FetchTrigger;
 use crate::revocation::RevocationList;
 use crate::worker::{DocId, Worker};
@@ -60,12 +70,17 @@ pub enum Step {
     /// Answer it with this response.
     Respond(Denial),
     /// Hold it until the callout `token` (fetching `doc`) answers, feed the
-    /// answer to [`Worker::complete_fetch`], then call [`resume`].
-    Wait { token: u32, doc: DocId },
+    /// answer to [`Worker::complete_fetch`], then call [`resume`] with
+    /// `received_us` in the request.
+    Wait {
+        token: u32,
+        doc: DocId,
+        received_us: u64,
+    },
     /// Hold it (see [`Worker::park`]) until the fetch of `doc` that another
     /// request or worker started ends: [`Worker::complete_fetch`] and
     /// [`Worker::on_tick`] hand it back, to [`resume`].
-    Park { doc: DocId },
+    Park { doc: DocId, received_us: u64 },
 }
 
 /// Whether the credential stages may still ask for a key refetch.
@@ -78,111 +93,229 @@ enum Refetch {
 /// A request's headers have arrived.
 pub fn on_request(worker: &Worker, host: Host<'_>, req: &RequestView<'_>) -> Step {
     let now = host.clock.now();
+    let req = RequestView {
+        received_us: now.as_micros() as u64,
+        ..req.clone()
+    };
     let now_ms = now.as_millis() as u64;
     if let Some(denial) = lockout::check(&worker.settings, host, req.client_ip, now_ms) {
-        record(host, req, denial.reason, Some(denial.status), None, None);
+        record(worker, host, &req, Decided::denied(&denial, None));
         return Step::Respond(denial);
     }
-    run(worker, host, req, Refetch::Allowed)
+    run(worker, host, &req, Refetch::Allowed, now_ms)
 }
 
 /// A [`Step::Wait`] is over: decide again, without asking for another fetch.
+/// `req.received_us` is the step's.
 pub fn resume(worker: &Worker, host: Host<'_>, req: &RequestView<'_>) -> Step {
-    run(worker, host, req, Refetch::Spent)
+    let now_ms = host.clock.now().as_millis() as u64;
+    run(worker, host, req, Refetch::Spent, now_ms)
 }
 
-fn run(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, refetch: Refetch) -> Step {
-    let now_ms = host.clock.now().as_millis() as u64;
+fn run(
+    worker: &Worker,
+    host: Host<'_>,
+    req: &RequestView<'_>,
+    refetch: Refetch,
+    now_ms: u64,
+) -> Step {
     match worker.authorize(req, host.shared, now_ms, refetch == Refetch::Allowed) {
         Outcome::Allow {
             reason,
+            rule,
             edits,
             identity,
             caller,
             token_hash,
             limits,
-        } => match limits::enforce(&worker.settings.rate_limits, host, &limits, now_ms) {
-            Err(denial) => {
-                record(
-                    host,
-                    req,
-                    denial.reason,
-                    Some(denial.status),
-                    caller.as_ref(),
-                    token_hash,
-                );
-                Step::Respond(denial)
+        } => {
+            let mut signals = Vec::new();
+            let authenticated = reason == Reason::Authenticated;
+            if authenticated
+                && (signals::suspended(worker, token_hash, now_ms)
+                    || signals::on_use(
+                        worker,
+                        host,
+                        token_hash,
+                        req.client_ip,
+                        now_ms,
+                        &mut signals,
+                    ))
+            {
+                let denial =
+                    render_denial(Reason::CredentialSuspended, &worker.settings.realm, None, 0);
+                let decided = Decided {
+                    rule,
+                    caller: caller.as_ref(),
+                    fingerprint: token_hash,
+                    signals: &signals,
+                    ..Decided::denied(&denial, None)
+                };
+                record(worker, host, req, decided);
+                return Step::Respond(denial);
             }
-            Ok(response_headers) => {
-                record(host, req, reason, None, caller.as_ref(), token_hash);
-                Step::Continue {
-                    edits,
-                    identity,
-                    response_headers,
+            match limits::enforce(&worker.settings.rate_limits, host, &limits, now_ms) {
+                Err((policy, denial)) => {
+                    signals::on_refusal(
+                        worker,
+                        host,
+                        caller.as_ref(),
+                        token_hash,
+                        now_ms,
+                        &mut signals,
+                    );
+                    let decided = Decided {
+                        rule,
+                        caller: caller.as_ref(),
+                        fingerprint: token_hash,
+                        signals: &signals,
+                        ..Decided::denied(&denial, Some(policy))
+                    };
+                    record(worker, host, req, decided);
+                    Step::Respond(denial)
+                }
+                Ok(response_headers) => {
+                    let decided = Decided {
+                        reason,
+                        status: None,
+                        rule,
+                        caller: caller.as_ref(),
+                        fingerprint: token_hash,
+                        policy: None,
+                        signals: &signals,
+                    };
+                    record(worker, host, req, decided);
+                    Step::Continue {
+                        edits,
+                        identity,
+                        response_headers,
+                    }
                 }
             }
-        },
+        }
         Outcome::Deny { denial, .. }
             if matches!(
                 denial.reason,
-                Reason::KeysUnavailable | Reason::RevocationsUnavailable | Reason::UnknownKey
+                Reason::KeysUnavailable
+                    | Reason::RevocationsUnavailable
+                    | Reason::ApiKeysUnavailable
+                    | Reason::UnknownKey
             ) && worker.sync(host.shared, now_ms) =>
         {
             // Another worker loaded them (or the rotated keys) since this one
             // last looked.
-            run(worker, host, req, Refetch::Spent)
+            run(worker, host, req, Refetch::Spent, now_ms)
         }
-        Outcome::Deny { denial, token_hash } => {
+        Outcome::Deny {
+            denial,
+            rule,
+            token_hash,
+            caller,
+        } => {
             if denial.reason.is_credential_guess() {
                 lockout::record_failure(&worker.settings, host, req.client_ip, now_ms);
             }
-            record(
+            let mut signals = Vec::new();
+            signals::on_refusal(
+                worker,
                 host,
-                req,
-                denial.reason,
-                Some(denial.status),
-                None,
+                caller.as_deref(),
                 token_hash,
+                now_ms,
+                &mut signals,
             );
+            let decided = Decided {
+                rule,
+                caller: caller.as_deref(),
+                fingerprint: token_hash,
+                signals: &signals,
+                ..Decided::denied(&denial, None)
+            };
+            record(worker, host, req, decided);
             Step::Respond(denial)
         }
         Outcome::FetchKeys { provider, kid } => {
             // Another worker may already have the new keys.
             if worker.sync(host.shared, now_ms) {
-                return run(worker, host, req, Refetch::Spent);
+                return run(worker, host, req, Refetch::Spent, now_ms);
             }
             let doc = DocId::Keys(provider);
+            let received_us = req.received_us;
             if let Some(token) = worker.start_fetch(host, doc, FetchTrigger::OnDemand, now_ms) {
                 worker.note_kid_fetched(provider, kid.as_deref(), now_ms);
-                return Step::Wait { token, doc };
+                return Step::Wait {
+                    token,
+                    doc,
+                    received_us,
+                };
             }
             // A rotation: many requests with the new `kid` at once, one fetch.
             if worker.fetch_underway(host.shared, doc, now_ms) && worker.may_park() {
                 worker.note_kid_fetched(provider, kid.as_deref(), now_ms);
-                return Step::Park { doc };
+                return Step::Park { doc, received_us };
             }
-            run(worker, host, req, Refetch::Spent)
+            run(worker, host, req, Refetch::Spent, now_ms)
         }
     }
 }
 
-/// Every decision is counted and goes to the audit sink, once.
-fn record(
-    host: Host<'_>,
-    req: &RequestView<'_>,
+/// What was decided about a request, for [`record`].
+struct Decided<'a> {
     reason: Reason,
     status: Option<u32>,
-    caller: Option<&Caller>,
+    rule: Option<usize>,
+    caller: Option<&'a Caller>,
     fingerprint: Option<TokenDigest>,
-) {
-    host.metrics.decision(reason);
+    policy: Option<PolicyId>,
+    signals: &'a [Signal],
+}
+
+impl Decided<'_> {
+    fn denied(denial: &Denial, policy: Option<PolicyId>) -> Decided<'static> {
+        Decided {
+            reason: denial.reason,
+            status: Some(denial.status),
+            rule: None,
+            caller: None,
+            fingerprint: None,
+            policy,
+            signals: &[],
+        }
+    }
+}
+
+/// Every decision is counted and, unless sampled out, goes to the audit sink, once.
+fn record(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, d: Decided<'_>) {
+    let time_us = host.clock.now().as_micros() as u64;
+    let latency_us = time_us.saturating_sub(req.received_us);
+    host.metrics.decision(d.reason, d.rule, latency_us);
+    if d.status.is_none() && d.signals.is_empty() && !worker.sample_allow() {
+        return;
+    }
+    let settings = &worker.settings;
     host.audit.decision(&DecisionRecord {
-        reason,
-        status,
+        time_us,
+        latency_us,
+        reason: d.reason,
+        status: d.status,
+        rule: d
+            .rule
+            .and_then(|i| settings.rules.get(i))
+            .map(|r| r.name.as_str()),
         method: req.method,
+        path: req.path_without_query(),
+        request_id: req
+            .header_values("x-request-id")
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok()),
         client_ip: req.client_ip,
-        caller,
-        fingerprint,
+        caller: d.caller,
+        fingerprint: d.fingerprint,
+        policy: d
+            .policy
+            .and_then(|p| settings.rate_limits.policy(p))
+            .map(|p| p.name.as_str()),
+        signals: d.signals,
     });
 }
 
@@ -266,6 +399,7 @@ mod tests {
             path: "/data",
             headers,
             client_ip: Some(ip),
+            received_us: 0,
         }
     }
 
@@ -499,7 +633,7 @@ mod tests {
         worker.park(crate::worker::ParkedRequest {
             context,
             doc,
-            since_ms: NOW * 1000,
+            received_us: NOW * 1_000_000,
             headers,
             client_ip: Some("192.0.2.1".into()),
         });
@@ -524,7 +658,7 @@ mod tests {
             let headers = bearer(&sign(&new, "https://remote.test", &format!("user-{i}")));
             match on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1")) {
                 Step::Wait { doc, .. } => waiting = Some(doc),
-                Step::Park { doc } => {
+                Step::Park { doc, .. } => {
                     park(&f.worker, i, doc, headers);
                     parked += 1;
                 }
