@@ -717,3 +717,89 @@ impl<T: Countable> AnyDoc for RemoteDoc<T> {
         RemoteDoc::failures_over(self, shared)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use crate::crypto::PureVerifier;
+    use crate::host::fakes::FakeHost;
+    use crate::jwk::tests::es256_jwk;
+    use jwt_simple::prelude::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn worker() -> Worker {
+        let config = json!({
+            "providers": {"idp": {"issuer": "https://idp.test",
+                "remote_jwks": {"http_uri": {"uri": "http://idp/jwks", "cluster": "idp"}}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {}}]
+        });
+        Worker::new(
+            parse(config.to_string().as_bytes()).unwrap(),
+            Box::new(PureVerifier),
+        )
+    }
+
+    #[test]
+    fn document_ages_are_reported_on_tick_once_a_copy_loaded() {
+        let (w, host) = (worker(), FakeHost::at_secs(NOW));
+        let tick = w.on_tick(host.host());
+        assert!(
+            host.metrics.ages.borrow().is_empty(),
+            "no age before a copy"
+        );
+        let (_, doc) = tick.started[0];
+        let key = ES256KeyPair::generate();
+        let jwks = json!({"keys": [es256_jwk(&key, "k")]}).to_string();
+        w.complete_fetch(
+            host.host(),
+            doc,
+            &FetchResponse::Body(jwks.into_bytes(), None),
+        );
+        host.clock
+            .as_ref()
+            .unwrap()
+            .advance(std::time::Duration::from_secs(5));
+        w.on_tick(host.host());
+        assert_eq!(*host.metrics.ages.borrow(), [(doc, 5_000)]);
+    }
+
+    #[test]
+    fn a_cluster_envoy_does_not_have_is_counted_each_time_and_flagged_once() {
+        let (w, host) = (worker(), FakeHost::at_secs(NOW));
+        *host.callouts.refuse.borrow_mut() = Some(CalloutError::UnknownCluster);
+        for _ in 0..3 {
+            w.on_tick(host.host());
+            host.clock
+                .as_ref()
+                .unwrap()
+                .advance(std::time::Duration::from_secs(2));
+        }
+        assert_eq!(host.metrics.unknown_clusters.get(), 3, "every attempt");
+        assert!(
+            host.shared.get("tollgate/unknown-cluster/idp").is_some(),
+            "the one-line-per-Envoy flag"
+        );
+        let failed = host
+            .metrics
+            .fetches
+            .borrow()
+            .iter()
+            .filter(|(_, c)| matches!(c, Completion::Failed(e) if e.contains("no cluster `idp`")))
+            .count();
+        assert_eq!(failed, 3);
+    }
+
+    #[test]
+    fn token_cache_lookups_are_reported_on_tick() {
+        let (w, host) = (worker(), FakeHost::at_secs(NOW));
+        w.token_cache.borrow().count(true);
+        w.token_cache.borrow().count(false);
+        w.token_cache.borrow().count(true);
+        w.on_tick(host.host());
+        w.on_tick(host.host());
+        assert_eq!(host.metrics.cache.get(), (2, 1));
+    }
+}

@@ -837,4 +837,262 @@ mod tests {
         let step = on_request(&other.worker, host.host(), &request(&token, "192.0.2.1"));
         assert_eq!(subject(&step).as_deref(), Some("carol"));
     }
+
+    fn with_request_id(mut headers: Vec<(String, Vec<u8>)>, id: &str) -> Vec<(String, Vec<u8>)> {
+        headers.push(("x-request-id".into(), id.as_bytes().to_vec()));
+        headers
+    }
+
+    #[test]
+    fn a_denial_event_names_rule_path_caller_and_fingerprint_never_the_token() {
+        let f = fixture(|c| {
+            c["rules"] = json!([
+                {"name": "write-data", "match": {"prefix": "/data"},
+                 "requires": {"scopes": {"all_of": ["write:data"]}}}
+            ]);
+        });
+        let host = FakeHost::at_secs(NOW);
+        let token = sign(&f.local, "https://local.test", "alice");
+        let headers = with_request_id(bearer(&token), "req-1");
+        let req = RequestView {
+            method: "POST",
+            path: "/data?secret-param=hunter2",
+            ..request(&headers, "192.0.2.7")
+        };
+        assert_eq!(status(&on_request(&f.worker, host.host(), &req)), 403);
+        let events = host.audit.events();
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(e["v"], 1);
+        assert_eq!(e["decision"], "deny");
+        assert_eq!(e["reason"], "insufficient_scope");
+        assert_eq!(e["status"], 403);
+        assert_eq!(e["rule"], "write-data");
+        assert_eq!(e["method"], "POST");
+        assert_eq!(e["path"], "/data", "never the query");
+        assert_eq!(e["request_id"], "req-1");
+        assert_eq!(e["client_ip"], "192.0.2.7");
+        assert_eq!(e["provider"], "local");
+        assert_eq!(e["subject"], "alice");
+        assert_eq!(e["credential"], TokenDigest::of(&token).to_string());
+        assert_eq!(e["time"], "2027-01-15T08:00:00.000Z");
+        let text = e.to_string();
+        assert!(
+            !text.contains(&token) && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert_eq!(
+            *host.metrics.rules.borrow(),
+            [(Some(0), Reason::InsufficientScope)]
+        );
+    }
+
+    #[test]
+    fn unnamed_rules_are_named_by_their_place_and_unmatched_requests_by_none() {
+        let f = fixture(|_| {});
+        let host = FakeHost::at_secs(NOW);
+        on_request(&f.worker, host.host(), &request(&[], "192.0.2.1"));
+        let other = RequestView {
+            path: "/elsewhere",
+            ..request(&[], "192.0.2.1")
+        };
+        on_request(&f.worker, host.host(), &other);
+        let events = host.audit.events();
+        assert_eq!(events[0]["rule"], "rules[0]");
+        assert_eq!(events[0]["reason"], "missing_credentials");
+        assert!(events[1].get("rule").is_none());
+        assert_eq!(events[1]["reason"], "no_matching_rule");
+        assert_eq!(
+            *host.metrics.rules.borrow(),
+            [
+                (Some(0), Reason::MissingCredentials),
+                (None, Reason::NoMatchingRule)
+            ]
+        );
+    }
+
+    #[test]
+    fn allowed_requests_are_sampled_denials_never_and_all_are_counted() {
+        let f = fixture(|c| c["audit"] = json!({"allow_sample_rate": 0.25}));
+        let host = FakeHost::at_secs(NOW);
+        let good = bearer(&sign(&f.local, "https://local.test", "alice"));
+        for _ in 0..8 {
+            assert_eq!(
+                status(&on_request(
+                    &f.worker,
+                    host.host(),
+                    &request(&good, "192.0.2.1")
+                )),
+                200
+            );
+        }
+        for _ in 0..3 {
+            on_request(&f.worker, host.host(), &request(&[], "192.0.2.1"));
+        }
+        let events = host.audit.events();
+        let allows = events.iter().filter(|e| e["decision"] == "allow").count();
+        let denials = events.iter().filter(|e| e["decision"] == "deny").count();
+        assert_eq!((allows, denials), (2, 3));
+        assert_eq!(
+            host.metrics.decisions.borrow().len(),
+            11,
+            "stats count every one"
+        );
+        let allow = events.iter().find(|e| e["decision"] == "allow").unwrap();
+        assert!(allow.get("status").is_none(), "{allow}");
+        assert_eq!(allow["subject"], "alice");
+    }
+
+    #[test]
+    fn a_rate_limit_event_names_its_policy_and_stats_count_by_policy() {
+        let f = fixture(|c| {
+            c["rate_limits"] = json!({"policies": {
+                "per-ip": {"limit": 100, "window": "60s", "key": "client_ip"},
+                "per-sub": {"limit": 1, "window": "60s", "key": "subject"}}});
+            c["rules"][0]["rate_limits"] = json!(["per-ip", "per-sub"]);
+        });
+        let host = FakeHost::at_secs(NOW);
+        let good = bearer(&sign(&f.local, "https://local.test", "alice"));
+        let statuses: Vec<u32> = (0..2)
+            .map(|_| {
+                status(&on_request(
+                    &f.worker,
+                    host.host(),
+                    &request(&good, "192.0.2.1"),
+                ))
+            })
+            .collect();
+        assert_eq!(statuses, [200, 429]);
+        let events = host.audit.events();
+        assert_eq!(events[1]["reason"], "rate_limited");
+        assert_eq!(events[1]["policy"], "per-sub");
+        assert_eq!(events[1]["subject"], "alice");
+        let ip = f
+            .worker
+            .settings
+            .rate_limits
+            .policies
+            .iter()
+            .position(|p| p.name == "per-ip");
+        let sub = f
+            .worker
+            .settings
+            .rate_limits
+            .policies
+            .iter()
+            .position(|p| p.name == "per-sub");
+        let limits: Vec<(usize, bool)> = host
+            .metrics
+            .limits
+            .borrow()
+            .iter()
+            .map(|(p, limited)| (p.index(), *limited))
+            .collect();
+        let (ip, sub) = (ip.unwrap(), sub.unwrap());
+        assert_eq!(
+            limits,
+            [(ip, false), (sub, false), (ip, false), (sub, true)]
+        );
+    }
+
+    #[test]
+    fn a_token_from_too_many_addresses_raises_the_signal_and_is_suspended() {
+        let f = fixture(|c| {
+            c["anomalies"] = json!({"shared_credential":
+                {"max_addresses": 2, "window": "60s", "suspend": "30s"}});
+        });
+        let host = FakeHost::at_secs(NOW);
+        let stolen = bearer(&sign(&f.local, "https://local.test", "alice"));
+        let other = bearer(&sign(&f.local, "https://local.test", "bob"));
+        for ip in ["192.0.2.1", "192.0.2.1", "192.0.2.2"] {
+            assert_eq!(
+                status(&on_request(&f.worker, host.host(), &request(&stolen, ip))),
+                200
+            );
+        }
+        let Step::Respond(denial) =
+            on_request(&f.worker, host.host(), &request(&stolen, "192.0.2.3"))
+        else {
+            panic!("expected the credential to be refused");
+        };
+        assert_eq!(
+            (denial.status, denial.reason),
+            (401, Reason::CredentialSuspended)
+        );
+        assert!(denial.body.contains("suspended"));
+        assert_eq!(
+            *host.metrics.signals.borrow(),
+            [(Signal::SharedCredential, true)]
+        );
+        let events = host.audit.events();
+        let last = events.last().unwrap();
+        assert_eq!(last["signals"], json!(["shared_credential"]));
+        assert_eq!(last["client_ip"], "192.0.2.3");
+        // Refused from its first address too, until the suspension ends; others pass.
+        assert_eq!(
+            status(&on_request(
+                &f.worker,
+                host.host(),
+                &request(&stolen, "192.0.2.1")
+            )),
+            401
+        );
+        assert_eq!(
+            status(&on_request(
+                &f.worker,
+                host.host(),
+                &request(&other, "192.0.2.1")
+            )),
+            200
+        );
+        host.clock
+            .as_ref()
+            .unwrap()
+            .advance(std::time::Duration::from_secs(31));
+        assert_eq!(
+            status(&on_request(
+                &f.worker,
+                host.host(),
+                &request(&stolen, "192.0.2.1")
+            )),
+            200
+        );
+    }
+
+    #[test]
+    fn a_spike_of_refusals_for_one_client_raises_one_signal() {
+        let f = fixture(|c| {
+            c["rules"][0]["requires"] = json!({"scopes": {"all_of": ["admin"]}});
+            c["anomalies"] = json!({"failure_spike": {"max_failures": 3, "window": "60s"}});
+        });
+        let host = FakeHost::at_secs(NOW);
+        let token = bearer(&sign(&f.local, "https://local.test", "alice"));
+        for _ in 0..6 {
+            assert_eq!(
+                status(&on_request(
+                    &f.worker,
+                    host.host(),
+                    &request(&token, "192.0.2.1")
+                )),
+                403
+            );
+        }
+        // Unidentified failures do not count against anyone.
+        for _ in 0..6 {
+            on_request(&f.worker, host.host(), &request(&[], "192.0.2.1"));
+        }
+        assert_eq!(
+            *host.metrics.signals.borrow(),
+            [(Signal::FailureSpike, false)]
+        );
+        let flagged: Vec<usize> = host
+            .audit
+            .events()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.get("signals").is_some())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(flagged, [3], "the fourth refusal within the window");
+    }
 }
