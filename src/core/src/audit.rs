@@ -8,6 +8,7 @@
 //! fingerprint, the path is cut at its query, and every string is bounded.
 
 use crate::host::DecisionRecord;
+use crate::identity::TokenDigest;
 
 /// Bumped when a field changes meaning or goes away; new fields do not bump it.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -27,7 +28,8 @@ trait Fields {
 /// The event's fields, once for every encoding.
 fn visit(r: &DecisionRecord<'_>, out: &mut impl Fields) {
     out.number("v", SCHEMA_VERSION);
-    out.string("time", &rfc3339_millis(r.time_us));
+    let time = Rfc3339::of(r.time_us);
+    out.string("time", time.as_str());
     out.string(
         "decision",
         if r.reason.is_allow() { "allow" } else { "deny" },
@@ -56,8 +58,9 @@ fn visit(r: &DecisionRecord<'_>, out: &mut impl Fields) {
         optional("jti", c.jti.as_deref(), MAX_VALUE);
     }
     optional("policy", r.policy, MAX_VALUE);
-    if let Some(fingerprint) = r.fingerprint {
-        out.string("credential", &fingerprint.to_string());
+    if let Some(digest) = r.fingerprint {
+        let hex = fingerprint(&digest);
+        out.string("credential", std::str::from_utf8(&hex).unwrap_or_default());
     }
     if !r.signals.is_empty() {
         let names: Vec<&str> = r.signals.iter().map(|s| s.as_str()).collect();
@@ -224,18 +227,57 @@ impl Fields for Proto {
     }
 }
 
+/// The credential's fingerprint as `TokenDigest`'s `Display` writes it (16 hex
+/// digits), without a `String`.
+fn fingerprint(digest: &TokenDigest) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'0'; 16];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(digest.0.iter()) {
+        if let [hi, lo] = pair {
+            *hi = HEX.get(usize::from(byte >> 4)).copied().unwrap_or(b'0');
+            *lo = HEX.get(usize::from(byte & 0xf)).copied().unwrap_or(b'0');
+        }
+    }
+    out
+}
+
+/// `2026-11-29T18:27:37.069Z`, on the stack.
+struct Rfc3339([u8; 24]);
+
+impl Rfc3339 {
+    /// For microseconds since the Unix epoch (years 0 to 9999).
+    fn of(time_us: u64) -> Rfc3339 {
+        let secs = time_us / 1_000_000;
+        let millis = (time_us / 1_000) % 1_000;
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days as i64);
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                if let Some(b) = out.get_mut(i) {
+                    *b = b'0' + (v % 10) as u8;
+                }
+                v /= 10;
+            }
+        };
+        put(0, 4, y.clamp(0, 9_999) as u64);
+        put(5, 2, u64::from(m));
+        put(8, 2, u64::from(d));
+        put(11, 2, rem / 3_600);
+        put(14, 2, rem % 3_600 / 60);
+        put(17, 2, rem % 60);
+        put(20, 3, millis);
+        Rfc3339(out)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// `2026-11-29T18:27:37.069Z` for microseconds since the Unix epoch.
 pub fn rfc3339_millis(time_us: u64) -> String {
-    let secs = time_us / 1_000_000;
-    let millis = (time_us / 1_000) % 1_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
+    Rfc3339::of(time_us).as_str().to_string()
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
@@ -258,7 +300,7 @@ mod tests {
     use super::*;
     use crate::anomaly::Signal;
     use crate::decision::Reason;
-    use crate::identity::{Caller, TokenDigest};
+    use crate::identity::Caller;
     use serde_json::{json, Value};
 
     #[test]
@@ -272,6 +314,10 @@ mod tests {
             rfc3339_millis(4_102_444_799_999_000),
             "2099-12-31T23:59:59.999Z"
         );
+        for d in ["a", "b", "secret-token"] {
+            let digest = TokenDigest::of(d);
+            assert_eq!(fingerprint(&digest), digest.to_string().as_bytes());
+        }
     }
 
     fn caller() -> Caller {

@@ -88,6 +88,11 @@ impl Reason {
         Reason::ApiKeysUnavailable,
     ];
 
+    /// The reason's place in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Authenticated => "authenticated",
@@ -303,6 +308,13 @@ mod tests {
         assert!(codes
             .iter()
             .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+    }
+
+    #[test]
+    fn index_is_the_place_in_all() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub struct VerifiedToken {
     pub nbf: Option<u64>,
     pub claims: Map<String, Value>,
     pub scopes: Vec<String>,
-    pub caller: Caller,
+    pub caller: Arc<Caller>,
     /// Identity headers for the upstream, computed once.
     pub identity: Arc<[HeaderEdit]>,
 }
@@ -42,6 +42,7 @@ impl VerifiedToken {
             .strings()
             .chain(self.scopes.iter().map(String::as_str));
         let mut bytes = heap(arc_block(size_of::<VerifiedToken>()))
+            + heap(arc_block(size_of::<Caller>()))
             + strings.map(|s| heap(s.len())).sum::<usize>()
             + heap(self.scopes.len() * size_of::<String>())
             + heap(arc_block(self.identity.len() * size_of::<HeaderEdit>()))
@@ -209,10 +210,10 @@ mod tests {
             nbf: None,
             claims,
             scopes: vec![],
-            caller: Caller {
+            caller: Arc::new(Caller {
                 provider: "p".into(),
                 ..Caller::default()
-            },
+            }),
             identity: Arc::new([]),
         })
     }

@@ -12,7 +12,6 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use tollgate_core::anomaly::Signal;
 use tollgate_core::config::Settings;
 use tollgate_core::decision::Reason;
@@ -53,8 +52,9 @@ pub struct EnvoyMetrics {
     pending: RefCell<Pending>,
     /// By `Reason::ALL` position.
     decisions: Vec<Option<usize>>,
-    /// (rule, reason) → slot, defined on first use: most pairs never occur.
-    rule_decisions: RefCell<HashMap<(usize, Reason), Option<usize>>>,
+    /// By rule, then reason: the slot, defined on first use (most pairs never
+    /// occur); `None` until then.
+    rule_decisions: RefCell<Vec<Option<Option<usize>>>>,
     rule_names: Vec<String>,
     /// By `DocKind::ALL` position: loaded, unchanged, failed.
     fetches: Vec<[Option<usize>; 3]>,
@@ -120,7 +120,7 @@ impl EnvoyMetrics {
         let unknown_cluster = counter(&mut p, "tollgate.fetch.unknown_cluster");
         EnvoyMetrics {
             decisions,
-            rule_decisions: RefCell::new(HashMap::new()),
+            rule_decisions: RefCell::new(vec![None; settings.rules.len() * Reason::ALL.len()]),
             rule_names: settings.rules.iter().map(|r| r.name.clone()).collect(),
             fetches,
             limit_entries,
@@ -154,7 +154,8 @@ impl EnvoyMetrics {
     }
 
     fn rule_slot(&self, rule: usize, reason: Reason) -> Option<usize> {
-        if let Some(slot) = self.rule_decisions.borrow().get(&(rule, reason)) {
+        let at = rule * Reason::ALL.len() + reason.index();
+        if let Some(Some(slot)) = self.rule_decisions.borrow().get(at) {
             return *slot;
         }
         let slot = self.rule_names.get(rule).and_then(|name| {
@@ -163,9 +164,9 @@ impl EnvoyMetrics {
                 &format!("tollgate.rule_decision.{}.{name}", reason.as_str()),
             )
         });
-        self.rule_decisions
-            .borrow_mut()
-            .insert((rule, reason), slot);
+        if let Some(entry) = self.rule_decisions.borrow_mut().get_mut(at) {
+            *entry = Some(slot);
+        }
         slot
     }
 
@@ -192,8 +193,7 @@ impl EnvoyMetrics {
 
 impl Metrics for EnvoyMetrics {
     fn decision(&self, reason: Reason, rule: Option<usize>, latency_us: u64) {
-        let at = Reason::ALL.iter().position(|r| *r == reason);
-        self.add(at.and_then(|i| self.decisions.get(i).copied().flatten()), 1);
+        self.add(self.decisions.get(reason.index()).copied().flatten(), 1);
         if let Some(rule) = rule {
             let slot = self.rule_slot(rule, reason);
             self.add(slot, 1);

@@ -10,6 +10,7 @@ use crate::identity::{Caller, TokenDigest};
 use crate::policy::Rule;
 use crate::ratelimit::LimitCheck;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 impl Authorizer<'_> {
     pub(super) fn authenticate_api_key(
@@ -39,7 +40,7 @@ impl Authorizer<'_> {
         if let Some(tenant) = &consumer.tenant {
             claims.insert("tenant".into(), Value::from(tenant.as_str()));
         }
-        let caller = Caller {
+        let caller = Arc::new(Caller {
             provider: "api_key".to_string(),
             subject: Some(consumer.id.clone()),
             client_id: Some(consumer.id.clone()),
@@ -47,7 +48,7 @@ impl Authorizer<'_> {
             tenant: consumer.tenant.clone(),
             api_key_id: Some(entry.id.clone()),
             jti: None,
-        };
+        });
         if !requirement.allow_anonymous {
             requirement
                 .authorize(&scopes, &claims)

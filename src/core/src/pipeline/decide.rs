@@ -26,7 +26,7 @@ pub enum Outcome {
         edits: Vec<HeaderEdit>,
         /// The verified identity to set, shared with the token cache.
         identity: Arc<[HeaderEdit]>,
-        caller: Option<Caller>,
+        caller: Option<Arc<Caller>>,
         token_hash: Option<TokenDigest>,
         /// Rate-limit policies to enforce, with the values they count on.
         limits: Vec<LimitCheck>,
@@ -36,7 +36,7 @@ pub enum Outcome {
         rule: Option<usize>,
         token_hash: Option<TokenDigest>,
         /// Who was refused, when the credential was good but not enough.
-        caller: Option<Box<Caller>>,
+        caller: Option<Arc<Caller>>,
     },
     /// The token names a key (`kid`) the provider does not have; refetch its
     /// JWKS and decide again (with `may_refetch` then false).
@@ -169,7 +169,7 @@ impl Authorizer<'_> {
 }
 
 pub(super) struct Authenticated {
-    pub caller: Caller,
+    pub caller: Arc<Caller>,
     pub identity: Arc<[HeaderEdit]>,
     pub limits: Vec<LimitCheck>,
 }
@@ -178,7 +178,7 @@ pub(super) enum Failure {
     Denied(Reason),
     /// A good credential that the rule refuses (scopes, claims) or that was
     /// revoked: the caller is known.
-    Refused(Reason, Box<Caller>),
+    Refused(Reason, Arc<Caller>),
     FetchKeys(ProviderId, Option<String>),
     /// A document the decision needs has not loaded: 503, retry after these seconds.
     Unavailable(Reason, u64),
@@ -197,9 +197,9 @@ impl From<Reason> for Failure {
 
 impl Failure {
     /// A denial of a credential already verified names its caller.
-    pub(super) fn of(self, caller: &Caller) -> Failure {
+    pub(super) fn of(self, caller: &Arc<Caller>) -> Failure {
         match self {
-            Failure::Denied(r) => Failure::Refused(r, Box::new(caller.clone())),
+            Failure::Denied(r) => Failure::Refused(r, Arc::clone(caller)),
             other => other,
         }
     }

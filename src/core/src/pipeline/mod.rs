@@ -146,7 +146,7 @@ fn run(
                     render_denial(Reason::CredentialSuspended, &worker.settings.realm, None, 0);
                 let decided = Decided {
                     rule,
-                    caller: caller.as_ref(),
+                    caller: caller.as_deref(),
                     fingerprint: token_hash,
                     signals: &signals,
                     ..Decided::denied(&denial, None)
@@ -159,14 +159,14 @@ fn run(
                     signals::on_refusal(
                         worker,
                         host,
-                        caller.as_ref(),
+                        caller.as_deref(),
                         token_hash,
                         now_ms,
                         &mut signals,
                     );
                     let decided = Decided {
                         rule,
-                        caller: caller.as_ref(),
+                        caller: caller.as_deref(),
                         fingerprint: token_hash,
                         signals: &signals,
                         ..Decided::denied(&denial, Some(policy))
@@ -179,7 +179,7 @@ fn run(
                         reason,
                         status: None,
                         rule,
-                        caller: caller.as_ref(),
+                        caller: caller.as_deref(),
                         fingerprint: token_hash,
                         policy: None,
                         signals: &signals,

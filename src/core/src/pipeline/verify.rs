@@ -41,7 +41,7 @@ impl Authorizer<'_> {
         Ok(Authenticated {
             limits: self.limit_checks(rule, req, Some((&verified.caller, &verified.claims))),
             identity: Arc::clone(&verified.identity),
-            caller: verified.caller.clone(),
+            caller: Arc::clone(&verified.caller),
         })
     }
 
@@ -201,7 +201,7 @@ impl Authorizer<'_> {
             keys,
             exp,
             nbf,
-            caller,
+            caller: Arc::new(caller),
             scopes,
             identity: identity.into(),
             claims,
