@@ -536,7 +536,7 @@ impl Worker {
         let limits = &self.settings.rate_limits;
         if !limits.policies.is_empty()
             || limits.brute_force.is_some()
-            || crate::pipeline::signals_configured(&self.settings)
+            || self.settings.anomalies.any()
         {
             // Reclaims idle counters; workers take turns through a shared cursor.
             if let Some(first) = limits.table.claim_sweep(host.shared, SWEEP_SLOTS_PER_TICK) {

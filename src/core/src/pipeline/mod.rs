@@ -29,8 +29,6 @@ mod verify;
 
 pub use decide::{Authorizer, Outcome};
 
-pub(crate) use signals::configured as signals_configured;
-
 use crate::anomaly::Signal;
 use crate::apikey::KeySet as ApiKeySet;
 use crate::config::ProviderId;

@@ -5,7 +5,6 @@
 //! the credential.
 
 use crate::anomaly::{Signal, Store};
-use crate::config::Settings;
 use crate::host::Host;
 use crate::identity::{Caller, TokenDigest};
 use crate::ratelimit::table::Churn;
@@ -126,9 +125,4 @@ fn raise(
     };
     host.metrics.signal(signal, suspended);
     suspended
-}
-
-/// Whether any signal is configured (for the tick's table sweep).
-pub(crate) fn configured(settings: &Settings) -> bool {
-    settings.anomalies.any()
 }
