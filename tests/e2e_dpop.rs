@@ -226,7 +226,8 @@ fn bound_tokens_need_a_fresh_proof_made_with_their_key() {
         .status,
         401
     );
-    let stats = stack.envoy.stats();
+    // Counters reach Envoy once a second.
+    let stats = stack.envoy.settled_stats();
     assert!(support::envoy::counter(&stats, "tollgate.decision.dpop_proof_replayed") >= 1);
 }
 
@@ -281,5 +282,8 @@ fn the_sample_app_signs_in_and_calls_the_api_with_dpop_through_envoy() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("with the DPoP token and a proof: 200"), "{stdout}");
+    assert!(
+        stdout.contains("with the DPoP token and a proof: 200"),
+        "{stdout}"
+    );
 }

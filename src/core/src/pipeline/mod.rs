@@ -36,10 +36,10 @@ use crate::config::ProviderId;
 use crate::credentials::{HeaderEdit, RequestView};
 use crate::decision::{render_denial, render_dpop_denial, Denial, Reason};
 use crate::dpop;
-use crate::ratelimit::table::Churn;
 use crate::host::{DecisionRecord, Host};
 use crate::identity::{Caller, TokenDigest};
 use crate::jwk::KeySet;
+use crate::ratelimit::table::Churn;
 use crate::ratelimit::PolicyId;
 use crate::remote::FetchTrigger;
 use crate::revocation::RevocationList;
@@ -290,7 +290,12 @@ fn dpop_once(
         Ok(())
     } else {
         let r = Reason::DpopProofReplayed;
-        Err(render_dpop_denial(r, &p.rules.algorithms, r.description(), None))
+        Err(render_dpop_denial(
+            r,
+            &p.rules.algorithms,
+            r.description(),
+            None,
+        ))
     }
 }
 
