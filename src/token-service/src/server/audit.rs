@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +26,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::crypto::opaque;
 use crate::server::clock;
+use crate::server::metrics::{Throttled, METRICS};
+use crate::server::throttle::Blocked;
+use crate::storage::api_keys::ApiKey;
 
 /// Names the schema; `version` changes when a field changes meaning or goes away
 /// (new fields and events may be added within a version).
@@ -118,6 +122,34 @@ pub fn fingerprint(credential: &str) -> String {
         .map(|byte| format!("{byte:02x}"))
         .collect();
     format!("sha256:{hex}")
+}
+
+/// A lock-out: the brute-force throttle refused an attempt for `account` (a client id
+/// or a username) at `ip` with 429. Counted in the metrics too.
+pub fn throttled(kind: Throttled, account: &str, ip: IpAddr, blocked: &Blocked) {
+    METRICS.throttled(kind);
+    let (kind, field) = match kind {
+        Throttled::Client => ("client", "client_id"),
+        Throttled::User => ("user", "username"),
+    };
+    Event::new("authentication.throttled")
+        .field("account", kind)
+        .field(field, account)
+        .field("client_address", ip)
+        .field("retry_after", blocked.retry_after_secs())
+        .emit();
+}
+
+/// An event about an API key: its id, consumer and restrictions, never the key.
+pub fn api_key_event(name: &'static str, key: &ApiKey) -> Event {
+    Event::new(name)
+        .field("api_key_id", &key.id)
+        .field("consumer_id", &key.consumer_id)
+        .field("expires_at", key.expires_at.map(clock::rfc3339))
+        .field(
+            "allowed_cidrs",
+            (!key.allowed_cidrs.is_empty()).then_some(&key.allowed_cidrs),
+        )
 }
 
 /// An event being built: [`Event::new`], [`Event::field`]s, then [`Event::emit`].
