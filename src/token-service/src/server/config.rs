@@ -4,7 +4,6 @@
 //! instead of issuing tokens verifiers will reject.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -192,11 +191,6 @@ pub struct ServeConfig {
     /// accepted as a DPoP `htu`.
     #[arg(long, env = "TOLLGATE_MTLS_ENDPOINT_BASE", value_parser = parse_issuer)]
     pub mtls_endpoint_base: Option<String>,
-
-    /// File the JSON audit events are appended to (created if missing); stderr when
-    /// not given.
-    #[arg(long, env = "TOLLGATE_AUDIT_LOG", value_name = "FILE")]
-    pub audit_log: Option<PathBuf>,
 }
 
 impl ServeConfig {

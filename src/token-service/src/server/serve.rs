@@ -14,10 +14,10 @@ use crate::crypto::{opaque, secrets};
 use crate::http::{self, AppState};
 use crate::protocol::pending::LoginForms;
 use crate::protocol::{codes, dpop, refresh};
+use crate::server::clock;
 use crate::server::config::ServeConfig;
 use crate::server::connections;
 use crate::server::throttle::Throttle;
-use crate::server::{audit, clock};
 use crate::storage::api_key_hashing::KeyHasher;
 use crate::storage::db::{self, Database};
 use crate::storage::keystore::{self, KeyCache};
@@ -26,9 +26,6 @@ use crate::storage::{issued_tokens, revocation};
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 pub fn run(db_path: &Path, config: ServeConfig, api_key_hasher: KeyHasher) -> anyhow::Result<()> {
-    if let Some(path) = &config.audit_log {
-        audit::log_to_file(path)?;
-    }
     let mut conn = db::open(db_path)?;
     keystore::record_access_token_ttl(&conn, config.access_token_ttl)?;
     match keystore::ensure_active(&mut conn, config.alg, clock::now())? {
