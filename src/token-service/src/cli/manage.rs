@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Context as _};
 
 use crate::crypto::secrets;
 use crate::crypto::signing_keys::Algorithm;
+use crate::http::signin;
 use crate::protocol::scope::ScopeSet;
 use crate::server::clock;
 use crate::storage::api_key_hashing::KeyHasher;
@@ -18,7 +19,7 @@ use crate::storage::api_keys::{self, NewKey, Restrictions};
 use crate::storage::clients::{self, Client, ClientType};
 use crate::storage::consumers::{self, Consumer};
 use crate::storage::users::{self, User};
-use crate::storage::{db, keystore};
+use crate::storage::{db, factors, keystore};
 
 /// Registers a client. A confidential client's secret is printed here, the only time
 /// it is shown.
@@ -187,6 +188,50 @@ pub fn remove_user(db_path: &Path, username: &str) -> anyhow::Result<()> {
         bail!("no user {username}");
     }
     println!("removed user {username}");
+    Ok(())
+}
+
+pub fn list_user_factors(db_path: &Path, username: &str) -> anyhow::Result<()> {
+    let conn = db::open(db_path)?;
+    let Some(user) = users::find_by_username(&conn, username)? else {
+        bail!("no user {username}");
+    };
+    let list = factors::list(&conn, &user.user_id)?;
+    if list.is_empty() {
+        eprintln!("{username} has no second factor");
+        return Ok(());
+    }
+    let rows = list
+        .into_iter()
+        .map(|factor| {
+            vec![
+                factor.factor_id,
+                factor.kind.as_str().to_owned(),
+                factor.label,
+                clock::rfc3339(factor.created_at),
+                factor
+                    .last_used_at
+                    .map_or_else(|| "never".to_owned(), clock::rfc3339),
+            ]
+        })
+        .collect();
+    print_table(&["FACTOR_ID", "KIND", "NAME", "ADDED", "LAST_USED"], rows);
+    Ok(())
+}
+
+/// Removes every second factor of a user, with an audit line.
+pub fn reset_user_factors(db_path: &Path, username: &str) -> anyhow::Result<()> {
+    let conn = db::open(db_path)?;
+    let Some(user) = users::find_by_username(&conn, username)? else {
+        bail!("no user {username}");
+    };
+    let removed = factors::reset(&conn, &user.user_id)?;
+    signin::audit(
+        "factors_reset",
+        None,
+        serde_json::json!({"user_id": user.user_id, "removed": removed, "by": "cli"}),
+    );
+    println!("removed {removed} second factor(s) of {username}");
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{blocking, AppState};
+use crate::protocol::authentication;
 use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::server::clock;
 use crate::storage::clients;
@@ -60,6 +61,8 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, OA
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "authorization_response_iss_parameter_supported": true,
+        // RFC 9470 §6: the levels `acr_values` may ask for, weakest first.
+        "acr_values_supported": authentication::ACR_VALUES,
     });
     if !scopes.is_empty() {
         document["scopes_supported"] = scopes.iter().collect::<Vec<_>>().into();

@@ -2,7 +2,8 @@
 //! presented back to `/revoke` and `/introspect`.
 //!
 //! Header: `typ: at+jwt`, `alg`, `kid`. Claims: `iss`, `sub`, `aud`, `exp`, `iat`,
-//! `nbf`, `jti`, `client_id` and, when any scope is granted, `scope`.
+//! `nbf`, `jti`, `client_id` and, when any scope is granted, `scope`; for a user's
+//! token, how they signed in: `auth_time`, `acr`, `amr` (RFC 9470 §3).
 
 use std::collections::HashSet;
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::opaque;
 use crate::crypto::signing_keys::SigningKey;
+use crate::protocol::authentication::Authentication;
 use crate::protocol::scope::ScopeSet;
 use crate::storage::keystore::KeySet;
 
@@ -28,6 +30,9 @@ pub struct Grant<'a> {
     pub client_id: &'a str,
     pub scopes: &'a ScopeSet,
     pub lifetime_secs: u64,
+    /// How the user signed in; `None` for `client_credentials` (and grants from before
+    /// sign-ins were recorded).
+    pub authentication: Option<&'a Authentication>,
 }
 
 /// A signed access token.
@@ -44,6 +49,12 @@ struct AccessTokenClaims {
     client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth_time: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    amr: Option<Vec<String>>,
 }
 
 /// The claims of a valid, unexpired access token this service issued.
@@ -68,6 +79,13 @@ pub fn issue(key: &SigningKey, grant: &Grant<'_>, now: i64) -> anyhow::Result<Is
         AccessTokenClaims {
             client_id: grant.client_id.to_owned(),
             scope: (!grant.scopes.is_empty()).then(|| grant.scopes.to_string()),
+            auth_time: grant.authentication.map(|signed_in| signed_in.auth_time),
+            acr: grant
+                .authentication
+                .map(|signed_in| signed_in.acr().to_owned()),
+            amr: grant
+                .authentication
+                .map(|signed_in| signed_in.amr().into_iter().map(str::to_owned).collect()),
         },
         Duration::from_secs(grant.lifetime_secs),
     )
@@ -152,6 +170,7 @@ mod tests {
             client_id: "svc",
             scopes: &scopes,
             lifetime_secs: 900,
+            authentication: None,
         };
         let token = issue(&key, &grant, 1_700_000_000).expect("issue");
         let segments: Vec<&str> = token.jwt.split('.').collect();
@@ -190,6 +209,7 @@ mod tests {
             client_id: "app",
             scopes: &scopes,
             lifetime_secs: 60,
+            authentication: None,
         };
         let token = issue(keys.signing_key(), &grant, now).expect("issue");
 
@@ -225,6 +245,7 @@ mod tests {
             client_id: "svc",
             scopes: &scopes,
             lifetime_secs: 60,
+            authentication: None,
         };
         let first = issue(&key, &grant, 1_700_000_000).expect("issue");
         let second = issue(&key, &grant, 1_700_000_000).expect("issue");

@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use rusqlite::Connection;
 
 use crate::protocol::access_token::{self, Grant, IssuedToken};
+use crate::protocol::authentication::{self, Authentication};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::scope::ScopeSet;
 use crate::protocol::{codes, pkce, refresh};
@@ -78,7 +79,7 @@ pub fn client_credentials(
             )))
         }
     };
-    let access_token = sign(context, &client.client_id, &client.client_id, &scopes)?;
+    let access_token = sign(context, &client.client_id, &client.client_id, &scopes, None)?;
     // Recorded, so that removing or disabling the client revokes it.
     issued_tokens::record(
         conn,
@@ -151,7 +152,17 @@ pub fn authorization_code(
         now,
     )?;
     codes::mark_redeemed(conn, &request.code, family_id)?;
-    let access_token = sign(context, &stored.user_id, &client.client_id, &stored.scopes)?;
+    let signed_in = authentication::of_code(conn, &request.code)?;
+    if let Some(signed_in) = &signed_in {
+        authentication::record_for_family(conn, family_id, signed_in)?;
+    }
+    let access_token = sign(
+        context,
+        &stored.user_id,
+        &client.client_id,
+        &stored.scopes,
+        signed_in.as_ref(),
+    )?;
     issued_tokens::record(
         conn,
         &access_token.jti,
@@ -219,7 +230,15 @@ pub fn refresh_token(
     } else {
         refresh::rotate(conn, &family, lifetimes, now)?
     };
-    let access_token = sign(context, &family.user_id, &client.client_id, &scopes)?;
+    // The original sign-in, never a fresher or stronger one.
+    let signed_in = authentication::of_family(conn, family.family_id)?;
+    let access_token = sign(
+        context,
+        &family.user_id,
+        &client.client_id,
+        &scopes,
+        signed_in.as_ref(),
+    )?;
     issued_tokens::record(
         conn,
         &access_token.jti,
@@ -243,6 +262,7 @@ fn sign(
     subject: &str,
     client_id: &str,
     scopes: &ScopeSet,
+    authentication: Option<&Authentication>,
 ) -> anyhow::Result<IssuedToken> {
     let grant = Grant {
         issuer: &context.config.issuer,
@@ -251,6 +271,7 @@ fn sign(
         client_id,
         scopes,
         lifetime_secs: context.config.access_token_ttl,
+        authentication,
     };
     access_token::issue(context.keys.signing_key(), &grant, context.now)
         .context("signing access token")

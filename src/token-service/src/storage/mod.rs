@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod clients;
 pub mod consumers;
 pub mod db;
+pub mod factors;
 pub mod issued_tokens;
 pub mod key_set;
 pub mod keystore;
