@@ -50,7 +50,6 @@ impl Authorizer<'_> {
         }
         Ok(out)
     }
-
 }
 
 /// The first of `paths` that holds a string.

@@ -219,6 +219,28 @@ pub fn list_user_factors(db_path: &Path, username: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Enrols an authenticator app for a user; prints the secret once.
+pub fn add_user_totp(db_path: &Path, username: &str, label: &str) -> anyhow::Result<()> {
+    let label = factors::validate_label(label).map_err(anyhow::Error::msg)?;
+    let conn = db::open(db_path)?;
+    let Some(user) = users::find_by_username(&conn, username)? else {
+        bail!("no user {username}");
+    };
+    let issuer = std::env::var("TOLLGATE_ISSUER").unwrap_or_else(|_| "Tollgate".to_owned());
+    let seed = factors::new_totp_seed();
+    let totp = factors::totp(&seed, &issuer, username)?;
+    let factor_id = factors::add_totp(&conn, &user.user_id, &label, &seed, 0, clock::now())?;
+    signin::audit(
+        "factor_added",
+        None,
+        serde_json::json!({"user_id": user.user_id, "factor_id": factor_id, "kind": "totp", "by": "cli"}),
+    );
+    println!("factor_id: {factor_id}");
+    println!("totp_secret: {seed}");
+    println!("otpauth_uri: {}", totp.get_url());
+    Ok(())
+}
+
 /// Removes every second factor of a user, with an audit line.
 pub fn reset_user_factors(db_path: &Path, username: &str) -> anyhow::Result<()> {
     let conn = db::open(db_path)?;

@@ -218,6 +218,15 @@ enum UsersCommand {
         #[arg(long)]
         username: String,
     },
+    /// Set up an authenticator app (TOTP) for a user and print its secret and
+    /// otpauth:// URI once (for provisioning; users normally enrol at /account).
+    AddTotp {
+        #[arg(long)]
+        username: String,
+        /// The name the user sees for it.
+        #[arg(long, default_value = "Authenticator app")]
+        label: String,
+    },
     /// List a user's second factors (passkeys, authenticator app); never a secret.
     Factors {
         #[arg(long)]
@@ -319,6 +328,9 @@ pub fn main() -> ExitCode {
             manage::set_user_scopes(db, &username, &scopes)
         }
         Command::Users(UsersCommand::Remove { username }) => manage::remove_user(db, &username),
+        Command::Users(UsersCommand::AddTotp { username, label }) => {
+            manage::add_user_totp(db, &username, &label)
+        }
         Command::Users(UsersCommand::Factors { username }) => {
             manage::list_user_factors(db, &username)
         }

@@ -309,7 +309,19 @@ pub async fn add_totp(State(state): State<Arc<AppState>>, request: Request) -> R
                 Some(&headers),
                 json!({"user_id": session.user_id, "factor_id": factor_id, "kind": "totp", "by": "user"}),
             );
-            see_other(&state, "/account?done=totp-added")
+            // The code just proved the app: the session now counts it.
+            let mut methods = session.authentication.methods.clone();
+            methods.push(Method::Otp);
+            let signed_in = Authentication::new(now, methods);
+            let mut factor_ids = session.factor_ids.clone();
+            factor_ids.push(factor_id);
+            let user = session_user(&session);
+            let mut response = see_other(&state, "/account?done=totp-added");
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                signin::session_cookie(&state, &user, &signed_in, factor_ids),
+            );
+            response
         }
         Err(_) => see_other(&state, "/account?done=totp-exists"),
     }
@@ -630,13 +642,7 @@ async fn passkey_page(state: &Arc<AppState>, session: &Session, error: Option<&s
         return internal_error();
     };
     let keys: Vec<_> = existing.into_iter().map(|(_, key)| key).collect();
-    let user = User {
-        user_id: session.user_id.clone(),
-        username: session.username.clone(),
-        password_hash: String::new(),
-        scopes: Default::default(),
-        created_at: 0,
-    };
+    let user = session_user(session);
     let Ok((options, ceremony)) = state
         .passkeys
         .start_registration(&user, &keys, clock::now())
@@ -655,6 +661,17 @@ async fn passkey_page(state: &Arc<AppState>, session: &Session, error: Option<&s
 
 /// The notice after a change, from the redirect's `?done=…`: only known values map to
 /// text, so nothing from the URL is echoed.
+/// The session's user, as far as sessions and ceremonies need one.
+fn session_user(session: &Session) -> User {
+    User {
+        user_id: session.user_id.clone(),
+        username: session.username.clone(),
+        password_hash: String::new(),
+        scopes: Default::default(),
+        created_at: 0,
+    }
+}
+
 fn notice_of(query: &str) -> Option<&'static str> {
     match query.strip_prefix("done=")? {
         "totp-added" => Some("Authenticator app turned on."),
