@@ -60,7 +60,7 @@ border-radius:.5rem}\
 .factors li{display:flex;justify-content:space-between;align-items:center;gap:1rem;\
 padding:.8rem 0;border-top:1px solid #e3e7ef}\
 .factors small{display:block;color:#6b7489}\
-.qr{display:block;margin:1rem auto;width:14rem;height:14rem}\
+.qr{margin:1rem auto;width:14rem}.qr svg{display:block;width:100%;height:auto}\
 .secret{font-family:ui-monospace,monospace;word-break:break-all;background:#f3f5f9;\
 padding:.5rem;border-radius:.4rem}\
 .fine{color:#6b7489;font-size:.85rem}";
@@ -333,7 +333,7 @@ pub fn account(status: StatusCode, page: &AccountPage<'_>) -> Response {
             };
             let used = factor.last_used_at.map_or_else(
                 || "never used".to_owned(),
-                |at| format!("last used {}", clock::rfc3339(at)),
+                |at| format!("last used {}", day(at)),
             );
             let _ = write!(
                 body,
@@ -344,7 +344,7 @@ pub fn account(status: StatusCode, page: &AccountPage<'_>) -> Response {
                  <button class=\"danger\" type=\"submit\" aria-label=\"Remove {label}\">Remove</button>\
                  </form></li>\n",
                 label = escape(&factor.label),
-                added = clock::rfc3339(factor.created_at),
+                added = day(factor.created_at),
                 id = escape(&factor.factor_id),
             );
         }
@@ -458,6 +458,12 @@ pub fn passkey_registration(status: StatusCode, page: &PasskeyRegistration<'_>) 
         options = script_json(page.options),
     );
     html(status, "Add a passkey", &body)
+}
+
+/// The date of a Unix time, for people (`2026-11-29`).
+fn day(unix: i64) -> String {
+    let text = clock::rfc3339(unix);
+    text.get(..10).unwrap_or(&text).to_owned()
 }
 
 /// The passkey script's URL next to a form's `action` (same origin and base path).
