@@ -475,7 +475,10 @@ async fn approve(
         Ok(Ok(Some(user))) => user,
         Ok(Ok(None)) => return login_page(state, &posted, &username, Some(INCORRECT_LOGIN), None),
         Ok(Err(blocked)) => {
-            let message = too_many(&blocked);
+            let message = format!(
+                "Too many failed sign-in attempts. Try again in {} seconds.",
+                blocked.retry_after_secs()
+            );
             let mut response = login_page(state, &posted, &username, Some(&message), None);
             *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
             response.headers_mut().insert(
