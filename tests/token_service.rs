@@ -488,6 +488,7 @@ fn discovery_documents_jwks_and_health_describe_the_service() {
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "authorization_response_iss_parameter_supported": true,
+        "acr_values_supported": ["urn:tollgate:acr:pwd", "urn:tollgate:acr:mfa", "urn:tollgate:acr:phr"],
         "scopes_supported": ["read:data", "write:data"],
     });
     let metadata = get(&service, "/.well-known/oauth-authorization-server");
