@@ -50,6 +50,7 @@ impl Authorizer<'_> {
         }
         Ok(out)
     }
+
 }
 
 /// The first of `paths` that holds a string.
