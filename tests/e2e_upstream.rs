@@ -229,7 +229,9 @@ fn credential_variants_never_reach_the_upstream() {
     let mut non_utf8 = format!("Bearer {t}").into_bytes();
     non_utf8.extend_from_slice(b"\xff\xfe");
     let cookies = format!("theme=dark; TG_AT={t}; tg%5Fat={t}");
-    let cases: Vec<(String, Vec<(&str, &[u8])>, Value)> = vec![
+    // (path and query, raw headers, what the upstream must show)
+    type Case<'a> = (String, Vec<(&'a str, &'a [u8])>, Value);
+    let cases: Vec<Case> = vec![
         // Authenticated by the query parameter; every other spelling goes.
         (
             format!(

@@ -4,6 +4,8 @@
 //! and metrics key on it, and HTTP responses are rendered from it, so a
 //! reason's status code and RFC 6750 error are defined exactly once, here.
 
+use crate::alg::Algorithm;
+
 /// Why a request was allowed or denied. `as_str` values are a public contract
 /// (logs, metrics, dashboards): never rename one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,6 +37,13 @@ pub enum Reason {
     /// upstream must never see an authenticated request without its identity.
     UnsafeIdentityClaim,
     Revoked,
+    // 401 with a `DPoP` challenge (RFC 9449 §7.1).
+    DpopProofInvalid,
+    DpopProofReplayed,
+    DpopKeyMismatch,
+    DpopNonceRequired,
+    DpopBoundTokenAsBearer,
+    DpopRequired,
     // 401 invalid_token, one description for all: see `Reason::description`.
     ApiKeyUnknown,
     ApiKeyDisabled,
@@ -55,7 +64,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 38] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::AmbiguousPath,
@@ -76,6 +85,12 @@ impl Reason {
         Reason::MissingClaim,
         Reason::UnsafeIdentityClaim,
         Reason::Revoked,
+        Reason::DpopProofInvalid,
+        Reason::DpopProofReplayed,
+        Reason::DpopKeyMismatch,
+        Reason::DpopNonceRequired,
+        Reason::DpopBoundTokenAsBearer,
+        Reason::DpopRequired,
         Reason::ApiKeyUnknown,
         Reason::ApiKeyDisabled,
         Reason::ApiKeyExpired,
@@ -112,6 +127,12 @@ impl Reason {
             Reason::MissingClaim => "missing_claim",
             Reason::UnsafeIdentityClaim => "unsafe_identity_claim",
             Reason::Revoked => "revoked",
+            Reason::DpopProofInvalid => "dpop_proof_invalid",
+            Reason::DpopProofReplayed => "dpop_proof_replayed",
+            Reason::DpopKeyMismatch => "dpop_key_mismatch",
+            Reason::DpopNonceRequired => "dpop_nonce_required",
+            Reason::DpopBoundTokenAsBearer => "dpop_bound_token_as_bearer",
+            Reason::DpopRequired => "dpop_required",
             Reason::ApiKeyUnknown => "api_key_unknown",
             Reason::ApiKeyDisabled => "api_key_disabled",
             Reason::ApiKeyExpired => "api_key_expired",
@@ -210,6 +231,14 @@ impl Reason {
                 "the access token carries an identity claim that cannot be forwarded"
             }
             Reason::Revoked => "the access token has been revoked",
+            Reason::DpopProofInvalid => "the DPoP proof is not valid",
+            Reason::DpopProofReplayed => "the DPoP proof was already used",
+            Reason::DpopKeyMismatch => "the DPoP proof's key is not the one the token is bound to",
+            Reason::DpopNonceRequired => "the DPoP proof must carry the server's nonce",
+            Reason::DpopBoundTokenAsBearer => {
+                "the access token is DPoP-bound: present it with the DPoP scheme and a proof"
+            }
+            Reason::DpopRequired => "this resource requires a DPoP-bound access token",
             Reason::ApiKeyUnknown
             | Reason::ApiKeyDisabled
             | Reason::ApiKeyExpired
@@ -301,6 +330,42 @@ fn quote_safe(s: &str) -> String {
     s.chars()
         .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
         .collect()
+}
+
+/// A `401` with a `DPoP` challenge (RFC 9449 §7.1): `algs` names the proof
+/// algorithms accepted; `error` is `use_dpop_nonce` (with the `DPoP-Nonce`
+/// header), `invalid_dpop_proof`, or `invalid_token` for the token itself.
+pub fn render_dpop_denial(
+    reason: Reason,
+    algs: &[Algorithm],
+    description: &str,
+    nonce: Option<String>,
+) -> Denial {
+    let error = match reason {
+        Reason::DpopNonceRequired => "use_dpop_nonce",
+        Reason::DpopBoundTokenAsBearer | Reason::DpopRequired => "invalid_token",
+        _ => "invalid_dpop_proof",
+    };
+    let algs: Vec<&str> = algs.iter().map(|a| a.name()).collect();
+    let mut headers: Vec<(&'static str, String)> = vec![(
+        "www-authenticate",
+        format!(
+            "DPoP algs=\"{}\", error=\"{error}\", error_description=\"{}\"",
+            algs.join(" "),
+            quote_safe(description)
+        ),
+    )];
+    if let Some(nonce) = nonce {
+        headers.push(("dpop-nonce", nonce));
+    }
+    headers.push(("content-type", "application/json".to_string()));
+    headers.push(("cache-control", "no-store".to_string()));
+    Denial {
+        reason,
+        status: 401,
+        headers,
+        body: serde_json::json!({ "error": error, "error_description": description }).to_string(),
+    }
 }
 
 #[cfg(test)]

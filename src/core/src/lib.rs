@@ -9,6 +9,7 @@ pub mod config;
 pub mod credentials;
 pub mod crypto;
 pub mod decision;
+pub mod dpop;
 pub mod host;
 pub mod identity;
 pub mod jwk;

@@ -28,6 +28,8 @@ pub struct VerifiedToken {
     pub scopes: Vec<String>,
     /// Roles, from the provider's `role_claims`.
     pub roles: Vec<String>,
+    /// The key thumbprint a DPoP-bound token is bound to (`cnf.jkt`).
+    pub jkt: Option<String>,
     pub caller: Caller,
     /// Identity headers for the upstream, computed once.
     pub identity: Arc<[HeaderEdit]>,
@@ -40,7 +42,7 @@ impl VerifiedToken {
     /// memory run checks it).
     fn footprint(&self) -> usize {
         let caller = &self.caller;
-        let optional = [&caller.subject, &caller.client_id, &self.jti];
+        let optional = [&caller.subject, &caller.client_id, &self.jti, &self.jkt];
         let strings = std::iter::once(caller.provider.as_str())
             .chain(optional.into_iter().flatten().map(String::as_str))
             .chain(self.scopes.iter().map(String::as_str))
@@ -198,6 +200,7 @@ mod tests {
             claims,
             scopes: vec![],
             roles: vec![],
+            jkt: None,
             caller: Caller {
                 provider: "p".into(),
                 subject: None,

@@ -34,7 +34,7 @@ mod tests;
 pub use api_keys::{ApiKeySource, ApiKeys};
 pub use fields::parse_duration_ms;
 pub use identity_headers::Identity;
-pub use providers::{Provider, ProviderId, ProviderKeys, RemoteSource};
+pub use providers::{Dpop, Provider, ProviderId, ProviderKeys, RemoteSource, DPOP_SCHEME};
 pub use rate_limits::RateLimits;
 
 /// A configuration error, with the JSON path of the offending field.

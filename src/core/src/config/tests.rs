@@ -39,10 +39,17 @@ fn minimal_config_compiles_with_defaults() {
     assert!(!p.algorithms.contains(&Algorithm::HS256));
     assert_eq!(
         p.locations,
-        vec![TokenLocation::Header {
-            name: "authorization".into(),
-            value_prefix: Some("Bearer ".into())
-        }]
+        vec![
+            TokenLocation::Header {
+                name: "authorization".into(),
+                value_prefix: Some("Bearer ".into())
+            },
+            // Tokens bound to a key come with the DPoP scheme (RFC 9449).
+            TokenLocation::Header {
+                name: "authorization".into(),
+                value_prefix: Some("DPoP ".into())
+            }
+        ]
     );
     match &p.keys {
         ProviderKeys::Remote(r) => {
@@ -475,4 +482,42 @@ fn token_cache_fields_default_one_by_one() {
     assert_eq!(parse_value(&v).unwrap().token_cache, (0, 16 << 20), "off");
     v["token_cache"] = json!({"max_bytes": 1024});
     assert_eq!(parse_value(&v).unwrap().token_cache, (10_000, 1024));
+}
+
+#[test]
+fn dpop_settings_are_checked() {
+    for (value, at) in [
+        (
+            json!({"algorithms": ["RS256"]}),
+            "providers.idp.dpop.algorithms[0]",
+        ),
+        (json!({"algorithms": []}), "providers.idp.dpop.algorithms"),
+        (
+            json!({"public_base_uri": "https://api.example.com/v1"}),
+            "providers.idp.dpop.public_base_uri",
+        ),
+        (
+            json!({"nonce": {"secret": {"inline_string": "short"}}}),
+            "providers.idp.dpop.nonce.secret.inline_string",
+        ),
+        (json!({"max_age": "soon"}), "providers.idp.dpop.max_age"),
+    ] {
+        let mut v = base();
+        v["providers"]["idp"]["dpop"] = value;
+        assert_eq!(error_at(v).field, at);
+    }
+    let mut v = base();
+    v["providers"]["idp"]["dpop"] = json!({"required": true, "max_age": "30s",
+        "nonce": {"secret": {"inline_string": "0123456789abcdef"}, "lifetime": "120s"}});
+    let s = parse_value(&v).unwrap();
+    let d = &s.providers[0].dpop;
+    assert!(d.required);
+    assert_eq!(d.proof.max_age_secs, 30);
+    assert_eq!(d.nonce.as_ref().map(|(_, l)| *l), Some(120));
+    assert!(
+        s.strip_locations
+            .iter()
+            .any(|l| matches!(l, TokenLocation::Header { name, .. } if name == "dpop")),
+        "proofs never reach the upstream"
+    );
 }

@@ -80,6 +80,7 @@ impl Authorizer<'_> {
             caller,
             identity: identity.into(),
             limits,
+            proof: None,
         })
     }
 }

@@ -9,6 +9,7 @@ use crate::config::{ProviderId, RemoteSource, Settings};
 use crate::credentials::{HeaderEdit, RequestView};
 use crate::crypto::SignatureVerifier;
 use crate::decision::{render_denial, Denial, Reason};
+use crate::dpop::{ProofRules, VerifiedProof};
 use crate::identity::{Caller, TokenDigest};
 use crate::ratelimit::LimitCheck;
 use crate::token_cache::TokenCache;
@@ -28,6 +29,8 @@ pub enum Outcome {
         token_hash: Option<TokenDigest>,
         /// Rate-limit policies to enforce, with the values they count on.
         limits: Vec<LimitCheck>,
+        /// A DPoP proof whose `jti` must be used once.
+        proof: Option<ProofUse>,
     },
     Deny {
         denial: Denial,
@@ -101,6 +104,7 @@ impl Authorizer<'_> {
                 caller,
                 identity,
                 limits,
+                proof,
             }) => {
                 let reason = if requirement.allow_anonymous {
                     Reason::Anonymous
@@ -114,15 +118,22 @@ impl Authorizer<'_> {
                     caller: Some(caller),
                     token_hash: Some(hash),
                     limits,
+                    proof,
                 }
             }
             Err(Failure::FetchKeys(provider, kid)) => Outcome::FetchKeys { provider, kid },
             // Public routes ignore bad credentials; they are still stripped.
-            Err(Failure::Denied(_) | Failure::Unavailable(..)) if requirement.allow_anonymous => {
+            Err(Failure::Denied(_) | Failure::Rendered(_) | Failure::Unavailable(..))
+                if requirement.allow_anonymous =>
+            {
                 allow_anonymous(edits, anonymous_limits(), Some(hash))
             }
             Err(Failure::Unavailable(reason, retry_after)) => Outcome::Deny {
                 denial: render_denial(reason, &self.settings.realm, None, retry_after),
+                token_hash: Some(hash),
+            },
+            Err(Failure::Rendered(denial)) => Outcome::Deny {
+                denial,
                 token_hash: Some(hash),
             },
             Err(Failure::Denied(reason)) => {
@@ -148,10 +159,22 @@ pub(super) struct Authenticated {
     pub caller: Caller,
     pub identity: Arc<[HeaderEdit]>,
     pub limits: Vec<LimitCheck>,
+    /// A DPoP proof that passed every stateless check: its `jti` is still to
+    /// be recorded once (shared state, in the pipeline).
+    pub proof: Option<ProofUse>,
+}
+
+/// A proof to record, and what to refuse it with if it was seen before.
+#[derive(Debug)]
+pub struct ProofUse {
+    pub proof: VerifiedProof,
+    pub rules: ProofRules,
 }
 
 pub(super) enum Failure {
     Denied(Reason),
+    /// A denial rendered where its details are known (DPoP challenges).
+    Rendered(Denial),
     FetchKeys(ProviderId, Option<String>),
     /// A document the decision needs has not loaded: 503, retry after these seconds.
     Unavailable(Reason, u64),
@@ -180,6 +203,7 @@ fn allow_anonymous(
         caller: None,
         token_hash,
         limits,
+        proof: None,
     }
 }
 

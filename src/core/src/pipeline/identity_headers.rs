@@ -4,7 +4,7 @@
 use super::decide::Authorizer;
 use crate::claims::ClaimPath;
 use crate::config::Provider;
-use crate::credentials::{HeaderEdit, RequestView};
+use crate::credentials::HeaderEdit;
 use crate::decision::Reason;
 use crate::jwt::DecodedToken;
 use serde_json::{Map, Value};
@@ -37,6 +37,14 @@ impl Authorizer<'_> {
         set(&id.scopes, Some(scopes.join(" ")).filter(|s| !s.is_empty()));
         set(&id.issuer, Some(p.issuer.clone()));
         set(&id.provider, Some(p.name.clone()));
+        set(
+            &id.dpop_jkt,
+            t.claims
+                .get("cnf")
+                .and_then(|cnf| cnf.get("jkt"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        );
         for (claim, header) in &p.claim_to_headers {
             set(header, claim.lookup(&t.claims).and_then(claim_header_value));
         }
@@ -50,7 +58,6 @@ impl Authorizer<'_> {
         }
         Ok(out)
     }
-
 }
 
 /// The first of `paths` that holds a string.

@@ -27,10 +27,12 @@ pub use decide::{Authorizer, Outcome};
 use crate::apikey::KeySet as ApiKeySet;
 use crate::config::ProviderId;
 use crate::credentials::{HeaderEdit, RequestView};
-use crate::decision::{Denial, Reason};
+use crate::decision::{render_dpop_denial, Denial, Reason};
+use crate::dpop;
 use crate::host::{DecisionRecord, Host};
 use crate::identity::{Caller, TokenDigest};
 use crate::jwk::KeySet;
+use crate::ratelimit::table::Churn;
 use crate::remote::FetchTrigger;
 use crate::revocation::RevocationList;
 use crate::worker::{DocId, Worker};
@@ -102,7 +104,10 @@ fn run(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, refetch: Refetch)
             caller,
             token_hash,
             limits,
-        } => match limits::enforce(&worker.settings.rate_limits, host, &limits, now_ms) {
+            proof,
+        } => match dpop_once(worker, host, proof, now_ms)
+            .and_then(|()| limits::enforce(&worker.settings.rate_limits, host, &limits, now_ms))
+        {
             Err(denial) => {
                 record(
                     host,
@@ -164,6 +169,33 @@ fn run(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, refetch: Refetch)
             }
             run(worker, host, req, Refetch::Spent)
         }
+    }
+}
+
+/// Stage: a DPoP proof's `jti` is used once, across the workers (shared data).
+fn dpop_once(
+    worker: &Worker,
+    host: Host<'_>,
+    proof: Option<decide::ProofUse>,
+    now_ms: u64,
+) -> Result<(), Denial> {
+    let Some(p) = proof else {
+        return Ok(());
+    };
+    let mut churn = Churn::default();
+    let table = &worker.settings.rate_limits.table;
+    let fresh = dpop::remember_jti(table, host.shared, &p.proof, &p.rules, now_ms, &mut churn);
+    host.metrics.churn(&churn);
+    if fresh {
+        Ok(())
+    } else {
+        let r = Reason::DpopProofReplayed;
+        Err(render_dpop_denial(
+            r,
+            &p.rules.algorithms,
+            r.description(),
+            None,
+        ))
     }
 }
 

@@ -12,6 +12,7 @@ use anyhow::{bail, ensure, Context as _};
 use crate::crypto::secrets;
 use crate::crypto::signing_keys::Algorithm;
 use crate::http::signin;
+use crate::protocol::mtls::TlsAuth;
 use crate::protocol::scope::ScopeSet;
 use crate::server::clock;
 use crate::storage::api_key_hashing::KeyHasher;
@@ -19,10 +20,10 @@ use crate::storage::api_keys::{self, NewKey, Restrictions};
 use crate::storage::clients::{self, Client, ClientType};
 use crate::storage::consumers::{self, Consumer};
 use crate::storage::users::{self, User};
-use crate::storage::{db, factors, keystore};
+use crate::storage::{client_tls, db, factors, keystore};
 
 /// Registers a client. A confidential client's secret is printed here, the only time
-/// it is shown.
+/// it is shown; one that authenticates with a certificate (`tls_auth`) has none.
 pub fn add_client(
     db_path: &Path,
     client_id: &str,
@@ -30,10 +31,15 @@ pub fn add_client(
     default_scopes: ScopeSet,
     public: bool,
     redirect_uris: &[String],
+    tls_auth: Option<TlsAuth>,
 ) -> anyhow::Result<()> {
     ensure!(
         !public || !redirect_uris.is_empty(),
         "a public client needs at least one --redirect-uri: it can only use the authorization code flow"
+    );
+    ensure!(
+        !public || tls_auth.is_none(),
+        "a public client cannot authenticate with a certificate"
     );
     let secret = (!public).then(secrets::generate);
     let client = Client {
@@ -49,9 +55,19 @@ pub fn add_client(
         created_at: clock::now(),
         disabled_at: None,
     };
-    clients::insert(&db::open(db_path)?, &client, redirect_uris)?;
+    let conn = db::open(db_path)?;
+    clients::insert(&conn, &client, redirect_uris)?;
+    if let Some(tls_auth) = &tls_auth {
+        client_tls::register(&conn, client_id, tls_auth)?;
+    }
     println!("client_id: {}", client.client_id);
     println!("client_type: {}", client.client_type.as_str());
+    if let Some(tls_auth) = &tls_auth {
+        println!("token_endpoint_auth_method: {tls_auth}");
+    }
+    // A certificate client's secret is never shown: nobody can authenticate with it (the
+    // schema wants a hash for every confidential client).
+    let secret = secret.filter(|_| tls_auth.is_none());
     if let Some(secret) = &secret {
         println!("client_secret: {secret}");
     }
@@ -88,6 +104,8 @@ pub fn list_clients(db_path: &Path) -> anyhow::Result<()> {
             client.scopes.to_string(),
             client.default_scopes.to_string(),
             clients::redirect_uris(&conn, &client.client_id)?.join(" "),
+            client_tls::find(&conn, &client.client_id)?
+                .map_or_else(String::new, |tls_auth| tls_auth.to_string()),
         ]);
     }
     print_table(
@@ -99,6 +117,7 @@ pub fn list_clients(db_path: &Path) -> anyhow::Result<()> {
             "SCOPES",
             "DEFAULT_SCOPES",
             "REDIRECT_URIS",
+            "CERTIFICATE",
         ],
         rows,
     );

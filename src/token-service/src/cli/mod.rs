@@ -6,9 +6,11 @@ mod manage;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::crypto::signing_keys::Algorithm;
+use crate::protocol::mtls::{self, TlsAuth};
 use crate::protocol::redirect_uri;
 use crate::protocol::scope::ScopeSet;
 use crate::server;
@@ -167,6 +169,8 @@ enum ClientsCommand {
         /// as com.example.app:/callback.
         #[arg(long = "redirect-uri", value_name = "URI", value_parser = parse_redirect_uri)]
         redirect_uris: Vec<String>,
+        #[command(flatten)]
+        tls: TlsAuthArgs,
     },
     /// List registered clients (never their secrets).
     List,
@@ -187,6 +191,53 @@ enum ClientsCommand {
         #[arg(long)]
         id: String,
     },
+}
+
+/// A client that authenticates with a certificate instead of a secret (RFC 8705 §2):
+/// no secret is made, and its tokens are bound to the certificate. At most one.
+#[derive(clap::Args)]
+#[group(multiple = false, conflicts_with = "public")]
+struct TlsAuthArgs {
+    /// tls_client_auth: the certificate's subject DN, as Envoy forwards it (RFC 2253,
+    /// e.g. "CN=partner-a,O=Example").
+    #[arg(long, value_name = "DN")]
+    tls_subject_dn: Option<String>,
+    /// tls_client_auth: a DNS name among the certificate's SANs.
+    #[arg(long, value_name = "NAME")]
+    tls_san_dns: Option<String>,
+    /// tls_client_auth: a URI among the certificate's SANs (e.g. a SPIFFE ID).
+    #[arg(long, value_name = "URI")]
+    tls_san_uri: Option<String>,
+    /// self_signed_tls_client_auth: the client's (self-signed) PEM certificate.
+    #[arg(long, value_name = "FILE")]
+    tls_certificate: Option<PathBuf>,
+    /// self_signed_tls_client_auth: the certificate's SHA-256, hex or base64url.
+    #[arg(long, value_name = "THUMBPRINT", value_parser = mtls::thumbprint_of)]
+    tls_thumbprint: Option<String>,
+}
+
+impl TlsAuthArgs {
+    fn into_tls_auth(self) -> anyhow::Result<Option<TlsAuth>> {
+        let nonempty = |value: String, flag: &str| {
+            anyhow::ensure!(!value.trim().is_empty(), "{flag} must not be empty");
+            Ok(value)
+        };
+        Ok(Some(if let Some(dn) = self.tls_subject_dn {
+            TlsAuth::SubjectDn(nonempty(dn, "--tls-subject-dn")?)
+        } else if let Some(name) = self.tls_san_dns {
+            TlsAuth::SanDns(nonempty(name, "--tls-san-dns")?)
+        } else if let Some(uri) = self.tls_san_uri {
+            TlsAuth::SanUri(nonempty(uri, "--tls-san-uri")?)
+        } else if let Some(path) = self.tls_certificate {
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            TlsAuth::SelfSigned(mtls::thumbprint_of(&pem).map_err(anyhow::Error::msg)?)
+        } else if let Some(thumbprint) = self.tls_thumbprint {
+            TlsAuth::SelfSigned(thumbprint)
+        } else {
+            return Ok(None);
+        }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -311,7 +362,18 @@ pub fn main() -> ExitCode {
             default_scopes,
             public,
             redirect_uris,
-        }) => manage::add_client(db, &id, scopes, default_scopes, public, &redirect_uris),
+            tls,
+        }) => tls.into_tls_auth().and_then(|tls_auth| {
+            manage::add_client(
+                db,
+                &id,
+                scopes,
+                default_scopes,
+                public,
+                &redirect_uris,
+                tls_auth,
+            )
+        }),
         Command::Clients(ClientsCommand::List) => manage::list_clients(db),
         Command::Clients(ClientsCommand::Remove { id }) => manage::remove_client(db, &id),
         Command::Clients(ClientsCommand::Disable { id }) => {

@@ -26,6 +26,7 @@ use super::signin::{self, Offer, Session, StepFailure};
 use super::{blocking, client_ip, AppState, LogContext};
 use crate::protocol::authentication::{self, Authentication, Level, Method};
 use crate::protocol::codes::{self, NewCode};
+use crate::protocol::dpop;
 use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::protocol::pending::{PendingAuthorization, SignedForm};
 use crate::protocol::scope::ScopeSet;
@@ -298,6 +299,13 @@ fn validate(
             "public clients must use PKCE: send code_challenge with code_challenge_method=S256",
         );
     }
+    let dpop_jkt = params.get("dpop_jkt");
+    if dpop_jkt.is_some_and(|jkt| !dpop::is_thumbprint(jkt)) {
+        return back(
+            "invalid_request",
+            "dpop_jkt must be a JWK SHA-256 thumbprint (43 base64url characters)",
+        );
+    }
     // OpenID Connect Core §3.1.2.1 `acr_values`, `max_age` and `prompt`.
     let acr = match params.get("acr_values") {
         None => None,
@@ -350,6 +358,7 @@ fn validate(
             acr,
             max_age,
             prompt_login: prompts.contains(&"login"),
+            dpop_jkt: dpop_jkt.map(str::to_owned),
         },
         prompt_none,
     )))
@@ -600,6 +609,7 @@ async fn finish(
                 redirect_uri: &authorization.redirect_uri,
                 scopes: &granted,
                 code_challenge: authorization.code_challenge.as_deref(),
+                dpop_jkt: authorization.dpop_jkt.as_deref(),
             };
             state
                 .db

@@ -1,6 +1,8 @@
 //! Client authentication at `/token`, `/revoke` and `/introspect`:
 //! `client_secret_basic` or `client_secret_post` (RFC 6749 §2.3.1) for confidential
-//! clients, the client id alone (`none`) for public ones.
+//! clients, the client id alone (`none`) for public ones, and the client id with a
+//! client certificate (`tls_client_auth`, `self_signed_tls_client_auth`, RFC 8705 §2)
+//! for clients registered with one.
 //!
 //! Every secret check costs one Argon2 verification, known client or not, and goes
 //! through the brute-force throttle first: a blocked caller gets 429 without any
@@ -16,7 +18,9 @@ use base64::Engine as _;
 use super::form::{decode_component, Form};
 use super::{blocking, AppState};
 use crate::protocol::errors::OAuthError;
+use crate::protocol::mtls::ClientCertificate;
 use crate::server::throttle::Account;
+use crate::storage::client_tls;
 use crate::storage::clients::{self, Client, ClientType};
 
 /// Credentials presented by the client. Deliberately not `Debug`: it holds a secret.
@@ -24,6 +28,21 @@ pub struct ClientCredentials {
     pub client_id: String,
     /// `None`: the client id alone, as a public client sends it.
     client_secret: Option<String>,
+    /// The connection's client certificate, as a trusted proxy forwarded it.
+    certificate: Option<ClientCertificate>,
+}
+
+impl ClientCredentials {
+    pub fn with_certificate(mut self, certificate: Option<ClientCertificate>) -> Self {
+        self.certificate = certificate;
+        self
+    }
+}
+
+/// An authenticated client, and the certificate it authenticated with, if it did.
+pub struct Authenticated {
+    pub client: Client,
+    pub certificate: Option<ClientCertificate>,
 }
 
 /// Which kinds of client an endpoint serves.
@@ -42,6 +61,18 @@ pub async fn authenticate(
     ip: IpAddr,
     accepts: Accepts,
 ) -> Result<Client, OAuthError> {
+    authenticate_with_method(state, credentials, ip, accepts)
+        .await
+        .map(|authenticated| authenticated.client)
+}
+
+/// [`authenticate`], telling whether the client proved itself with its certificate.
+pub async fn authenticate_with_method(
+    state: &Arc<AppState>,
+    credentials: ClientCredentials,
+    ip: IpAddr,
+    accepts: Accepts,
+) -> Result<Authenticated, OAuthError> {
     let client_id = credentials.client_id.clone();
     let attempt = state
         .throttle
@@ -52,9 +83,9 @@ pub async fn authenticate(
         tokio::time::sleep(attempt.delay()).await;
     }
     match verify(state, credentials, accepts).await? {
-        Some(client) => {
+        Some(authenticated) => {
             attempt.succeeded();
-            Ok(client)
+            Ok(authenticated)
         }
         None => {
             attempt.failed();
@@ -65,24 +96,42 @@ pub async fn authenticate(
 
 /// The client, if the credentials prove it. Unknown clients, and public clients that
 /// send a secret, are checked against a dummy hash: same work, same answer as a wrong
-/// secret.
+/// secret. A client registered with a certificate authenticates with it only.
 async fn verify(
     state: &Arc<AppState>,
     credentials: ClientCredentials,
     accepts: Accepts,
-) -> Result<Option<Client>, OAuthError> {
-    let client = {
+) -> Result<Option<Authenticated>, OAuthError> {
+    let (client, tls_auth) = {
         let state = Arc::clone(state);
         let client_id = credentials.client_id.clone();
         blocking(move || {
             state
                 .db
-                .with(|conn| clients::find(conn, &client_id))
+                .with(|conn| {
+                    let client = clients::find(conn, &client_id)?;
+                    let tls_auth = match &client {
+                        Some(_) => client_tls::find(conn, &client_id)?,
+                        None => None,
+                    };
+                    Ok::<_, rusqlite::Error>((client, tls_auth))
+                })
                 .map_err(|err| OAuthError::internal("looking up client", err))
         })
         .await?
     };
-    Ok(match credentials.client_secret {
+    if let (Some(tls_auth), None) = (&tls_auth, &credentials.client_secret) {
+        let proven = credentials
+            .certificate
+            .filter(|certificate| tls_auth.matches(certificate));
+        return Ok(client
+            .zip(proven)
+            .map(|(client, certificate)| Authenticated {
+                client,
+                certificate: Some(certificate),
+            }));
+    }
+    let client = match credentials.client_secret {
         Some(secret) => {
             let hash = client
                 .as_ref()
@@ -98,7 +147,11 @@ async fn verify(
         None => client.filter(|client| {
             client.client_type == ClientType::Public && accepts == Accepts::AnyClient
         }),
-    })
+    };
+    Ok(client.map(|client| Authenticated {
+        client,
+        certificate: None,
+    }))
 }
 
 /// Extracts the client credentials from the `Authorization` header or the form.
@@ -137,6 +190,7 @@ fn from_form(form: &Form) -> Result<ClientCredentials, OAuthError> {
         (Some(client_id), client_secret) => Ok(ClientCredentials {
             client_id: client_id.to_owned(),
             client_secret: client_secret.map(str::to_owned),
+            certificate: None,
         }),
         (None, _) => Err(OAuthError::invalid_client()),
     }
@@ -160,6 +214,7 @@ fn parse_basic(value: &[u8]) -> Option<ClientCredentials> {
     Some(ClientCredentials {
         client_id,
         client_secret: Some(client_secret),
+        certificate: None,
     })
 }
 

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use super::{blocking, AppState};
 use crate::protocol::authentication;
+use crate::protocol::dpop;
 use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::mtls::{SELF_SIGNED_TLS_CLIENT_AUTH, TLS_CLIENT_AUTH};
 use crate::server::clock;
 use crate::storage::clients;
 
@@ -57,13 +59,24 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, OA
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none", TLS_CLIENT_AUTH, SELF_SIGNED_TLS_CLIENT_AUTH],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none", TLS_CLIENT_AUTH, SELF_SIGNED_TLS_CLIENT_AUTH],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", TLS_CLIENT_AUTH, SELF_SIGNED_TLS_CLIENT_AUTH],
         "authorization_response_iss_parameter_supported": true,
         // RFC 9470 §6: the levels `acr_values` may ask for, weakest first.
         "acr_values_supported": authentication::ACR_VALUES,
+        "dpop_signing_alg_values_supported": dpop::SIGNING_ALGS,
+        "tls_client_certificate_bound_access_tokens": true,
     });
+    // RFC 8705 §5: where clients reach these endpoints with a client certificate.
+    if config.mtls_endpoint_base.is_some() {
+        let alias = |path: &str| config.mtls_endpoint(path);
+        document["mtls_endpoint_aliases"] = json!({
+            "token_endpoint": alias("/token"),
+            "revocation_endpoint": alias("/revoke"),
+            "introspection_endpoint": alias("/introspect"),
+        });
+    }
     if !scopes.is_empty() {
         document["scopes_supported"] = scopes.iter().collect::<Vec<_>>().into();
     }

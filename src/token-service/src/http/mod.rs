@@ -32,7 +32,9 @@ use axum::Router;
 use crate::crypto::sealed::Sealer;
 use crate::crypto::secrets;
 use crate::protocol::access_token::{self, VerifiedToken};
+use crate::protocol::dpop;
 use crate::protocol::errors::OAuthError;
+use crate::protocol::mtls::{self, ClientCertificate};
 use crate::protocol::pending::LoginForms;
 use crate::server::clock;
 use crate::server::config::ServeConfig;
@@ -60,6 +62,8 @@ pub struct AppState {
     pub sessions: Sealer,
     /// WebAuthn for the issuer's origin, and the ceremonies in flight.
     pub passkeys: Passkeys,
+    /// DPoP server nonces, when `--dpop-nonce` asks for them.
+    pub dpop_nonces: Option<dpop::Nonces>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -176,6 +180,39 @@ async fn access_log(request: Request, next: Next) -> Response {
 /// The address a request came from, through trusted proxies (see [`crate::server::client_ip`]).
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     state.config.trusted_proxies.client_ip(peer.ip(), headers)
+}
+
+/// The client certificate of the connection, as a trusted proxy forwarded it in
+/// `x-forwarded-client-cert` (see [`crate::protocol::mtls`]). From any other peer the
+/// header is ignored. A repeated header is refused outright, never half-read.
+fn client_certificate(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Option<ClientCertificate>, OAuthError> {
+    if !state
+        .config
+        .trusted_proxies
+        .contains(peer.ip().to_canonical())
+    {
+        return Ok(None);
+    }
+    let mut values = headers.get_all(mtls::XFCC).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return if headers.contains_key(mtls::XFCC) {
+            Err(OAuthError::invalid_request(
+                "x-forwarded-client-cert is repeated",
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(ClientCertificate::from_xfcc)
+        .map(Some)
+        .ok_or_else(|| OAuthError::invalid_request("x-forwarded-client-cert is malformed"))
 }
 
 /// The claims of `token` if it is an access token of this service that has neither

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::client_auth::{self, Accepts};
 use super::form;
-use super::{blocking, client_ip, AppState, LogContext};
+use super::{blocking, client_certificate, client_ip, AppState, LogContext};
 use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::protocol::{access_token, refresh};
 use crate::server::clock;
@@ -45,7 +45,9 @@ pub async fn revoke(
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is missing"))?
             .to_owned();
-        Ok::<_, OAuthError>((token, client_auth::extract(&headers, &form)?))
+        let certificate = client_certificate(&state, peer, &headers)?;
+        let credentials = client_auth::extract(&headers, &form)?.with_certificate(certificate);
+        Ok::<_, OAuthError>((token, credentials))
     };
     let (token, credentials) = match parsed.await {
         Ok(parsed) => parsed,

@@ -2,8 +2,10 @@
 //! presented back to `/revoke` and `/introspect`.
 //!
 //! Header: `typ: at+jwt`, `alg`, `kid`. Claims: `iss`, `sub`, `aud`, `exp`, `iat`,
-//! `nbf`, `jti`, `client_id` and, when any scope is granted, `scope`; for a user's
-//! token, how they signed in: `auth_time`, `acr`, `amr` (RFC 9470 §3).
+//! `nbf`, `jti`, `client_id`, when any scope is granted, `scope`, and for a
+//! sender-constrained token `cnf` (RFC 7800) with `jkt` (DPoP, RFC 9449 §6) and/or
+//! `x5t#S256` (mutual TLS, RFC 8705 §3.1); for a user's token, how they signed in:
+//! `auth_time`, `acr`, `amr` (RFC 9470 §3).
 
 use std::collections::HashSet;
 
@@ -33,6 +35,25 @@ pub struct Grant<'a> {
     /// How the user signed in; `None` for `client_credentials` (and grants from before
     /// sign-ins were recorded).
     pub authentication: Option<&'a Authentication>,
+    /// The key or certificate the token is bound to; `None`: a bearer token.
+    pub confirmation: Option<&'a Confirmation>,
+}
+
+/// The `cnf` claim of a sender-constrained token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// RFC 7638 thumbprint of the DPoP key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+    /// base64url SHA-256 of the client certificate's DER.
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+}
+
+impl Confirmation {
+    pub fn is_empty(&self) -> bool {
+        self.jkt.is_none() && self.x5t_s256.is_none()
+    }
 }
 
 /// A signed access token.
@@ -55,6 +76,8 @@ struct AccessTokenClaims {
     acr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     amr: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cnf: Option<Confirmation>,
 }
 
 /// The claims of a valid, unexpired access token this service issued.
@@ -66,6 +89,7 @@ pub struct VerifiedToken {
     pub audience: String,
     pub client_id: String,
     pub scope: Option<String>,
+    pub confirmation: Option<Confirmation>,
     pub issued_at: i64,
     pub expires_at: i64,
 }
@@ -86,6 +110,10 @@ pub fn issue(key: &SigningKey, grant: &Grant<'_>, now: i64) -> anyhow::Result<Is
             amr: grant
                 .authentication
                 .map(|signed_in| signed_in.amr().into_iter().map(str::to_owned).collect()),
+            cnf: grant
+                .confirmation
+                .filter(|confirmation| !confirmation.is_empty())
+                .cloned(),
         },
         Duration::from_secs(grant.lifetime_secs),
     )
@@ -141,6 +169,7 @@ pub fn verify(keys: &KeySet, jwt: &str, issuer: &str, now: i64) -> Option<Verifi
         audience,
         client_id: claims.custom.client_id,
         scope: claims.custom.scope,
+        confirmation: claims.custom.cnf,
         issued_at: i64::try_from(claims.issued_at?.as_secs()).ok()?,
         expires_at,
     })
@@ -171,6 +200,7 @@ mod tests {
             scopes: &scopes,
             lifetime_secs: 900,
             authentication: None,
+            confirmation: None,
         };
         let token = issue(&key, &grant, 1_700_000_000).expect("issue");
         let segments: Vec<&str> = token.jwt.split('.').collect();
@@ -191,7 +221,23 @@ mod tests {
         assert_eq!(claims["nbf"], 1_700_000_000);
         assert_eq!(claims["exp"], 1_700_000_900);
         assert_eq!(claims["jti"], token.jti.as_str());
+        assert!(claims.get("cnf").is_none(), "a bearer token");
         assert_eq!(token.expires_at, 1_700_000_900);
+
+        let confirmation = Confirmation {
+            jkt: Some("key-thumbprint".to_owned()),
+            x5t_s256: Some("cert-thumbprint".to_owned()),
+        };
+        let bound = Grant {
+            confirmation: Some(&confirmation),
+            ..grant
+        };
+        let token = issue(&key, &bound, 1_700_000_000).expect("issue");
+        let claims = decode_segment(token.jwt.split('.').nth(1).expect("payload"));
+        assert_eq!(
+            claims["cnf"],
+            serde_json::json!({"jkt": "key-thumbprint", "x5t#S256": "cert-thumbprint"})
+        );
     }
 
     #[test]
@@ -210,6 +256,7 @@ mod tests {
             scopes: &scopes,
             lifetime_secs: 60,
             authentication: None,
+            confirmation: None,
         };
         let token = issue(keys.signing_key(), &grant, now).expect("issue");
 
@@ -246,6 +293,7 @@ mod tests {
             scopes: &scopes,
             lifetime_secs: 60,
             authentication: None,
+            confirmation: None,
         };
         let first = issue(&key, &grant, 1_700_000_000).expect("issue");
         let second = issue(&key, &grant, 1_700_000_000).expect("issue");

@@ -22,6 +22,8 @@ pub struct NewCode<'a> {
     pub redirect_uri: &'a str,
     pub scopes: &'a ScopeSet,
     pub code_challenge: Option<&'a str>,
+    /// `dpop_jkt` of the request (RFC 9449 §10): the key the code must be redeemed with.
+    pub dpop_jkt: Option<&'a str>,
 }
 
 /// A stored code.
@@ -32,6 +34,7 @@ pub struct StoredCode {
     pub redirect_uri: String,
     pub scopes: ScopeSet,
     pub code_challenge: Option<String>,
+    pub dpop_jkt: Option<String>,
     pub expires_at: i64,
     /// The family the code started, once redeemed.
     pub family_id: Option<i64>,
@@ -42,8 +45,9 @@ pub fn issue(conn: &Connection, new: &NewCode<'_>, now: i64) -> rusqlite::Result
     let code = opaque::random(CODE_BYTES);
     conn.prepare_cached(
         "INSERT INTO authorization_codes
-             (code_hash, client_id, user_id, redirect_uri, scopes, code_challenge, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (code_hash, client_id, user_id, redirect_uri, scopes, code_challenge, expires_at,
+              dpop_jkt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         opaque::digest(&code),
@@ -52,7 +56,8 @@ pub fn issue(conn: &Connection, new: &NewCode<'_>, now: i64) -> rusqlite::Result
         new.redirect_uri,
         new.scopes.to_string(),
         new.code_challenge,
-        now + LIFETIME_SECS
+        now + LIFETIME_SECS,
+        new.dpop_jkt
     ])?;
     Ok(code)
 }
@@ -60,7 +65,8 @@ pub fn issue(conn: &Connection, new: &NewCode<'_>, now: i64) -> rusqlite::Result
 pub fn find(conn: &Connection, code: &str) -> rusqlite::Result<Option<StoredCode>> {
     let row = conn
         .prepare_cached(
-            "SELECT client_id, user_id, redirect_uri, scopes, code_challenge, expires_at, family_id
+            "SELECT client_id, user_id, redirect_uri, scopes, code_challenge, expires_at, family_id,
+                    dpop_jkt
              FROM authorization_codes WHERE code_hash = ?1",
         )?
         .query_row([opaque::digest(code)], |row| {
@@ -73,6 +79,7 @@ pub fn find(conn: &Connection, code: &str) -> rusqlite::Result<Option<StoredCode
                     code_challenge: row.get(4)?,
                     expires_at: row.get(5)?,
                     family_id: row.get(6)?,
+                    dpop_jkt: row.get(7)?,
                 },
                 row.get::<_, String>(3)?,
             ))
@@ -141,6 +148,7 @@ mod tests {
             redirect_uri: "com.example.app:/cb",
             scopes: &scopes,
             code_challenge: Some("challenge"),
+            dpop_jkt: Some("jkt"),
         };
         let code = issue(&conn, &new, 1_000).expect("issue");
         let unused = issue(&conn, &new, 1_000).expect("issue");
@@ -152,6 +160,7 @@ mod tests {
         assert_eq!(stored.redirect_uri, "com.example.app:/cb");
         assert_eq!(stored.scopes, scopes);
         assert_eq!(stored.code_challenge.as_deref(), Some("challenge"));
+        assert_eq!(stored.dpop_jkt.as_deref(), Some("jkt"));
         assert_eq!(stored.expires_at, 1_000 + LIFETIME_SECS);
         assert_eq!(stored.family_id, None);
         assert!(find(&conn, "unknown").expect("find").is_none());

@@ -23,6 +23,10 @@ pub enum ErrorCode {
     UnauthorizedClient,
     UnsupportedGrantType,
     InvalidScope,
+    /// RFC 9449 §5: the DPoP proof is missing, malformed, or does not check out.
+    InvalidDpopProof,
+    /// RFC 9449 §8: the proof must carry the nonce sent in `DPoP-Nonce`.
+    UseDpopNonce,
     TooManyRequests,
     /// RFC 6750 §3.1: the request carried no access token.
     Unauthorized,
@@ -43,6 +47,8 @@ impl ErrorCode {
             ErrorCode::UnauthorizedClient => "unauthorized_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::InvalidScope => "invalid_scope",
+            ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
+            ErrorCode::UseDpopNonce => "use_dpop_nonce",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::InvalidToken => "invalid_token",
@@ -78,6 +84,8 @@ pub struct OAuthError {
     /// `Retry-After` seconds, for 429.
     retry_after: Option<u64>,
     challenge: Challenge,
+    /// `DPoP-Nonce` to send (RFC 9449 §8).
+    dpop_nonce: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -94,7 +102,27 @@ impl OAuthError {
             description: description.into(),
             retry_after: None,
             challenge: Challenge::None,
+            dpop_nonce: None,
         }
+    }
+
+    pub fn invalid_dpop_proof(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidDpopProof,
+            description,
+        )
+    }
+
+    /// RFC 9449 §8.1: a 400 `use_dpop_nonce` with the nonce to put in the next proof.
+    pub fn use_dpop_nonce(nonce: String) -> Self {
+        let mut err = Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UseDpopNonce,
+            "the DPoP proof must carry the server nonce sent in DPoP-Nonce",
+        );
+        err.dpop_nonce = Some(nonce);
+        err
     }
 
     pub fn invalid_request(description: impl Into<Cow<'static, str>>) -> Self {
@@ -274,6 +302,12 @@ impl IntoResponse for OAuthError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let Some(nonce) = self
+            .dpop_nonce
+            .and_then(|nonce| HeaderValue::try_from(nonce).ok())
+        {
+            response.headers_mut().insert(DPOP_NONCE, nonce);
+        }
         // RFC 6749 §5.2 / RFC 9110 §15.5.2: a 401 names the scheme to use.
         let challenge = match self.challenge {
             Challenge::None => None,
@@ -301,6 +335,9 @@ impl IntoResponse for OAuthError {
         response
     }
 }
+
+/// RFC 9449 §8: the header that carries a server nonce.
+pub const DPOP_NONCE: header::HeaderName = header::HeaderName::from_static("dpop-nonce");
 
 /// The protection space of every challenge this service sends.
 const REALM: &str = "tollgate";

@@ -10,13 +10,20 @@
 //!   never widen. A rotated token presented again revokes its family, unless it is a
 //!   retry within the grace window (see [`refresh`]), which gets new tokens.
 //!
+//! Sender constraints (RFC 9449, RFC 8705): the access token is bound (`cnf`) to the
+//! request's verified DPoP key and to the certificate the client authenticated with.
+//! A code requested with `dpop_jkt` is redeemed only with that key, and a public
+//! client's grant started with a DPoP key is refreshed only with it. A proof that is
+//! valid but of another key is `invalid_grant` (the grant is not this key's); a
+//! missing proof where one is needed is `invalid_dpop_proof`.
+//!
 //! The database functions run inside one transaction that is committed even when the
 //! request is refused, because a refusal may have revoked a family.
 
 use anyhow::Context as _;
 use rusqlite::Connection;
 
-use crate::protocol::access_token::{self, Grant, IssuedToken};
+use crate::protocol::access_token::{self, Confirmation, Grant, IssuedToken};
 use crate::protocol::authentication::{self, Authentication};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::scope::ScopeSet;
@@ -39,6 +46,8 @@ pub struct Context<'a> {
     pub config: &'a ServeConfig,
     pub keys: &'a KeySet,
     pub now: i64,
+    /// What the request's tokens are bound to.
+    pub confirmation: &'a Confirmation,
 }
 
 /// `grant_type=authorization_code` parameters.
@@ -142,6 +151,20 @@ pub fn authorization_code(
         }
         (None, None) => {}
     }
+    let presented_jkt = context.confirmation.jkt.as_deref();
+    if let Some(bound) = stored.dpop_jkt.as_deref() {
+        match presented_jkt {
+            None => {
+                return Ok(Err(OAuthError::invalid_dpop_proof(
+                    "a DPoP proof is required: the authorization request named dpop_jkt",
+                )))
+            }
+            Some(jkt) if jkt != bound => {
+                return refuse("the DPoP proof's key is not the one dpop_jkt named")
+            }
+            Some(_) => {}
+        }
+    }
 
     let (family_id, refresh_token) = refresh::start_family(
         conn,
@@ -151,6 +174,9 @@ pub fn authorization_code(
         context.config.refresh_lifetimes(),
         now,
     )?;
+    if let (ClientType::Public, Some(jkt)) = (client.client_type, presented_jkt) {
+        refresh::bind_to_dpop_key(conn, family_id, jkt)?;
+    }
     codes::mark_redeemed(conn, &request.code, family_id)?;
     let signed_in = authentication::of_code(conn, &request.code)?;
     if let Some(signed_in) = &signed_in {
@@ -189,6 +215,19 @@ pub fn refresh_token(
     };
     if presented.family.client_id != client.client_id {
         return refuse("the refresh token was issued to another client");
+    }
+    if let Some(bound) = presented.family.dpop_jkt.as_deref() {
+        match context.confirmation.jkt.as_deref() {
+            None => {
+                return Ok(Err(OAuthError::invalid_dpop_proof(
+                    "a DPoP proof is required: the refresh token is bound to a DPoP key",
+                )))
+            }
+            Some(jkt) if jkt != bound => {
+                return refuse("the refresh token is bound to another DPoP key")
+            }
+            Some(_) => {}
+        }
     }
     let retry = presented.is_retry(context.config.refresh_reuse_grace(), now);
     let family = presented.family;
@@ -272,6 +311,7 @@ fn sign(
         scopes,
         lifetime_secs: context.config.access_token_ttl,
         authentication,
+        confirmation: Some(context.confirmation),
     };
     access_token::issue(context.keys.signing_key(), &grant, context.now)
         .context("signing access token")

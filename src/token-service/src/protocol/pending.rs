@@ -49,6 +49,9 @@ pub struct PendingAuthorization {
     /// OIDC `prompt=login`: sign in again whatever the session.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prompt_login: bool,
+    /// RFC 9449 §10: the thumbprint of the DPoP key the code must be redeemed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 impl PendingAuthorization {
@@ -199,6 +202,7 @@ mod tests {
             acr: None,
             max_age: None,
             prompt_login: false,
+            dpop_jkt: None,
         }
     }
 

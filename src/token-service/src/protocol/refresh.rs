@@ -55,6 +55,9 @@ pub struct Family {
     pub revoked: bool,
     /// The generation whose tokens may be exchanged.
     pub generation: i64,
+    /// The DPoP key (RFC 7638 thumbprint) every refresh must prove, for a public
+    /// client's grant started with a DPoP proof (RFC 9449 §5).
+    pub dpop_jkt: Option<String>,
 }
 
 impl Family {
@@ -118,6 +121,15 @@ pub fn start_family(
     Ok((family_id, token))
 }
 
+/// Binds the family to a DPoP key: from now on each refresh must prove it.
+pub fn bind_to_dpop_key(conn: &Connection, family_id: i64, jkt: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE token_families SET dpop_jkt = ?2 WHERE family_id = ?1",
+        params![family_id, jkt],
+    )?;
+    Ok(())
+}
+
 /// Looks a refresh token up by its digest.
 pub fn find(conn: &Connection, token: &str) -> rusqlite::Result<Option<Presented>> {
     if !token.starts_with(PREFIX) {
@@ -127,7 +139,7 @@ pub fn find(conn: &Connection, token: &str) -> rusqlite::Result<Option<Presented
         .prepare_cached(
             "SELECT f.family_id, f.client_id, f.user_id, f.scopes,
                     f.idle_expires_at, f.revoked_at IS NOT NULL, f.generation,
-                    t.issued_at, t.generation, t.rotated_at
+                    t.issued_at, t.generation, t.rotated_at, f.dpop_jkt
              FROM refresh_tokens t
              JOIN token_families f USING (family_id)
              WHERE t.token_hash = ?1",
@@ -142,6 +154,7 @@ pub fn find(conn: &Connection, token: &str) -> rusqlite::Result<Option<Presented
                     idle_expires_at: row.get(4)?,
                     revoked: row.get(5)?,
                     generation: row.get(6)?,
+                    dpop_jkt: row.get(10)?,
                 },
                 row.get::<_, String>(3)?,
                 row.get(7)?,

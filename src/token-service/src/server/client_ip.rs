@@ -21,7 +21,8 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub struct TrustedProxies(Vec<Cidr>);
 
 impl TrustedProxies {
-    fn contains(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|range| range.contains(ip))
     }
 

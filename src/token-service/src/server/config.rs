@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::crypto::signing_keys::Algorithm;
+use crate::protocol::dpop;
 use crate::protocol::refresh::Lifetimes;
 use crate::server::client_ip::TrustedProxies;
 use crate::server::connections;
@@ -154,12 +155,68 @@ pub struct ServeConfig {
         value_parser = clap::value_parser!(u32).range(1..=1_000_000)
     )]
     pub max_connections: u32,
+
+    /// How old (`iat`) a DPoP proof may be, seconds; its `jti` is remembered as long.
+    #[arg(
+        long,
+        env = "TOLLGATE_DPOP_PROOF_MAX_AGE",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=600)
+    )]
+    pub dpop_proof_max_age: u64,
+
+    /// Require a server nonce in DPoP proofs (RFC 9449 §8): `--dpop-nonce` or
+    /// `--dpop-nonce true|false`.
+    #[arg(
+        long,
+        env = "TOLLGATE_DPOP_NONCE",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub dpop_nonce: bool,
+
+    /// Seconds between nonce rotations; a nonce is accepted for up to twice as long.
+    #[arg(
+        long,
+        env = "TOLLGATE_DPOP_NONCE_ROTATION",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(10..=86_400)
+    )]
+    pub dpop_nonce_rotation: u64,
+
+    /// Base URL of the mutual-TLS listener that forwards to this service (e.g.
+    /// https://auth.example.com:8443): advertised as `mtls_endpoint_aliases` and
+    /// accepted as a DPoP `htu`.
+    #[arg(long, env = "TOLLGATE_MTLS_ENDPOINT_BASE", value_parser = parse_issuer)]
+    pub mtls_endpoint_base: Option<String>,
 }
 
 impl ServeConfig {
     /// Absolute URL of an endpoint of this server, e.g. `endpoint("/token")`.
     pub fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.issuer.trim_end_matches('/'))
+    }
+
+    /// `path` on the mutual-TLS listener, if there is one.
+    pub fn mtls_endpoint(&self, path: &str) -> Option<String> {
+        self.mtls_endpoint_base
+            .as_ref()
+            .map(|base| format!("{}{path}", base.trim_end_matches('/')))
+    }
+
+    /// The token endpoint's URLs as clients reach them (the metadata's
+    /// `token_endpoint` and its mTLS alias), normalised for comparing a DPoP `htu`.
+    pub fn token_endpoint_urls(&self) -> Vec<String> {
+        std::iter::once(self.endpoint("/token"))
+            .chain(self.mtls_endpoint("/token"))
+            .filter_map(|url| dpop::normalize_htu(&url))
+            .collect()
+    }
+
+    pub fn dpop_proof_max_age(&self) -> i64 {
+        i64::try_from(self.dpop_proof_max_age).unwrap_or(60)
     }
 
     pub fn refresh_lifetimes(&self) -> Lifetimes {
@@ -251,6 +308,13 @@ mod tests {
         assert_eq!(connections.header_read_timeout, Duration::from_secs(10));
         assert_eq!(connections.keep_alive_timeout, Duration::from_secs(60));
         assert_eq!(connections.max_connections, 1_024);
+        assert_eq!(config.dpop_proof_max_age(), 60);
+        assert!(!config.dpop_nonce);
+        assert_eq!(config.mtls_endpoint("/token"), None);
+        assert_eq!(
+            config.token_endpoint_urls(),
+            ["http://127.0.0.1:8080/token"]
+        );
         let none = ServeConfig::parse_from(["serve", "--trusted-proxies", ""]);
         assert_eq!(none.trusted_proxies, TrustedProxies::default());
     }
@@ -281,6 +345,14 @@ mod tests {
         assert_eq!(
             config.endpoint("/.well-known/jwks.json"),
             "https://auth.example.com/tenant/.well-known/jwks.json"
+        );
+        config.mtls_endpoint_base = Some("https://MTLS.example.com:443/".to_owned());
+        assert_eq!(
+            config.token_endpoint_urls(),
+            [
+                "https://auth.example.com/tenant/token",
+                "https://mtls.example.com/token"
+            ]
         );
     }
 }

@@ -11,11 +11,11 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::crypto::sealed::Sealer;
-use crate::crypto::secrets;
+use crate::crypto::{opaque, secrets};
 use crate::http::signin::Passkeys;
 use crate::http::{self, AppState};
 use crate::protocol::pending::LoginForms;
-use crate::protocol::{codes, refresh};
+use crate::protocol::{codes, dpop, refresh};
 use crate::server::clock;
 use crate::server::config::ServeConfig;
 use crate::server::connections;
@@ -59,6 +59,11 @@ pub fn run(db_path: &Path, config: ServeConfig, api_key_hasher: KeyHasher) -> an
         api_key_hasher,
         sessions,
         passkeys,
+        // A key per process: after a restart, clients get one more use_dpop_nonce.
+        dpop_nonces: config.dpop_nonce.then(|| {
+            let rotation = i64::try_from(config.dpop_nonce_rotation).unwrap_or(300);
+            dpop::Nonces::new(opaque::random_bytes(), rotation)
+        }),
         config,
     });
 

@@ -206,7 +206,29 @@ const MIGRATIONS: &[&str] = &[
     -- What a request without `scope` gets (a subset of `scopes`); empty: nothing.
     ALTER TABLE clients ADD COLUMN default_scopes TEXT NOT NULL DEFAULT '';
     "#,
-    // 8: second factors (TOTP, passkeys), and how the user of a code or grant signed in.
+    // 8: sender-constrained tokens: DPoP (RFC 9449) and mutual TLS (RFC 8705).
+    r#"
+    -- RFC 7638 thumbprint the code was bound to by `dpop_jkt` (RFC 9449 §10).
+    ALTER TABLE authorization_codes ADD COLUMN dpop_jkt TEXT;
+    -- A public client's grant bound to its DPoP key: refreshes must prove that key.
+    ALTER TABLE token_families ADD COLUMN dpop_jkt TEXT;
+    -- DPoP proofs already used, until they would be too old anyway: SHA-256 of
+    -- "<jkt>.<jti>".
+    CREATE TABLE dpop_proofs (
+        proof_hash BLOB PRIMARY KEY NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX dpop_proofs_expiry ON dpop_proofs (expires_at);
+    -- Clients that authenticate with a certificate (tls_client_auth or
+    -- self_signed_tls_client_auth): what the certificate must show.
+    CREATE TABLE client_tls_auth (
+        client_id TEXT PRIMARY KEY NOT NULL REFERENCES clients (client_id) ON DELETE CASCADE,
+        parameter TEXT NOT NULL CHECK (parameter IN ('tls_client_auth_subject_dn',
+            'tls_client_auth_san_dns', 'tls_client_auth_san_uri', 'x5t#S256')),
+        value     TEXT NOT NULL
+    ) STRICT;
+    "#,
+    // 9: second factors (TOTP, passkeys), and how the user of a code or grant signed in.
     r#"
     CREATE TABLE user_factors (
         factor_id      TEXT PRIMARY KEY NOT NULL,

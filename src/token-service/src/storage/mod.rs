@@ -4,6 +4,7 @@
 
 pub mod api_key_hashing;
 pub mod api_keys;
+pub mod client_tls;
 pub mod clients;
 pub mod consumers;
 pub mod db;
