@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -97,6 +98,8 @@ def main():
         service.wait(10)
         log.seek(0)
         service_log = log.read()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     audit = [json.loads(line) for line in service_log.splitlines() if line.startswith('{"')]
     added = [event for event in audit if event.get("audit") == "factor_added"]
     assert added and added[0]["kind"] == "passkey", service_log
@@ -110,7 +113,8 @@ def run(base, port):
         context = browser.new_context(viewport={"width": 1280, "height": 860})
         page = context.new_page()
         # The app's redirect URI has no server: answer it here.
-        page.route(REDIRECT + "*", lambda route: route.fulfill(status=200, body="app"))
+        page.route(lambda url: url.startswith(REDIRECT),
+                   lambda route: route.fulfill(status=200, body="app"))
         devtools = context.new_cdp_session(page)
         devtools.send("WebAuthn.enable", {"enableUI": False})
         authenticator = devtools.send("WebAuthn.addVirtualAuthenticator", {"options": {
@@ -163,6 +167,8 @@ def run(base, port):
         with page.expect_request(lambda request: request.url.startswith(REDIRECT)) as redirected:
             page.click("#use-passkey")
         params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(redirected.value.url).query))
+        page.wait_for_url(lambda url: url.startswith(REDIRECT))
+        page.wait_for_load_state()
         assert params.get("state") == "s1" and "code" in params, params
 
         # The session now stands in: consent only.
