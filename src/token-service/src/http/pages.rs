@@ -120,10 +120,12 @@ pub fn login(status: StatusCode, page: &LoginPage<'_>) -> Response {
     let title = match page.client {
         Some((client_id, scopes)) => {
             let client = escape(client_id);
-            let _ = writeln!(
-                body,
-                "<h1>Sign in to continue to <strong>{client}</strong></h1>"
-            );
+            let heading = if page.signed_in_as.is_some() {
+                "Continue to"
+            } else {
+                "Sign in to continue to"
+            };
+            let _ = writeln!(body, "<h1>{heading} <strong>{client}</strong></h1>");
             if scopes.is_empty() {
                 let _ = writeln!(
                     body,
