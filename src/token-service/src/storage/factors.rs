@@ -314,7 +314,7 @@ mod tests {
         assert_eq!(list(&conn, &user_id).expect("list").len(), 1);
         assert!(all_exist(&conn, &user_id, std::slice::from_ref(&factor_id)).expect("exist"));
         assert!(remove(&conn, &user_id, &factor_id).expect("remove"));
-        assert!(!all_exist(&conn, &user_id, &[factor_id.clone()]).expect("exist"));
+        assert!(!all_exist(&conn, &user_id, std::slice::from_ref(&factor_id)).expect("exist"));
         assert!(!use_totp_step(&conn, &factor_id, step + 2, now).expect("removed"));
         assert_eq!(reset(&conn, &user_id).expect("reset"), 0);
     }
