@@ -378,6 +378,18 @@ fn max_age_and_prompt_login_force_a_new_sign_in() {
         consent.body
     );
     assert!(!consent.body.contains("name=\"password\""));
+    // A form fetched by someone else (no session, so no consent value), posted with
+    // the user's cookie (cross-site request forgery), does not approve.
+    let (forged_url, _) = authorize(&service, &[]);
+    let forged = Browser::new().get(&forged_url).form();
+    assert!(forged.hidden.iter().all(|(name, _)| name != "consent"));
+    let refused = browser.submit(&forged, &[("decision", "approve")]);
+    assert_eq!(refused.status, 200, "{}", refused.body);
+    assert!(
+        refused.body.contains("Sign in to continue."),
+        "{}",
+        refused.body
+    );
     let first = browser.submit(&consent.form(), &[("decision", "approve")]);
     let first = claims(
         tokens(&service, &first.redirect(), &pkce)["access_token"]

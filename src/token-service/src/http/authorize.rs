@@ -48,6 +48,7 @@ const FIELDS: &[&str] = &[
     "otp",
     "ceremony",
     "credential",
+    "consent",
 ];
 const INCORRECT_LOGIN: &str = "The username or password is incorrect.";
 const EXPIRED_FORM: &str = "This sign-in form has expired or was already used.";
@@ -126,13 +127,16 @@ pub async fn start(
         None => return internal_error(),
     };
     let response = match session {
-        Some(session) if session.authentication.level() >= required => login_page(
-            &state,
-            &posted,
-            &session.username,
-            None,
-            Some(&session.username),
-        ),
+        Some(session) if session.authentication.level() >= required => {
+            let consent = consent_value(&state, &posted, &session);
+            login_page(
+                &state,
+                &posted,
+                &session.username,
+                None,
+                Some((&session.username, &consent)),
+            )
+        }
         // Signed in, but not strongly enough: ask for the missing factor only.
         Some(session) => {
             let methods = session.authentication.methods.clone();
@@ -195,6 +199,16 @@ pub async fn decide(
         _ => pages::error(StatusCode::BAD_REQUEST, "Choose Allow or Cancel."),
     };
     with_client(response, &client_id)
+}
+
+/// The consent page's value for `session` and this form.
+fn consent_value(state: &AppState, posted: &Posted, session: &Session) -> String {
+    state.sessions.mac(&format!(
+        "consent:{}:{}:{}",
+        posted.form.nonce(),
+        session.user_id,
+        session.authentication.auth_time
+    ))
 }
 
 /// Whether a session may stand in for signing in again: not when the request says
@@ -453,8 +467,14 @@ async fn approve(
     // Continue as the signed-in user: no credentials posted.
     if form.get("password").is_none() && username.is_empty() {
         let session = match signin::current_session(state, headers).await {
+            // The consent value binds the approval to this form and this session, on
+            // top of the cookie's SameSite=Lax.
             Ok(session) => session.filter(|session| {
-                counts(authorization, session) && session.authentication.level() >= required
+                counts(authorization, session)
+                    && session.authentication.level() >= required
+                    && form.get("consent").is_some_and(|consent| {
+                        signin::same(consent, &consent_value(state, &posted, session))
+                    })
             }),
             Err(_) => return internal_error(),
         };
@@ -678,7 +698,7 @@ fn login_page(
     posted: &Posted,
     username: &str,
     error: Option<&str>,
-    signed_in_as: Option<&str>,
+    signed_in_as: Option<(&str, &str)>,
 ) -> Response {
     let authorization = &posted.form.authorization;
     let page = LoginPage {

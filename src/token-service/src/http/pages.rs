@@ -92,8 +92,9 @@ pub struct LoginPage<'a> {
     /// Typed in before a failed attempt.
     pub username: &'a str,
     pub error: Option<&'a str>,
-    /// The session's user: consent only, no credentials asked.
-    pub signed_in_as: Option<&'a str>,
+    /// The session's user and the form's consent value (bound to that session and
+    /// this form): consent only, no credentials asked.
+    pub signed_in_as: Option<(&'a str, &'a str)>,
     /// Offer "Sign in with a passkey".
     pub passkeys: bool,
 }
@@ -181,13 +182,15 @@ pub fn login(status: StatusCode, page: &LoginPage<'_>) -> Response {
             escape(request)
         );
     }
-    if let Some(username) = page.signed_in_as {
+    if let Some((username, consent)) = page.signed_in_as {
         let _ = write!(
             body,
-            "<p class=\"who\">Signed in as <strong>{}</strong></p>\n\
+            "<input type=\"hidden\" name=\"consent\" value=\"{}\">\n\
+             <p class=\"who\">Signed in as <strong>{}</strong></p>\n\
              <div class=\"actions\">\
              <button class=\"primary\" type=\"submit\" name=\"decision\" value=\"approve\">{approve}</button>\n\
              {deny}</div>\n</form>\n",
+            escape(consent),
             escape(username)
         );
         return html(status, &title, &body);
