@@ -28,6 +28,9 @@ pub struct RequestView<'a> {
     pub headers: &'a [(String, Vec<u8>)],
     /// The client's address, as `client_ip` in the configuration defines it.
     pub client_ip: Option<&'a str>,
+    /// When the pipeline first saw the request (µs since the Unix epoch);
+    /// `pipeline::on_request` sets it, `Step::Wait` and `Step::Park` hand it back.
+    pub received_us: u64,
 }
 
 impl RequestView<'_> {
@@ -270,6 +273,7 @@ mod tests {
                 path: "/",
                 headers: &h,
                 client_ip: Some("192.0.2.1"),
+                received_us: 0,
             };
             assert_eq!(
                 find_token(&req, &[bearer()]),
@@ -290,6 +294,7 @@ mod tests {
                 path: "/",
                 headers: &h,
                 client_ip: Some("192.0.2.1"),
+                received_us: 0,
             };
             assert_eq!(find_token(&req, &[bearer()]), None);
         }
@@ -308,6 +313,7 @@ mod tests {
             path: "/x?a=1&access_token=tok%31&b=2",
             headers: &h,
             client_ip: Some("192.0.2.1"),
+            received_us: 0,
         };
         assert_eq!(find_token(&req, &locs), Some(("tok1".into(), 1)));
         assert_eq!(
@@ -323,6 +329,7 @@ mod tests {
             path: "/x?access_token=t",
             headers: &only,
             client_ip: Some("192.0.2.1"),
+            received_us: 0,
         };
         assert_eq!(
             strip(&req, locs.iter()),
@@ -339,6 +346,7 @@ mod tests {
             path,
             headers,
             client_ip: Some("192.0.2.1"),
+            received_us: 0,
         }
     }
 
@@ -450,6 +458,7 @@ mod tests {
                 path,
                 headers: &[],
                 client_ip: Some("192.0.2.1"),
+                received_us: 0,
             };
             assert_eq!(find_token(&req, &locs), None, "{path}");
         }
@@ -462,6 +471,7 @@ mod tests {
             path: "/a/b?x=1#f",
             headers: &[],
             client_ip: Some("192.0.2.1"),
+            received_us: 0,
         };
         assert_eq!(req.path_without_query(), "/a/b");
         assert_eq!(req.query(), Some("x=1"));

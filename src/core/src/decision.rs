@@ -44,6 +44,8 @@ pub enum Reason {
     DpopNonceRequired,
     DpopBoundTokenAsBearer,
     DpopRequired,
+    /// An anomaly signal suspended this credential for a while (`anomalies`).
+    CredentialSuspended,
     // 401 invalid_token, one description for all: see `Reason::description`.
     ApiKeyUnknown,
     ApiKeyDisabled,
@@ -58,13 +60,15 @@ pub enum Reason {
     // 429.
     RateLimited,
     LockedOut,
-    // 503: keys (or the revocation list) for the token's issuer are not loaded yet.
+    // 503: keys (or the revocation list) for the token's issuer, or the API-key
+    // set, are not loaded yet.
     KeysUnavailable,
     RevocationsUnavailable,
+    ApiKeysUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 38] = [
+    pub const ALL: [Reason; 40] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::AmbiguousPath,
@@ -91,6 +95,7 @@ impl Reason {
         Reason::DpopNonceRequired,
         Reason::DpopBoundTokenAsBearer,
         Reason::DpopRequired,
+        Reason::CredentialSuspended,
         Reason::ApiKeyUnknown,
         Reason::ApiKeyDisabled,
         Reason::ApiKeyExpired,
@@ -103,7 +108,13 @@ impl Reason {
         Reason::LockedOut,
         Reason::KeysUnavailable,
         Reason::RevocationsUnavailable,
+        Reason::ApiKeysUnavailable,
     ];
+
+    /// The reason's place in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -133,6 +144,7 @@ impl Reason {
             Reason::DpopNonceRequired => "dpop_nonce_required",
             Reason::DpopBoundTokenAsBearer => "dpop_bound_token_as_bearer",
             Reason::DpopRequired => "dpop_required",
+            Reason::CredentialSuspended => "credential_suspended",
             Reason::ApiKeyUnknown => "api_key_unknown",
             Reason::ApiKeyDisabled => "api_key_disabled",
             Reason::ApiKeyExpired => "api_key_expired",
@@ -145,6 +157,7 @@ impl Reason {
             Reason::LockedOut => "locked_out",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::RevocationsUnavailable => "revocations_unavailable",
+            Reason::ApiKeysUnavailable => "api_keys_unavailable",
         }
     }
 
@@ -177,7 +190,9 @@ impl Reason {
             | Reason::ClaimMismatch
             | Reason::NoMatchingRule => 403,
             Reason::RateLimited | Reason::LockedOut => 429,
-            Reason::KeysUnavailable | Reason::RevocationsUnavailable => 503,
+            Reason::KeysUnavailable
+            | Reason::RevocationsUnavailable
+            | Reason::ApiKeysUnavailable => 503,
             _ => 401,
         }
     }
@@ -192,9 +207,9 @@ impl Reason {
             Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
             Reason::NoMatchingRule | Reason::MissingRole => Some("access_denied"),
             Reason::RateLimited | Reason::LockedOut => Some("rate_limited"),
-            Reason::KeysUnavailable | Reason::RevocationsUnavailable => {
-                Some("temporarily_unavailable")
-            }
+            Reason::KeysUnavailable
+            | Reason::RevocationsUnavailable
+            | Reason::ApiKeysUnavailable => Some("temporarily_unavailable"),
             _ => Some("invalid_token"),
         }
     }
@@ -239,6 +254,7 @@ impl Reason {
                 "the access token is DPoP-bound: present it with the DPoP scheme and a proof"
             }
             Reason::DpopRequired => "this resource requires a DPoP-bound access token",
+            Reason::CredentialSuspended => "the credential is suspended for a while, get a new one",
             Reason::ApiKeyUnknown
             | Reason::ApiKeyDisabled
             | Reason::ApiKeyExpired
@@ -253,6 +269,7 @@ impl Reason {
             Reason::RevocationsUnavailable => {
                 "the token revocation list is not available yet, retry shortly"
             }
+            Reason::ApiKeysUnavailable => "the API key set is not available yet, retry shortly",
         }
     }
 }
@@ -390,6 +407,13 @@ mod tests {
     }
 
     #[test]
+    fn index_is_the_place_in_all() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+    }
+
+    #[test]
     fn only_guess_like_failures_count_as_brute_force() {
         assert!(Reason::BadSignature.is_credential_guess());
         assert!(Reason::ApiKeyUnknown.is_credential_guess());
@@ -454,6 +478,20 @@ mod tests {
             let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
             assert_eq!(body["error"], "invalid_request");
         }
+    }
+
+    #[test]
+    fn an_api_key_caller_waiting_for_the_key_set_hears_about_api_keys() {
+        let d = render_denial(Reason::ApiKeysUnavailable, "api", None, 2);
+        assert_eq!(d.status, 503);
+        assert_eq!(header(&d, "retry-after"), Some("2"));
+        let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert_eq!(
+            body["error_description"],
+            "the API key set is not available yet, retry shortly"
+        );
+        assert!(!d.body.contains("token"), "{}", d.body);
     }
 
     #[test]

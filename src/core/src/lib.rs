@@ -2,7 +2,9 @@
 //! crate does not depend on it). The filter crate maps host calls onto the traits
 //! here; tests use the fakes.
 
+pub mod anomaly;
 pub mod apikey;
+pub mod audit;
 pub mod claims;
 pub mod client_ip;
 pub mod config;

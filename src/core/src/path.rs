@@ -42,7 +42,7 @@ pub fn find_rule<'r>(
     rules: &'r [Rule],
     method: &str,
     raw: &str,
-) -> Result<Option<&'r Rule>, Reason> {
+) -> Result<Option<(usize, &'r Rule)>, Reason> {
     refuse_unreadable(raw)?;
     if is_normal(raw) {
         return Ok(policy::find_rule(rules, method, raw));
@@ -52,7 +52,7 @@ pub fn find_rule<'r>(
         let reading = normalize_with(raw, Steps(steps));
         let other = policy::find_rule(rules, method, &reading);
         let same = match (other, chosen) {
-            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            (Some((a, _)), Some((b, _))) => a == b,
             (None, None) => true,
             _ => false,
         };
@@ -299,7 +299,9 @@ mod tests {
             PathMatch::Exact("/data".into()),
         ]
         .into_iter()
-        .map(|path| Rule {
+        .enumerate()
+        .map(|(i, path)| Rule {
+            name: format!("rules[{i}]"),
             path,
             methods: Vec::new(),
             limits: Vec::new(),
@@ -309,8 +311,7 @@ mod tests {
     }
 
     fn rule_index(rules: &[Rule], raw: &str) -> Result<Option<usize>, Reason> {
-        find_rule(rules, "GET", raw)
-            .map(|r| r.map(|r| rules.iter().position(|x| std::ptr::eq(x, r)).unwrap()))
+        find_rule(rules, "GET", raw).map(|r| r.map(|(i, _)| i))
     }
 
     /// Defect: without `normalize_path` and `merge_slashes` on the HTTP

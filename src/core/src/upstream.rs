@@ -161,6 +161,7 @@ mod tests {
             path,
             headers: h,
             client_ip: None,
+            received_us: 0,
         }
     }
 

@@ -138,6 +138,13 @@ pub(super) struct RawClaimToHeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProviderId(pub(crate) usize);
 
+impl ProviderId {
+    /// The provider's place in `Settings::providers`.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,

@@ -521,3 +521,78 @@ fn dpop_settings_are_checked() {
         "proofs never reach the upstream"
     );
 }
+
+#[test]
+fn rules_are_named_by_their_place_unless_named_and_names_are_unique() {
+    let mut c = base();
+    c["rules"][0]["name"] = json!("read-data");
+    let s = parse_value(&c).unwrap();
+    let names: Vec<&str> = s.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["read-data", "rules[1]"]);
+    for (bad, message) in [
+        (json!("has.dot"), "letters, digits"),
+        (json!(""), "letters, digits"),
+        (json!("x".repeat(65)), "letters, digits"),
+    ] {
+        let mut c = base();
+        c["rules"][0]["name"] = bad;
+        let e = error_at(c);
+        assert_eq!(e.field, "rules[0].name");
+        assert!(e.message.contains(message), "{e}");
+    }
+    let mut c = base();
+    c["rules"][0]["name"] = json!("same");
+    c["rules"][1]["name"] = json!("same");
+    let e = error_at(c);
+    assert_eq!(e.field, "rules[1].name");
+    assert!(e.message.contains("earlier rule"), "{e}");
+}
+
+#[test]
+fn audit_and_anomaly_settings_are_checked() {
+    let s = parse_value(&base()).unwrap();
+    assert_eq!(s.audit.allow_sample_rate, 1.0);
+    assert!(!s.anomalies.any());
+    assert!(!s.uses_client_ip);
+    let mut c = base();
+    c["audit"] = json!({"allow_sample_rate": 0.1});
+    c["anomalies"] = json!({
+        "shared_credential": {"max_addresses": 3, "window": "300s", "suspend": "600s"},
+        "failure_spike": {"max_failures": 20, "window": "60s"}
+    });
+    let s = parse_value(&c).unwrap();
+    assert_eq!(s.audit.allow_sample_rate, 0.1);
+    let shared = s.anomalies.shared_credential.unwrap();
+    assert_eq!(
+        (shared.max_addresses, shared.window_ms, shared.suspend_ms),
+        (3, 300_000, Some(600_000))
+    );
+    assert_eq!(s.anomalies.failure_spike.unwrap().suspend_ms, None);
+    assert!(s.uses_client_ip, "addresses are what the signal counts");
+    for (edit, field) in [
+        (
+            json!({"audit": {"allow_sample_rate": 1.5}}),
+            "audit.allow_sample_rate",
+        ),
+        (
+            json!({"anomalies": {"shared_credential": {"max_addresses": 0, "window": "60s"}}}),
+            "anomalies.shared_credential.max_addresses",
+        ),
+        (
+            json!({"anomalies": {"failure_spike": {"max_failures": 5, "window": "0s"}}}),
+            "anomalies.failure_spike.window",
+        ),
+        (
+            json!({"anomalies": {"failure_spike": {"max_failures": 5, "window": "60s", "suspend": "soon"}}}),
+            "anomalies.failure_spike.suspend",
+        ),
+        (json!({"anomalies": {"replay": {}}}), "anomalies"),
+    ] {
+        let mut c = base();
+        for (k, v) in edit.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let e = error_at(c);
+        assert!(e.field.starts_with(field), "{field}: {e}");
+    }
+}

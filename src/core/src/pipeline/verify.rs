@@ -32,17 +32,20 @@ impl Authorizer<'_> {
             self.cache.borrow_mut().remove(&hash.0);
             return Err(reason.into());
         }
-        self.check_revocation(&verified, hash)?;
+        self.check_revocation(&verified, hash)
+            .map_err(|f| f.of(&verified.caller))?;
         let proof = self.check_binding(&verified, token, location, req)?;
         let scopes: Vec<&str> = verified.scopes.iter().map(String::as_str).collect();
         let roles: Vec<&str> = verified.roles.iter().map(String::as_str).collect();
         if !requirement.allow_anonymous {
-            requirement.authorize(&scopes, &roles, &verified.claims)?;
+            requirement
+                .authorize(&scopes, &roles, &verified.claims)
+                .map_err(|r| Failure::from(r).of(&verified.caller))?;
         }
         Ok(Authenticated {
             limits: self.limit_checks(rule, req, Some((&verified.caller, &verified.claims))),
             identity: Arc::clone(&verified.identity),
-            caller: verified.caller.clone(),
+            caller: Arc::clone(&verified.caller),
             proof,
         })
     }
@@ -128,7 +131,9 @@ impl Authorizer<'_> {
         requirement: &Requirement,
     ) -> Result<Arc<VerifiedToken>, Failure> {
         let cached = self.cache.borrow().get(&hash.0);
-        match cached.filter(|v| self.same_keys(v)) {
+        let usable = cached.filter(|v| self.same_keys(v));
+        self.cache.borrow().count(usable.is_some());
+        match usable {
             Some(v) => {
                 self.check_provider(v.provider, location, requirement)?;
                 Ok(v)
@@ -168,6 +173,7 @@ impl Authorizer<'_> {
             .revocations(verified.provider)
             .ok_or_else(|| unavailable(Reason::RevocationsUnavailable, feed))?;
         if verified
+            .caller
             .jti
             .as_deref()
             .is_some_and(|jti| list.contains(jti))
@@ -254,11 +260,14 @@ impl Authorizer<'_> {
         };
         let number = |name: &str| decoded.claims.get(name).and_then(Value::as_u64);
         let exp = number("exp").ok_or(Reason::MissingClaim)?;
-        let (nbf, jti) = (number("nbf"), claim("jti"));
+        let nbf = number("nbf");
         let caller = Caller {
             provider: p.name.clone(),
             subject: claim("sub"),
             client_id: first_string(&p.client_id_claims, &decoded.claims).map(str::to_string),
+            tenant: claim("tenant"),
+            jti: claim("jti"),
+            ..Caller::default()
         };
         let roles = roles_of(&decoded.claims, &p.role_claims);
         let jkt = decoded
@@ -275,8 +284,7 @@ impl Authorizer<'_> {
             keys,
             exp,
             nbf,
-            jti,
-            caller,
+            caller: Arc::new(caller),
             scopes,
             roles,
             jkt,
