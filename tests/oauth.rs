@@ -170,8 +170,9 @@ fn code_flow_with_pkce_logs_in_issues_user_tokens_and_rotates_refresh_tokens() {
         "<label for=\"username\">Username</label>",
         "<label for=\"password\">Password</label>",
         "autocomplete=\"current-password\"",
-        "<li><code>read:data</code></li>",
-        "<li><code>write:data</code></li>",
+        // Permissions described in words, with their codes.
+        "<li><strong>View your data</strong><code>read:data</code></li>",
+        "<li><strong>Create, change and delete your data</strong><code>write:data</code></li>",
         "<strong>mobile</strong>",
         ">Approve</button>",
         ">Deny</button>",

@@ -229,10 +229,14 @@ fn a_scripted_session_logs_exactly_the_expected_events_and_metrics_and_no_secret
             "token.refused",
             "sign_in.failed",
             "sign_in.succeeded",
+            // The sign-in as a whole (acr, amr), after its last step.
+            "sign_in.completed",
             "token.issued",
             "authorization_code.reuse_detected",
             "token.refused",
             "sign_in.succeeded",
+            // The sign-in as a whole (acr, amr), after its last step.
+            "sign_in.completed",
             "token.issued",
             "token.refreshed",
             "refresh_token.reuse_detected",
@@ -297,37 +301,37 @@ fn a_scripted_session_logs_exactly_the_expected_events_and_metrics_and_no_secret
     assert_eq!(signed_in["client_id"], APP);
     assert_eq!(signed_in["client_address"], "127.0.0.1");
     assert!(signed_in["user_id"].is_string());
-    assert_eq!(find(5)["grant_type"], "authorization_code");
-    assert_eq!(find(5)["refresh_token_issued"], true);
-    let code_reuse = find(6);
+    assert_eq!(find(6)["grant_type"], "authorization_code");
+    assert_eq!(find(6)["refresh_token_issued"], true);
+    let code_reuse = find(7);
     assert_eq!(code_reuse["client_id"], APP);
     assert_eq!(code_reuse["action"], "grant_revoked");
     assert!(code_reuse["grant_id"].is_i64());
     assert!(code_reuse["code_fingerprint"]
         .as_str()
         .is_some_and(|print| print.starts_with("sha256:") && print.len() == 23));
-    assert_eq!(find(7)["error"], "invalid_grant");
-    assert_eq!(find(10)["grant_type"], "refresh_token");
-    let refresh_reuse = find(11);
+    assert_eq!(find(8)["error"], "invalid_grant");
+    assert_eq!(find(12)["grant_type"], "refresh_token");
+    let refresh_reuse = find(13);
     assert_eq!(refresh_reuse["client_id"], APP);
     assert_eq!(refresh_reuse["action"], "grant_revoked");
     assert!(refresh_reuse["token_fingerprint"].is_string());
-    assert_eq!(find(12)["error"], "invalid_grant");
-    let revoked = find(13);
+    assert_eq!(find(14)["error"], "invalid_grant");
+    let revoked = find(15);
     assert_eq!(revoked["client_id"], BACKEND);
     assert_eq!(revoked["token_kind"], "access_token");
     assert_eq!(revoked["jti"], jti);
-    let throttled = find(16);
+    let throttled = find(18);
     assert_eq!(throttled["account"], "user");
     assert_eq!(throttled["username"], ALICE);
     assert_eq!(throttled["client_address"], "127.0.0.1");
     assert!(throttled["retry_after"]
         .as_u64()
         .is_some_and(|secs| secs >= 1));
-    let consumer = find(18);
+    let consumer = find(20);
     assert_eq!(consumer["consumer_id"], "partner-a");
     assert_eq!(consumer["actor"], OPS);
-    let api_key = find(19);
+    let api_key = find(21);
     assert_eq!(api_key["api_key_id"], key_id.as_str());
     assert_eq!(api_key["consumer_id"], "partner-a");
     assert_eq!(api_key["actor"], OPS);

@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Context as _};
 
 use crate::crypto::secrets;
 use crate::crypto::signing_keys::Algorithm;
+use crate::http::signin;
 use crate::protocol::mtls::TlsAuth;
 use crate::protocol::scope::ScopeSet;
 use crate::server::audit;
@@ -20,7 +21,7 @@ use crate::storage::api_keys::{self, NewKey, Restrictions};
 use crate::storage::clients::{self, Client, ClientType};
 use crate::storage::consumers::{self, Consumer};
 use crate::storage::users::{self, User};
-use crate::storage::{client_tls, db, keystore};
+use crate::storage::{client_tls, db, factors, keystore};
 
 /// Registers a client. A confidential client's secret is printed here, the only time
 /// it is shown; one that authenticates with a certificate (`tls_auth`) has none.
@@ -237,6 +238,70 @@ pub fn remove_user(db_path: &Path, username: &str) -> anyhow::Result<()> {
         .field("username", username)
         .emit();
     println!("removed user {username}");
+    Ok(())
+}
+
+pub fn list_user_factors(db_path: &Path, username: &str) -> anyhow::Result<()> {
+    let conn = db::open(db_path)?;
+    let Some(user) = users::find_by_username(&conn, username)? else {
+        bail!("no user {username}");
+    };
+    let list = factors::list(&conn, &user.user_id)?;
+    if list.is_empty() {
+        eprintln!("{username} has no second factor");
+        return Ok(());
+    }
+    let rows = list
+        .into_iter()
+        .map(|factor| {
+            vec![
+                factor.factor_id,
+                factor.kind.as_str().to_owned(),
+                factor.label,
+                clock::rfc3339(factor.created_at),
+                factor
+                    .last_used_at
+                    .map_or_else(|| "never".to_owned(), clock::rfc3339),
+            ]
+        })
+        .collect();
+    print_table(&["FACTOR_ID", "KIND", "NAME", "ADDED", "LAST_USED"], rows);
+    Ok(())
+}
+
+/// Enrols an authenticator app for a user; prints the secret once.
+pub fn add_user_totp(db_path: &Path, username: &str, label: &str) -> anyhow::Result<()> {
+    let label = factors::validate_label(label).map_err(anyhow::Error::msg)?;
+    let conn = db::open(db_path)?;
+    let Some(user) = users::find_by_username(&conn, username)? else {
+        bail!("no user {username}");
+    };
+    let issuer = std::env::var("TOLLGATE_ISSUER").unwrap_or_else(|_| "Tollgate".to_owned());
+    let seed = factors::new_totp_seed();
+    let totp = factors::totp(&seed, &issuer, username)?;
+    let factor_id = factors::add_totp(&conn, &user.user_id, &label, &seed, 0, clock::now())?;
+    signin::audit(
+        "user.factor_added",
+        serde_json::json!({"user_id": user.user_id, "factor_id": factor_id, "kind": "totp", "by": "cli"}),
+    );
+    println!("factor_id: {factor_id}");
+    println!("totp_secret: {seed}");
+    println!("otpauth_uri: {}", totp.get_url());
+    Ok(())
+}
+
+/// Removes every second factor of a user, with an audit line.
+pub fn reset_user_factors(db_path: &Path, username: &str) -> anyhow::Result<()> {
+    let conn = db::open(db_path)?;
+    let Some(user) = users::find_by_username(&conn, username)? else {
+        bail!("no user {username}");
+    };
+    let removed = factors::reset(&conn, &user.user_id)?;
+    signin::audit(
+        "user.factors_reset",
+        serde_json::json!({"user_id": user.user_id, "removed": removed, "by": "cli"}),
+    );
+    println!("removed {removed} second factor(s) of {username}");
     Ok(())
 }
 

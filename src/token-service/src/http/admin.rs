@@ -18,6 +18,8 @@
 //! | `POST /admin/api-keys/{id}/disable`, `/enable` | switches a key off or on |
 //! | `POST /admin/api-keys/{id}/rotate` | a new key like it, `{disable_old?}` |
 //! | `DELETE /admin/api-keys/{id}` | deletes a key |
+//! | `GET /admin/users/{username}/factors` | a user's second factors (never a secret) |
+//! | `DELETE /admin/users/{username}/factors` | removes all of them (lost device) |
 
 use std::sync::Arc;
 
@@ -29,12 +31,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::form::{self, Form};
+use super::signin;
 use super::{active_access_token, blocking, AppState, LogContext};
 use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::protocol::scope::{self, ScopeSet};
 use crate::server::{audit, clock};
 use crate::storage::api_keys::{self, ApiKey, NewKey, Refused, Restrictions};
 use crate::storage::consumers::{self, Consumer};
+use crate::storage::{factors, users};
 
 /// The operator behind a call: who the access log names.
 struct Operator(LogContext);
@@ -247,6 +251,51 @@ pub async fn remove_consumer(
             None => Err(OAuthError::no_such("no such consumer")),
         },
     )
+    .await
+}
+
+// --- Users' second factors -----------------------------------------------------------
+
+pub async fn list_user_factors(
+    State(state): State<Arc<AppState>>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    admin(state, &headers, StatusCode::OK, move |_, conn| {
+        let Some(user) = users::find_by_username(conn, &username).map_err(internal)? else {
+            return Err(OAuthError::no_such("no such user"));
+        };
+        let list = factors::list(conn, &user.user_id).map_err(internal)?;
+        Ok(serde_json::json!({
+            "username": username,
+            "factors": list.into_iter().map(|factor| serde_json::json!({
+                "id": factor.factor_id,
+                "kind": factor.kind.as_str(),
+                "name": factor.label,
+                "created_at": factor.created_at,
+                "last_used_at": factor.last_used_at,
+            })).collect::<Vec<_>>(),
+        }))
+    })
+    .await
+}
+
+pub async fn reset_user_factors(
+    State(state): State<Arc<AppState>>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    admin(state, &headers, StatusCode::OK, move |_, conn| {
+        let Some(user) = users::find_by_username(conn, &username).map_err(internal)? else {
+            return Err(OAuthError::no_such("no such user"));
+        };
+        let removed = factors::reset(conn, &user.user_id).map_err(internal)?;
+        signin::audit(
+            "user.factors_reset",
+            serde_json::json!({"user_id": user.user_id, "removed": removed, "by": "admin_api"}),
+        );
+        Ok(serde_json::json!({ "username": username, "removed_factors": removed }))
+    })
     .await
 }
 

@@ -3,6 +3,7 @@
 //! Handlers never hold the database or run Argon2/signing on the async executor: that
 //! work goes to blocking threads through [`blocking`].
 
+mod account;
 mod admin;
 mod api_keys_feed;
 mod authorize;
@@ -14,6 +15,7 @@ mod introspect;
 mod pages;
 mod revocations;
 mod revoke;
+pub mod signin;
 mod token;
 
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 
+use crate::crypto::sealed::Sealer;
 use crate::crypto::secrets;
 use crate::protocol::access_token::{self, VerifiedToken};
 use crate::protocol::dpop;
@@ -41,6 +44,7 @@ use crate::storage::api_key_hashing::KeyHasher;
 use crate::storage::db::Database;
 use crate::storage::keystore::KeyCache;
 use crate::storage::revocation;
+use signin::Passkeys;
 
 /// State shared by all handlers.
 pub struct AppState {
@@ -55,6 +59,10 @@ pub struct AppState {
     pub login_forms: LoginForms,
     /// How new API keys are digested.
     pub api_key_hasher: KeyHasher,
+    /// Seals the session cookie and sign-in progress between factors.
+    pub sessions: Sealer,
+    /// WebAuthn for the issuer's origin, and the ceremonies in flight.
+    pub passkeys: Passkeys,
     /// DPoP server nonces, when `--dpop-nonce` asks for them.
     pub dpop_nonces: Option<dpop::Nonces>,
 }
@@ -69,6 +77,27 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .post(authorize::decide)
                 .layer(form_limit()),
         )
+        .route("/account", get(account::show))
+        .route(
+            "/account/sign-in",
+            post(account::sign_in).layer(form_limit()),
+        )
+        .route(
+            "/account/sign-out",
+            post(account::sign_out).layer(form_limit()),
+        )
+        .route("/account/totp/new", get(account::new_totp))
+        .route("/account/totp", post(account::add_totp).layer(form_limit()))
+        .route("/account/passkeys/new", get(account::new_passkey))
+        .route(
+            "/account/passkeys",
+            post(account::add_passkey).layer(form_limit()),
+        )
+        .route(
+            "/account/factors/remove",
+            post(account::remove_factor).layer(form_limit()),
+        )
+        .route(pages::PASSKEY_SCRIPT_PATH, get(account::passkey_script))
         .route("/revoke", post(revoke::revoke).layer(form_limit()))
         .route(
             "/introspect",
@@ -92,6 +121,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/admin/api-keys/{id}",
             get(admin::show_key).delete(admin::delete_key),
+        )
+        .route(
+            "/admin/users/{username}/factors",
+            get(admin::list_user_factors).delete(admin::reset_user_factors),
         )
         .route("/admin/api-keys/{id}/disable", post(admin::disable_key))
         .route("/admin/api-keys/{id}/enable", post(admin::enable_key))

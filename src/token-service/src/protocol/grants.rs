@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use rusqlite::Connection;
 
 use crate::protocol::access_token::{self, Confirmation, Grant, IssuedToken};
+use crate::protocol::authentication::{self, Authentication};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::scope::ScopeSet;
 use crate::protocol::{codes, pkce, refresh};
@@ -89,7 +90,7 @@ pub fn client_credentials(
             )))
         }
     };
-    let access_token = sign(context, &client.client_id, &client.client_id, &scopes)?;
+    let access_token = sign(context, &client.client_id, &client.client_id, &scopes, None)?;
     // Recorded, so that removing or disabling the client revokes it.
     issued_tokens::record(
         conn,
@@ -182,7 +183,17 @@ pub fn authorization_code(
         refresh::bind_to_dpop_key(conn, family_id, jkt)?;
     }
     codes::mark_redeemed(conn, &request.code, family_id)?;
-    let access_token = sign(context, &stored.user_id, &client.client_id, &stored.scopes)?;
+    let signed_in = authentication::of_code(conn, &request.code)?;
+    if let Some(signed_in) = &signed_in {
+        authentication::record_for_family(conn, family_id, signed_in)?;
+    }
+    let access_token = sign(
+        context,
+        &stored.user_id,
+        &client.client_id,
+        &stored.scopes,
+        signed_in.as_ref(),
+    )?;
     issued_tokens::record(
         conn,
         &access_token.jti,
@@ -276,7 +287,15 @@ pub fn refresh_token(
     } else {
         refresh::rotate(conn, &family, lifetimes, now)?
     };
-    let access_token = sign(context, &family.user_id, &client.client_id, &scopes)?;
+    // The original sign-in, never a fresher or stronger one.
+    let signed_in = authentication::of_family(conn, family.family_id)?;
+    let access_token = sign(
+        context,
+        &family.user_id,
+        &client.client_id,
+        &scopes,
+        signed_in.as_ref(),
+    )?;
     issued_tokens::record(
         conn,
         &access_token.jti,
@@ -300,6 +319,7 @@ fn sign(
     subject: &str,
     client_id: &str,
     scopes: &ScopeSet,
+    authentication: Option<&Authentication>,
 ) -> anyhow::Result<IssuedToken> {
     let grant = Grant {
         issuer: &context.config.issuer,
@@ -308,6 +328,7 @@ fn sign(
         client_id,
         scopes,
         lifetime_secs: context.config.access_token_ttl,
+        authentication,
         confirmation: Some(context.confirmation),
     };
     access_token::issue(context.keys.signing_key(), &grant, context.now)

@@ -194,6 +194,15 @@ impl Event {
         self
     }
 
+    /// Adds every member of `fields` (events whose fields are built as JSON).
+    pub fn fields(mut self, fields: Value) -> Self {
+        if let Value::Object(fields) = fields {
+            self.0
+                .extend(fields.into_iter().filter(|(_, v)| !v.is_null()));
+        }
+        self
+    }
+
     /// Writes the event as one line to the audit sink.
     pub fn emit(self) {
         let mut line = Value::Object(self.0).to_string();
