@@ -1,6 +1,8 @@
 //! Finding bearer credentials in a request, and removing every trace of them
 //! before the request goes upstream.
 
+use crate::client_cert::{ClientCertificate, ClientCertificateSource};
+
 /// One place a provider reads tokens from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenLocation {
@@ -26,9 +28,21 @@ pub struct RequestView<'a> {
     pub headers: &'a [(String, Vec<u8>)],
     /// The client's address, as `client_ip` in the configuration defines it.
     pub client_ip: Option<&'a str>,
+    /// The connection's client certificate, read when a decision needs it;
+    /// `None`: the host exposes none ([`ClientCertificate::Unknown`]).
+    pub client_cert: Option<&'a dyn ClientCertificateSource>,
 }
 
+/// What a view without a certificate source answers (a static: never dropped).
+static UNKNOWN_CERTIFICATE: ClientCertificate = ClientCertificate::Unknown;
+
 impl RequestView<'_> {
+    /// The connection's client certificate (reads the host on first use).
+    pub fn client_certificate(&self) -> &ClientCertificate {
+        self.client_cert
+            .map_or(&UNKNOWN_CERTIFICATE, |source| source.client_certificate())
+    }
+
     pub fn path_without_query(&self) -> &str {
         self.path.split(['?', '#']).next().unwrap_or(self.path)
     }
@@ -208,6 +222,7 @@ mod tests {
                 path: "/",
                 headers: &h,
                 client_ip: Some("192.0.2.1"),
+                client_cert: None,
             };
             assert_eq!(
                 find_token(&req, &[bearer()]),
@@ -228,6 +243,7 @@ mod tests {
                 path: "/",
                 headers: &h,
                 client_ip: Some("192.0.2.1"),
+                client_cert: None,
             };
             assert_eq!(find_token(&req, &[bearer()]), None);
         }
@@ -246,6 +262,7 @@ mod tests {
             path: "/x?a=1&access_token=tok%31&b=2",
             headers: &h,
             client_ip: Some("192.0.2.1"),
+            client_cert: None,
         };
         assert_eq!(find_token(&req, &locs), Some(("tok1".into(), 1)));
         assert_eq!(
@@ -261,6 +278,7 @@ mod tests {
             path: "/x?access_token=t",
             headers: &only,
             client_ip: Some("192.0.2.1"),
+            client_cert: None,
         };
         assert_eq!(
             strip_credentials(&req, &locs),
@@ -279,6 +297,7 @@ mod tests {
             path: "/",
             headers: &h,
             client_ip: Some("192.0.2.1"),
+            client_cert: None,
         };
         assert_eq!(
             strip_credentials(&req, &[bearer()]),
@@ -290,6 +309,7 @@ mod tests {
             path: "/",
             headers: &h,
             client_ip: Some("192.0.2.1"),
+            client_cert: None,
         };
         assert!(strip_credentials(&req, &[bearer()]).is_empty());
     }
@@ -303,6 +323,7 @@ mod tests {
                 path,
                 headers: &[],
                 client_ip: Some("192.0.2.1"),
+                client_cert: None,
             };
             assert_eq!(find_token(&req, &locs), None, "{path}");
         }
@@ -315,6 +336,7 @@ mod tests {
             path: "/a/b?x=1#f",
             headers: &[],
             client_ip: Some("192.0.2.1"),
+            client_cert: None,
         };
         assert_eq!(req.path_without_query(), "/a/b");
         assert_eq!(req.query(), Some("x=1"));

@@ -4,6 +4,7 @@
 
 pub mod apikey;
 pub mod claims;
+pub mod client_cert;
 pub mod client_ip;
 pub mod config;
 pub mod credentials;

@@ -5,6 +5,7 @@
 //! data (see `remote`).
 
 use crate::apikey::KeySet as ApiKeySet;
+use crate::client_cert::ClientCertificate;
 use crate::config::{ApiKeySource, ProviderId, ProviderKeys, Settings};
 use crate::credentials::RequestView;
 use crate::crypto::SignatureVerifier;
@@ -47,6 +48,8 @@ pub struct ParkedRequest {
     pub since_ms: u64,
     pub headers: Vec<(String, Vec<u8>)>,
     pub client_ip: Option<String>,
+    /// Read before parking: another context decides the request later.
+    pub client_cert: ClientCertificate,
 }
 
 impl ParkedRequest {
@@ -63,6 +66,7 @@ impl ParkedRequest {
             path: header(":path"),
             headers: &self.headers,
             client_ip: self.client_ip.as_deref(),
+            client_cert: Some(&self.client_cert),
         }
     }
 }

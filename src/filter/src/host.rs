@@ -4,7 +4,10 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::Context;
 use proxy_wasm::types::Status;
+use std::cell::OnceCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
+use tollgate_core::client_cert::{ClientCertificate, ClientCertificateSource};
 use tollgate_core::host::{
     AuditSink, Callouts, Clock, DecisionRecord, ForeignFunction, SharedData,
 };
@@ -35,6 +38,35 @@ impl ForeignFunction for EnvoyForeignFunction {
             Err(Status::NotFound) => Err(format!("host has no `{name}` function")),
             Err(status) => Err(format!("`{name}` failed: {status:?}")),
         }
+    }
+}
+
+/// The connection's client certificate, read from Envoy's `connection.*`
+/// properties on first use: a request no check needs it for costs no host call.
+#[derive(Debug, Default)]
+pub struct ConnectionCertificate(OnceCell<ClientCertificate>);
+
+/// Whether this VM has said that the host exposes no certificate properties.
+static UNKNOWN_REPORTED: AtomicBool = AtomicBool::new(false);
+
+impl ClientCertificateSource for ConnectionCertificate {
+    fn client_certificate(&self) -> &ClientCertificate {
+        self.0.get_or_init(|| {
+            let cert = ClientCertificate::from_properties(|name| {
+                hostcalls::get_property(vec!["connection", name])
+                    .ok()
+                    .flatten()
+            });
+            if cert == ClientCertificate::Unknown && !UNKNOWN_REPORTED.swap(true, Ordering::Relaxed)
+            {
+                log::error!(
+                    "tollgate: the host does not expose the connection's client certificate \
+                     (connection.mtls, connection.sha256_peer_certificate_digest): requests that \
+                     need it are refused with 500 client_certificate_unavailable"
+                );
+            }
+            cert
+        })
     }
 }
 

@@ -2,12 +2,13 @@
 //! pipeline, and maps each [`Step`] to host calls.
 
 use super::fetch::read_response;
-use super::host::{request_headers, EnvoyCallouts, EnvoyClock};
+use super::host::{request_headers, ConnectionCertificate, EnvoyCallouts, EnvoyClock};
 use super::parked::decide_woken;
 use super::root::Shared;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
+use tollgate_core::client_cert::ClientCertificateSource;
 use tollgate_core::client_ip;
 use tollgate_core::credentials::{HeaderEdit, RequestView};
 use tollgate_core::host::Clock;
@@ -21,6 +22,7 @@ pub struct TollgateHttp {
     waiting_for: Option<(u32, DocId)>,
     headers: Vec<(String, Vec<u8>)>,
     client_ip: Option<String>,
+    client_cert: ConnectionCertificate,
     /// `RateLimit` headers for the response, when configured.
     response_headers: Vec<(&'static str, String)>,
 }
@@ -33,6 +35,7 @@ impl TollgateHttp {
             waiting_for: None,
             headers: Vec::new(),
             client_ip: None,
+            client_cert: ConnectionCertificate::default(),
             response_headers: Vec::new(),
         }
     }
@@ -58,6 +61,7 @@ impl TollgateHttp {
             path: header(":path"),
             headers: &self.headers,
             client_ip: self.client_ip.as_deref(),
+            client_cert: Some(&self.client_cert),
         };
         let (clock, callouts) = (EnvoyClock(self), EnvoyCallouts(self));
         stage(
@@ -110,6 +114,7 @@ impl TollgateHttp {
                     since_ms: now_ms,
                     headers: std::mem::take(&mut self.headers),
                     client_ip: self.client_ip.take(),
+                    client_cert: self.client_cert.client_certificate().clone(),
                 });
                 Action::Pause
             }

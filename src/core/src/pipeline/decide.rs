@@ -72,6 +72,10 @@ impl Authorizer<'_> {
             None => return self.deny(Reason::NoMatchingRule, None, None),
         };
         let requirement = &rule.requirement;
+        match self.check_client_certificate(requirement, req) {
+            Ok(certificate_identity) => edits.extend(certificate_identity),
+            Err(reason) => return self.deny(reason, None, None),
+        }
         let anonymous_limits = || self.limit_checks(rule, req, None);
         let locations = self.locations_for(requirement);
         let Some(credential) = self.find_credential(req, requirement, &locations) else {
@@ -320,6 +324,7 @@ mod tests {
                 path,
                 headers: &headers,
                 client_ip: Some("192.0.2.1"),
+                client_cert: None,
             };
             Authorizer {
                 settings: &self.settings,
@@ -933,6 +938,7 @@ mod tests {
             path: "/data",
             headers: &headers,
             client_ip: None,
+            client_cert: None,
         };
         assert_eq!(later.decide(&req).reason(), Some(Reason::Expired));
     }

@@ -1,19 +1,21 @@
 //! The request pipeline, in the order every request goes through it:
 //!
 //! 1. **lock-out** (`lockout`): an address locked out for guessing gets `429`;
-//! 2. **credential extraction** (`extract`): the one credential the matched rule accepts;
-//! 3. **verification** (`verify`, `api_key`): fresh or from the token cache, then
-//!    one validity-window check for both;
-//! 4. **revocation** (`verify`): the issuer's revocation feed;
-//! 5. **policy** (`decide`): scopes and claims of the rule;
-//! 6. **limits** (`limits`): counted only once everything else allowed the request;
-//! 7. **upstream edits** (`upstream`): credentials stripped, spoofed identity
+//! 2. **client certificate** (`certificate`): the one the matched rule requires, if any;
+//! 3. **credential extraction** (`extract`): the one credential the matched rule accepts;
+//! 4. **verification** (`verify`, `api_key`): fresh or from the token cache, then
+//!    one validity-window check and the certificate binding for both;
+//! 5. **revocation** (`verify`): the issuer's revocation feed;
+//! 6. **policy** (`decide`): scopes and claims of the rule;
+//! 7. **limits** (`limits`): counted only once everything else allowed the request;
+//! 8. **upstream edits** (`upstream`): credentials stripped, spoofed identity
 //!    purged, verified identity set.
 //!
 //! Whatever must wait on the host is a [`Step`] the pipeline returns: the filter
 //! crate maps steps to host calls and calls [`resume`] when a wait is over.
 
 mod api_key;
+mod certificate;
 mod decide;
 mod extract;
 mod limits;
@@ -266,6 +268,7 @@ mod tests {
             path: "/data",
             headers,
             client_ip: Some(ip),
+            client_cert: None,
         }
     }
 
@@ -502,6 +505,7 @@ mod tests {
             since_ms: NOW * 1000,
             headers,
             client_ip: Some("192.0.2.1".into()),
+            client_cert: crate::client_cert::ClientCertificate::Unknown,
         });
     }
 

@@ -1,8 +1,10 @@
 //! Stages: JWT verification (fresh, or from the worker's token cache), the
-//! validity window (one check for both), and revocation.
+//! per-request checks for both (the validity window, the certificate binding),
+//! and revocation.
 
 use super::decide::{unavailable, Authenticated, Authorizer, Failure};
 use super::upstream::first_string;
+use crate::client_cert::{ClientCertificate, TokenBinding};
 use crate::config::{ProviderId, ProviderKeys};
 use crate::credentials::{RequestView, TokenLocation};
 use crate::crypto::verify_with_keys;
@@ -31,6 +33,7 @@ impl Authorizer<'_> {
             self.cache.borrow_mut().remove(&hash.0);
             return Err(reason.into());
         }
+        check_binding(verified.binding, requirement, req)?;
         self.check_revocation(&verified, hash)?;
         let scopes: Vec<&str> = verified.scopes.iter().map(String::as_str).collect();
         let roles: Vec<&str> = verified.roles.iter().map(String::as_str).collect();
@@ -188,6 +191,7 @@ impl Authorizer<'_> {
         };
         let roles = roles_of(&decoded.claims, &p.role_claims);
         let scopes: Vec<String> = scopes.into_iter().map(str::to_string).collect();
+        let binding = TokenBinding::of(&decoded.claims);
         let mut claims = decoded.claims;
         claims.retain(|name, _| s.retained_claims.contains(name));
         Ok(VerifiedToken {
@@ -201,6 +205,31 @@ impl Authorizer<'_> {
             roles,
             identity: identity.into(),
             claims,
+            binding,
         })
+    }
+}
+
+/// A certificate-bound token (`cnf.x5t#S256`, RFC 8705 §3) is good only on a
+/// connection with that certificate, fresh or cached; a rule with
+/// `certificate_bound_token` takes no other token.
+fn check_binding(
+    binding: TokenBinding,
+    requirement: &Requirement,
+    req: &RequestView<'_>,
+) -> Result<(), Reason> {
+    let thumbprint = match binding {
+        TokenBinding::Unbound if requirement.certificate_bound_token => {
+            return Err(Reason::TokenNotBound)
+        }
+        TokenBinding::Unbound => return Ok(()),
+        TokenBinding::Malformed => return Err(Reason::CertificateBindingMismatch),
+        TokenBinding::Bound(thumbprint) => thumbprint,
+    };
+    match req.client_certificate() {
+        ClientCertificate::Present(cert) if cert.sha256 == thumbprint => Ok(()),
+        ClientCertificate::Present(_) => Err(Reason::CertificateBindingMismatch),
+        ClientCertificate::Absent => Err(Reason::BoundTokenWithoutCertificate),
+        ClientCertificate::Unknown => Err(Reason::ClientCertificateUnavailable),
     }
 }
