@@ -38,7 +38,7 @@ wasm: .wasm-target
 	$(CARGO) build --release --target wasm32-wasip1 -p tollgate-filter
 
 bins:
-	$(CARGO) build --release -p tollgate-token-service -p tollgate-sample-api
+	$(CARGO) build --release -p tollgate-token-service -p tollgate-sample-api -p tollgate-sample-ca
 
 ## OCI image ---------------------------------------------------------------
 

@@ -2,9 +2,12 @@
 # The sample stack's walkthrough, shared by make run (envoy/run.sh), make compose-up
 # and the tests (envoy/test_run.sh, envoy/docker/compose.sh). Sourced, after the demo
 # state file (envoy/seed.sh) has been sourced: it uses BACKEND_SECRET, READER_SECRET,
-# KEY_ADMIN_SECRET, PARTNER_API_KEY, DEMO_USER and DEMO_PASSWORD.
+# KEY_ADMIN_SECRET, PARTNER_API_KEY, DEMO_USER and DEMO_PASSWORD, and TLS_DIR: where
+# the sample CA wrote ca.pem and the demo clients' certificates.
 
 PUBLIC=${PUBLIC:-http://127.0.0.1:8080}
+PUBLIC_TLS=${PUBLIC_TLS:-https://127.0.0.1:8443}
+TLS_DIR=${TLS_DIR:-.run/tls}
 
 demo_status() { curl -s -o /dev/null -w '%{http_code}' "$@" 2> /dev/null || true; }
 
@@ -40,7 +43,8 @@ demo_walkthrough() {
   cat << EOF_WALK
 
 Tollgate sample stack is up ($1).
-  Envoy + Tollgate  $PUBLIC      token service 127.0.0.1:9000      sample API 127.0.0.1:9100
+  Envoy + Tollgate  $PUBLIC_TLS (mTLS optional) and $PUBLIC
+  token service 127.0.0.1:9000      sample API 127.0.0.1:9100
 
 1. A backend gets a token (client_credentials, client_secret_basic):
 
@@ -95,6 +99,20 @@ Tollgate sample stack is up ($1).
    curl -s -d grant_type=authorization_code -d client_id=mobile-app -d redirect_uri=http://127.0.0.1/callback \\
      -d code_verifier="\$VERIFIER" -d code=<code from the address bar> $PUBLIC/token
 
+9. HTTPS with a client certificate (mutual TLS). This run's sample CA wrote the server's
+   and the demo clients' certificates to $TLS_DIR. /partner/ needs a token
+   and a partner's certificate (URI SAN spiffe://tollgate.local/partner/*); the upstream
+   sees the certificate's identity as x-tollgate-client-cert-*:
+
+   curl -s --cacert $TLS_DIR/ca.pem \\
+     --cert $TLS_DIR/partner-acme.pem --key $TLS_DIR/partner-acme.key \\
+     -H "Authorization: Bearer \$TOKEN" $PUBLIC_TLS/partner/orders
+
+   Without a certificate: 401 "this resource requires a client certificate (mutual TLS)";
+   with contractor-initech.pem (same CA, not a partner): 403.
+
+   curl -i --cacert $TLS_DIR/ca.pem -H "Authorization: Bearer \$TOKEN" $PUBLIC_TLS/partner/orders
+
 $2
 Anonymous route: curl -s $PUBLIC/public/hello      Another client: reader / $READER_SECRET
 $3
@@ -136,4 +154,15 @@ demo_check() {
   ok "the reader client and the anonymous route"
   [[ $(demo_status -H 'x_tollgate_subject: admin' "$PUBLIC/public/hello") == 400 ]] || fail "underscored header not refused"
   ok "a client-sent x_tollgate_subject is refused with 400"
+  local tls=(--cacert "$TLS_DIR/ca.pem")
+  body=$(curl -s "${tls[@]}" --cert "$TLS_DIR/partner-acme.pem" --key "$TLS_DIR/partner-acme.key" \
+    -H "Authorization: Bearer $token" "$PUBLIC_TLS/partner/orders")
+  python3 -c 'import json,sys; h=json.loads(sys.argv[1])["headers"]; assert h["x-tollgate-client-cert-uri"] == "spiffe://tollgate.local/partner/acme", h' "$body" 2> /dev/null ||
+    fail "step 9: the partner's certificate: $body"
+  ok "walkthrough 9: HTTPS with the partner's certificate, the upstream sees x-tollgate-client-cert-uri"
+  curl -s "${tls[@]}" -H "Authorization: Bearer $token" "$PUBLIC_TLS/partner/orders" | grep -q 'requires a client certificate' ||
+    fail "step 9: no certificate was not refused with a description"
+  [[ $(demo_status "${tls[@]}" --cert "$TLS_DIR/contractor-initech.pem" --key "$TLS_DIR/contractor-initech.key" \
+    -H "Authorization: Bearer $token" "$PUBLIC_TLS/partner/orders") == 403 ]] || fail "step 9: the contractor's certificate not 403"
+  ok "walkthrough 9: without a certificate 401 with a description, a non-partner's certificate 403"
 }
