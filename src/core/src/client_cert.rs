@@ -26,10 +26,23 @@ pub const PROPERTY_SUBJECT: &str = "subject_peer_certificate";
 /// SHA-256 of the certificate's DER encoding: what `cnf.x5t#S256` holds.
 pub type Thumbprint = [u8; 32];
 
-/// A certificate the listener validated against its trusted CA.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerCertificate {
-    pub sha256: Thumbprint,
+/// What the connection says about a client certificate: whether there is one
+/// (the listener validated it against its trusted CA) and its SHA-256. All the
+/// binding check needs, from one host call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertificate {
+    /// The host does not expose the connection's properties: every check that
+    /// needs the certificate fails closed.
+    Unknown,
+    /// No certificate: plain HTTP, or TLS without a client certificate.
+    Absent,
+    Present(Thumbprint),
+}
+
+/// The names in a certificate, as far as Envoy exposes them: read only for
+/// rules that check or forward them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CertificateNames {
     /// The first URI SAN (a SPIFFE ID, for example).
     pub uri_san: Option<String>,
     /// The first DNS SAN.
@@ -38,26 +51,59 @@ pub struct PeerCertificate {
     pub subject: Option<String>,
 }
 
-/// What the connection says about a client certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientCertificate {
-    /// The host does not expose the connection's properties: every check that
-    /// needs the certificate fails closed.
-    Unknown,
-    /// No certificate: plain HTTP, or TLS without a client certificate.
-    Absent,
-    Present(PeerCertificate),
-}
-
 /// Where the pipeline gets the connection's client certificate from, when a
 /// decision needs it (the filter reads the host's properties on first use).
 pub trait ClientCertificateSource: fmt::Debug {
-    fn client_certificate(&self) -> &ClientCertificate;
+    fn client_certificate(&self) -> ClientCertificate;
+    /// The names of the certificate ([`CertificateNames::default`] without one).
+    fn names(&self) -> &CertificateNames;
 }
 
-impl ClientCertificateSource for ClientCertificate {
-    fn client_certificate(&self) -> &ClientCertificate {
-        self
+/// A certificate read in full, for a request decided away from its connection
+/// (a parked request) and for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSnapshot {
+    pub certificate: ClientCertificate,
+    pub names: CertificateNames,
+}
+
+impl CertificateSnapshot {
+    pub const UNKNOWN: CertificateSnapshot = CertificateSnapshot {
+        certificate: ClientCertificate::Unknown,
+        names: CertificateNames {
+            uri_san: None,
+            dns_san: None,
+            subject: None,
+        },
+    };
+
+    pub const ABSENT: CertificateSnapshot = CertificateSnapshot {
+        certificate: ClientCertificate::Absent,
+        names: CertificateNames {
+            uri_san: None,
+            dns_san: None,
+            subject: None,
+        },
+    };
+
+    /// Everything `source` knows (its names only if there is a certificate).
+    pub fn of(source: &dyn ClientCertificateSource) -> CertificateSnapshot {
+        let certificate = source.client_certificate();
+        let names = match certificate {
+            ClientCertificate::Present(_) => source.names().clone(),
+            ClientCertificate::Unknown | ClientCertificate::Absent => CertificateNames::default(),
+        };
+        CertificateSnapshot { certificate, names }
+    }
+}
+
+impl ClientCertificateSource for CertificateSnapshot {
+    fn client_certificate(&self) -> ClientCertificate {
+        self.certificate
+    }
+
+    fn names(&self) -> &CertificateNames {
+        &self.names
     }
 }
 
@@ -65,32 +111,37 @@ impl ClientCertificate {
     /// From the host's `connection.*` properties; `property` returns a
     /// property's raw bytes (see the `PROPERTY_*` names), `None` if the host has none.
     ///
-    /// `mtls` is a one-byte boolean: whether a peer certificate was presented.
-    /// Anything the host answers inconsistently (`mtls` true but no valid
-    /// digest) is [`ClientCertificate::Unknown`], never a certificate.
+    /// The digest alone says there is a certificate; without one, `mtls` (a
+    /// one-byte boolean: was a certificate presented) tells "none" from "the
+    /// host does not say". Anything inconsistent (a broken digest, `mtls` true
+    /// without a digest) is [`ClientCertificate::Unknown`], never a certificate.
     pub fn from_properties(property: impl Fn(&str) -> Option<Vec<u8>>) -> ClientCertificate {
-        let mtls = match property(PROPERTY_MTLS).as_deref() {
-            Some([0]) => false,
-            Some([1]) => true,
-            _ => return ClientCertificate::Unknown,
-        };
-        if !mtls {
-            return ClientCertificate::Absent;
+        if let Some(hex) = property(PROPERTY_SHA256) {
+            return parse_hex_digest(&hex).map_or(ClientCertificate::Unknown, |sha256| {
+                ClientCertificate::Present(sha256)
+            });
         }
-        let Some(sha256) = property(PROPERTY_SHA256).and_then(|hex| parse_hex_digest(&hex)) else {
-            return ClientCertificate::Unknown;
-        };
+        match property(PROPERTY_MTLS).as_deref() {
+            Some([0]) => ClientCertificate::Absent,
+            _ => ClientCertificate::Unknown,
+        }
+    }
+}
+
+impl CertificateNames {
+    /// From the host's `connection.*` properties (see [`ClientCertificate::from_properties`]).
+    /// A name that is not UTF-8 counts as absent.
+    pub fn from_properties(property: impl Fn(&str) -> Option<Vec<u8>>) -> CertificateNames {
         let text = |name: &str| {
             property(name)
                 .and_then(|v| String::from_utf8(v).ok())
                 .filter(|v| !v.is_empty())
         };
-        ClientCertificate::Present(PeerCertificate {
-            sha256,
+        CertificateNames {
             uri_san: text(PROPERTY_URI_SAN),
             dns_san: text(PROPERTY_DNS_SAN),
             subject: text(PROPERTY_SUBJECT),
-        })
+        }
     }
 }
 
@@ -149,8 +200,8 @@ pub struct CertificateRequirement {
 }
 
 impl CertificateRequirement {
-    /// Whether the certificate's identity satisfies every list that is set.
-    pub fn admits(&self, cert: &PeerCertificate) -> bool {
+    /// Whether the certificate's names satisfy every list that is set.
+    pub fn admits(&self, cert: &CertificateNames) -> bool {
         let dns = cert.dns_san.as_deref().map(str::to_ascii_lowercase);
         matches_any(&self.uri_sans, cert.uri_san.as_deref())
             && matches_any(&self.dns_sans, dns.as_deref())
@@ -255,23 +306,29 @@ mod tests {
 
     #[test]
     fn properties_become_a_certificate_or_fail_closed() {
-        let cert = ClientCertificate::from_properties(props(&[
+        let read = |list: &'static [(&'static str, &'static [u8])]| {
+            (
+                ClientCertificate::from_properties(props(list)),
+                CertificateNames::from_properties(props(list)),
+            )
+        };
+        let (cert, names) = read(&[
             ("mtls", &[1]),
             ("sha256_peer_certificate_digest", DIGEST),
             ("uri_san_peer_certificate", b"spiffe://example.org/a"),
+            ("dns_san_peer_certificate", b"\xff"),
             ("subject_peer_certificate", b"CN=a,O=Acme"),
-        ]));
-        let ClientCertificate::Present(cert) = cert else {
+        ]);
+        let ClientCertificate::Present(sha256) = cert else {
             panic!("expected a certificate, got {cert:?}");
         };
-        assert_eq!(cert.sha256[..4], [0x00, 0x11, 0x22, 0x33]);
-        assert_eq!(hex(&cert.sha256).as_bytes(), DIGEST);
-        assert_eq!(cert.uri_san.as_deref(), Some("spiffe://example.org/a"));
-        assert_eq!(cert.dns_san, None);
-        assert_eq!(cert.subject.as_deref(), Some("CN=a,O=Acme"));
+        assert_eq!(sha256[..4], [0x00, 0x11, 0x22, 0x33]);
+        assert_eq!(hex(&sha256).as_bytes(), DIGEST);
+        assert_eq!(names.uri_san.as_deref(), Some("spiffe://example.org/a"));
+        assert_eq!(names.dns_san, None, "not UTF-8: absent");
+        assert_eq!(names.subject.as_deref(), Some("CN=a,O=Acme"));
 
-        let none = ClientCertificate::from_properties(props(&[("mtls", &[0])]));
-        assert_eq!(none, ClientCertificate::Absent);
+        assert_eq!(read(&[("mtls", &[0])]).0, ClientCertificate::Absent);
         // No properties at all, a value that is not a boolean, a certificate
         // without a digest or with a broken one: unknown, never "absent".
         for broken in [
@@ -283,16 +340,12 @@ mod tests {
                 ("sha256_peer_certificate_digest", &b"00ff"[..]),
             ],
             &[
-                ("mtls", &[1]),
+                ("mtls", &[0]),
                 ("sha256_peer_certificate_digest", &[b'g'; 64][..]),
             ],
         ] {
             let list: &'static [(&'static str, &'static [u8])] = Box::leak(broken.to_vec().into());
-            assert_eq!(
-                ClientCertificate::from_properties(props(list)),
-                ClientCertificate::Unknown,
-                "{broken:?}"
-            );
+            assert_eq!(read(list).0, ClientCertificate::Unknown, "{broken:?}");
         }
     }
 
@@ -323,9 +376,8 @@ mod tests {
         }
     }
 
-    fn cert(uri: Option<&str>, dns: Option<&str>, subject: Option<&str>) -> PeerCertificate {
-        PeerCertificate {
-            sha256: [0; 32],
+    fn cert(uri: Option<&str>, dns: Option<&str>, subject: Option<&str>) -> CertificateNames {
+        CertificateNames {
             uri_san: uri.map(str::to_string),
             dns_san: dns.map(str::to_string),
             subject: subject.map(str::to_string),

@@ -1,7 +1,7 @@
 //! Finding bearer credentials in a request, and removing every trace of them
 //! before the request goes upstream.
 
-use crate::client_cert::{ClientCertificate, ClientCertificateSource};
+use crate::client_cert::{CertificateNames, ClientCertificate, ClientCertificateSource};
 
 /// One place a provider reads tokens from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,14 +33,25 @@ pub struct RequestView<'a> {
     pub client_cert: Option<&'a dyn ClientCertificateSource>,
 }
 
-/// What a view without a certificate source answers (a static: never dropped).
-static UNKNOWN_CERTIFICATE: ClientCertificate = ClientCertificate::Unknown;
+/// The names a view without a certificate source answers.
+static NO_NAMES: CertificateNames = CertificateNames {
+    uri_san: None,
+    dns_san: None,
+    subject: None,
+};
 
 impl RequestView<'_> {
     /// The connection's client certificate (reads the host on first use).
-    pub fn client_certificate(&self) -> &ClientCertificate {
+    pub fn client_certificate(&self) -> ClientCertificate {
         self.client_cert
-            .map_or(&UNKNOWN_CERTIFICATE, |source| source.client_certificate())
+            .map_or(ClientCertificate::Unknown, |source| {
+                source.client_certificate()
+            })
+    }
+
+    /// The names in the connection's client certificate (read on first use).
+    pub fn client_certificate_names(&self) -> &CertificateNames {
+        self.client_cert.map_or(&NO_NAMES, |source| source.names())
     }
 
     pub fn path_without_query(&self) -> &str {

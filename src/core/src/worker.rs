@@ -5,7 +5,7 @@
 //! data (see `remote`).
 
 use crate::apikey::KeySet as ApiKeySet;
-use crate::client_cert::ClientCertificate;
+use crate::client_cert::CertificateSnapshot;
 use crate::config::{ApiKeySource, ProviderId, ProviderKeys, Settings};
 use crate::credentials::RequestView;
 use crate::crypto::SignatureVerifier;
@@ -49,7 +49,7 @@ pub struct ParkedRequest {
     pub headers: Vec<(String, Vec<u8>)>,
     pub client_ip: Option<String>,
     /// Read before parking: another context decides the request later.
-    pub client_cert: ClientCertificate,
+    pub client_cert: CertificateSnapshot,
 }
 
 impl ParkedRequest {

@@ -8,7 +8,7 @@ use super::root::Shared;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
-use tollgate_core::client_cert::ClientCertificateSource;
+use tollgate_core::client_cert::CertificateSnapshot;
 use tollgate_core::client_ip;
 use tollgate_core::credentials::{HeaderEdit, RequestView};
 use tollgate_core::host::Clock;
@@ -114,7 +114,7 @@ impl TollgateHttp {
                     since_ms: now_ms,
                     headers: std::mem::take(&mut self.headers),
                     client_ip: self.client_ip.take(),
-                    client_cert: self.client_cert.client_certificate().clone(),
+                    client_cert: CertificateSnapshot::of(&self.client_cert),
                 });
                 Action::Pause
             }

@@ -23,8 +23,8 @@ impl Authorizer<'_> {
         if needed.is_none() && !requirement.certificate_bound_token {
             return Ok(Vec::new());
         }
-        let cert = match (req.client_certificate(), needed) {
-            (ClientCertificate::Present(cert), _) => cert,
+        let sha256 = match (req.client_certificate(), needed) {
+            (ClientCertificate::Present(sha256), _) => sha256,
             // Bound tokens without a certificate are refused by the binding check.
             (_, None) => return Ok(Vec::new()),
             (ClientCertificate::Absent, Some(_)) => return Err(Reason::ClientCertificateRequired),
@@ -32,18 +32,16 @@ impl Authorizer<'_> {
                 return Err(Reason::ClientCertificateUnavailable)
             }
         };
-        if needed.is_some_and(|n| !n.admits(cert)) {
+        let names = req.client_certificate_names();
+        if needed.is_some_and(|n| !n.admits(names)) {
             return Err(Reason::ClientCertificateNotAllowed);
         }
         let id = &self.settings.identity;
-        let mut edits = vec![HeaderEdit::Set(
-            id.client_cert_sha256.clone(),
-            hex(&cert.sha256),
-        )];
+        let mut edits = vec![HeaderEdit::Set(id.client_cert_sha256.clone(), hex(&sha256))];
         for (name, value) in [
-            (&id.client_cert_uri, &cert.uri_san),
-            (&id.client_cert_dns, &cert.dns_san),
-            (&id.client_cert_subject, &cert.subject),
+            (&id.client_cert_uri, &names.uri_san),
+            (&id.client_cert_dns, &names.dns_san),
+            (&id.client_cert_subject, &names.subject),
         ] {
             match value {
                 Some(v) if header_safe(v) => edits.push(HeaderEdit::Set(name.clone(), v.clone())),
@@ -66,7 +64,9 @@ mod tests {
     use super::super::RemoteState;
     use super::*;
     use crate::apikey::KeySet as ApiKeySet;
-    use crate::client_cert::{ClientCertificateSource, PeerCertificate, Thumbprint};
+    use crate::client_cert::{
+        CertificateNames, CertificateSnapshot, ClientCertificateSource, Thumbprint,
+    };
     use crate::config::{parse, ProviderId, Settings};
     use crate::crypto::{PureVerifier, SignatureVerifier};
     use crate::jwk::{KeySet, VerificationKey};
@@ -142,13 +142,24 @@ mod tests {
         }
     }
 
-    fn partner(sha256: Thumbprint) -> ClientCertificate {
-        ClientCertificate::Present(PeerCertificate {
+    fn present(sha256: Thumbprint, uri: &str, dns: &str, subject: &str) -> CertificateSnapshot {
+        CertificateSnapshot {
+            certificate: ClientCertificate::Present(sha256),
+            names: CertificateNames {
+                uri_san: Some(uri.into()),
+                dns_san: Some(dns.into()),
+                subject: Some(subject.into()),
+            },
+        }
+    }
+
+    fn partner(sha256: Thumbprint) -> CertificateSnapshot {
+        present(
             sha256,
-            uri_san: Some("spiffe://tollgate.test/partner/acme".into()),
-            dns_san: Some("Partner.Acme.test".into()),
-            subject: Some("CN=partner,O=Acme".into()),
-        })
+            "spiffe://tollgate.test/partner/acme",
+            "Partner.Acme.test",
+            "CN=partner,O=Acme",
+        )
     }
 
     impl Fixture {
@@ -171,7 +182,7 @@ mod tests {
             &self,
             path: &str,
             headers: &[(&str, &str)],
-            cert: Option<&ClientCertificate>,
+            cert: Option<&CertificateSnapshot>,
         ) -> Outcome {
             let headers: Vec<(String, Vec<u8>)> = headers
                 .iter()
@@ -194,7 +205,12 @@ mod tests {
             .decide(&req)
         }
 
-        fn with_token(&self, path: &str, token: &str, cert: Option<&ClientCertificate>) -> Outcome {
+        fn with_token(
+            &self,
+            path: &str,
+            token: &str,
+            cert: Option<&CertificateSnapshot>,
+        ) -> Outcome {
             self.decide(path, &[("authorization", &format!("Bearer {token}"))], cert)
         }
     }
@@ -232,7 +248,7 @@ mod tests {
         let f = fixture();
         let token = f.token(json!({}));
         let (status, reason, challenge) =
-            refused(&f.with_token("/partner/x", &token, Some(&ClientCertificate::Absent)));
+            refused(&f.with_token("/partner/x", &token, Some(&CertificateSnapshot::ABSENT)));
         assert_eq!((status, reason), (401, Reason::ClientCertificateRequired));
         assert!(
             challenge.contains("error=\"invalid_request\"")
@@ -241,7 +257,7 @@ mod tests {
         );
         assert_eq!(f.verifications.get(), 0, "the token was not even looked at");
         // A host that does not expose the connection: refused, never skipped.
-        for cert in [None, Some(&ClientCertificate::Unknown)] {
+        for cert in [None, Some(&CertificateSnapshot::UNKNOWN)] {
             let (status, reason, _) = refused(&f.with_token("/partner/x", &token, cert));
             assert_eq!(
                 (status, reason),
@@ -299,14 +315,7 @@ mod tests {
         );
         assert_eq!(set(&o, "x-tollgate-subject").as_deref(), Some("user-1"));
 
-        let outsider = |uri: &str, dns: &str, subject: &str| {
-            ClientCertificate::Present(PeerCertificate {
-                sha256: OTHER,
-                uri_san: Some(uri.into()),
-                dns_san: Some(dns.into()),
-                subject: Some(subject.into()),
-            })
-        };
+        let outsider = |uri: &str, dns: &str, subject: &str| present(OTHER, uri, dns, subject);
         for (path, cert) in [
             (
                 "/partner/x",
@@ -362,7 +371,7 @@ mod tests {
             Some("aa".repeat(32))
         );
         let (status, reason, _) =
-            refused(&f.decide("/mtls-only/x", &[], Some(&ClientCertificate::Absent)));
+            refused(&f.decide("/mtls-only/x", &[], Some(&CertificateSnapshot::ABSENT)));
         assert_eq!((status, reason), (401, Reason::ClientCertificateRequired));
     }
 
@@ -385,12 +394,12 @@ mod tests {
         let cases = [
             (Some(&other), 401, Reason::CertificateBindingMismatch),
             (
-                Some(&ClientCertificate::Absent),
+                Some(&CertificateSnapshot::ABSENT),
                 401,
                 Reason::BoundTokenWithoutCertificate,
             ),
             (
-                Some(&ClientCertificate::Unknown),
+                Some(&CertificateSnapshot::UNKNOWN),
                 500,
                 Reason::ClientCertificateUnavailable,
             ),
@@ -441,7 +450,7 @@ mod tests {
             Some("aa".repeat(32))
         );
         let (_, reason, _) =
-            refused(&f.with_token("/bound/x", &bound, Some(&ClientCertificate::Absent)));
+            refused(&f.with_token("/bound/x", &bound, Some(&CertificateSnapshot::ABSENT)));
         assert_eq!(reason, Reason::BoundTokenWithoutCertificate);
     }
 }

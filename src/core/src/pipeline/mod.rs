@@ -505,7 +505,7 @@ mod tests {
             since_ms: NOW * 1000,
             headers,
             client_ip: Some("192.0.2.1".into()),
-            client_cert: crate::client_cert::ClientCertificate::Unknown,
+            client_cert: crate::client_cert::CertificateSnapshot::UNKNOWN,
         });
     }
 

@@ -227,7 +227,7 @@ fn check_binding(
         TokenBinding::Bound(thumbprint) => thumbprint,
     };
     match req.client_certificate() {
-        ClientCertificate::Present(cert) if cert.sha256 == thumbprint => Ok(()),
+        ClientCertificate::Present(sha256) if sha256 == thumbprint => Ok(()),
         ClientCertificate::Present(_) => Err(Reason::CertificateBindingMismatch),
         ClientCertificate::Absent => Err(Reason::BoundTokenWithoutCertificate),
         ClientCertificate::Unknown => Err(Reason::ClientCertificateUnavailable),
