@@ -2,9 +2,11 @@
 //! key, their JWKS, a warm token, pools of distinct tokens per algorithm, and
 //! ES256 tokens with bad signatures.
 //!
-//! Usage: tollgate-bench-tokens OUT_DIR ISSUER AUDIENCE ES256 RS256 EDDSA INVALID
-//! (the last four are pool sizes). Writes OUT_DIR/{jwks.json, warm.txt,
-//! es256.txt, rs256.txt, eddsa.txt, invalid.txt, manifest.json}, one token a line.
+//! Usage: tollgate-bench-tokens OUT_DIR ISSUER AUDIENCE ES256 RS256 EDDSA INVALID [X5T]
+//! (the four numbers are pool sizes). Writes OUT_DIR/{jwks.json, warm.txt,
+//! es256.txt, rs256.txt, eddsa.txt, invalid.txt, manifest.json}, one token a line;
+//! with X5T (a certificate's base64url SHA-256), also warm-bound.txt: a warm
+//! token bound to that certificate (`cnf.x5t#S256`, RFC 8705).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -19,6 +21,8 @@ const LIFETIME_DAYS: u64 = 30;
 struct Extra {
     client_id: String,
     scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<serde_json::Value>,
 }
 
 struct Minter {
@@ -33,6 +37,7 @@ impl Minter {
         let extra = Extra {
             client_id: "bench-client".into(),
             scope: "read:data".into(),
+            cnf: None,
         };
         Claims::with_custom_claims(extra, Duration::from_days(LIFETIME_DAYS))
             .with_issuer(&self.issuer)
@@ -74,9 +79,17 @@ fn write_lines(dir: &Path, name: &str, lines: &[String]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [out, issuer, audience, es, rs, ed, bad] = args.as_slice() else {
-        eprintln!("usage: tollgate-bench-tokens OUT_DIR ISSUER AUDIENCE ES256 RS256 EDDSA INVALID");
-        std::process::exit(2);
+    let (out, issuer, audience, es, rs, ed, bad, x5t) = match args.as_slice() {
+        [out, issuer, audience, es, rs, ed, bad] => (out, issuer, audience, es, rs, ed, bad, None),
+        [out, issuer, audience, es, rs, ed, bad, x5t] => {
+            (out, issuer, audience, es, rs, ed, bad, Some(x5t))
+        }
+        _ => {
+            eprintln!(
+                "usage: tollgate-bench-tokens OUT_DIR ISSUER AUDIENCE ES256 RS256 EDDSA INVALID [X5T]"
+            );
+            std::process::exit(2);
+        }
     };
     let count = |s: &String| s.parse::<usize>().expect("pool sizes are numbers");
     let dir = Path::new(out);
@@ -109,6 +122,11 @@ fn main() {
 
     let warm = es256.sign(m.claims("warm", 0)).unwrap();
     write_lines(dir, "warm.txt", &[warm]);
+    if let Some(x5t) = x5t {
+        let mut claims = m.claims("warm-bound", 0);
+        claims.custom.cnf = Some(json!({ "x5t#S256": x5t }));
+        write_lines(dir, "warm-bound.txt", &[es256.sign(claims).unwrap()]);
+    }
     write_lines(
         dir,
         "es256.txt",
@@ -137,7 +155,7 @@ fn main() {
     let manifest = json!({
         "issuer": issuer, "audience": audience,
         "es256": count(es), "rs256": count(rs), "eddsa": count(ed), "invalid": count(bad),
-        "expires_at": now + LIFETIME_DAYS * 86_400,
+        "expires_at": now + LIFETIME_DAYS * 86_400, "x5t": x5t,
     });
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
 }
