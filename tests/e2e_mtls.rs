@@ -200,7 +200,7 @@ fn certificate_bound_tokens_work_only_with_their_certificate() {
         "requires an access token bound to the client certificate",
     );
 
-    let stats = stack.envoy.stats();
+    let stats = stack.envoy.settled_stats();
     for (name, at_least) in [
         ("tollgate.decision.certificate_binding_mismatch", 2),
         ("tollgate.decision.bound_token_without_certificate", 2),
@@ -288,7 +288,8 @@ fn client_sent_certificate_headers_are_ignored_and_purged() {
         ("x-tollgate-client-cert-sha256", "00"),
         ("x-tollgate-client-cert-subject", "CN=admin"),
     ];
-    // With a real certificate: the upstream sees its identity, not the client's.
+    // With a real certificate: the upstream sees its identity, not the client's,
+    // and only the x-forwarded-client-cert Envoy wrote (SANITIZE_SET).
     let upstream = https(&stack, Some(acme), "/partner/orders", &spoofed).upstream();
     assert_eq!(
         upstream["x-tollgate-client-cert-uri"],
@@ -302,10 +303,7 @@ fn client_sent_certificate_headers_are_ignored_and_purged() {
         upstream["x-tollgate-client-cert-subject"],
         "CN=acme,O=Tollgate Partners"
     );
-    assert!(
-        upstream.get("x-forwarded-client-cert").is_none(),
-        "{upstream}"
-    );
+    assert_envoys_xfcc(&upstream, acme);
     // A header does not stand in for a certificate...
     https(&stack, None, "/partner/orders", &spoofed).assert_refused(
         401,
@@ -320,14 +318,21 @@ fn client_sent_certificate_headers_are_ignored_and_purged() {
     );
     // On routes that check no certificate, and over plain HTTP, the copies are
     // purged all the same.
-    for reply in [
-        https(&stack, None, "/data", &spoofed),
-        https(&stack, Some(acme), "/data", &spoofed),
-        http(&stack, "/data", &spoofed),
+    for (reply, with_certificate) in [
+        (https(&stack, None, "/data", &spoofed), false),
+        (https(&stack, Some(acme), "/data", &spoofed), true),
+        (http(&stack, "/data", &spoofed), false),
     ] {
         let upstream = reply.upstream();
+        if with_certificate {
+            assert_envoys_xfcc(&upstream, acme);
+        } else {
+            assert!(
+                upstream.get("x-forwarded-client-cert").is_none(),
+                "{upstream}"
+            );
+        }
         for name in [
-            "x-forwarded-client-cert",
             "x-tollgate-client-cert-uri",
             "x-tollgate-client-cert-sha256",
             "x-tollgate-client-cert-subject",
@@ -339,4 +344,102 @@ fn client_sent_certificate_headers_are_ignored_and_purged() {
         }
         assert_eq!(upstream["x-tollgate-subject"], "spoofer");
     }
+}
+
+/// The upstream's `x-forwarded-client-cert` is the one Envoy wrote for `cert`
+/// (its hash and SPIFFE ID), with nothing of the client's spoofed copy.
+fn assert_envoys_xfcc(upstream: &Value, cert: &Issued) {
+    let xfcc = upstream["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains(&format!("Hash={}", hex(&cert.sha256())))
+            && xfcc.contains("URI=spiffe://tollgate.local/partner/acme")
+            && !xfcc.contains("partner/admin")
+            && !xfcc.contains("Hash=00;"),
+        "x-forwarded-client-cert: {xfcc:?}"
+    );
+}
+
+#[test]
+fn the_token_service_binds_tokens_to_the_certificate_envoy_saw() {
+    let stack = stack();
+    let pki = &stack.envoy.pki;
+    let (acme, globex) = (pki.client("partner-acme"), pki.client("partner-globex"));
+    // A tls_client_auth client: it authenticates with its certificate, no secret.
+    let added = stack.tokens.cli(&[
+        "clients",
+        "add",
+        "--id",
+        "partner-acme",
+        "--scopes",
+        "read:data",
+        "--tls-san-uri",
+        "spiffe://tollgate.local/partner/acme",
+    ]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "partner-acme"),
+        ("scope", "read:data"),
+    ];
+    // Through the HTTPS listener with its certificate: Envoy's
+    // x-forwarded-client-cert tells the token service which one.
+    let mut answer = pki
+        .agent(Some(acme))
+        .post(stack.envoy.tls_url("/token"))
+        .send_form(form)
+        .expect("POST /token over mTLS");
+    let body: Value = serde_json::from_str(&answer.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "{body}");
+    let token = body["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_string();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["cnf"]["x5t#S256"], acme.x5t_s256());
+
+    // The gateway takes it with that certificate only.
+    let auth = bearer(&token);
+    let upstream = https(
+        &stack,
+        Some(acme),
+        "/partner/orders",
+        &[("authorization", &auth)],
+    )
+    .upstream();
+    assert_eq!(upstream["x-tollgate-client-id"], "partner-acme");
+    https(
+        &stack,
+        Some(globex),
+        "/partner/orders",
+        &[("authorization", &auth)],
+    )
+    .assert_refused(401, "invalid_token", "bound to another client certificate");
+    http(&stack, "/data", &[("authorization", &auth)]).assert_refused(
+        401,
+        "invalid_token",
+        "none was presented",
+    );
+    // Without the certificate the client cannot authenticate at all, and a
+    // forged x-forwarded-client-cert from the client changes nothing.
+    let forged = format!(
+        "Hash={};URI=spiffe://tollgate.local/partner/acme",
+        hex(&acme.sha256())
+    );
+    let refused = support::http_agent()
+        .post(stack.envoy.url("/token"))
+        .header("x-forwarded-client-cert", &forged)
+        .send_form(form)
+        .expect("POST /token over plain HTTP");
+    assert_eq!(refused.status().as_u16(), 401);
 }

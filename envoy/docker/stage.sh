@@ -45,10 +45,11 @@ target/release/sample-ca "$HOST_TLS" > /dev/null
 mkdir -p "$CONTEXT/tls"
 cp "$HOST_TLS/ca.pem" "$HOST_TLS/server.pem" "$HOST_TLS/server.key" "$CONTEXT/tls/"
 
-# The sample config with only the filter's and the certificates' paths changed; fail if
-# it no longer matches.
+# The sample config with only the filter's and the certificates' paths changed, and
+# the access log on stdout (where `docker logs` and the log drivers pick it up); fail
+# if it no longer matches.
 sed -e "s|filename: $WASM\$|filename: $IMAGE_WASM|" -e "s|\.run/tls/|/etc/tollgate/tls/|g" \
-  envoy/envoy.yaml > "$ROOTFS/etc/tollgate/envoy.yaml"
+  -e "s|path: .run/access.log\$|path: /dev/stdout|" envoy/envoy.yaml > "$ROOTFS/etc/tollgate/envoy.yaml"
 if ! grep -q "filename: $IMAGE_WASM\$" "$ROOTFS/etc/tollgate/envoy.yaml"; then
   echo "stage.sh: envoy/envoy.yaml no longer names $WASM; update the rewrite" >&2
   exit 1

@@ -11,7 +11,6 @@ use std::rc::Rc;
 use tollgate_core::client_cert::CertificateSnapshot;
 use tollgate_core::client_ip;
 use tollgate_core::credentials::{HeaderEdit, RequestView};
-use tollgate_core::host::Clock;
 use tollgate_core::pipeline::{self, Step};
 use tollgate_core::worker::{DocId, ParkedRequest};
 
@@ -20,6 +19,8 @@ pub struct TollgateHttp {
     shared: Rc<Shared>,
     /// Set while this request waits for a document fetch it started.
     waiting_for: Option<(u32, DocId)>,
+    /// When the pipeline first saw the request, once it waits.
+    received_us: u64,
     headers: Vec<(String, Vec<u8>)>,
     client_ip: Option<String>,
     client_cert: ConnectionCertificate,
@@ -33,6 +34,7 @@ impl TollgateHttp {
             context_id,
             shared,
             waiting_for: None,
+            received_us: 0,
             headers: Vec::new(),
             client_ip: None,
             client_cert: ConnectionCertificate::default(),
@@ -62,6 +64,7 @@ impl TollgateHttp {
             headers: &self.headers,
             client_ip: self.client_ip.as_deref(),
             client_cert: Some(&self.client_cert),
+            received_us: self.received_us,
         };
         let (clock, callouts) = (EnvoyClock(self), EnvoyCallouts(self));
         stage(
@@ -102,16 +105,20 @@ impl TollgateHttp {
                 self.send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
                 Action::Pause
             }
-            Step::Wait { token, doc } => {
+            Step::Wait {
+                token,
+                doc,
+                received_us,
+            } => {
                 self.waiting_for = Some((token, doc));
+                self.received_us = received_us;
                 Action::Pause
             }
-            Step::Park { doc } => {
-                let now_ms = EnvoyClock(self).now().as_millis() as u64;
+            Step::Park { doc, received_us } => {
                 self.shared.worker.park(ParkedRequest {
                     context: self.context_id,
                     doc,
-                    since_ms: now_ms,
+                    received_us,
                     headers: std::mem::take(&mut self.headers),
                     client_ip: self.client_ip.take(),
                     client_cert: CertificateSnapshot::of(&self.client_cert),

@@ -38,6 +38,8 @@ pub struct Identity {
     pub client_cert_dns: String,
     pub client_cert_subject: String,
     pub client_cert_sha256: String,
+    /// The thumbprint of the key a DPoP-bound token is bound to.
+    pub dpop_jkt: String,
 }
 
 impl Identity {
@@ -56,6 +58,7 @@ impl Identity {
             client_cert_dns: format!("{prefix}client-cert-dns"),
             client_cert_subject: format!("{prefix}client-cert-subject"),
             client_cert_sha256: format!("{prefix}client-cert-sha256"),
+            dpop_jkt: format!("{prefix}dpop-jkt"),
         }
     }
 }

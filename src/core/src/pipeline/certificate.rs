@@ -4,7 +4,7 @@
 //! `verify`.)
 
 use super::decide::Authorizer;
-use super::upstream::header_safe;
+use super::identity_headers::header_safe;
 use crate::client_cert::{hex, ClientCertificate};
 use crate::credentials::{HeaderEdit, RequestView};
 use crate::decision::Reason;
@@ -193,6 +193,7 @@ mod tests {
                 path,
                 headers: &headers,
                 client_ip: Some("192.0.2.1"),
+                received_us: 0,
                 client_cert: cert.map(|c| c as &dyn ClientCertificateSource),
             };
             Authorizer {
