@@ -131,7 +131,7 @@ supervise() {
 
 start sample-api "$BIN/sample-api" --listen 127.0.0.1:9100
 start token-service "$BIN/tollgate-token-service" serve --listen 127.0.0.1:9000 --issuer "$PUBLIC" \
-  --audience tollgate-sample-api
+  --audience tollgate-sample-api --mtls-endpoint-base https://127.0.0.1:8443
 start envoy "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart --log-level warn \
   --component-log-level wasm:info
 

@@ -113,6 +113,20 @@ Tollgate sample stack is up ($1).
 
    curl -i --cacert $TLS_DIR/ca.pem -H "Authorization: Bearer \$TOKEN" $PUBLIC_TLS/partner/orders
 
+   The partner's own client, partner-acme, authenticates with that certificate (no
+   secret) and gets a token bound to it (cnf.x5t#S256): useless with any other one.
+
+   PARTNER_TOKEN=\$(curl -s --cacert $TLS_DIR/ca.pem \\
+     --cert $TLS_DIR/partner-acme.pem --key $TLS_DIR/partner-acme.key \\
+     -d grant_type=client_credentials -d client_id=partner-acme $PUBLIC_TLS/token \\
+     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+   curl -s --cacert $TLS_DIR/ca.pem \\
+     --cert $TLS_DIR/partner-acme.pem --key $TLS_DIR/partner-acme.key \\
+     -H "Authorization: Bearer \$PARTNER_TOKEN" $PUBLIC_TLS/partner/orders
+
+   With partner-globex.pem instead: 401 "the access token is bound to another client
+   certificate"; without a certificate: 401 "... and none was presented".
+
 $2
 Anonymous route: curl -s $PUBLIC/public/hello      Another client: reader / $READER_SECRET
 $3
@@ -165,4 +179,16 @@ demo_check() {
   [[ $(demo_status "${tls[@]}" --cert "$TLS_DIR/contractor-initech.pem" --key "$TLS_DIR/contractor-initech.key" \
     -H "Authorization: Bearer $token" "$PUBLIC_TLS/partner/orders") == 403 ]] || fail "step 9: the contractor's certificate not 403"
   ok "walkthrough 9: without a certificate 401 with a description, a non-partner's certificate 403"
+  local partner_token
+  partner_token=$(curl -s "${tls[@]}" --cert "$TLS_DIR/partner-acme.pem" --key "$TLS_DIR/partner-acme.key" \
+    -d grant_type=client_credentials -d client_id=partner-acme "$PUBLIC_TLS/token" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2> /dev/null) ||
+    fail "step 9: partner-acme got no token with its certificate"
+  [[ $(demo_status "${tls[@]}" --cert "$TLS_DIR/partner-acme.pem" --key "$TLS_DIR/partner-acme.key" \
+    -H "Authorization: Bearer $partner_token" "$PUBLIC_TLS/partner/orders") == 200 ]] ||
+    fail "step 9: the bound token with its certificate not 200"
+  curl -s "${tls[@]}" --cert "$TLS_DIR/partner-globex.pem" --key "$TLS_DIR/partner-globex.key" \
+    -H "Authorization: Bearer $partner_token" "$PUBLIC_TLS/partner/orders" | grep -q 'bound to another client certificate' ||
+    fail "step 9: the bound token with another certificate was not refused"
+  ok "walkthrough 9: partner-acme's certificate-bound token: 200 with its certificate, 401 with another"
 }
