@@ -548,6 +548,8 @@ def check_rows(rows, envoys):
     would time an error path."""
     for row in rows:
         headers = {row.load.header: row.load.prefix + row.load.first()}
+        if row.load.fixed[0]:
+            headers[row.load.fixed[0]] = row.load.fixed[1]
         status, body = http_get(row.port(envoys), "/data", headers)
         if status != row.status:
             raise SystemExit(f"row {row.id}: expected {row.status}, got {status}: {body[:300]}")
