@@ -13,6 +13,7 @@ use crate::crypto::secrets;
 use crate::crypto::signing_keys::Algorithm;
 use crate::protocol::mtls::TlsAuth;
 use crate::protocol::scope::ScopeSet;
+use crate::server::audit;
 use crate::server::clock;
 use crate::storage::api_key_hashing::KeyHasher;
 use crate::storage::api_keys::{self, NewKey, Restrictions};
@@ -59,6 +60,13 @@ pub fn add_client(
     if let Some(tls_auth) = &tls_auth {
         client_tls::register(&conn, client_id, tls_auth)?;
     }
+    audit::Event::new("client.created")
+        .field("client_id", &client.client_id)
+        .field("client_type", client.client_type.as_str())
+        .field("scope", client.scopes.to_string())
+        .field("redirect_uris", redirect_uris)
+        .field("tls_auth", tls_auth.as_ref().map(ToString::to_string))
+        .emit();
     println!("client_id: {}", client.client_id);
     println!("client_type: {}", client.client_type.as_str());
     if let Some(tls_auth) = &tls_auth {
@@ -127,6 +135,9 @@ pub fn remove_client(db_path: &Path, client_id: &str) -> anyhow::Result<()> {
     if !clients::remove(&db::open(db_path)?, client_id, clock::now())? {
         bail!("no client {client_id}");
     }
+    audit::Event::new("client.removed")
+        .field("client_id", client_id)
+        .emit();
     println!("removed client {client_id}; its unexpired access tokens are revoked");
     Ok(())
 }
@@ -136,6 +147,14 @@ pub fn set_client_enabled(db_path: &Path, client_id: &str, enabled: bool) -> any
     if clients::set_enabled(&conn, client_id, enabled, clock::now())?.is_none() {
         bail!("no client {client_id}");
     }
+    let event = if enabled {
+        "client.enabled"
+    } else {
+        "client.disabled"
+    };
+    audit::Event::new(event)
+        .field("client_id", client_id)
+        .emit();
     if enabled {
         println!("enabled client {client_id}");
     } else {
@@ -157,6 +176,11 @@ pub fn add_user(db_path: &Path, username: &str, scopes: ScopeSet) -> anyhow::Res
         created_at: clock::now(),
     };
     users::insert(&db::open(db_path)?, &user)?;
+    audit::Event::new("user.created")
+        .field("username", &user.username)
+        .field("user_id", &user.user_id)
+        .field("scope", user.scopes.to_string())
+        .emit();
     println!("user_id: {}", user.user_id);
     println!("username: {}", user.username);
     println!("scopes: {}", or_none(&user.scopes));
@@ -167,6 +191,10 @@ pub fn set_user_scopes(db_path: &Path, username: &str, scopes: &ScopeSet) -> any
     if !users::set_scopes(&db::open(db_path)?, username, scopes)? {
         bail!("no user {username}");
     }
+    audit::Event::new("user.scopes_changed")
+        .field("username", username)
+        .field("scope", scopes.to_string())
+        .emit();
     println!("{username}: {}", or_none(scopes));
     Ok(())
 }
@@ -205,6 +233,9 @@ pub fn remove_user(db_path: &Path, username: &str) -> anyhow::Result<()> {
     if !users::remove(&db::open(db_path)?, username, clock::now())? {
         bail!("no user {username}");
     }
+    audit::Event::new("user.removed")
+        .field("username", username)
+        .emit();
     println!("removed user {username}");
     Ok(())
 }
@@ -258,6 +289,11 @@ fn stty(setting: &str) -> bool {
 
 pub fn rotate_keys(db_path: &Path, alg: Option<Algorithm>) -> anyhow::Result<()> {
     let rotation = keystore::rotate(&mut db::open(db_path)?, alg, clock::now())?;
+    audit::Event::new("signing_key.rotated")
+        .field("kid", &rotation.new_kid)
+        .field("alg", rotation.alg.to_string())
+        .field("retired_kid", rotation.retired.as_ref().map(|(kid, _)| kid))
+        .emit();
     println!("active key: {} ({})", rotation.new_kid, rotation.alg);
     if let Some((kid, publish_until)) = rotation.retired {
         println!(
@@ -330,6 +366,12 @@ pub fn add_consumer(
         "a consumer {} exists already",
         consumer.id
     );
+    audit::Event::new("consumer.created")
+        .field("consumer_id", &consumer.id)
+        .field("tenant", &consumer.tenant)
+        .field("scope", consumer.scopes.to_string())
+        .field("plan", &consumer.plan)
+        .emit();
     println!("consumer: {}", consumer.id);
     Ok(())
 }
@@ -361,6 +403,10 @@ pub fn remove_consumer(db_path: &Path, id: &str) -> anyhow::Result<()> {
     let Some(keys) = consumers::remove(&db::open(db_path)?, id)? else {
         bail!("no consumer {id}");
     };
+    audit::Event::new("consumer.removed")
+        .field("consumer_id", id)
+        .field("removed_api_keys", keys)
+        .emit();
     println!("removed consumer {id} and its {keys} API key(s)");
     Ok(())
 }
@@ -377,8 +423,9 @@ pub fn create_api_key(
         expires_at: expires_in.map(|seconds| now + i64::from(seconds)),
         allowed_cidrs,
     };
-    let created = api_keys::create(&db::open(db_path)?, hasher, consumer, &restrictions, now)?;
-    print_new_key(created?)
+    let created = api_keys::create(&db::open(db_path)?, hasher, consumer, &restrictions, now)??;
+    audit::api_key_event("api_key.created", &created.key).emit();
+    print_new_key(created)
 }
 
 pub fn rotate_api_key(
@@ -387,8 +434,12 @@ pub fn rotate_api_key(
     id: &str,
     disable_old: bool,
 ) -> anyhow::Result<()> {
-    let rotated = api_keys::rotate(&db::open(db_path)?, hasher, id, disable_old, clock::now())?;
-    print_new_key(rotated?)?;
+    let rotated = api_keys::rotate(&db::open(db_path)?, hasher, id, disable_old, clock::now())??;
+    audit::api_key_event("api_key.rotated", &rotated.key)
+        .field("replaces", id)
+        .field("old_key_disabled", disable_old)
+        .emit();
+    print_new_key(rotated)?;
     if disable_old {
         println!("disabled: {id}");
     }
@@ -448,6 +499,12 @@ pub fn set_api_key_enabled(db_path: &Path, id: &str, enabled: bool) -> anyhow::R
     let Some(key) = api_keys::set_enabled(&db::open(db_path)?, id, enabled)? else {
         bail!("no API key {id}");
     };
+    let event = if enabled {
+        "api_key.enabled"
+    } else {
+        "api_key.disabled"
+    };
+    audit::api_key_event(event, &key).emit();
     println!("{}: {}", key.id, key.state(clock::now()));
     Ok(())
 }
@@ -457,6 +514,9 @@ pub fn delete_api_key(db_path: &Path, id: &str) -> anyhow::Result<()> {
         api_keys::delete(&db::open(db_path)?, id)?,
         "no API key {id}"
     );
+    audit::Event::new("api_key.deleted")
+        .field("api_key_id", id)
+        .emit();
     println!("deleted API key {id}");
     Ok(())
 }

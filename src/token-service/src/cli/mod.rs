@@ -14,6 +14,7 @@ use crate::protocol::mtls::{self, TlsAuth};
 use crate::protocol::redirect_uri;
 use crate::protocol::scope::ScopeSet;
 use crate::server;
+use crate::server::audit;
 use crate::server::config::ServeConfig;
 use crate::storage::{api_key_hashing, api_keys, clients, consumers, users};
 
@@ -43,6 +44,11 @@ struct Cli {
         global = true
     )]
     api_key_pepper_file: Option<PathBuf>,
+
+    /// File the JSON audit events (see the README) are appended to, created if
+    /// missing; stderr when not given. `serve` and the management commands both log.
+    #[arg(long, env = "TOLLGATE_AUDIT_LOG", value_name = "FILE", global = true)]
+    audit_log: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -303,6 +309,16 @@ pub fn main() -> ExitCode {
     let db = cli.db.as_path();
     let pepper = cli.api_key_pepper_file.as_deref();
     let hasher = || api_key_hashing::KeyHasher::load(pepper);
+    if let Some(path) = &cli.audit_log {
+        if let Err(err) = audit::log_to_file(path) {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if !matches!(cli.command, Command::Serve(_)) {
+        // One request id for the whole invocation; the actor is the OS user.
+        audit::for_process("cli", std::env::var("USER").ok());
+    }
     let result = match cli.command {
         Command::Serve(config) => hasher().and_then(|hasher| server::run(db, config, hasher)),
         Command::Clients(ClientsCommand::Add {

@@ -28,7 +28,9 @@ use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::protocol::pending::{PendingAuthorization, SignedForm};
 use crate::protocol::scope::ScopeSet;
 use crate::protocol::{pkce, redirect_uri};
+use crate::server::audit;
 use crate::server::clock;
+use crate::server::metrics::{Throttled, METRICS};
 use crate::server::throttle::Account;
 use crate::storage::clients::{self, ClientType};
 use crate::storage::users::{self, User};
@@ -276,6 +278,7 @@ async fn approve(state: &Arc<AppState>, posted: Posted, form: &Form, ip: IpAddr)
     let attempt = match state.throttle.begin(Account::User(&username), ip).await {
         Ok(attempt) => attempt,
         Err(blocked) => {
+            audit::throttled(Throttled::User, &username, ip, &blocked);
             let seconds = blocked.retry_after_secs();
             let message =
                 format!("Too many failed sign-in attempts. Try again in {seconds} seconds.");
@@ -304,11 +307,24 @@ async fn approve(state: &Arc<AppState>, posted: Posted, form: &Form, ip: IpAddr)
             )
         }
     };
+    let sign_in = |name| {
+        audit::Event::new(name)
+            .field("username", &username)
+            .field("client_id", &posted.form.authorization.client_id)
+            .field("client_address", ip)
+    };
+    METRICS.sign_in(user.is_some());
     let Some(user) = user else {
         attempt.failed();
+        sign_in("sign_in.failed")
+            .field("reason", "bad_credentials")
+            .emit();
         return retry(state, &posted, &username, INCORRECT_LOGIN, StatusCode::OK);
     };
     attempt.succeeded();
+    sign_in("sign_in.succeeded")
+        .field("user_id", &user.user_id)
+        .emit();
     if !state.login_forms.approve_once(&posted.form, clock::now()) {
         return pages::error(StatusCode::BAD_REQUEST, EXPIRED_FORM);
     }

@@ -27,7 +27,9 @@ use crate::protocol::access_token::{self, Confirmation, Grant, IssuedToken};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::scope::ScopeSet;
 use crate::protocol::{codes, pkce, refresh};
+use crate::server::audit;
 use crate::server::config::ServeConfig;
+use crate::server::metrics::METRICS;
 use crate::storage::clients::{Client, ClientType};
 use crate::storage::keystore::KeySet;
 use crate::storage::{issued_tokens, users};
@@ -119,10 +121,13 @@ pub fn authorization_code(
     if let Some(family_id) = stored.family_id {
         // RFC 6749 §4.1.2: a code used twice is compromised; so is what it produced.
         refresh::revoke_family(conn, family_id, now)?;
-        eprintln!(
-            "security: authorization code replayed by client {}: grant {family_id} revoked",
-            client.client_id
-        );
+        METRICS.code_reused();
+        audit::Event::new("authorization_code.reuse_detected")
+            .field("client_id", &client.client_id)
+            .field("grant_id", family_id)
+            .field("code_fingerprint", audit::fingerprint(&request.code))
+            .field("action", "grant_revoked")
+            .emit();
         return refuse(
             "the authorization code was already used; the tokens issued from it are revoked",
         );
@@ -223,11 +228,24 @@ pub fn refresh_token(
     if presented.rotated_at.is_some() && !retry {
         if !family.revoked {
             refresh::revoke_family(conn, family.family_id, now)?;
-            eprintln!(
-                "security: rotated refresh token reused by client {}: grant {} revoked",
-                client.client_id, family.family_id
-            );
         }
+        METRICS.refresh_token_reused();
+        audit::Event::new("refresh_token.reuse_detected")
+            .field("client_id", &client.client_id)
+            .field("grant_id", family.family_id)
+            .field(
+                "token_fingerprint",
+                audit::fingerprint(&request.refresh_token),
+            )
+            .field(
+                "action",
+                if family.revoked {
+                    "none_already_revoked"
+                } else {
+                    "grant_revoked"
+                },
+            )
+            .emit();
         return refuse("the refresh token was already used; its grant is revoked");
     }
     if !family.is_live(now) {
