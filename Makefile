@@ -38,7 +38,7 @@ wasm: .wasm-target
 	$(CARGO) build --release --target wasm32-wasip1 -p tollgate-filter
 
 bins:
-	$(CARGO) build --release -p tollgate-token-service -p tollgate-sample-api
+	$(CARGO) build --release -p tollgate-token-service -p tollgate-sample-api -p tollgate-sample-ca
 
 ## OCI image ---------------------------------------------------------------
 
@@ -136,7 +136,8 @@ clean:
 # Tollgate against Envoy without auth, a minimal wasm filter and the native
 # jwt_authn, on one pinned core (bench/bench.py). Installs wrk when missing; the
 # bench crates (bench/floor, bench/tokens) are standalone and only built here.
-# The fleet row adds Redis and the rate-limit service (envoy/rls).
+# The fleet row adds Redis and the rate-limit service (envoy/rls); the mTLS rows the
+# sample CA's certificates (src/sample-ca), and are skipped, saying so, without them.
 # Settings: BENCH_SECONDS, BENCH_ROUNDS, BENCH_MEMORY_TOKENS, ... (bench/bench.py).
 # Then the token service's RSS after bursts of concurrent logins (bench/token_service_rss.py,
 # BENCH_TOKEN_BURST, BASELINE_TOKEN_SERVICE).
@@ -146,7 +147,7 @@ bench: tools wasm
 	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
 	$(CARGO) build --release --manifest-path bench/tokens/Cargo.toml
-	$(CARGO) build --release -p tollgate-rls-backend
+	$(CARGO) build --release -p tollgate-rls-backend -p tollgate-sample-ca
 	ENVOY=$(abspath $(ENVOY)) python3 bench/bench.py
 	$(CARGO) build --release -p tollgate-token-service
 	python3 bench/token_service_rss.py

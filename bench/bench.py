@@ -19,9 +19,17 @@ row's ratio to its twin: an A/B that machine drift cannot bias).
 The fleet row (7f-jwt) also runs Redis (`redis-server`) and the rate-limit service
 (target/release/tollgate-rls-backend), pinned with wrk and the upstream.
 
+The mTLS rows (9-tls, 9-bound) send a warm unbound token and a warm token bound to
+the client certificate (`cnf.x5t#S256`) through the same HTTPS listener, which
+requires a client certificate from the sample CA (target/release/sample-ca, into
+bench/out/tls/). wrk presents no client certificate, so it goes through a TLS client
+Envoy on the load CPU. If the certificates cannot be made, these rows are skipped,
+and the report says so.
+
 Stdlib only. Generated keys, tokens, configs and Envoy logs go to bench/out/.
 """
 
+import base64
 import hashlib
 import http.client
 import json
@@ -87,6 +95,7 @@ class Settings:
     floor_wasm: Path = BENCH / "floor/target/wasm32-wasip1/release/tollgate_bench_floor.wasm"
     minter: Path = BENCH / "tokens/target/release/tollgate-bench-tokens"
     rls_backend: Path = ROOT / "target/release/tollgate-rls-backend"
+    sample_ca: Path = ROOT / "target/release/sample-ca"
 
 
 def log(msg):
@@ -96,8 +105,30 @@ def log(msg):
 # --- Tokens -------------------------------------------------------------------
 
 
-def mint_tokens(s: Settings) -> Path:
-    """Keys, JWKS and token pools; reused by later runs while they suffice."""
+def setup_tls(s: Settings):
+    """The sample CA's certificates for the mTLS rows, in bench/out/tls/ (made
+    again when older than 20 days: they are valid for 30), and the x5t#S256 of
+    the client's certificate. (None, reason) when they cannot be made."""
+    out = OUT / "tls"
+    try:
+        cert = out / "partner-acme.pem"
+        if not cert.exists() or time.time() - cert.stat().st_mtime > 20 * 86_400:
+            if not s.sample_ca.exists():
+                return None, f"missing {s.sample_ca} (make bench builds it)"
+            subprocess.run([str(s.sample_ca), str(out)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        pem = cert.read_text()
+        body = pem.split("-----BEGIN CERTIFICATE-----")[1].split("-----END CERTIFICATE-----")[0]
+        digest = hashlib.sha256(base64.b64decode("".join(body.split()))).digest()
+        return out, base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    except (OSError, IndexError, ValueError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        return None, f"{e} {detail.decode(errors='replace').strip()}".strip()
+
+
+def mint_tokens(s: Settings, x5t) -> Path:
+    """Keys, JWKS and token pools; reused by later runs while they suffice.
+    With `x5t`, also a warm token bound to that certificate."""
     out = OUT / "tokens"
     want = {"es256": max(s.pool, s.memory_tokens), "rs256": s.pool, "eddsa": s.pool,
             "invalid": s.pool}
@@ -105,13 +136,16 @@ def mint_tokens(s: Settings) -> Path:
         have = json.loads((out / "manifest.json").read_text())
         fresh = (all(have[k] >= n for k, n in want.items())
                  and have["expires_at"] > time.time() + 2 * 86_400
-                 and have["issuer"] == ISSUER and have["audience"] == AUDIENCE)
+                 and have["issuer"] == ISSUER and have["audience"] == AUDIENCE
+                 and (x5t is None or have.get("x5t") == x5t))
     except (OSError, ValueError, KeyError):
         fresh = False
     if not fresh:
         log(f"minting keys and tokens into {out.relative_to(ROOT)} ...")
         counts = [want[k] for k in ("es256", "rs256", "eddsa", "invalid")]
-        subprocess.run([str(a) for a in [s.minter, out, ISSUER, AUDIENCE, *counts]], check=True)
+        bound = [x5t] if x5t else []
+        subprocess.run([str(a) for a in [s.minter, out, ISSUER, AUDIENCE, *counts, *bound]],
+                       check=True)
     (out / "api_key.txt").write_text(API_KEY + "\n")
     return out
 
@@ -192,6 +226,7 @@ PROXIES = {
     "tollgate_limits_baseline": ["tollgate"],
     "tollgate_memory": ["tollgate"],
     "tollgate_baseline": ["tollgate"],
+    "tollgate_tls": ["tollgate"],
 }
 
 
@@ -218,8 +253,16 @@ def upstream_config(ports: Ports) -> Path:
     return path
 
 
+def tls_client_config(tls: Path, ports: Ports, proxy_port: int) -> Path:
+    path = RUN / "tls_client.yaml"
+    text = (CONFIGS / "tls_client.yaml").read_text()
+    path.write_text(render(text, {"port": ports.port, "admin_port": ports.admin,
+                                  "proxy_port": proxy_port, "tls": tls}))
+    return path
+
+
 def proxy_config(s: Settings, name: str, tokens: Path, ports: Ports, upstream: int,
-                 file_name: str, rls_port: int = 0) -> Path:
+                 file_name: str, rls_port: int = 0, tls: Path | None = None) -> Path:
     jwks = (tokens / "jwks.json").read_text().strip()
     dpop_file = tokens / "dpop_jwks.json"
     dpop_jwks = dpop_file.read_text().strip() if dpop_file.exists() else ""
@@ -236,6 +279,8 @@ def proxy_config(s: Settings, name: str, tokens: Path, ports: Ports, upstream: i
     filters = "".join(render((CONFIGS / "filters" / f"{f}.yaml").read_text(), values)
                       for f in PROXIES[name])
     values["filters"] = filters
+    values["transport_socket"] = (render((CONFIGS / "tls_listener.yaml").read_text(),
+                                         {"tls": tls}) if name == "tollgate_tls" else "")
     values["clusters"] = (render((CONFIGS / "rls_cluster.yaml").read_text(),
                                  {"rls_port": rls_port})
                           if "ratelimit" in PROXIES[name] else "")
@@ -434,6 +479,7 @@ class Row:
     load: Load
     status: int = 200
     native: str = ""  # the id of the matching native row
+    via: str = ""  # the Envoy wrk talks to, if not the proxy itself (the TLS client)
     baseline: str = ""  # the id of the twin row on TOLLGATE_BASELINE_WASM
     runs: list = field(default_factory=list)
     # Where the next run starts in the credential file: each run goes on
@@ -441,8 +487,11 @@ class Row:
     # Envoy has cached (the file is twice the cache bound).
     cursor: int = 0
 
-    def drive(self, s, envoy, seconds, cpus) -> dict:
-        result = run_wrk(s, envoy.port, self.load, seconds, cpus, self.cursor)
+    def port(self, envoys) -> int:
+        return envoys[self.via or self.proxy].port
+
+    def drive(self, s, port, seconds, cpus) -> dict:
+        result = run_wrk(s, port, self.load, seconds, cpus, self.cursor)
         self.cursor += result["requests"]
         return result
 
@@ -461,7 +510,7 @@ def with_baseline_twins(rows: list) -> list:
     return out
 
 
-def make_rows(tokens: Path) -> list:
+def make_rows(tokens: Path, tls: bool) -> list:
     """The rows in run order: each next to the rows it is compared with, so
     that both sides of a ratio are measured seconds apart (the speed of a
     shared machine drifts by tens of percent within a minute)."""
@@ -487,6 +536,10 @@ def make_rows(tokens: Path) -> list:
         Row("7n-key", "native api_key_auth + local_ratelimit", "native_api_key", key),
         Row("7-key", "Tollgate + rate limit, API key", "tollgate_limits", key, native="7n-key"),
         Row("7f-jwt", "Tollgate + rate limit + native RLS call", "tollgate_fleet", warm),
+        *([Row("9-tls", "Tollgate over mTLS, warm unbound token", "tollgate_tls", warm,
+               via="tls_client"),
+           Row("9-bound", "Tollgate over mTLS, warm bound token", "tollgate_tls",
+               Load(tokens / "warm-bound.txt"), via="tls_client")] if tls else []),
     ]
 
 
@@ -495,14 +548,16 @@ def check_rows(rows, envoys):
     would time an error path."""
     for row in rows:
         headers = {row.load.header: row.load.prefix + row.load.first()}
-        status, body = http_get(envoys[row.proxy].port, "/data", headers)
+        if row.load.fixed[0]:
+            headers[row.load.fixed[0]] = row.load.fixed[1]
+        status, body = http_get(row.port(envoys), "/data", headers)
         if status != row.status:
             raise SystemExit(f"row {row.id}: expected {row.status}, got {status}: {body[:300]}")
 
 
-def measure(s, row, envoy, cpus) -> dict:
+def measure(s, row, envoy, port, cpus) -> dict:
     cpu0 = envoy.cpu_seconds()
-    result = row.drive(s, envoy, s.seconds, cpus)
+    result = row.drive(s, port, s.seconds, cpus)
     result["proxy_cpu_s"] = envoy.cpu_seconds() - cpu0
     result["cpu_us"] = result["proxy_cpu_s"] * 1e6 / result["requests"]
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
@@ -517,14 +572,14 @@ def measure(s, row, envoy, cpus) -> dict:
 def run_rounds(s, rows, envoys, cpus):
     log(f"warm-up: {s.warmup_seconds} s per row")
     for row in rows:
-        row.drive(s, envoys[row.proxy], s.warmup_seconds, cpus)
+        row.drive(s, row.port(envoys), s.warmup_seconds, cpus)
     for r in range(s.rounds):
         # Interleaved; every other round backwards, so that neither side of a
         # pair always runs first.
         order = rows if r % 2 == 0 else rows[::-1]
         log(f"round {r + 1}/{s.rounds}: {len(order)} rows x {s.seconds} s")
         for row in order:
-            row.runs.append(measure(s, row, envoys[row.proxy], cpus))
+            row.runs.append(measure(s, row, envoys[row.proxy], row.port(envoys), cpus))
 
 
 # --- Memory -------------------------------------------------------------------
@@ -635,6 +690,12 @@ def evaluate_targets(rows, summary, memory) -> dict:
     # Tollgate with only its local limit (reported, no target).
     target("native_rls_vs_local", ["7f-jwt", "7-jwt"],
            lambda: round_ratio(by_id["7f-jwt"], by_id["7-jwt"]), "report", 1.0)
+    # The cost of checking a token's certificate binding: req/s and proxy CPU
+    # per request of a bound token against an unbound one, same mTLS listener.
+    target("mtls_bound_vs_unbound", ["9-bound", "9-tls"],
+           lambda: round_ratio(by_id["9-bound"], by_id["9-tls"]), "report", 1.0)
+    target("mtls_bound_vs_unbound_cpu", ["9-bound", "9-tls"],
+           lambda: round_ratio(by_id["9-bound"], by_id["9-tls"], "cpu_us"), "report", 1.0)
     if "tollgate" in memory:
         growth = memory["tollgate"]["growth"] / 2**20
         bound = (CACHE_BYTES + MEMORY_SLACK) / 2**20
@@ -642,7 +703,7 @@ def evaluate_targets(rows, summary, memory) -> dict:
     return out
 
 
-def print_report(s, pin, summary, native_cache, memory, targets):
+def print_report(s, pin, summary, native_cache, memory, targets, tls_skipped):
     print()
     print(f"Tollgate bench: {s.rounds} rounds x {s.seconds} s per row, interleaved; "
           f"wrk -t1 -c{s.connections}, HTTP/1.1 keep-alive; medians over rounds.")
@@ -661,6 +722,11 @@ def print_report(s, pin, summary, native_cache, memory, targets):
                          f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['cpu_us']:.0f} us",
                          f"{r['cpu_pct']:.0f}%", f"{r['vs_limit']:.2f}", native))
     print("CPU/req: the proxy Envoy's user+system time per request; CPU: its share of one core.")
+    if tls_skipped:
+        print(f"mTLS rows (9-tls, 9-bound) skipped: {tls_skipped}")
+    elif "9-tls" in summary:
+        print("Rows 9-*: HTTPS with a required client certificate; wrk reaches it through a TLS "
+              "client Envoy on the load CPU,\n  so compare them with each other, not with row 1.")
     if s.baseline_wasm:
         print(f"Against the baseline build ({s.baseline_wasm}), same rounds "
               "(req/s, and CPU/req: lower is better):")
@@ -728,9 +794,13 @@ def main():
     RUN.mkdir(parents=True, exist_ok=True)
     pin = pinning()
     proxy_cpus, load_cpus = pin if pin else (None, None)
-    tokens = mint_tokens(s)
+    tls, x5t = setup_tls(s)
+    tls_skipped = "" if tls else x5t
+    if tls_skipped:
+        log(f"mTLS rows skipped: {tls_skipped}")
+    tokens = mint_tokens(s, x5t if tls else None)
     mint_dpop(s, tokens)
-    rows = make_rows(tokens)
+    rows = make_rows(tokens, tls is not None)
     if s.only_rows:
         wanted = {"1", *s.only_rows.split(",")}
         rows = [row for row in rows if row.id in wanted]
@@ -750,8 +820,12 @@ def main():
         for name in sorted({row.proxy for row in rows}):
             ports = free_ports()
             config = proxy_config(s, name, tokens, ports, upstream_ports.port, name,
-                                  fleet.grpc_port if fleet else 0)
+                                  fleet.grpc_port if fleet else 0, tls)
             envoys[name] = Envoy(s, name, config, ports, proxy_cpus)
+        if any(row.via for row in rows):
+            ports = free_ports()
+            config = tls_client_config(tls, ports, envoys["tollgate_tls"].port)
+            envoys["tls_client"] = Envoy(s, "tls_client", config, ports, load_cpus)
         for envoy in envoys.values():
             envoy.wait_ready()
         check_rows(rows, envoys)
@@ -776,7 +850,7 @@ def main():
 
     summary = summarize(rows)
     targets = evaluate_targets(rows, summary, memory)
-    print_report(s, pin, summary, native_cache, memory, targets)
+    print_report(s, pin, summary, native_cache, memory, targets, tls_skipped)
     line = bench_line(s, pin, summary, memory, targets)
     print("BENCH " + json.dumps(line, separators=(",", ":")), flush=True)
     if not line["valid"]:

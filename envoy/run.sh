@@ -14,6 +14,9 @@
 # State lives in $TOLLGATE_RUN_DIR (default .run/): the token service's database, the
 # logs, and, for this demo only, the demo identities' secrets (envoy/seed.sh) so the
 # walkthrough can print copy-paste commands. The service itself stores only hashes.
+# tls/ holds the HTTPS listener's and the demo clients' certificates, made afresh by the
+# sample CA (src/sample-ca) at every start; Envoy runs $RUN/envoy.yaml, the sample
+# config with their paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +26,7 @@ RUN=${TOLLGATE_RUN_DIR:-.run}
 STATE=$RUN/demo.env
 PUBLIC=http://127.0.0.1:8080
 # The fixed addresses of envoy/envoy.yaml and the commands below.
-PORTS=(8080:Envoy 9901:Envoy-admin 9000:token-service 9100:sample-api)
+PORTS=(8080:Envoy 8443:Envoy-HTTPS 9901:Envoy-admin 9000:token-service 9100:sample-api)
 
 say() { echo "make run: $*" >&2; }
 
@@ -73,6 +76,9 @@ export TOLLGATE_DB=$RUN/tollgate.db
 envoy/seed.sh "$STATE" "$BIN/tollgate-token-service"
 # shellcheck disable=SC1090
 source "$STATE"
+"$BIN/sample-ca" "$RUN/tls" > /dev/null
+TLS_DIR=$RUN_PATH/tls
+sed "s|\.run/tls/|$TLS_DIR/|g" envoy/envoy.yaml > "$RUN/envoy.yaml"
 
 names=() pids=() logs=()
 # Components get SIGTERM if this script dies without cleaning up (kill -9).
@@ -125,8 +131,8 @@ supervise() {
 
 start sample-api "$BIN/sample-api" --listen 127.0.0.1:9100
 start token-service "$BIN/tollgate-token-service" serve --listen 127.0.0.1:9000 --issuer "$PUBLIC" \
-  --audience tollgate-sample-api
-start envoy "$ENVOY" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart --log-level warn \
+  --audience tollgate-sample-api --mtls-endpoint-base https://127.0.0.1:8443
+start envoy "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart --log-level warn \
   --component-log-level wasm:info
 
 # shellcheck source=envoy/demo/walkthrough.sh

@@ -7,6 +7,8 @@
 #   alice       a user who signs in at /authorize (random password), with an
 #               authenticator app (TOTP secret kept for the step-up walkthrough)
 #   mobile-app  public client (authorization code + PKCE), redirect http://127.0.0.1/callback
+#   partner-acme  client authenticated by its certificate (tls_client_auth, URI SAN
+#               spiffe://tollgate.local/partner/acme): certificate-bound tokens, read:data
 #
 # Usage: seed.sh STATE_FILE CLI...
 #   CLI is how to run tollgate-token-service against the stack's database, e.g.
@@ -73,4 +75,9 @@ if [[ -z ${MOBILE_APP_CLIENT:-} ]]; then
   field_of client_id 'client mobile-app' clients add --id mobile-app --public --scopes 'read:data write:data' \
     --redirect-uri http://127.0.0.1/callback > /dev/null
   remember MOBILE_APP_CLIENT mobile-app
+fi
+if [[ -z ${MTLS_PARTNER_CLIENT:-} ]]; then
+  field_of client_id 'client partner-acme' clients add --id partner-acme --scopes 'read:data' \
+    --default-scopes 'read:data' --tls-san-uri spiffe://tollgate.local/partner/acme > /dev/null
+  remember MTLS_PARTNER_CLIENT partner-acme
 fi

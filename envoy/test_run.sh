@@ -2,14 +2,15 @@
 # make run-test: `make run` as a service manager, and the sample walkthrough against it.
 #
 # Runs in a private network namespace (unshare --net, loopback only) so the stack's
-# fixed ports (8080, 9000, 9100, 9901) cannot collide with the e2e suite, another
+# fixed ports (8080, 8443, 9000, 9100, 9901) cannot collide with the e2e suite, another
 # checkout's make run or anything else on the machine; state goes to a temporary
 # directory, never to .run/. Without unshare (not root), it uses the host's loopback
 # and refuses to start if those ports are taken.
 #
 # Checks:
 #   - the walkthrough: the demo app's code + PKCE flow (envoy/demo/mobile_app.py),
-#     then the printed curl steps (token, API key, 401/403, admin API);
+#     then the printed curl steps (token, API key, 401/403, admin API, HTTPS with
+#     a client certificate);
 #   - a second make run is refused, exits non-zero, leaves the live logs alone and
 #     prints no secret;
 #   - every way of stopping leaves no component behind: kill of make, kill of the
@@ -48,7 +49,7 @@ fail() {
   exit 1
 }
 
-for port in 8080 9000 9100 9901; do
+for port in 8080 8443 9000 9100 9901; do
   if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then
     fail "127.0.0.1:$port is in use and this run has no network namespace of its own (run as root)"
   fi
@@ -92,7 +93,7 @@ expect_all_stopped() {
     IFS=,
     echo "${left[*]}"
   )" | tr '\n' ' ')"
-  for port in 8080 9000 9100 9901; do
+  for port in 8080 8443 9000 9100 9901; do
     if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then fail "$what: 127.0.0.1:$port still open"; fi
   done
   ok "$what: make, run.sh and all 3 components stopped, ports closed"
@@ -105,6 +106,12 @@ ok "make run printed the banner (filter ready)"
 source "$RUN/demo.env"
 [[ $(stat -c %a "$RUN/demo.env") == 600 ]] || fail "demo.env is not mode 600"
 ok "demo secrets are kept in a mode-600 state file"
+TLS_DIR=$RUN/tls
+[[ $(stat -c %a "$TLS_DIR/server.key") == 600 && $(stat -c %a "$TLS_DIR/partner-acme.key") == 600 ]] ||
+  fail "the sample private keys are not mode 600"
+grep -q 'curl -s --cacert .*/tls/ca.pem' "$OUT" && grep -q -- "--cert .*/tls/partner-acme.pem" "$OUT" ||
+  fail "the banner does not say how to call the stack with curl --cert"
+ok "make run made the sample certificates (keys mode 600) and printed the curl --cert call"
 # shellcheck source=envoy/demo/walkthrough.sh
 source envoy/demo/walkthrough.sh
 demo_check

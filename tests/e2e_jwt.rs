@@ -505,6 +505,7 @@ fn host_and_pure_rust_backends_agree_on_every_token() {
     // A second Envoy in front of the same services, verifying only in pure Rust.
     let ports = StackPorts {
         listener: support::process::free_port(),
+        tls_listener: support::process::free_port(),
         admin: support::process::free_port(),
         ..stack.ports
     };

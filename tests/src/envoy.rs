@@ -7,12 +7,16 @@
 
 pub use super::artifacts::{envoy_binary, repo_path, wasm_path};
 use super::process::{free_port, ChildProcess};
+use super::tls::SamplePki;
 use serde_json::Value;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SAMPLE: &str = "envoy/envoy.yaml";
 const SAMPLE_WASM: &str = "target/wasm32-wasip1/release/tollgate.wasm";
+/// Where the sample's HTTPS listener reads its certificates (`make run` writes them).
+const SAMPLE_TLS_DIR: &str = ".run/tls/";
 const PLUGIN_CONFIG_MARKER: &str = "\"@type\": type.googleapis.com/google.protobuf.StringValue";
 /// The sample's access log; each test Envoy writes its own file instead.
 const SAMPLE_ACCESS_LOG: &str = "path: .run/access.log";
@@ -21,6 +25,8 @@ const SAMPLE_ACCESS_LOG: &str = "path: .run/access.log";
 #[derive(Debug, Clone, Copy)]
 pub struct StackPorts {
     pub listener: u16,
+    /// The HTTPS listener (mutual TLS optional).
+    pub tls_listener: u16,
     pub admin: u16,
     pub token_service: u16,
     pub sample_api: u16,
@@ -30,6 +36,7 @@ impl StackPorts {
     pub fn free() -> StackPorts {
         StackPorts {
             listener: free_port(),
+            tls_listener: free_port(),
             admin: free_port(),
             token_service: free_port(),
             sample_api: free_port(),
@@ -47,6 +54,8 @@ impl StackPorts {
 pub struct EnvoyConfig {
     yaml: String,
     pub ports: StackPorts,
+    /// The HTTPS listener's certificates and the demo clients', made for this config.
+    pub pki: Arc<SamplePki>,
 }
 
 impl EnvoyConfig {
@@ -74,8 +83,14 @@ impl EnvoyConfig {
                 "port_value: 9100",
                 &format!("port_value: {}", ports.sample_api),
             )
+            .replace(
+                "port_value: 8443",
+                &format!("port_value: {}", ports.tls_listener),
+            )
             .replace(SAMPLE_WASM, &wasm_path().display().to_string());
-        EnvoyConfig { yaml, ports }
+        let pki = Arc::new(SamplePki::generate());
+        let yaml = yaml.replace(SAMPLE_TLS_DIR, &format!("{}/", pki.dir.path().display()));
+        EnvoyConfig { yaml, ports, pki }
     }
 
     /// Lines of the plugin configuration's `value: |` block: (start, end) indexes.
@@ -165,6 +180,7 @@ const HCM_SAFEGUARDS: [&str; 5] = [
 pub struct Envoy {
     pub process: ChildProcess,
     pub ports: StackPorts,
+    pub pki: Arc<SamplePki>,
     _config: tempfile::NamedTempFile,
     access_log: tempfile::NamedTempFile,
 }
@@ -203,6 +219,7 @@ impl Envoy {
         Ok(Envoy {
             process,
             ports: config.ports,
+            pki: Arc::clone(&config.pki),
             _config: file,
             access_log,
         })
@@ -214,6 +231,11 @@ impl Envoy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.ports.listener)
+    }
+
+    /// The URL of `path` on the HTTPS listener.
+    pub fn tls_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.ports.tls_listener)
     }
 
     pub fn log(&self) -> String {

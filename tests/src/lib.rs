@@ -10,6 +10,7 @@ pub mod process;
 pub mod redis;
 pub mod rls;
 pub mod stack;
+pub mod tls;
 pub mod token_service;
 
 use std::time::Duration;

@@ -2,9 +2,11 @@
 //! key, their JWKS, a warm token, pools of distinct tokens per algorithm, and
 //! ES256 tokens with bad signatures.
 //!
-//! Usage: tollgate-bench-tokens OUT_DIR ISSUER AUDIENCE ES256 RS256 EDDSA INVALID
-//! (the last four are pool sizes). Writes OUT_DIR/{jwks.json, warm.txt,
-//! es256.txt, rs256.txt, eddsa.txt, invalid.txt, manifest.json}, one token a line.
+//! Usage: tollgate-bench-tokens OUT_DIR ISSUER AUDIENCE ES256 RS256 EDDSA INVALID [X5T]
+//! (the four numbers are pool sizes). Writes OUT_DIR/{jwks.json, warm.txt,
+//! es256.txt, rs256.txt, eddsa.txt, invalid.txt, manifest.json}, one token a line;
+//! with X5T (a certificate's base64url SHA-256), also warm-bound.txt: a warm
+//! token bound to that certificate (`cnf.x5t#S256`, RFC 8705).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -19,7 +21,7 @@ const LIFETIME_DAYS: u64 = 30;
 struct Extra {
     client_id: String,
     scope: String,
-    /// DPoP binding (RFC 9449): the thumbprint of the app's key.
+    /// The binding: DPoP's `jkt` (RFC 9449), or a certificate's `x5t#S256` (RFC 8705).
     #[serde(skip_serializing_if = "Option::is_none")]
     cnf: Option<serde_json::Value>,
 }
@@ -130,9 +132,17 @@ fn main() {
     if args.first().map(String::as_str) == Some("dpop") {
         return mint_dpop(&args[1..]);
     }
-    let [out, issuer, audience, es, rs, ed, bad] = args.as_slice() else {
-        eprintln!("usage: tollgate-bench-tokens OUT_DIR ISSUER AUDIENCE ES256 RS256 EDDSA INVALID");
-        std::process::exit(2);
+    let (out, issuer, audience, es, rs, ed, bad, x5t) = match args.as_slice() {
+        [out, issuer, audience, es, rs, ed, bad] => (out, issuer, audience, es, rs, ed, bad, None),
+        [out, issuer, audience, es, rs, ed, bad, x5t] => {
+            (out, issuer, audience, es, rs, ed, bad, Some(x5t))
+        }
+        _ => {
+            eprintln!(
+                "usage: tollgate-bench-tokens OUT_DIR ISSUER AUDIENCE ES256 RS256 EDDSA INVALID [X5T]"
+            );
+            std::process::exit(2);
+        }
     };
     let count = |s: &String| s.parse::<usize>().expect("pool sizes are numbers");
     let dir = Path::new(out);
@@ -165,6 +175,11 @@ fn main() {
 
     let warm = es256.sign(m.claims("warm", 0)).unwrap();
     write_lines(dir, "warm.txt", &[warm]);
+    if let Some(x5t) = x5t {
+        let mut claims = m.claims("warm-bound", 0);
+        claims.custom.cnf = Some(json!({ "x5t#S256": x5t }));
+        write_lines(dir, "warm-bound.txt", &[es256.sign(claims).unwrap()]);
+    }
     write_lines(
         dir,
         "es256.txt",
@@ -193,7 +208,7 @@ fn main() {
     let manifest = json!({
         "issuer": issuer, "audience": audience,
         "es256": count(es), "rs256": count(rs), "eddsa": count(ed), "invalid": count(bad),
-        "expires_at": now + LIFETIME_DAYS * 86_400,
+        "expires_at": now + LIFETIME_DAYS * 86_400, "x5t": x5t,
     });
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
 }

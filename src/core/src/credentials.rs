@@ -1,6 +1,7 @@
 //! Finding bearer credentials in a request, and removing every trace of them
 //! before the request goes upstream.
 
+use crate::client_cert::{CertificateNames, ClientCertificate, ClientCertificateSource};
 use crate::names;
 
 /// One place a provider reads tokens from.
@@ -31,9 +32,32 @@ pub struct RequestView<'a> {
     /// When the pipeline first saw the request (µs since the Unix epoch);
     /// `pipeline::on_request` sets it, `Step::Wait` and `Step::Park` hand it back.
     pub received_us: u64,
+    /// The connection's client certificate, read when a decision needs it;
+    /// `None`: the host exposes none ([`ClientCertificate::Unknown`]).
+    pub client_cert: Option<&'a dyn ClientCertificateSource>,
 }
 
+/// The names a view without a certificate source answers.
+static NO_NAMES: CertificateNames = CertificateNames {
+    uri_san: None,
+    dns_san: None,
+    subject: None,
+};
+
 impl RequestView<'_> {
+    /// The connection's client certificate (reads the host on first use).
+    pub fn client_certificate(&self) -> ClientCertificate {
+        self.client_cert
+            .map_or(ClientCertificate::Unknown, |source| {
+                source.client_certificate()
+            })
+    }
+
+    /// The names in the connection's client certificate (read on first use).
+    pub fn client_certificate_names(&self) -> &CertificateNames {
+        self.client_cert.map_or(&NO_NAMES, |source| source.names())
+    }
+
     pub fn path_without_query(&self) -> &str {
         self.path.split(['?', '#']).next().unwrap_or(self.path)
     }
@@ -274,6 +298,7 @@ mod tests {
                 headers: &h,
                 client_ip: Some("192.0.2.1"),
                 received_us: 0,
+                client_cert: None,
             };
             assert_eq!(
                 find_token(&req, &[bearer()]),
@@ -295,6 +320,7 @@ mod tests {
                 headers: &h,
                 client_ip: Some("192.0.2.1"),
                 received_us: 0,
+                client_cert: None,
             };
             assert_eq!(find_token(&req, &[bearer()]), None);
         }
@@ -314,6 +340,7 @@ mod tests {
             headers: &h,
             client_ip: Some("192.0.2.1"),
             received_us: 0,
+            client_cert: None,
         };
         assert_eq!(find_token(&req, &locs), Some(("tok1".into(), 1)));
         assert_eq!(
@@ -330,6 +357,7 @@ mod tests {
             headers: &only,
             client_ip: Some("192.0.2.1"),
             received_us: 0,
+            client_cert: None,
         };
         assert_eq!(
             strip(&req, locs.iter()),
@@ -347,6 +375,7 @@ mod tests {
             headers,
             client_ip: Some("192.0.2.1"),
             received_us: 0,
+            client_cert: None,
         }
     }
 
@@ -459,6 +488,7 @@ mod tests {
                 headers: &[],
                 client_ip: Some("192.0.2.1"),
                 received_us: 0,
+                client_cert: None,
             };
             assert_eq!(find_token(&req, &locs), None, "{path}");
         }
@@ -472,6 +502,7 @@ mod tests {
             headers: &[],
             client_ip: Some("192.0.2.1"),
             received_us: 0,
+            client_cert: None,
         };
         assert_eq!(req.path_without_query(), "/a/b");
         assert_eq!(req.query(), Some("x=1"));

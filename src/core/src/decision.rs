@@ -65,10 +65,24 @@ pub enum Reason {
     KeysUnavailable,
     RevocationsUnavailable,
     ApiKeysUnavailable,
+    // Client certificates (mutual TLS) and certificate-bound tokens (RFC 8705).
+    /// 401: the rule requires a client certificate and the connection has none.
+    ClientCertificateRequired,
+    /// 403: the certificate's identity (SAN, subject) is not one the rule allows.
+    ClientCertificateNotAllowed,
+    /// 401 invalid_token: the token's `cnf.x5t#S256` is not this connection's certificate.
+    CertificateBindingMismatch,
+    /// 401 invalid_token: a certificate-bound token on a connection without a certificate.
+    BoundTokenWithoutCertificate,
+    /// 401 invalid_token: the rule requires certificate-bound tokens; this one is a bearer token.
+    TokenNotBound,
+    /// 500: a check needs the client certificate, and the host does not expose
+    /// the connection's properties. Fails closed.
+    ClientCertificateUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 40] = [
+    pub const ALL: [Reason; 46] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::AmbiguousPath,
@@ -109,6 +123,12 @@ impl Reason {
         Reason::KeysUnavailable,
         Reason::RevocationsUnavailable,
         Reason::ApiKeysUnavailable,
+        Reason::ClientCertificateRequired,
+        Reason::ClientCertificateNotAllowed,
+        Reason::CertificateBindingMismatch,
+        Reason::BoundTokenWithoutCertificate,
+        Reason::TokenNotBound,
+        Reason::ClientCertificateUnavailable,
     ];
 
     /// The reason's place in [`Reason::ALL`].
@@ -158,6 +178,12 @@ impl Reason {
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::RevocationsUnavailable => "revocations_unavailable",
             Reason::ApiKeysUnavailable => "api_keys_unavailable",
+            Reason::ClientCertificateRequired => "client_certificate_required",
+            Reason::ClientCertificateNotAllowed => "client_certificate_not_allowed",
+            Reason::CertificateBindingMismatch => "certificate_binding_mismatch",
+            Reason::BoundTokenWithoutCertificate => "bound_token_without_certificate",
+            Reason::TokenNotBound => "token_not_bound",
+            Reason::ClientCertificateUnavailable => "client_certificate_unavailable",
         }
     }
 
@@ -188,11 +214,13 @@ impl Reason {
             Reason::InsufficientScope
             | Reason::MissingRole
             | Reason::ClaimMismatch
-            | Reason::NoMatchingRule => 403,
+            | Reason::NoMatchingRule
+            | Reason::ClientCertificateNotAllowed => 403,
             Reason::RateLimited | Reason::LockedOut => 429,
             Reason::KeysUnavailable
             | Reason::RevocationsUnavailable
             | Reason::ApiKeysUnavailable => 503,
+            Reason::ClientCertificateUnavailable => 500,
             _ => 401,
         }
     }
@@ -205,7 +233,11 @@ impl Reason {
             Reason::AmbiguousPath | Reason::AmbiguousMethodOverride => Some("invalid_request"),
             Reason::MissingCredentials => Some("unauthorized"),
             Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
-            Reason::NoMatchingRule | Reason::MissingRole => Some("access_denied"),
+            Reason::NoMatchingRule | Reason::MissingRole | Reason::ClientCertificateNotAllowed => {
+                Some("access_denied")
+            }
+            Reason::ClientCertificateRequired => Some("invalid_request"),
+            Reason::ClientCertificateUnavailable => Some("server_error"),
             Reason::RateLimited | Reason::LockedOut => Some("rate_limited"),
             Reason::KeysUnavailable
             | Reason::RevocationsUnavailable
@@ -270,6 +302,24 @@ impl Reason {
                 "the token revocation list is not available yet, retry shortly"
             }
             Reason::ApiKeysUnavailable => "the API key set is not available yet, retry shortly",
+            Reason::ClientCertificateRequired => {
+                "this resource requires a client certificate (mutual TLS)"
+            }
+            Reason::ClientCertificateNotAllowed => {
+                "the client certificate is not allowed for this resource"
+            }
+            Reason::CertificateBindingMismatch => {
+                "the access token is bound to another client certificate"
+            }
+            Reason::BoundTokenWithoutCertificate => {
+                "the access token is bound to a client certificate, and none was presented"
+            }
+            Reason::TokenNotBound => {
+                "this resource requires an access token bound to the client certificate"
+            }
+            Reason::ClientCertificateUnavailable => {
+                "the gateway cannot see this connection's client certificate"
+            }
         }
     }
 }
@@ -314,7 +364,7 @@ pub fn render_denial(
         }
         _ if status == 401 => {
             challenge.push_str(&format!(
-                ", error=\"invalid_token\", error_description=\"{description}\""
+                ", error=\"{error}\", error_description=\"{description}\""
             ));
         }
         _ => {}

@@ -6,6 +6,7 @@ pub mod anomaly;
 pub mod apikey;
 pub mod audit;
 pub mod claims;
+pub mod client_cert;
 pub mod client_ip;
 pub mod config;
 pub mod credentials;

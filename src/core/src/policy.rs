@@ -4,6 +4,7 @@
 //! as the HTTP connection manager happens to hand them over.
 
 use crate::claims::{string_set, ClaimPath};
+use crate::client_cert::CertificateRequirement;
 use crate::config::ProviderId;
 use crate::decision::Reason;
 use crate::ratelimit::PolicyId;
@@ -142,6 +143,10 @@ pub struct Requirement {
     pub accept_api_key: bool,
     /// Read API keys from the query string too (`api_keys.query_param`).
     pub api_key_in_query: bool,
+    /// A client certificate, and what its identity must be (mutual TLS).
+    pub client_certificate: Option<CertificateRequirement>,
+    /// Every token must be bound to the connection's certificate (RFC 8705).
+    pub certificate_bound_token: bool,
 }
 
 impl Default for Requirement {
@@ -155,6 +160,8 @@ impl Default for Requirement {
             accept_jwt: true,
             accept_api_key: false,
             api_key_in_query: false,
+            client_certificate: None,
+            certificate_bound_token: false,
         }
     }
 }

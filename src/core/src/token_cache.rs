@@ -7,6 +7,7 @@
 //! same ones (a rotation or refetch makes every entry of that provider stale),
 //! that the token is within `exp`/`nbf`, and that its `jti` is not revoked.
 
+use crate::client_cert::TokenBinding;
 use crate::config::ProviderId;
 use crate::credentials::HeaderEdit;
 use crate::identity::Caller;
@@ -33,6 +34,8 @@ pub struct VerifiedToken {
     pub caller: Arc<Caller>,
     /// Identity headers for the upstream, computed once.
     pub identity: Arc<[HeaderEdit]>,
+    /// `cnf.x5t#S256`: checked against each request's connection.
+    pub binding: TokenBinding,
 }
 
 impl VerifiedToken {
@@ -224,6 +227,7 @@ mod tests {
                 ..Caller::default()
             }),
             identity: Arc::new([]),
+            binding: TokenBinding::Unbound,
         })
     }
 

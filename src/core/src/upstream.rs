@@ -162,6 +162,7 @@ mod tests {
             headers: h,
             client_ip: None,
             received_us: 0,
+            client_cert: None,
         }
     }
 

@@ -6,6 +6,7 @@
 
 use crate::anomaly::Watch;
 use crate::apikey::KeySet as ApiKeySet;
+use crate::client_cert::CertificateSnapshot;
 use crate::config::{ApiKeySource, ProviderId, ProviderKeys, Settings};
 use crate::credentials::RequestView;
 use crate::crypto::SignatureVerifier;
@@ -49,6 +50,8 @@ pub struct ParkedRequest {
     pub received_us: u64,
     pub headers: Vec<(String, Vec<u8>)>,
     pub client_ip: Option<String>,
+    /// Read before parking: another context decides the request later.
+    pub client_cert: CertificateSnapshot,
 }
 
 impl ParkedRequest {
@@ -65,6 +68,7 @@ impl ParkedRequest {
             path: header(":path"),
             headers: &self.headers,
             client_ip: self.client_ip.as_deref(),
+            client_cert: Some(&self.client_cert),
             received_us: self.received_us,
         }
     }

@@ -4,8 +4,11 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::Context;
 use proxy_wasm::types::Status;
+use std::cell::OnceCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 use tollgate_core::audit;
+use tollgate_core::client_cert::{CertificateNames, ClientCertificate, ClientCertificateSource};
 use tollgate_core::host::{
     AuditSink, CalloutError, Callouts, Clock, DecisionRecord, ForeignFunction, SharedData,
 };
@@ -36,6 +39,46 @@ impl ForeignFunction for EnvoyForeignFunction {
             Err(Status::NotFound) => Err(format!("host has no `{name}` function")),
             Err(status) => Err(format!("`{name}` failed: {status:?}")),
         }
+    }
+}
+
+/// The connection's client certificate, read from Envoy's `connection.*`
+/// properties on first use: a request no check needs it for costs no host
+/// call, a bound token's check one (the digest), a rule on names three more.
+#[derive(Debug, Default)]
+pub struct ConnectionCertificate {
+    certificate: OnceCell<ClientCertificate>,
+    names: OnceCell<CertificateNames>,
+}
+
+/// Whether this VM has said that the host exposes no certificate properties.
+static UNKNOWN_REPORTED: AtomicBool = AtomicBool::new(false);
+
+fn connection_property(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_property(vec!["connection", name])
+        .ok()
+        .flatten()
+}
+
+impl ClientCertificateSource for ConnectionCertificate {
+    fn client_certificate(&self) -> ClientCertificate {
+        *self.certificate.get_or_init(|| {
+            let cert = ClientCertificate::from_properties(connection_property);
+            if cert == ClientCertificate::Unknown && !UNKNOWN_REPORTED.swap(true, Ordering::Relaxed)
+            {
+                log::error!(
+                    "tollgate: the host does not expose the connection's client certificate \
+                     (connection.sha256_peer_certificate_digest, connection.mtls): requests \
+                     that need it are refused with 500 client_certificate_unavailable"
+                );
+            }
+            cert
+        })
+    }
+
+    fn names(&self) -> &CertificateNames {
+        self.names
+            .get_or_init(|| CertificateNames::from_properties(connection_property))
     }
 }
 

@@ -2,12 +2,13 @@
 //! pipeline, and maps each [`Step`] to host calls.
 
 use super::fetch::read_response;
-use super::host::{request_headers, EnvoyCallouts, EnvoyClock};
+use super::host::{request_headers, ConnectionCertificate, EnvoyCallouts, EnvoyClock};
 use super::parked::decide_woken;
 use super::root::Shared;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
+use tollgate_core::client_cert::CertificateSnapshot;
 use tollgate_core::client_ip;
 use tollgate_core::credentials::{HeaderEdit, RequestView};
 use tollgate_core::pipeline::{self, Step};
@@ -22,6 +23,7 @@ pub struct TollgateHttp {
     received_us: u64,
     headers: Vec<(String, Vec<u8>)>,
     client_ip: Option<String>,
+    client_cert: ConnectionCertificate,
     /// `RateLimit` headers for the response, when configured.
     response_headers: Vec<(&'static str, String)>,
 }
@@ -35,6 +37,7 @@ impl TollgateHttp {
             received_us: 0,
             headers: Vec::new(),
             client_ip: None,
+            client_cert: ConnectionCertificate::default(),
             response_headers: Vec::new(),
         }
     }
@@ -60,6 +63,7 @@ impl TollgateHttp {
             path: header(":path"),
             headers: &self.headers,
             client_ip: self.client_ip.as_deref(),
+            client_cert: Some(&self.client_cert),
             received_us: self.received_us,
         };
         let (clock, callouts) = (EnvoyClock(self), EnvoyCallouts(self));
@@ -117,6 +121,7 @@ impl TollgateHttp {
                     received_us,
                     headers: std::mem::take(&mut self.headers),
                     client_ip: self.client_ip.take(),
+                    client_cert: CertificateSnapshot::of(&self.client_cert),
                 });
                 Action::Pause
             }

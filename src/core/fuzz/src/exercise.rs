@@ -182,6 +182,7 @@ pub fn request(data: &[u8]) {
         headers: &headers,
         client_ip: Some("192.0.2.1"),
         received_us: 0,
+        client_cert: None,
     };
     if let Some((token, _)) = find_token(&req, &settings.token_locations) {
         let _ = decode(&token);

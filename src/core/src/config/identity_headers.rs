@@ -32,6 +32,12 @@ pub struct Identity {
     pub consumer: String,
     pub api_key_id: String,
     pub tenant: String,
+    /// The client certificate's identity: first URI SAN, first DNS SAN,
+    /// subject, and SHA-256 (hex).
+    pub client_cert_uri: String,
+    pub client_cert_dns: String,
+    pub client_cert_subject: String,
+    pub client_cert_sha256: String,
     /// The thumbprint of the key a DPoP-bound token is bound to.
     pub dpop_jkt: String,
 }
@@ -48,6 +54,10 @@ impl Identity {
             consumer: format!("{prefix}consumer"),
             api_key_id: format!("{prefix}api-key-id"),
             tenant: format!("{prefix}tenant"),
+            client_cert_uri: format!("{prefix}client-cert-uri"),
+            client_cert_dns: format!("{prefix}client-cert-dns"),
+            client_cert_subject: format!("{prefix}client-cert-subject"),
+            client_cert_sha256: format!("{prefix}client-cert-sha256"),
             dpop_jkt: format!("{prefix}dpop-jkt"),
         }
     }

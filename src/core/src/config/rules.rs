@@ -2,6 +2,7 @@
 
 use super::{err, ConfigError, ProviderId};
 use crate::claims::ClaimPath;
+use crate::client_cert::{CertificateRequirement, NameKind, NamePattern};
 use crate::policy::{ClaimCheck, PathMatch, Requirement, Rule, SetRequirement};
 use crate::ratelimit::PolicyId;
 use serde::Deserialize;
@@ -50,6 +51,23 @@ pub(super) struct RawRequirement {
     pub(super) credentials: Option<Vec<CredentialKind>>,
     #[serde(default)]
     pub(super) api_key_in_query: bool,
+    #[serde(default)]
+    pub(super) client_certificate: Option<RawClientCertificate>,
+    #[serde(default)]
+    pub(super) certificate_bound_token: bool,
+}
+
+/// `requires.client_certificate`: `{}` for any certificate the listener
+/// validated; each list that is set must hold the certificate's name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientCertificate {
+    #[serde(default)]
+    pub(super) uri_sans: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) dns_sans: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) subjects: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +209,17 @@ pub(super) fn compile_rule(
             "only meaningful when `credentials` includes `api_key`",
         ));
     }
+    if q.certificate_bound_token && (accept_api_key || q.allow_anonymous) {
+        return Err(err(
+            format!("{at}.requires.certificate_bound_token"),
+            "only tokens can be certificate-bound: not with `api_key` credentials or \
+             `allow_anonymous` (require `client_certificate` instead)",
+        ));
+    }
+    let client_certificate = q
+        .client_certificate
+        .map(|c| compile_client_certificate(&format!("{at}.requires.client_certificate"), c))
+        .transpose()?;
     if q.allow_anonymous
         && (scopes.is_some() || roles.is_some() || !claims.is_empty() || provider_ids.is_some())
     {
@@ -213,7 +242,34 @@ pub(super) fn compile_rule(
             accept_jwt: kinds.contains(&CredentialKind::Jwt),
             accept_api_key,
             api_key_in_query: q.api_key_in_query,
+            client_certificate,
+            certificate_bound_token: q.certificate_bound_token,
         },
+    })
+}
+
+fn compile_client_certificate(
+    at: &str,
+    raw: RawClientCertificate,
+) -> Result<CertificateRequirement, ConfigError> {
+    let patterns = |field: &str, kind: NameKind, list: Option<Vec<String>>| match list {
+        None => Ok(Vec::new()),
+        Some(list) if list.is_empty() => Err(err(
+            format!("{at}.{field}"),
+            "list at least one name, or leave the field out",
+        )),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                NamePattern::parse(kind, text).map_err(|m| err(format!("{at}.{field}[{i}]"), m))
+            })
+            .collect(),
+    };
+    Ok(CertificateRequirement {
+        uri_sans: patterns("uri_sans", NameKind::Uri, raw.uri_sans)?,
+        dns_sans: patterns("dns_sans", NameKind::Dns, raw.dns_sans)?,
+        subjects: patterns("subjects", NameKind::Subject, raw.subjects)?,
     })
 }
 

@@ -485,6 +485,73 @@ fn token_cache_fields_default_one_by_one() {
 }
 
 #[test]
+fn client_certificate_requirements_compile_and_name_bad_fields() {
+    let mut v = base();
+    v["rules"] = json!([
+        {"match": {"prefix": "/partner/"}, "requires": {
+            "client_certificate": {"uri_sans": ["spiffe://td/partner/*"], "dns_sans": ["A.Example"]},
+            "certificate_bound_token": true}},
+        {"match": {"prefix": "/any/"}, "requires": {"client_certificate": {}}},
+        {"match": {"prefix": "/mtls-only/"}, "requires": {"allow_anonymous": true, "client_certificate": {}}}
+    ]);
+    let s = parse_value(&v).unwrap();
+    let partner = &s.rules[0].requirement;
+    assert!(partner.certificate_bound_token);
+    let needed = partner.client_certificate.as_ref().unwrap();
+    assert_eq!((needed.uri_sans.len(), needed.dns_sans.len()), (1, 1));
+    assert!(needed.subjects.is_empty());
+    assert_eq!(
+        s.rules[1].requirement.client_certificate,
+        Some(Default::default())
+    );
+    assert!(!s.rules[1].requirement.certificate_bound_token);
+    assert_eq!(s.identity.client_cert_uri, "x-tollgate-client-cert-uri");
+
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({"client_certificate": {"uri_sans": ["spiffe://td/a*b"]}}),
+            "rules[0].requires.client_certificate.uri_sans[0]",
+            "may only end a component",
+        ),
+        (
+            json!({"client_certificate": {"dns_sans": []}}),
+            "rules[0].requires.client_certificate.dns_sans",
+            "at least one name",
+        ),
+        (
+            json!({"client_certificate": {"subjects": [""]}}),
+            "rules[0].requires.client_certificate.subjects[0]",
+            "non-empty",
+        ),
+        (
+            json!({"client_certificate": {"san": ["x"]}}),
+            "rules[0].requires.client_certificate",
+            "unknown field",
+        ),
+        (
+            json!({"certificate_bound_token": true, "credentials": ["jwt", "api_key"]}),
+            "rules[0].requires.certificate_bound_token",
+            "only tokens can be certificate-bound",
+        ),
+        (
+            json!({"certificate_bound_token": true, "allow_anonymous": true}),
+            "rules[0].requires.certificate_bound_token",
+            "only tokens can be certificate-bound",
+        ),
+    ];
+    for (requires, field, message) in cases {
+        let mut v = base();
+        v["api_keys"] = json!({"key_set": {"inline_string": "{\"consumers\": []}"}});
+        v["rules"] = json!([{"match": {"prefix": "/a/"}, "requires": requires}]);
+        let e = error_at(v);
+        assert!(
+            e.field.starts_with(field) && e.message.contains(message),
+            "{requires}: {e}"
+        );
+    }
+}
+
+#[test]
 fn dpop_settings_are_checked() {
     for (value, at) in [
         (

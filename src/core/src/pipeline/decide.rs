@@ -72,7 +72,7 @@ pub struct Authorizer<'a> {
 impl Authorizer<'_> {
     pub fn decide(&self, req: &RequestView<'_>) -> Outcome {
         let s = self.settings;
-        let edits = upstream::purge(req, s);
+        let mut edits = upstream::purge(req, s);
         let (index, rule) = match upstream::method_for_rules(req, s.method_override)
             .and_then(|method| path::find_rule(&s.rules, &method, req.path_without_query()))
         {
@@ -83,6 +83,10 @@ impl Authorizer<'_> {
         };
         let at = Some(index);
         let requirement = &rule.requirement;
+        match self.check_client_certificate(requirement, req) {
+            Ok(certificate_identity) => edits.extend(certificate_identity),
+            Err(reason) => return self.deny(at, reason, None, None),
+        }
         let anonymous_limits = || self.limit_checks(rule, req, None);
         let locations = self.locations_for(requirement);
         let Some(credential) = self.find_credential(req, requirement, &locations) else {
@@ -385,6 +389,7 @@ mod tests {
                 path,
                 headers: &headers,
                 client_ip: Some("192.0.2.1"),
+                client_cert: None,
                 received_us: 0,
             };
             Authorizer {
@@ -999,6 +1004,7 @@ mod tests {
             path: "/data",
             headers: &headers,
             client_ip: None,
+            client_cert: None,
             received_us: 0,
         };
         assert_eq!(later.decide(&req).reason(), Some(Reason::Expired));

@@ -1,17 +1,19 @@
 //! The request pipeline, in the order every request goes through it:
 //!
 //! 1. **lock-out** (`lockout`): an address locked out for guessing gets `429`;
-//! 2. **credential extraction** (`extract`): the one credential the matched rule accepts;
-//! 3. **verification** (`verify`, `api_key`): fresh or from the token cache, then
-//!    one validity-window check for both;
-//! 4. **revocation** (`verify`): the issuer's revocation feed;
-//! 5. **policy** (`decide`): scopes and claims of the rule;
-//! 6. **anomaly signals** (`signals`): a suspended credential is refused; uses
+//! 2. **client certificate** (`certificate`): the one the matched rule requires, if any;
+//! 3. **credential extraction** (`extract`): the one credential the matched rule accepts;
+//! 4. **verification** (`verify`, `api_key`): fresh or from the token cache, then
+//!    one validity-window check and the certificate binding for both;
+//! 5. **revocation** (`verify`): the issuer's revocation feed;
+//! 6. **policy** (`decide`): scopes and claims of the rule;
+//! 7. **anomaly signals** (`signals`): a suspended credential is refused; uses
 //!    and refusals are recorded for the heuristics;
-//! 7. **limits** (`limits`): counted only once everything else allowed the request;
-//! 8. **upstream edits**: credentials, identity look-alikes and method overrides
+//! 8. **limits** (`limits`): counted only once everything else allowed the request;
+//! 9. **upstream edits**: credentials, identity look-alikes and method overrides
 //!    removed (`crate::upstream`, on every route), verified identity set
-//!    (`identity_headers`).
+//!    (`identity_headers`), the client certificate's identity on rules that check it
+//!    (`certificate`).
 //!
 //! Every decision goes through [`record`] once: the stats, and the audit event
 //! (denials always, allowed requests as sampled).
@@ -20,6 +22,7 @@
 //! crate maps steps to host calls and calls [`resume`] when a wait is over.
 
 mod api_key;
+mod certificate;
 mod decide;
 mod extract;
 mod identity_headers;
@@ -439,6 +442,7 @@ mod tests {
             path: "/data",
             headers,
             client_ip: Some(ip),
+            client_cert: None,
             received_us: 0,
         }
     }
@@ -676,6 +680,7 @@ mod tests {
             received_us: NOW * 1_000_000,
             headers,
             client_ip: Some("192.0.2.1".into()),
+            client_cert: crate::client_cert::CertificateSnapshot::UNKNOWN,
         });
     }
 

@@ -1,8 +1,10 @@
 //! Stages: JWT verification (fresh, or from the worker's token cache), the
-//! validity window (one check for both), and revocation.
+//! per-request checks for both (the validity window, the certificate binding),
+//! and revocation.
 
 use super::decide::{unavailable, Authenticated, Authorizer, Failure, ProofUse};
 use super::identity_headers::first_string;
+use crate::client_cert::{ClientCertificate, TokenBinding};
 use crate::config::{ProviderId, ProviderKeys, DPOP_SCHEME};
 use crate::credentials::{RequestView, TokenLocation};
 use crate::crypto::verify_with_keys;
@@ -32,6 +34,8 @@ impl Authorizer<'_> {
             self.cache.borrow_mut().remove(&hash.0);
             return Err(reason.into());
         }
+        check_certificate_binding(verified.binding, requirement, req)
+            .map_err(|r| Failure::from(r).of(&verified.caller))?;
         self.check_revocation(&verified, hash)
             .map_err(|f| f.of(&verified.caller))?;
         let proof = self.check_binding(&verified, token, location, req)?;
@@ -277,6 +281,7 @@ impl Authorizer<'_> {
             .and_then(Value::as_str)
             .map(str::to_string);
         let scopes: Vec<String> = scopes.into_iter().map(str::to_string).collect();
+        let binding = TokenBinding::of(&decoded.claims);
         let mut claims = decoded.claims;
         claims.retain(|name, _| s.retained_claims.contains(name));
         Ok(VerifiedToken {
@@ -290,6 +295,7 @@ impl Authorizer<'_> {
             jkt,
             identity: identity.into(),
             claims,
+            binding,
         })
     }
 }
@@ -307,5 +313,29 @@ fn htu(public_base_uri: Option<&str>, req: &RequestView<'_>) -> String {
     match public_base_uri {
         Some(base) => format!("{base}{path}"),
         None => format!("{}://{}{path}", header(":scheme"), header(":authority")),
+    }
+}
+
+/// A certificate-bound token (`cnf.x5t#S256`, RFC 8705 §3) is good only on a
+/// connection with that certificate, fresh or cached; a rule with
+/// `certificate_bound_token` takes no other token.
+fn check_certificate_binding(
+    binding: TokenBinding,
+    requirement: &Requirement,
+    req: &RequestView<'_>,
+) -> Result<(), Reason> {
+    let thumbprint = match binding {
+        TokenBinding::Unbound if requirement.certificate_bound_token => {
+            return Err(Reason::TokenNotBound)
+        }
+        TokenBinding::Unbound => return Ok(()),
+        TokenBinding::Malformed => return Err(Reason::CertificateBindingMismatch),
+        TokenBinding::Bound(thumbprint) => thumbprint,
+    };
+    match req.client_certificate() {
+        ClientCertificate::Present(sha256) if sha256 == thumbprint => Ok(()),
+        ClientCertificate::Present(_) => Err(Reason::CertificateBindingMismatch),
+        ClientCertificate::Absent => Err(Reason::BoundTokenWithoutCertificate),
+        ClientCertificate::Unknown => Err(Reason::ClientCertificateUnavailable),
     }
 }
