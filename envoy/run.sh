@@ -78,7 +78,7 @@ envoy/seed.sh "$STATE" "$BIN/tollgate-token-service"
 source "$STATE"
 "$BIN/sample-ca" "$RUN/tls" > /dev/null
 TLS_DIR=$RUN_PATH/tls
-sed "s|\.run/tls/|$TLS_DIR/|g" envoy/envoy.yaml > "$RUN/envoy.yaml"
+sed -e "s|\.run/tls/|$TLS_DIR/|g" -e "s|\.run/access\.log|$RUN/access.log|g" envoy/envoy.yaml > "$RUN/envoy.yaml"
 
 names=() pids=() logs=()
 # Components get SIGTERM if this script dies without cleaning up (kill -9).
@@ -132,7 +132,7 @@ supervise() {
 start sample-api "$BIN/sample-api" --listen 127.0.0.1:9100
 start token-service "$BIN/tollgate-token-service" serve --listen 127.0.0.1:9000 --issuer "$PUBLIC" \
   --audience tollgate-sample-api --mtls-endpoint-base https://127.0.0.1:8443
-start envoy "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart --log-level warn \
+start envoy "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart --log-level warn --file-flush-interval-msec 1000 \
   --component-log-level wasm:info
 
 # shellcheck source=envoy/demo/walkthrough.sh
