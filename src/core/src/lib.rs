@@ -6,6 +6,7 @@ pub mod apikey;
 pub mod claims;
 pub mod client_ip;
 pub mod config;
+pub mod context;
 pub mod credentials;
 pub mod crypto;
 pub mod decision;
@@ -18,6 +19,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod remote;
 pub mod revocation;
+pub mod step_up;
 pub mod token_cache;
 pub mod worker;
 

@@ -11,6 +11,7 @@
 use crate::credentials::TokenLocation;
 use crate::policy::Rule;
 use api_keys::{compile_api_keys, RawApiKeys};
+use context::{compile_geoip, RawGeoip};
 use fields::is_header_name;
 use identity_headers::RawIdentity;
 use providers::{compile_provider, RawProvider};
@@ -21,6 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 mod api_keys;
+mod context;
 mod derived;
 mod fields;
 mod identity_headers;
@@ -87,6 +89,8 @@ struct RawConfig {
     api_keys: Option<RawApiKeys>,
     #[serde(default)]
     token_cache: Option<RawTokenCache>,
+    #[serde(default)]
+    geoip: Option<RawGeoip>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +171,9 @@ pub struct Settings {
     pub api_keys: Option<ApiKeys>,
     /// Verified-token cache bounds, per worker: (entries, bytes). 0 entries disables it.
     pub token_cache: (usize, usize),
+    /// The header Envoy's geoip filter writes the client's country to
+    /// (`geoip.country_header`): the only place country conditions read.
+    pub country_header: Option<String>,
 }
 
 impl Settings {
@@ -290,8 +297,20 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must not contain quotes, backslashes or control characters",
         ));
     }
+    let country_header = compile_geoip(raw.geoip)?;
+    if country_header.is_none() {
+        if let Some(i) = rules
+            .iter()
+            .position(|r| r.requirement.context.country.is_some())
+        {
+            return Err(err(
+                format!("rules[{i}].requires.context.country"),
+                "needs the top-level `geoip` section: the header Envoy's geoip filter writes the country to",
+            ));
+        }
+    }
     let retained_claims = derived::retained_claims(&rules, &rate_limits);
-    let uses_client_ip = derived::uses_client_ip(&rate_limits, api_keys.as_ref());
+    let uses_client_ip = derived::uses_client_ip(&rules, &rate_limits, api_keys.as_ref());
     Ok(Settings {
         providers,
         rules,
@@ -306,6 +325,7 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         rate_limits,
         client_ip,
         api_keys,
+        country_header,
         token_cache: raw
             .token_cache
             .map_or((default_cache_entries(), default_cache_bytes()), |c| {

@@ -72,6 +72,14 @@ impl Authorizer<'_> {
             None => return self.deny(Reason::NoMatchingRule, None, None),
         };
         let requirement = &rule.requirement;
+        // Stage: context conditions on the request alone, before any credential work.
+        let country_header = s.country_header.as_deref();
+        if let Err(reason) = requirement
+            .context
+            .check_request(req, country_header, self.now)
+        {
+            return self.deny(reason, requirement.needed(reason), None);
+        }
         let anonymous_limits = || self.limit_checks(rule, req, None);
         let locations = self.locations_for(requirement);
         let Some(credential) = self.find_credential(req, requirement, &locations) else {

@@ -1,13 +1,16 @@
 //! The request pipeline, in the order every request goes through it:
 //!
 //! 1. **lock-out** (`lockout`): an address locked out for guessing gets `429`;
-//! 2. **credential extraction** (`extract`): the one credential the matched rule accepts;
-//! 3. **verification** (`verify`, `api_key`): fresh or from the token cache, then
+//! 2. **context** (`decide`, `crate::context`): the rule's conditions on the
+//!    request alone (client address, country, time windows, headers);
+//! 3. **credential extraction** (`extract`): the one credential the matched rule accepts;
+//! 4. **verification** (`verify`, `api_key`): fresh or from the token cache, then
 //!    one validity-window check for both;
-//! 4. **revocation** (`verify`): the issuer's revocation feed;
-//! 5. **policy** (`decide`): scopes and claims of the rule;
-//! 6. **limits** (`limits`): counted only once everything else allowed the request;
-//! 7. **upstream edits** (`upstream`): credentials stripped, spoofed identity
+//! 5. **revocation** (`verify`): the issuer's revocation feed;
+//! 6. **policy** (`decide`): scopes and claims of the rule, then the device
+//!    binding and step-up authentication (`crate::step_up`, RFC 9470);
+//! 7. **limits** (`limits`): counted only once everything else allowed the request;
+//! 8. **upstream edits** (`upstream`): credentials stripped, spoofed identity
 //!    purged, verified identity set.
 //!
 //! Whatever must wait on the host is a [`Step`] the pipeline returns: the filter

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 impl Authorizer<'_> {
     /// A JWT through verification, the validity window, revocation and the
-    /// rule's policy.
+    /// rule's policy, device binding and step-up.
     pub(super) fn authenticate(
         &self,
         token: &str,
@@ -36,6 +36,12 @@ impl Authorizer<'_> {
         let roles: Vec<&str> = verified.roles.iter().map(String::as_str).collect();
         if !requirement.allow_anonymous {
             requirement.authorize(&scopes, &roles, &verified.claims)?;
+            // Stages: the device the token is bound to, then the sign-in's
+            // strength (last: a user steps up only when nothing else refuses).
+            requirement.context.check_token(req, &verified.claims)?;
+            if let Some(step_up) = &requirement.step_up {
+                step_up.check(&verified.claims, self.now)?;
+            }
         }
         Ok(Authenticated {
             limits: self.limit_checks(rule, req, Some((&verified.caller, &verified.claims))),
