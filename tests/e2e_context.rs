@@ -1,0 +1,435 @@
+//! End-to-end: context conditions (client address, country from Envoy's geoip
+//! filter, time windows, request headers, device binding) and step-up
+//! authentication (RFC 9470) through real Envoy, with tokens the tests mint
+//! (any claims, signed by the stack's test issuer).
+
+use jwt_simple::prelude::*;
+use serde_json::{json, Value};
+use std::time::{SystemTime, UNIX_EPOCH};
+use support::envoy::counter;
+use support::from_address::{request, Response};
+use support::geoip::{add_geoip, CountryDatabase, COUNTRY_HEADER};
+use support::stack::{claims, Stack, TEST_ISSUER};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token of the stack's test issuer with these claims on top of the defaults.
+fn token(stack: &Stack, extra: Value) -> String {
+    stack.keys.es256.sign(claims(TEST_ISSUER, extra)).unwrap()
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Puts `rules` before the sample's own (the first match wins).
+fn prepend_rules(config: &mut Value, rules: Value) {
+    let sample = config["rules"].as_array().unwrap().clone();
+    let mut all = rules.as_array().unwrap().clone();
+    all.extend(sample);
+    config["rules"] = Value::Array(all);
+}
+
+/// `HH:MM` of a minute of the day.
+fn hhmm(minute: u64) -> String {
+    format!("{:02}:{:02}", (minute % 1440) / 60, minute % 60)
+}
+
+/// A refusal by Tollgate (not the upstream): its status, JSON error and reason.
+fn assert_refused(r: &Response, status: u16, error: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.body);
+    assert_eq!(r.json()["error"], error, "{what}: {}", r.body);
+}
+
+/// What the sample API received: it echoes the request's headers.
+fn upstream_headers(r: &Response, what: &str) -> Value {
+    assert_eq!(r.status, 200, "{what}: {}", r.body);
+    r.json()["headers"].clone()
+}
+
+fn decisions(stack: &Stack, reason: &str) -> u64 {
+    counter(&stack.envoy.stats(), &format!("tollgate.decision.{reason}"))
+}
+
+#[test]
+fn each_condition_allows_when_it_holds_and_refuses_with_its_reason_when_not() {
+    // Asia/Kolkata is UTC+05:30 all year: the window open now runs from half
+    // an hour ago to half an hour from now there; the closed one starts in two hours.
+    let kolkata = (now() / 60 + 330) % 1440;
+    let (open_from, open_to) = (hhmm(kolkata + 1410), hhmm(kolkata + 30));
+    let (closed_from, closed_to) = (hhmm(kolkata + 120), hhmm(kolkata + 180));
+    let window =
+        |from: &str, to: &str| json!([{"time_zone": "Asia/Kolkata", "from": from, "to": to}]);
+    let rules = json!([
+        {"match": {"prefix": "/ctx/office"},
+         "requires": {"context": {"client_address": {"allow": ["127.0.0.2/32"]}}}},
+        {"match": {"prefix": "/ctx/not-3"},
+         "requires": {"context": {"client_address": {"deny": ["127.0.0.3"]}}}},
+        {"match": {"prefix": "/ctx/open-now"},
+         "requires": {"context": {"time_windows": window(&open_from, &open_to)}}},
+        {"match": {"prefix": "/ctx/closed-now"},
+         "requires": {"context": {"time_windows": window(&closed_from, &closed_to)}}},
+        {"match": {"prefix": "/ctx/app"},
+         "requires": {"context": {"headers": [
+            {"name": "x-app-version", "min_version": "2.4.0"},
+            {"name": "x-platform", "one_of": ["ios", "android"]}]}}},
+        {"match": {"prefix": "/ctx/device"},
+         "requires": {"context": {"device_binding": {"claim": "device_id", "header": "x-device-id"}}}},
+        {"match": {"prefix": "/ctx/any-device"},
+         "requires": {"context": {"device_binding": {"claim": "device_id"}}}}
+    ]);
+    let stack = Stack::builder()
+        .plugin_config(move |c| {
+            // The address is the entry Envoy (use_remote_address) appended to
+            // X-Forwarded-For: the client's own entries are not trusted.
+            c["client_ip"] = json!({"from": "x_forwarded_for", "trusted_hops": 1});
+            prepend_rules(c, rules);
+        })
+        .start();
+    let port = stack.ports.listener;
+    let user = bearer(&token(&stack, json!({"device_id": "phone-42"})));
+    let send = |from: &str, path: &str, extra: &[(&str, &str)]| {
+        let mut headers = vec![("authorization", user.as_str())];
+        headers.extend_from_slice(extra);
+        request(from, port, "GET", path, &headers)
+    };
+
+    // Client address: an allow list, and a deny list.
+    let h = upstream_headers(&send("127.0.0.2", "/ctx/office", &[]), "allowed address");
+    assert_eq!(h["x-tollgate-subject"], "test-user");
+    let r = send("127.0.0.3", "/ctx/office", &[]);
+    assert_refused(&r, 403, "access_denied", "address not in the allow list");
+    assert_eq!(
+        r.json()["error_description"],
+        "requests from this address are not allowed here"
+    );
+    assert_eq!(r.header("www-authenticate"), None);
+    let r = send(
+        "127.0.0.3",
+        "/ctx/office",
+        &[("x-forwarded-for", "127.0.0.2")],
+    );
+    assert_refused(&r, 403, "access_denied", "a spoofed X-Forwarded-For");
+    let r = request("127.0.0.3", port, "GET", "/ctx/office", &[]);
+    assert_refused(
+        &r,
+        403,
+        "access_denied",
+        "no token: the address decides first",
+    );
+    assert_eq!(
+        upstream_headers(&send("127.0.0.2", "/ctx/not-3", &[]), "deny list")["x-tollgate-subject"],
+        "test-user"
+    );
+    assert_refused(
+        &send("127.0.0.3", "/ctx/not-3", &[]),
+        403,
+        "access_denied",
+        "denied address",
+    );
+
+    // Time windows, in a named zone.
+    upstream_headers(
+        &send("127.0.0.2", "/ctx/open-now", &[]),
+        "inside the window",
+    );
+    let r = send("127.0.0.2", "/ctx/closed-now", &[]);
+    assert_refused(&r, 403, "access_denied", "outside the window");
+    assert_eq!(
+        r.json()["error_description"],
+        format!(
+            "this resource is not available at this time (mon-sun {closed_from}-{closed_to} Asia/Kolkata)"
+        )
+    );
+
+    // Request headers: a minimum app version (compared as a version) and a set.
+    let app = |version: Option<&str>, platform: &str| {
+        let mut h = vec![("x-platform", platform)];
+        if let Some(v) = version {
+            h.push(("x-app-version", v));
+        }
+        send("127.0.0.2", "/ctx/app", &h)
+    };
+    let h = upstream_headers(&app(Some("2.10.0"), "ios"), "2.10.0 is newer than 2.4.0");
+    assert_eq!(h["x-app-version"], "2.10.0");
+    for outdated in [Some("2.3.12"), Some("2.4.0-beta.1"), Some("two"), None] {
+        let r = app(outdated, "ios");
+        assert_refused(&r, 403, "access_denied", &format!("version {outdated:?}"));
+        assert_eq!(
+            r.json()["error_description"],
+            "the client version is missing or too old: update it (x-app-version: 2.4.0 or later)"
+        );
+    }
+    let r = app(Some("3.0"), "web");
+    assert_refused(&r, 403, "access_denied", "platform not in the set");
+    assert_eq!(
+        r.json()["error_description"],
+        "the request lacks an attribute this resource requires (x-platform: one of ios, android)"
+    );
+
+    // Device binding: the token's device_id against the request's x-device-id.
+    upstream_headers(
+        &send("127.0.0.2", "/ctx/device", &[("x-device-id", "phone-42")]),
+        "the bound device",
+    );
+    let r = send("127.0.0.2", "/ctx/device", &[("x-device-id", "phone-7")]);
+    assert_refused(&r, 403, "access_denied", "another device");
+    assert_eq!(
+        r.json()["error_description"],
+        "the access token is not bound to this device"
+    );
+    assert_refused(
+        &send("127.0.0.2", "/ctx/device", &[]),
+        403,
+        "access_denied",
+        "no device header",
+    );
+    upstream_headers(&send("127.0.0.2", "/ctx/any-device", &[]), "a device claim");
+    let unbound = bearer(&token(&stack, json!({})));
+    let r = request(
+        "127.0.0.2",
+        port,
+        "GET",
+        "/ctx/any-device",
+        &[("authorization", &unbound)],
+    );
+    assert_refused(&r, 403, "access_denied", "a token without a device claim");
+
+    // Each refusal was counted under its own reason.
+    for (reason, at_least) in [
+        ("address_not_allowed", 4),
+        ("outside_time_window", 1),
+        ("version_too_old", 4),
+        ("attribute_mismatch", 1),
+        ("device_mismatch", 3),
+    ] {
+        let n = decisions(&stack, reason);
+        assert!(n >= at_least, "tollgate.decision.{reason} = {n}");
+    }
+}
+
+#[test]
+fn step_up_challenges_are_exactly_rfc_9470() {
+    let rules = json!([
+        {"match": {"prefix": "/ctx/acr"},
+         "requires": {"step_up": {"acr": ["urn:acme:gold"]}}},
+        {"match": {"prefix": "/ctx/recent"},
+         "requires": {"step_up": {"max_age": "300s"}}},
+        {"match": {"prefix": "/ctx/both"},
+         "requires": {"step_up": {"acr": ["urn:acme:gold", "urn:acme:platinum"], "max_age": "60s"}}},
+        {"match": {"prefix": "/ctx/mfa"},
+         "requires": {"step_up": {"amr": {"any_of": ["mfa", "hwk"]}, "max_age": "300s"}}}
+    ]);
+    let stack = Stack::builder()
+        .plugin_config(move |c| prepend_rules(c, rules))
+        .start();
+    let port = stack.ports.listener;
+    let t = now();
+    let send = |path: &str, extra: Value| {
+        let auth = bearer(&token(&stack, extra));
+        request("127.0.0.1", port, "GET", path, &[("authorization", &auth)])
+    };
+    let challenge = |params: &str| {
+        let mut c =
+            "Bearer realm=\"tollgate-sample\", error=\"insufficient_user_authentication\", \
+                     error_description=\"a stronger or more recent authentication is required\""
+                .to_string();
+        if !params.is_empty() {
+            c.push_str(", ");
+            c.push_str(params);
+        }
+        c
+    };
+    let refused = |r: &Response, params: &str, what: &str| {
+        assert_refused(r, 401, "insufficient_user_authentication", what);
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some(challenge(params).as_str()),
+            "{what}"
+        );
+    };
+
+    // acr in a set.
+    upstream_headers(&send("/ctx/acr", json!({"acr": "urn:acme:gold"})), "gold");
+    refused(
+        &send("/ctx/acr", json!({"acr": "urn:acme:silver"})),
+        "acr_values=\"urn:acme:gold\"",
+        "silver",
+    );
+    refused(
+        &send("/ctx/acr", json!({})),
+        "acr_values=\"urn:acme:gold\"",
+        "no acr",
+    );
+
+    // auth_time no older than max_age.
+    upstream_headers(&send("/ctx/recent", json!({"auth_time": t - 60})), "recent");
+    refused(
+        &send("/ctx/recent", json!({"auth_time": t - 600})),
+        "max_age=\"300\"",
+        "ten minutes old",
+    );
+    refused(
+        &send("/ctx/recent", json!({})),
+        "max_age=\"300\"",
+        "no auth_time",
+    );
+
+    // Both: the challenge names both, whichever the token missed.
+    let both = "acr_values=\"urn:acme:gold urn:acme:platinum\", max_age=\"60\"";
+    upstream_headers(
+        &send(
+            "/ctx/both",
+            json!({"acr": "urn:acme:platinum", "auth_time": t - 5}),
+        ),
+        "platinum, just now",
+    );
+    refused(
+        &send(
+            "/ctx/both",
+            json!({"acr": "urn:acme:gold", "auth_time": t - 120}),
+        ),
+        both,
+        "gold, but two minutes old",
+    );
+    refused(
+        &send(
+            "/ctx/both",
+            json!({"acr": "urn:acme:bronze", "auth_time": t}),
+        ),
+        both,
+        "just now, but bronze",
+    );
+
+    // amr holding a second factor, within five minutes: RFC 9470 has no amr
+    // parameter, so the challenge carries max_age only.
+    upstream_headers(
+        &send(
+            "/ctx/mfa",
+            json!({"amr": ["pwd", "mfa"], "auth_time": t - 30}),
+        ),
+        "a second factor",
+    );
+    refused(
+        &send("/ctx/mfa", json!({"amr": ["pwd"], "auth_time": t - 30})),
+        "max_age=\"300\"",
+        "password only",
+    );
+
+    assert!(decisions(&stack, "insufficient_user_authentication") >= 7);
+}
+
+/// 127.0.0.2 is in France and 127.0.0.3 in the United States, according to a
+/// country database written for the test; 127.0.0.4 is in none.
+fn countries() -> CountryDatabase {
+    CountryDatabase::write(&[("127.0.0.2/32", "FR"), ("127.0.0.3/32", "US")])
+}
+
+fn geoip_stack(database: &CountryDatabase, strip_client_copies: bool) -> Stack {
+    let path = database.path();
+    Stack::builder()
+        .envoy_config(move |c| add_geoip(c, &path, strip_client_copies))
+        .plugin_config(|c| {
+            c["geoip"] = json!({"country_header": COUNTRY_HEADER});
+            prepend_rules(
+                c,
+                json!([
+                    {"match": {"prefix": "/ctx/eu"},
+                     "requires": {"context": {"country": {"allow": ["FR", "DE"]}}}},
+                    {"match": {"prefix": "/ctx/not-us"},
+                     "requires": {"context": {"country": {"deny": ["US"], "allow_unknown": true}}}}
+                ]),
+            );
+        })
+        .start()
+}
+
+#[test]
+fn countries_come_from_envoys_geoip_filter_and_never_from_the_client() {
+    let db = countries();
+    let stack = geoip_stack(&db, true);
+    let port = stack.ports.listener;
+    let user = bearer(&token(&stack, json!({})));
+    let send = |from: &str, path: &str, spoof: Option<&str>| {
+        let mut headers = vec![("authorization", user.as_str())];
+        if let Some(country) = spoof {
+            headers.push((COUNTRY_HEADER, country));
+        }
+        request(from, port, "GET", path, &headers)
+    };
+
+    let h = upstream_headers(&send("127.0.0.2", "/ctx/eu", None), "from France");
+    assert_eq!(h[COUNTRY_HEADER], "FR", "the geoip filter's header");
+    let r = send("127.0.0.3", "/ctx/eu", None);
+    assert_refused(&r, 403, "access_denied", "from the United States");
+    assert_eq!(
+        r.json()["error_description"],
+        "requests from this country are not allowed here"
+    );
+    // Spoofed: the geoip filter overwrites the copy of an address it knows,
+    // and the early mutation removes the copy of an address it does not.
+    assert_refused(
+        &send("127.0.0.3", "/ctx/eu", Some("FR")),
+        403,
+        "access_denied",
+        "US client claiming FR",
+    );
+    assert_refused(
+        &send("127.0.0.4", "/ctx/eu", Some("DE")),
+        403,
+        "access_denied",
+        "unknown address claiming DE",
+    );
+    assert_refused(
+        &send("127.0.0.4", "/ctx/eu", None),
+        403,
+        "access_denied",
+        "unknown country",
+    );
+    // A deny list that lets unknown countries through.
+    upstream_headers(
+        &send("127.0.0.2", "/ctx/not-us", None),
+        "France, not the US",
+    );
+    upstream_headers(&send("127.0.0.4", "/ctx/not-us", None), "unknown, allowed");
+    assert_refused(
+        &send("127.0.0.3", "/ctx/not-us", Some("FR")),
+        403,
+        "access_denied",
+        "US client claiming FR on the deny-list route",
+    );
+    assert!(decisions(&stack, "country_not_allowed") >= 5);
+}
+
+/// Why the README's geoip set-up removes the client's copy first: Envoy's geoip
+/// filter leaves the header alone for an address its database has no entry
+/// for, so without that step a client there could name its own country.
+#[test]
+fn without_the_early_header_mutation_an_unknown_address_could_name_its_country() {
+    let db = countries();
+    let stack = geoip_stack(&db, false);
+    let port = stack.ports.listener;
+    let user = bearer(&token(&stack, json!({})));
+    let send = |from: &str, country: &str| {
+        request(
+            from,
+            port,
+            "GET",
+            "/ctx/eu",
+            &[("authorization", &user), (COUNTRY_HEADER, country)],
+        )
+    };
+    assert_refused(
+        &send("127.0.0.3", "FR"),
+        403,
+        "access_denied",
+        "known address: overwritten",
+    );
+    let h = upstream_headers(&send("127.0.0.4", "DE"), "the client's own copy survives");
+    assert_eq!(h[COUNTRY_HEADER], "DE");
+}
