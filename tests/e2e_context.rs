@@ -433,3 +433,158 @@ fn without_the_early_header_mutation_an_unknown_address_could_name_its_country()
     let h = upstream_headers(&send("127.0.0.4", "DE"), "the client's own copy survives");
     assert_eq!(h[COUNTRY_HEADER], "DE");
 }
+
+/// Whether the sample's back-office window (Monday to Friday, 08:00 to 20:00 in
+/// Europe/Paris) is open at `unix`: central European time is UTC+1, and UTC+2
+/// from the last Sunday of March to the last Sunday of October, 01:00 UTC.
+fn paris_office_hours(unix: u64) -> bool {
+    let days = (unix / 86_400) as i64;
+    let (year, _, _) = civil(days);
+    let last_sunday = |month: i64| {
+        let end = days_from_civil(year, month + 1, 1) - 1;
+        end - (end + 4).rem_euclid(7) // 1970-01-01 was a Thursday (Sunday = 0 at +4).
+    };
+    let summer_start = last_sunday(3) * 86_400 + 3_600;
+    let summer_end = last_sunday(10) * 86_400 + 3_600;
+    let unix = unix as i64;
+    let offset = if (summer_start..summer_end).contains(&unix) {
+        7_200
+    } else {
+        3_600
+    };
+    let local = unix + offset;
+    let weekday = (local.div_euclid(86_400) + 3).rem_euclid(7); // Monday = 0
+    let minute = local.rem_euclid(86_400) / 60;
+    weekday < 5 && (8 * 60..20 * 60).contains(&minute)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let (y, m) = if m > 12 { (y + 1, m - 12) } else { (y, m) };
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+}
+
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[test]
+fn the_paris_rule_of_this_test_is_right() {
+    // Monday 2025-06-02 07:30 UTC = 09:30 CEST; 18:30 UTC = 20:30 CEST.
+    assert!(paris_office_hours(1_748_849_400));
+    assert!(!paris_office_hours(1_748_849_400 + 11 * 3_600));
+    // Monday 2025-12-01 18:30 UTC = 19:30 CET; Saturday 2025-12-06 10:00 UTC.
+    assert!(paris_office_hours(1_764_613_800));
+    assert!(!paris_office_hours(1_765_015_200));
+    // The change: Sunday 2025-03-30 01:00 UTC. Monday 31st 06:30 UTC is 08:30
+    // CEST (open); Friday 28th 06:30 UTC was 07:30 CET (closed).
+    assert!(paris_office_hours(1_743_402_600));
+    assert!(!paris_office_hours(1_743_143_400));
+}
+
+/// The sample stack's own routes refuse as the README shows with curl: an
+/// outdated app version, the back-office from another address (and outside
+/// office hours), DELETE /data without a recent second factor.
+#[test]
+fn the_sample_routes_refuse_as_the_readme_shows() {
+    let stack = Stack::start();
+    let port = stack.ports.listener;
+    let reader = bearer(&stack.token("reader", Some("read:data")));
+    let app = |version: &str| {
+        request(
+            "127.0.0.1",
+            port,
+            "GET",
+            "/app/feed",
+            &[("authorization", &reader), ("x-app-version", version)],
+        )
+    };
+    upstream_headers(&app("2.4.0"), "the current app");
+    let r = app("2.3.9");
+    assert_refused(&r, 403, "access_denied", "an outdated app");
+    assert_eq!(
+        r.json()["error_description"],
+        "the client version is missing or too old: update it (x-app-version: 2.4.0 or later)"
+    );
+
+    let operator = bearer(&stack.token("operator", Some("read:data admin")));
+    let back_office = |from: &str| {
+        request(
+            from,
+            port,
+            "GET",
+            "/back-office/report",
+            &[("authorization", &operator)],
+        )
+    };
+    let r = back_office("127.0.0.2");
+    assert_refused(&r, 403, "access_denied", "back-office from another address");
+    assert_eq!(
+        r.json()["error_description"],
+        "requests from this address are not allowed here"
+    );
+    let before = paris_office_hours(now());
+    let r = back_office("127.0.0.1");
+    if before == paris_office_hours(now()) {
+        if before {
+            upstream_headers(&r, "back-office in office hours");
+        } else {
+            assert_refused(&r, 403, "access_denied", "back-office outside office hours");
+            assert_eq!(
+                r.json()["error_description"],
+                "this resource is not available at this time (mon-fri 08:00-20:00 Europe/Paris)"
+            );
+        }
+    }
+
+    let backend = bearer(&stack.token("mobile-app", Some("read:data write:data")));
+    let r = request(
+        "127.0.0.1",
+        port,
+        "DELETE",
+        "/data",
+        &[("authorization", &backend)],
+    );
+    assert_refused(
+        &r,
+        401,
+        "insufficient_user_authentication",
+        "no second factor",
+    );
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            "Bearer realm=\"tollgate-sample\", error=\"insufficient_user_authentication\", \
+             error_description=\"a stronger or more recent authentication is required\", \
+             max_age=\"300\""
+        )
+    );
+    // A user who signed in with a second factor two minutes ago (a token of
+    // the test issuer, as any IdP that sets amr and auth_time would issue).
+    let stepped_up = bearer(&token(
+        &stack,
+        json!({"scope": "read:data write:data", "amr": ["pwd", "mfa"], "auth_time": now() - 120}),
+    ));
+    let r = request(
+        "127.0.0.1",
+        port,
+        "DELETE",
+        "/data",
+        &[("authorization", &stepped_up)],
+    );
+    assert_eq!(
+        upstream_headers(&r, "stepped up")["x-tollgate-subject"],
+        "test-user"
+    );
+}
