@@ -588,3 +588,44 @@ fn the_sample_routes_refuse_as_the_readme_shows() {
         "test-user"
     );
 }
+
+/// A bad zone, CIDR, version or country code stops Envoy from loading the
+/// plugin, and its log names the field.
+#[test]
+fn invalid_conditions_stop_the_plugin_from_loading_naming_the_field() {
+    use support::envoy::{Envoy, EnvoyConfig, StackPorts};
+    let sample = EnvoyConfig::sample(StackPorts::free());
+    let good = sample.plugin_config();
+    let cases = [
+        (
+            json!({"time_windows": [{"time_zone": "Europe/Pariss", "from": "08:00", "to": "20:00"}]}),
+            "at `rules[0].requires.context.time_windows[0].time_zone`: unknown time zone `Europe/Pariss`",
+        ),
+        (
+            json!({"client_address": {"allow": ["10.0.0.0/33"]}}),
+            "at `rules[0].requires.context.client_address.allow[0]`: \"10.0.0.0/33\" is not an IP address or CIDR range",
+        ),
+        (
+            json!({"headers": [{"name": "x-app-version", "min_version": "2.x"}]}),
+            "at `rules[0].requires.context.headers[0].min_version`: `2.x` is not a version",
+        ),
+        (
+            json!({"country": {"allow": ["UK"]}}),
+            "at `rules[0].requires.context.country.allow[0]`: `UK` is not a country code",
+        ),
+    ];
+    for (context, expected) in cases {
+        let mut config = good.clone();
+        config["geoip"] = json!({"country_header": COUNTRY_HEADER});
+        config["rules"][0]["requires"]["context"] = context;
+        let mut cfg = sample.clone();
+        cfg.set_plugin_config(&config);
+        match Envoy::try_start(&cfg, 1) {
+            Ok(envoy) => panic!("Envoy accepted a bad config ({expected}):\n{}", envoy.log()),
+            Err(log) => assert!(
+                log.contains(&format!("invalid tollgate configuration {expected}")),
+                "the log does not name the field ({expected}):\n{log}"
+            ),
+        }
+    }
+}
