@@ -119,7 +119,7 @@ fn twice_the_limit_across_two_workers_gets_the_limit() {
         error <= 0.05,
         "{ok} requests admitted in {elapsed:.2}s, expected {expected:.0} (±5%)"
     );
-    let stats = stack.envoy.stats();
+    let stats = stack.envoy.settled_stats();
     assert_eq!(
         u64::from(ok),
         counter(&stats, "tollgate.decision.authenticated")
@@ -279,7 +279,7 @@ fn brute_force_locks_out_one_address_only() {
     assert!(reply.contains("\"error\":\"rate_limited\""), "{reply}");
     let (status, reply) = get_from("127.0.0.3", port, "/data", &good);
     assert_eq!(status, 200, "another address is unaffected:\n{reply}");
-    let stats = stack.envoy.stats();
+    let stats = stack.envoy.settled_stats();
     assert!(counter(&stats, "tollgate.decision.locked_out") >= 1);
     assert!(stack.envoy.log().contains("locking out 127.0.0.2"));
 }
@@ -316,7 +316,7 @@ fn idle_counters_are_reclaimed_and_memory_is_bounded() {
     };
     let bound = 64 * 32;
     send(0, 3_000);
-    let stats = stack.envoy.stats();
+    let stats = stack.envoy.settled_stats();
     let live = counter(&stats, "tollgate.ratelimit.entries");
     assert!(
         live > 0 && live <= bound,

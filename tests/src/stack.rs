@@ -114,6 +114,7 @@ pub struct StackBuilder {
     envoy_edits: Vec<EnvoyConfigEdit>,
     concurrency: u32,
     start_token_service: bool,
+    hcm_safeguards: bool,
 }
 
 pub struct Stack {
@@ -137,6 +138,7 @@ impl Stack {
             envoy_edits: Vec::new(),
             concurrency: 2,
             start_token_service: true,
+            hcm_safeguards: true,
         }
     }
 
@@ -179,6 +181,13 @@ impl StackBuilder {
         self
     }
 
+    /// Runs Envoy without the connection manager's path normalisation and
+    /// underscore refusal ([`EnvoyConfig::without_hcm_safeguards`]).
+    pub fn without_hcm_safeguards(mut self) -> Self {
+        self.hcm_safeguards = false;
+        self
+    }
+
     pub fn start(self) -> Stack {
         let ports = StackPorts::free();
         let keys = TestKeys::generate();
@@ -204,6 +213,9 @@ impl StackBuilder {
         config.set_plugin_config(&plugin);
         for f in self.envoy_edits {
             f(&mut config);
+        }
+        if !self.hcm_safeguards {
+            config.without_hcm_safeguards();
         }
         let envoy = Envoy::try_start(&config, self.concurrency)
             .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));

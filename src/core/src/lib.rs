@@ -2,7 +2,9 @@
 //! crate does not depend on it). The filter crate maps host calls onto the traits
 //! here; tests use the fakes.
 
+pub mod anomaly;
 pub mod apikey;
+pub mod audit;
 pub mod claims;
 pub mod client_ip;
 pub mod config;
@@ -10,10 +12,13 @@ pub mod context;
 pub mod credentials;
 pub mod crypto;
 pub mod decision;
+pub mod dpop;
 pub mod host;
 pub mod identity;
 pub mod jwk;
 pub mod jwt;
+pub mod names;
+pub mod path;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
@@ -21,6 +26,7 @@ pub mod remote;
 pub mod revocation;
 pub mod step_up;
 pub mod token_cache;
+pub mod upstream;
 pub mod worker;
 
 pub use tollgate_contract::alg;

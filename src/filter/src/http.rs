@@ -10,7 +10,6 @@ use proxy_wasm::types::Action;
 use std::rc::Rc;
 use tollgate_core::client_ip;
 use tollgate_core::credentials::{HeaderEdit, RequestView};
-use tollgate_core::host::Clock;
 use tollgate_core::pipeline::{self, Step};
 use tollgate_core::worker::{DocId, ParkedRequest};
 
@@ -19,6 +18,8 @@ pub struct TollgateHttp {
     shared: Rc<Shared>,
     /// Set while this request waits for a document fetch it started.
     waiting_for: Option<(u32, DocId)>,
+    /// When the pipeline first saw the request, once it waits.
+    received_us: u64,
     headers: Vec<(String, Vec<u8>)>,
     client_ip: Option<String>,
     /// `RateLimit` headers for the response, when configured.
@@ -31,6 +32,7 @@ impl TollgateHttp {
             context_id,
             shared,
             waiting_for: None,
+            received_us: 0,
             headers: Vec::new(),
             client_ip: None,
             response_headers: Vec::new(),
@@ -58,6 +60,7 @@ impl TollgateHttp {
             path: header(":path"),
             headers: &self.headers,
             client_ip: self.client_ip.as_deref(),
+            received_us: self.received_us,
         };
         let (clock, callouts) = (EnvoyClock(self), EnvoyCallouts(self));
         stage(
@@ -98,16 +101,20 @@ impl TollgateHttp {
                 self.send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
                 Action::Pause
             }
-            Step::Wait { token, doc } => {
+            Step::Wait {
+                token,
+                doc,
+                received_us,
+            } => {
                 self.waiting_for = Some((token, doc));
+                self.received_us = received_us;
                 Action::Pause
             }
-            Step::Park { doc } => {
-                let now_ms = EnvoyClock(self).now().as_millis() as u64;
+            Step::Park { doc, received_us } => {
                 self.shared.worker.park(ParkedRequest {
                     context: self.context_id,
                     doc,
-                    since_ms: now_ms,
+                    received_us,
                     headers: std::mem::take(&mut self.headers),
                     client_ip: self.client_ip.take(),
                 });

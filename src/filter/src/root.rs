@@ -2,7 +2,10 @@
 //! core's [`Worker`], and runs its periodic work on ticks.
 
 use super::fetch::read_response;
-use super::host::{EnvoyCallouts, EnvoyClock, EnvoyForeignFunction, EnvoySharedData, LogAudit};
+use super::host::{
+    declare_audit_property, EnvoyCallouts, EnvoyClock, EnvoyForeignFunction, EnvoySharedData,
+    FilterStateAudit,
+};
 use super::http::TollgateHttp;
 use super::metrics::EnvoyMetrics;
 use super::parked::decide_woken;
@@ -21,6 +24,7 @@ use tollgate_core::worker::{DocId, Worker, TICK_LOADING};
 pub struct Shared {
     pub worker: Worker,
     pub metrics: EnvoyMetrics,
+    audit: FilterStateAudit,
     /// `RateLimit` headers for the responses of requests decided in another
     /// context's callback (parked requests), by context id.
     response_headers: RefCell<HashMap<u32, Vec<(&'static str, String)>>>,
@@ -51,7 +55,7 @@ impl Shared {
             shared: &EnvoySharedData,
             metrics: &self.metrics,
             callouts,
-            audit: &LogAudit,
+            audit: &self.audit,
         }
     }
 }
@@ -110,8 +114,9 @@ impl RootContext for TollgateRoot {
         follow_envoy_log_level();
         let verifier = choose_verifier(settings.signature_backend, EnvoyForeignFunction);
         self.shared = Some(Rc::new(Shared {
+            metrics: EnvoyMetrics::define(&settings),
+            audit: FilterStateAudit(declare_audit_property()),
             worker: Worker::new(settings, verifier),
-            metrics: EnvoyMetrics::define(),
             response_headers: RefCell::new(HashMap::new()),
         }));
         self.fetches.clear();
@@ -132,6 +137,7 @@ impl RootContext for TollgateRoot {
         let tick = shared.worker.on_tick(shared.host(&clock, &callouts));
         self.fetches.extend(tick.started);
         decide_woken(&shared, self, self.context_id, tick.woken);
+        shared.metrics.flush();
         let period = tick.period;
         if self.tick != Some(period) {
             self.set_tick_period(period);

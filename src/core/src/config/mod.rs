@@ -8,9 +8,12 @@
 //! use protobuf JSON form (`"300s"`, `"1.5s"`). Anything unknown or wrong is an
 //! error that names the field, and the plugin refuses to start.
 
+use crate::anomaly::Anomalies;
 use crate::credentials::TokenLocation;
 use crate::policy::Rule;
+use crate::upstream::MethodOverride;
 use api_keys::{compile_api_keys, RawApiKeys};
+use audit::{compile_anomalies, compile_audit, RawAnomalies, RawAudit};
 use context::{compile_geoip, RawGeoip};
 use fields::is_header_name;
 use identity_headers::RawIdentity;
@@ -22,6 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 mod api_keys;
+mod audit;
 mod context;
 mod derived;
 mod fields;
@@ -33,9 +37,10 @@ mod rules;
 mod tests;
 
 pub use api_keys::{ApiKeySource, ApiKeys};
+pub use audit::Audit;
 pub use fields::parse_duration_ms;
 pub use identity_headers::Identity;
-pub use providers::{Provider, ProviderId, ProviderKeys, RemoteSource};
+pub use providers::{Dpop, Provider, ProviderId, ProviderKeys, RemoteSource, DPOP_SCHEME};
 pub use rate_limits::RateLimits;
 
 /// A configuration error, with the JSON path of the offending field.
@@ -89,6 +94,12 @@ struct RawConfig {
     api_keys: Option<RawApiKeys>,
     #[serde(default)]
     token_cache: Option<RawTokenCache>,
+    #[serde(default)]
+    method_override: MethodOverride,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    anomalies: RawAnomalies,
     #[serde(default)]
     geoip: Option<RawGeoip>,
 }
@@ -171,6 +182,9 @@ pub struct Settings {
     pub api_keys: Option<ApiKeys>,
     /// Verified-token cache bounds, per worker: (entries, bytes). 0 entries disables it.
     pub token_cache: (usize, usize),
+    pub method_override: MethodOverride,
+    pub audit: Audit,
+    pub anomalies: Anomalies,
     /// The header Envoy's geoip filter writes the client's country to
     /// (`geoip.country_header`): the only place country conditions read.
     pub country_header: Option<String>,
@@ -257,6 +271,14 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         .enumerate()
         .map(|(i, r)| compile_rule(&format!("rules[{i}]"), r, &names, &policy_names))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, rule) in rules.iter().enumerate() {
+        if rules.iter().take(i).any(|r| r.name == rule.name) {
+            return Err(err(
+                format!("rules[{i}].name"),
+                format!("`{}` names an earlier rule too", rule.name),
+            ));
+        }
+    }
     let client_ip =
         match raw.client_ip.from {
             ClientIpFrom::Peer if raw.client_ip.trusted_hops > 0 => {
@@ -310,7 +332,10 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
     }
     let retained_claims = derived::retained_claims(&rules, &rate_limits);
-    let uses_client_ip = derived::uses_client_ip(&rules, &rate_limits, api_keys.as_ref());
+    let audit = compile_audit(raw.audit)?;
+    let anomalies = compile_anomalies(raw.anomalies)?;
+    let uses_client_ip = derived::uses_client_ip(&rules, &rate_limits, api_keys.as_ref())
+        || anomalies.uses_client_ip();
     Ok(Settings {
         providers,
         rules,
@@ -331,5 +356,8 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
             .map_or((default_cache_entries(), default_cache_bytes()), |c| {
                 (c.max_entries, c.max_bytes)
             }),
+        method_override: raw.method_override,
+        audit,
+        anomalies,
     })
 }

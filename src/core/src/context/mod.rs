@@ -295,6 +295,7 @@ mod tests {
             path: "/",
             headers,
             client_ip: ip,
+            received_us: 0,
         }
     }
 

@@ -67,6 +67,7 @@ impl Fixture {
             path: "/back-office/report",
             headers: &headers,
             client_ip: Some(ip),
+            received_us: 0,
         };
         on_request(&self.worker, host.host(), &req)
     }

@@ -2,7 +2,7 @@
 //! the shared-table enforcement once the request is otherwise allowed.
 
 use super::decide::Authorizer;
-use super::upstream::claim_header_value;
+use super::identity_headers::claim_header_value;
 use crate::config::RateLimits;
 use crate::credentials::RequestView;
 use crate::decision::Denial;
@@ -10,7 +10,7 @@ use crate::host::Host;
 use crate::identity::Caller;
 use crate::policy::Rule;
 use crate::ratelimit::table::Churn;
-use crate::ratelimit::{self, Enforcement, LimitCheck, LimitKey};
+use crate::ratelimit::{self, Enforcement, LimitCheck, LimitKey, PolicyId};
 use serde_json::{Map, Value};
 
 impl Authorizer<'_> {
@@ -49,14 +49,14 @@ impl Authorizer<'_> {
 }
 
 /// Counts the request against its policies (after everything else allowed it).
-/// `Err`: the `429` of the first policy that refuses. `Ok`: the `RateLimit`
+/// `Err`: the first policy that refuses, and its `429`. `Ok`: the `RateLimit`
 /// headers for the response, when configured.
 pub(super) fn enforce(
     limits: &RateLimits,
     host: Host<'_>,
     checks: &[LimitCheck],
     now_ms: u64,
-) -> Result<Vec<(&'static str, String)>, Denial> {
+) -> Result<Vec<(&'static str, String)>, (PolicyId, Denial)> {
     if checks.is_empty() {
         return Ok(Vec::new());
     }
@@ -70,9 +70,21 @@ pub(super) fn enforce(
         &mut churn,
     );
     host.metrics.churn(&churn);
+    // Every policy before the one that refused counted the request.
+    let refused = match result {
+        Enforcement::Limited(policy, _) => Some(policy),
+        Enforcement::Allowed(_) => None,
+    };
+    for check in checks {
+        let limited = Some(check.policy) == refused;
+        host.metrics.rate_limit(check.policy, limited);
+        if limited {
+            break;
+        }
+    }
     match result {
         Enforcement::Limited(policy, verdict) => match limits.policy(policy) {
-            Some(p) => Err(ratelimit::limited_response(p, &verdict)),
+            Some(p) => Err((policy, ratelimit::limited_response(p, &verdict))),
             None => Ok(Vec::new()),
         },
         Enforcement::Allowed(Some((policy, verdict))) if limits.response_headers => Ok(limits

@@ -48,6 +48,13 @@ pub struct Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PolicyId(pub(crate) usize);
 
+impl PolicyId {
+    /// The policy's place in `RateLimits::policies`.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// One policy applied to one request: the policy and the counted value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitCheck {
