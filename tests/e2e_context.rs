@@ -52,8 +52,22 @@ fn upstream_headers(r: &Response, what: &str) -> Value {
     r.json()["headers"].clone()
 }
 
-fn decisions(stack: &Stack, reason: &str) -> u64 {
-    counter(&stack.envoy.stats(), &format!("tollgate.decision.{reason}"))
+/// Waits (stats reach Envoy on each worker's next tick) until Envoy has counted
+/// at least `at_least` decisions for `reason`.
+fn assert_counted(stack: &Stack, reason: &str, at_least: u64) {
+    let name = format!("tollgate.decision.{reason}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = counter(&stack.envoy.stats(), &name);
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} = {n}, expected at least {at_least}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -208,8 +222,7 @@ fn each_condition_allows_when_it_holds_and_refuses_with_its_reason_when_not() {
         ("attribute_mismatch", 1),
         ("device_mismatch", 3),
     ] {
-        let n = decisions(&stack, reason);
-        assert!(n >= at_least, "tollgate.decision.{reason} = {n}");
+        assert_counted(&stack, reason, at_least);
     }
 }
 
@@ -321,7 +334,7 @@ fn step_up_challenges_are_exactly_rfc_9470() {
         "password only",
     );
 
-    assert!(decisions(&stack, "insufficient_user_authentication") >= 7);
+    assert_counted(&stack, "insufficient_user_authentication", 7);
 }
 
 /// 127.0.0.2 is in France and 127.0.0.3 in the United States, according to a
@@ -403,7 +416,7 @@ fn countries_come_from_envoys_geoip_filter_and_never_from_the_client() {
         "access_denied",
         "US client claiming FR on the deny-list route",
     );
-    assert!(decisions(&stack, "country_not_allowed") >= 5);
+    assert_counted(&stack, "country_not_allowed", 5);
 }
 
 /// Why the README's geoip set-up removes the client's copy first: Envoy's geoip
