@@ -63,7 +63,9 @@ oci-test: tools wasm .oci-tools
 
 # envoy/istio/ against Istio's published CRD schemas (python-jsonschema, pinned,
 # in the venv) and against the sample stack (envoy/istio/test_istio.py).
-PYDEPS := jsonschema==4.23.0 PyYAML==6.0.2
+# Python packages the tests use, pinned, in the venv: jsonschema and PyYAML (here),
+# mmdb-writer and its netaddr (the country database the geoip tests write).
+PYDEPS := jsonschema==4.23.0 PyYAML==6.0.2 mmdb-writer==0.2.7 netaddr==1.3.0
 
 istio-test: $(VENV)/.pydeps
 	$(VENV)/bin/python envoy/istio/test_istio.py
@@ -110,7 +112,7 @@ endif
 # Then, one after the other (the stack's fixed ports are in a network namespace of
 # their own, but the machine has 2 cores): the Istio manifests, the OCI image, and
 # make run with the demo app's code + PKCE flow.
-test: tools wasm bins
+test: tools wasm bins $(VENV)/.pydeps
 	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) test --workspace -- --test-threads 4
 	$(MAKE) --no-print-directory istio-test
 	$(MAKE) --no-print-directory browser-test

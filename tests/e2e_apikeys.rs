@@ -31,7 +31,8 @@ fn stack() -> Stack {
             ]});
             c["api_keys"] = json!({"key_set": {"inline_string": set.to_string()}});
             for rule in c["rules"].as_array_mut().unwrap() {
-                if rule["match"]["path"] == "/data" {
+                // DELETE /data needs a user's step-up: tokens only.
+                if rule["match"]["path"] == "/data" && rule["requires"].get("step_up").is_none() {
                     rule["requires"]["credentials"] = json!(["jwt", "api_key"]);
                     rule["requires"]["api_key_in_query"] = json!(true);
                 }

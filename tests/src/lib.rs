@@ -5,6 +5,8 @@ pub mod artifacts;
 pub mod dpop;
 pub mod envoy;
 pub mod fleet;
+pub mod from_address;
+pub mod geoip;
 pub mod oauth;
 pub mod process;
 pub mod redis;

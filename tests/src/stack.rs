@@ -105,9 +105,13 @@ pub fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
 /// A change a test makes to the plugin configuration before Envoy starts.
 type PluginConfigEdit = Box<dyn FnOnce(&mut Value)>;
 
+/// A change a test makes to the Envoy bootstrap (filters) before Envoy starts.
+type EnvoyConfigEdit = Box<dyn FnOnce(&mut EnvoyConfig)>;
+
 pub struct StackBuilder {
     tokens: TokenServiceBuilder,
     configure: Vec<PluginConfigEdit>,
+    envoy_edits: Vec<EnvoyConfigEdit>,
     concurrency: u32,
     start_token_service: bool,
     hcm_safeguards: bool,
@@ -131,6 +135,7 @@ impl Stack {
                 .client("reader", "read:data")
                 .client("operator", "read:data admin"),
             configure: Vec::new(),
+            envoy_edits: Vec::new(),
             concurrency: 2,
             start_token_service: true,
             hcm_safeguards: true,
@@ -160,6 +165,13 @@ impl StackBuilder {
     /// Changes the plugin configuration before Envoy starts.
     pub fn plugin_config(mut self, f: impl FnOnce(&mut Value) + 'static) -> Self {
         self.configure.push(Box::new(f));
+        self
+    }
+
+    /// Changes the Envoy bootstrap before Envoy starts (e.g. a filter before
+    /// Tollgate, as `support::geoip::add_geoip` adds).
+    pub fn envoy_config(mut self, f: impl FnOnce(&mut EnvoyConfig) + 'static) -> Self {
+        self.envoy_edits.push(Box::new(f));
         self
     }
 
@@ -199,6 +211,9 @@ impl StackBuilder {
             f(&mut plugin);
         }
         config.set_plugin_config(&plugin);
+        for f in self.envoy_edits {
+            f(&mut config);
+        }
         if !self.hcm_safeguards {
             config.without_hcm_safeguards();
         }

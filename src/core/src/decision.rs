@@ -57,6 +57,18 @@ pub enum Reason {
     MissingRole,
     ClaimMismatch,
     NoMatchingRule,
+    // 403, context conditions (`requires.context`).
+    AddressNotAllowed,
+    CountryNotAllowed,
+    OutsideTimeWindow,
+    /// A request header the rule requires is missing or does not match.
+    AttributeMismatch,
+    /// A version header (`min_version`) is missing or older than the rule's.
+    VersionTooOld,
+    /// The token's device claim is missing or does not match the request.
+    DeviceMismatch,
+    // 401 insufficient_user_authentication (RFC 9470 step-up).
+    InsufficientUserAuthentication,
     // 429.
     RateLimited,
     LockedOut,
@@ -82,7 +94,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 46] = [
+    pub const ALL: [Reason; 53] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::AmbiguousPath,
@@ -118,6 +130,13 @@ impl Reason {
         Reason::MissingRole,
         Reason::ClaimMismatch,
         Reason::NoMatchingRule,
+        Reason::AddressNotAllowed,
+        Reason::CountryNotAllowed,
+        Reason::OutsideTimeWindow,
+        Reason::AttributeMismatch,
+        Reason::VersionTooOld,
+        Reason::DeviceMismatch,
+        Reason::InsufficientUserAuthentication,
         Reason::RateLimited,
         Reason::LockedOut,
         Reason::KeysUnavailable,
@@ -173,6 +192,13 @@ impl Reason {
             Reason::MissingRole => "missing_role",
             Reason::ClaimMismatch => "claim_mismatch",
             Reason::NoMatchingRule => "no_matching_rule",
+            Reason::AddressNotAllowed => "address_not_allowed",
+            Reason::CountryNotAllowed => "country_not_allowed",
+            Reason::OutsideTimeWindow => "outside_time_window",
+            Reason::AttributeMismatch => "attribute_mismatch",
+            Reason::VersionTooOld => "version_too_old",
+            Reason::DeviceMismatch => "device_mismatch",
+            Reason::InsufficientUserAuthentication => "insufficient_user_authentication",
             Reason::RateLimited => "rate_limited",
             Reason::LockedOut => "locked_out",
             Reason::KeysUnavailable => "keys_unavailable",
@@ -203,6 +229,19 @@ impl Reason {
         )
     }
 
+    /// A context condition on the request or device refused it (403).
+    pub fn is_context(self) -> bool {
+        matches!(
+            self,
+            Reason::AddressNotAllowed
+                | Reason::CountryNotAllowed
+                | Reason::OutsideTimeWindow
+                | Reason::AttributeMismatch
+                | Reason::VersionTooOld
+                | Reason::DeviceMismatch
+        )
+    }
+
     pub fn is_allow(self) -> bool {
         matches!(self, Reason::Authenticated | Reason::Anonymous)
     }
@@ -216,6 +255,7 @@ impl Reason {
             | Reason::ClaimMismatch
             | Reason::NoMatchingRule
             | Reason::ClientCertificateNotAllowed => 403,
+            r if r.is_context() => 403,
             Reason::RateLimited | Reason::LockedOut => 429,
             Reason::KeysUnavailable
             | Reason::RevocationsUnavailable
@@ -238,6 +278,8 @@ impl Reason {
             }
             Reason::ClientCertificateRequired => Some("invalid_request"),
             Reason::ClientCertificateUnavailable => Some("server_error"),
+            r if r.is_context() => Some("access_denied"),
+            Reason::InsufficientUserAuthentication => Some("insufficient_user_authentication"),
             Reason::RateLimited | Reason::LockedOut => Some("rate_limited"),
             Reason::KeysUnavailable
             | Reason::RevocationsUnavailable
@@ -295,6 +337,15 @@ impl Reason {
             Reason::MissingRole => "the caller lacks a role this resource requires",
             Reason::ClaimMismatch => "the access token does not carry the required claims",
             Reason::NoMatchingRule => "no access rule allows this request",
+            Reason::AddressNotAllowed => "requests from this address are not allowed here",
+            Reason::CountryNotAllowed => "requests from this country are not allowed here",
+            Reason::OutsideTimeWindow => "this resource is not available at this time",
+            Reason::AttributeMismatch => "the request lacks an attribute this resource requires",
+            Reason::VersionTooOld => "the client version is missing or too old: update it",
+            Reason::DeviceMismatch => "the access token is not bound to this device",
+            Reason::InsufficientUserAuthentication => {
+                "a stronger or more recent authentication is required"
+            }
             Reason::RateLimited => "rate limit exceeded, retry later",
             Reason::LockedOut => "too many failed authentications from this address, retry later",
             Reason::KeysUnavailable => "token signing keys are not available yet, retry shortly",
@@ -337,9 +388,11 @@ pub struct Denial {
 ///
 /// * 401 carries `WWW-Authenticate: Bearer realm="…"`, plus `error` and
 ///   `error_description` when credentials were presented (RFC 6750 §3).
-/// * 403 for scopes names the needed scope in `scope="…"`; 403 for roles names
-///   the roles the rule needs in the description (`needed`: what the rule
-///   needs, never what the token holds).
+/// * 403 for scopes names the needed scope in `scope="…"`; 403 for roles, time
+///   windows and headers names what the rule needs in the description
+///   (`needed`: what the rule needs, never what the request holds).
+/// * 401 for step-up (RFC 9470) carries `error="insufficient_user_authentication"`
+///   and, as `needed`, the rule's `acr_values` / `max_age` auth-params.
 /// * 503 carries `Retry-After`.
 pub fn render_denial(
     reason: Reason,
@@ -362,6 +415,15 @@ pub fn render_denial(
                 challenge.push_str(&format!(", scope=\"{}\"", quote_safe(scope)));
             }
         }
+        Reason::InsufficientUserAuthentication => {
+            challenge.push_str(&format!(
+                ", error=\"insufficient_user_authentication\", error_description=\"{description}\""
+            ));
+            if let Some(params) = needed.filter(|p| !p.is_empty()) {
+                challenge.push_str(", ");
+                challenge.push_str(params);
+            }
+        }
         _ if status == 401 => {
             challenge.push_str(&format!(
                 ", error=\"{error}\", error_description=\"{description}\""
@@ -378,8 +440,14 @@ pub fn render_denial(
     headers.push(("content-type", "application/json".to_string()));
     headers.push(("cache-control", "no-store".to_string()));
     let body = match (reason, needed) {
-        (Reason::MissingRole, Some(roles)) => serde_json::json!({
-            "error": error, "error_description": format!("{description} ({roles})")
+        (
+            Reason::MissingRole
+            | Reason::OutsideTimeWindow
+            | Reason::AttributeMismatch
+            | Reason::VersionTooOld,
+            Some(needed),
+        ) => serde_json::json!({
+            "error": error, "error_description": format!("{description} ({needed})")
         }),
         _ => serde_json::json!({ "error": error, "error_description": description }),
     }
@@ -517,6 +585,51 @@ mod tests {
         assert_eq!(d.status, 503);
         assert_eq!(header(&d, "retry-after"), Some("1"));
         assert_eq!(header(&d, "www-authenticate"), None);
+    }
+
+    #[test]
+    fn step_up_is_an_rfc_9470_challenge() {
+        let d = render_denial(
+            Reason::InsufficientUserAuthentication,
+            "api",
+            Some("acr_values=\"gold\", max_age=\"300\""),
+            0,
+        );
+        assert_eq!(d.status, 401);
+        assert_eq!(
+            header(&d, "www-authenticate"),
+            Some("Bearer realm=\"api\", error=\"insufficient_user_authentication\", error_description=\"a stronger or more recent authentication is required\", acr_values=\"gold\", max_age=\"300\"")
+        );
+        let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["error"], "insufficient_user_authentication");
+        // An amr-only rule has no RFC 9470 parameter to add.
+        let d = render_denial(Reason::InsufficientUserAuthentication, "api", Some(""), 0);
+        assert!(header(&d, "www-authenticate").unwrap().ends_with(
+            "error_description=\"a stronger or more recent authentication is required\""
+        ));
+    }
+
+    #[test]
+    fn context_refusals_are_403_access_denied_naming_what_is_needed() {
+        for reason in Reason::ALL.into_iter().filter(|r| r.is_context()) {
+            let d = render_denial(reason, "api", None, 0);
+            assert_eq!(d.status, 403, "{reason:?}");
+            assert_eq!(header(&d, "www-authenticate"), None, "{reason:?}");
+            let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+            assert_eq!(body["error"], "access_denied");
+            assert!(!reason.is_credential_guess());
+        }
+        let d = render_denial(
+            Reason::VersionTooOld,
+            "api",
+            Some("x-app-version: 2.4.0 or later"),
+            0,
+        );
+        let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(
+            body["error_description"],
+            "the client version is missing or too old: update it (x-app-version: 2.4.0 or later)"
+        );
     }
 
     #[test]

@@ -6,8 +6,10 @@
 use crate::claims::{string_set, ClaimPath};
 use crate::client_cert::CertificateRequirement;
 use crate::config::ProviderId;
+use crate::context::Conditions;
 use crate::decision::Reason;
 use crate::ratelimit::PolicyId;
+use crate::step_up::StepUp;
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +149,10 @@ pub struct Requirement {
     pub client_certificate: Option<CertificateRequirement>,
     /// Every token must be bound to the connection's certificate (RFC 8705).
     pub certificate_bound_token: bool,
+    /// Context conditions (`requires.context`), see `crate::context`.
+    pub context: Conditions,
+    /// Step-up authentication (`requires.step_up`, RFC 9470).
+    pub step_up: Option<StepUp>,
 }
 
 impl Default for Requirement {
@@ -162,6 +168,8 @@ impl Default for Requirement {
             api_key_in_query: false,
             client_certificate: None,
             certificate_bound_token: false,
+            context: Conditions::default(),
+            step_up: None,
         }
     }
 }
@@ -171,13 +179,17 @@ impl Requirement {
         self.providers.as_ref().is_none_or(|ids| ids.contains(&id))
     }
 
-    /// What a 403 for `reason` names: the scopes to ask for, or the roles the
-    /// rule needs (never what the token holds).
+    /// What a denial for `reason` names: the scopes to ask for, the roles,
+    /// time windows or headers the rule needs (never what the request holds),
+    /// or the step-up challenge's parameters.
     pub fn needed(&self, reason: Reason) -> Option<String> {
         match reason {
             Reason::InsufficientScope => self.scopes.as_ref().map(SetRequirement::names),
             Reason::MissingRole => self.roles.as_ref().map(SetRequirement::describe),
-            _ => None,
+            Reason::InsufficientUserAuthentication => {
+                self.step_up.as_ref().map(StepUp::challenge_params)
+            }
+            _ => self.context.needed(reason),
         }
     }
 

@@ -55,7 +55,15 @@ pub(super) fn retained_claims(rules: &[Rule], rate_limits: &RateLimits) -> Vec<S
         LimitKey::Claim(path) => Some(path),
         _ => None,
     });
-    for path in checked.chain(counted) {
+    let bound = rules
+        .iter()
+        .filter_map(|r| r.requirement.context.device_binding.as_ref())
+        .map(|d| &d.claim);
+    let step_up = rules
+        .iter()
+        .filter_map(|r| r.requirement.step_up.as_ref())
+        .flat_map(|s| s.claim_paths());
+    for path in checked.chain(counted).chain(bound).chain(step_up) {
         if !retained.iter().any(|r| r == path.top()) {
             retained.push(path.top().to_string());
         }
@@ -63,8 +71,18 @@ pub(super) fn retained_claims(rules: &[Rule], rate_limits: &RateLimits) -> Vec<S
     retained
 }
 
-/// Lock-outs, rate limits (anonymous callers count per address) and API-key
-/// CIDRs need the client address; without them, it is never looked up.
-pub(super) fn uses_client_ip(rate_limits: &RateLimits, api_keys: Option<&ApiKeys>) -> bool {
-    rate_limits.brute_force.is_some() || !rate_limits.policies.is_empty() || api_keys.is_some()
+/// Lock-outs, rate limits (anonymous callers count per address), API-key
+/// CIDRs and client-address conditions need the client address; without
+/// them, it is never looked up.
+pub(super) fn uses_client_ip(
+    rules: &[Rule],
+    rate_limits: &RateLimits,
+    api_keys: Option<&ApiKeys>,
+) -> bool {
+    rate_limits.brute_force.is_some()
+        || !rate_limits.policies.is_empty()
+        || api_keys.is_some()
+        || rules
+            .iter()
+            .any(|r| r.requirement.context.uses_client_address())
 }

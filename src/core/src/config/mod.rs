@@ -14,6 +14,7 @@ use crate::policy::Rule;
 use crate::upstream::MethodOverride;
 use api_keys::{compile_api_keys, RawApiKeys};
 use audit::{compile_anomalies, compile_audit, RawAnomalies, RawAudit};
+use context::{compile_geoip, RawGeoip};
 use fields::is_header_name;
 use identity_headers::RawIdentity;
 use providers::{compile_provider, RawProvider};
@@ -25,6 +26,7 @@ use std::fmt;
 
 mod api_keys;
 mod audit;
+mod context;
 mod derived;
 mod fields;
 mod identity_headers;
@@ -98,6 +100,8 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     anomalies: RawAnomalies,
+    #[serde(default)]
+    geoip: Option<RawGeoip>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +185,9 @@ pub struct Settings {
     pub method_override: MethodOverride,
     pub audit: Audit,
     pub anomalies: Anomalies,
+    /// The header Envoy's geoip filter writes the client's country to
+    /// (`geoip.country_header`): the only place country conditions read.
+    pub country_header: Option<String>,
 }
 
 impl Settings {
@@ -312,11 +319,23 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must not contain quotes, backslashes or control characters",
         ));
     }
+    let country_header = compile_geoip(raw.geoip)?;
+    if country_header.is_none() {
+        if let Some(i) = rules
+            .iter()
+            .position(|r| r.requirement.context.country.is_some())
+        {
+            return Err(err(
+                format!("rules[{i}].requires.context.country"),
+                "needs the top-level `geoip` section: the header Envoy's geoip filter writes the country to",
+            ));
+        }
+    }
     let retained_claims = derived::retained_claims(&rules, &rate_limits);
     let audit = compile_audit(raw.audit)?;
     let anomalies = compile_anomalies(raw.anomalies)?;
-    let uses_client_ip =
-        derived::uses_client_ip(&rate_limits, api_keys.as_ref()) || anomalies.uses_client_ip();
+    let uses_client_ip = derived::uses_client_ip(&rules, &rate_limits, api_keys.as_ref())
+        || anomalies.uses_client_ip();
     Ok(Settings {
         providers,
         rules,
@@ -331,6 +350,7 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         rate_limits,
         client_ip,
         api_keys,
+        country_header,
         token_cache: raw
             .token_cache
             .map_or((default_cache_entries(), default_cache_bytes()), |c| {

@@ -1,5 +1,6 @@
 //! `rules`: what a request must match, and what it then requires.
 
+use super::context::{compile_context, compile_step_up, RawContext, RawStepUp};
 use super::{err, ConfigError, ProviderId};
 use crate::claims::ClaimPath;
 use crate::client_cert::{CertificateRequirement, NameKind, NamePattern};
@@ -55,6 +56,10 @@ pub(super) struct RawRequirement {
     pub(super) client_certificate: Option<RawClientCertificate>,
     #[serde(default)]
     pub(super) certificate_bound_token: bool,
+    #[serde(default)]
+    pub(super) context: Option<RawContext>,
+    #[serde(default)]
+    pub(super) step_up: Option<RawStepUp>,
 }
 
 /// `requires.client_certificate`: `{}` for any certificate the listener
@@ -228,6 +233,33 @@ pub(super) fn compile_rule(
             "an anonymous rule cannot also require providers, scopes, roles or claims",
         ));
     }
+    let context = compile_context(
+        &format!("{at}.requires.context"),
+        q.context.unwrap_or_default(),
+    )?;
+    let step_up = q
+        .step_up
+        .map(|s| compile_step_up(&format!("{at}.requires.step_up"), s))
+        .transpose()?;
+    // Step-up and device binding read the claims of a user's token.
+    let reads_token = [
+        (step_up.is_some(), "step_up"),
+        (context.device_binding.is_some(), "context.device_binding"),
+    ];
+    for (_, field) in reads_token.iter().filter(|(set, _)| *set) {
+        if q.allow_anonymous {
+            return Err(err(
+                format!("{at}.requires.{field}"),
+                "needs a token: not on a rule with `allow_anonymous`",
+            ));
+        }
+        if accept_api_key {
+            return Err(err(
+                format!("{at}.requires.{field}"),
+                "reads token claims, which API keys do not have: set `credentials` to [\"jwt\"]",
+            ));
+        }
+    }
     Ok(Rule {
         name,
         path,
@@ -244,6 +276,8 @@ pub(super) fn compile_rule(
             api_key_in_query: q.api_key_in_query,
             client_certificate,
             certificate_bound_token: q.certificate_bound_token,
+            context,
+            step_up,
         },
     })
 }
@@ -314,7 +348,10 @@ pub(super) fn check_scopes(field: &str, scopes: Vec<String>) -> Result<Vec<Strin
 }
 
 /// `{"all_of": [...]}` or `{"any_of": [...]}`: exactly one, non-empty names.
-fn compile_names(at: &str, raw: Option<RawNames>) -> Result<Option<SetRequirement>, ConfigError> {
+pub(super) fn compile_names(
+    at: &str,
+    raw: Option<RawNames>,
+) -> Result<Option<SetRequirement>, ConfigError> {
     match raw {
         None => Ok(None),
         Some(RawNames {

@@ -83,6 +83,14 @@ impl Authorizer<'_> {
         };
         let at = Some(index);
         let requirement = &rule.requirement;
+        // Stage: context conditions on the request alone, before any credential work.
+        let country_header = s.country_header.as_deref();
+        if let Err(reason) = requirement
+            .context
+            .check_request(req, country_header, self.now)
+        {
+            return self.deny(at, reason, requirement.needed(reason), None);
+        }
         match self.check_client_certificate(requirement, req) {
             Ok(certificate_identity) => edits.extend(certificate_identity),
             Err(reason) => return self.deny(at, reason, None, None),

@@ -1,12 +1,15 @@
 //! The request pipeline, in the order every request goes through it:
 //!
 //! 1. **lock-out** (`lockout`): an address locked out for guessing gets `429`;
-//! 2. **client certificate** (`certificate`): the one the matched rule requires, if any;
-//! 3. **credential extraction** (`extract`): the one credential the matched rule accepts;
-//! 4. **verification** (`verify`, `api_key`): fresh or from the token cache, then
+//! 2. **context** (`decide`, `crate::context`): the rule's conditions on the
+//!    request alone (client address, country, time windows, headers);
+//! 3. **client certificate** (`certificate`): the one the matched rule requires, if any;
+//! 4. **credential extraction** (`extract`): the one credential the matched rule accepts;
+//! 5. **verification** (`verify`, `api_key`): fresh or from the token cache, then
 //!    one validity-window check and the certificate binding for both;
-//! 5. **revocation** (`verify`): the issuer's revocation feed;
-//! 6. **policy** (`decide`): scopes and claims of the rule;
+//! 6. **revocation** (`verify`): the issuer's revocation feed;
+//! 7. **policy** (`decide`): scopes and claims of the rule, then the device
+//!    binding and step-up authentication (`crate::step_up`, RFC 9470);
 //! 7. **anomaly signals** (`signals`): a suspended credential is refused; uses
 //!    and refusals are recorded for the heuristics;
 //! 8. **limits** (`limits`): counted only once everything else allowed the request;

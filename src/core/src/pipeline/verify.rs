@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 impl Authorizer<'_> {
     /// A JWT through verification, the validity window, revocation and the
-    /// rule's policy.
+    /// rule's policy, device binding and step-up.
     pub(super) fn authenticate(
         &self,
         token: &str,
@@ -42,9 +42,19 @@ impl Authorizer<'_> {
         let scopes: Vec<&str> = verified.scopes.iter().map(String::as_str).collect();
         let roles: Vec<&str> = verified.roles.iter().map(String::as_str).collect();
         if !requirement.allow_anonymous {
+            let refused = |r| Failure::from(r).of(&verified.caller);
             requirement
                 .authorize(&scopes, &roles, &verified.claims)
-                .map_err(|r| Failure::from(r).of(&verified.caller))?;
+                .map_err(refused)?;
+            // Stages: the device the token is bound to, then the sign-in's
+            // strength (last: a user steps up only when nothing else refuses).
+            requirement
+                .context
+                .check_token(req, &verified.claims)
+                .map_err(refused)?;
+            if let Some(step_up) = &requirement.step_up {
+                step_up.check(&verified.claims, self.now).map_err(refused)?;
+            }
         }
         Ok(Authenticated {
             limits: self.limit_checks(rule, req, Some((&verified.caller, &verified.claims))),
