@@ -49,10 +49,13 @@ pub enum Reason {
     // 503: keys (or the revocation list) for the token's issuer are not loaded yet.
     KeysUnavailable,
     RevocationsUnavailable,
+    /// A remote policy's rate-limit service could not answer (unreachable,
+    /// an error, a timeout, an unreadable answer) and the policy fails closed.
+    RateLimitServiceUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 31] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::MissingCredentials,
@@ -83,6 +86,7 @@ impl Reason {
         Reason::LockedOut,
         Reason::KeysUnavailable,
         Reason::RevocationsUnavailable,
+        Reason::RateLimitServiceUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +121,7 @@ impl Reason {
             Reason::LockedOut => "locked_out",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::RevocationsUnavailable => "revocations_unavailable",
+            Reason::RateLimitServiceUnavailable => "rate_limit_service_unavailable",
         }
     }
 
@@ -148,7 +153,9 @@ impl Reason {
             | Reason::ClaimMismatch
             | Reason::NoMatchingRule => 403,
             Reason::RateLimited | Reason::LockedOut => 429,
-            Reason::KeysUnavailable | Reason::RevocationsUnavailable => 503,
+            Reason::KeysUnavailable
+            | Reason::RevocationsUnavailable
+            | Reason::RateLimitServiceUnavailable => 503,
             _ => 401,
         }
     }
@@ -162,9 +169,9 @@ impl Reason {
             Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
             Reason::NoMatchingRule | Reason::MissingRole => Some("access_denied"),
             Reason::RateLimited | Reason::LockedOut => Some("rate_limited"),
-            Reason::KeysUnavailable | Reason::RevocationsUnavailable => {
-                Some("temporarily_unavailable")
-            }
+            Reason::KeysUnavailable
+            | Reason::RevocationsUnavailable
+            | Reason::RateLimitServiceUnavailable => Some("temporarily_unavailable"),
             _ => Some("invalid_token"),
         }
     }
@@ -208,6 +215,9 @@ impl Reason {
             Reason::KeysUnavailable => "token signing keys are not available yet, retry shortly",
             Reason::RevocationsUnavailable => {
                 "the token revocation list is not available yet, retry shortly"
+            }
+            Reason::RateLimitServiceUnavailable => {
+                "the rate-limit service is not available, retry shortly"
             }
         }
     }
@@ -363,6 +373,20 @@ mod tests {
         assert_eq!(d.status, 503);
         assert_eq!(header(&d, "retry-after"), Some("1"));
         assert_eq!(header(&d, "www-authenticate"), None);
+    }
+
+    #[test]
+    fn a_rate_limit_service_outage_is_503_not_429() {
+        let d = render_denial(Reason::RateLimitServiceUnavailable, "api", None, 1);
+        assert_eq!(d.status, 503);
+        assert_eq!(header(&d, "retry-after"), Some("1"));
+        assert_eq!(header(&d, "www-authenticate"), None);
+        let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert_eq!(
+            Reason::RateLimitServiceUnavailable.as_str(),
+            "rate_limit_service_unavailable"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 use crate::decision::Reason;
 use crate::identity::{Caller, TokenDigest};
+use crate::ratelimit::rls::{CallFailure, CallOutcome};
 use crate::ratelimit::table::Churn;
+use crate::ratelimit::PolicyId;
 use crate::remote::{Completion, Endpoint};
 use crate::worker::DocKind;
 use std::time::Duration;
@@ -36,6 +38,9 @@ pub trait Metrics {
     fn fetch(&self, kind: DocKind, completion: &Completion);
     /// Live counters added to or dropped from the shared rate-limit table.
     fn churn(&self, churn: &Churn);
+    /// A call to a remote policy's rate-limit service ended; a failed one was
+    /// let through (`failure_mode_deny` false) or refused.
+    fn rate_limit_call(&self, policy: PolicyId, outcome: &CallOutcome, failure_mode_deny: bool);
 }
 
 /// HTTP callouts through an Envoy cluster.
@@ -57,9 +62,24 @@ pub struct DecisionRecord<'a> {
     pub fingerprint: Option<TokenDigest>,
 }
 
+/// A remote policy's call that gave no verdict: the request was let through
+/// (`failure_mode_deny` false) or refused, for reason
+/// `rate_limit_service_unavailable`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitFailureRecord<'a> {
+    pub policy: &'a str,
+    pub failure: &'a CallFailure,
+    pub failure_mode_deny: bool,
+    pub method: &'a str,
+    pub client_ip: Option<&'a str>,
+    pub caller: Option<&'a Caller>,
+}
+
 /// Where decisions go.
 pub trait AuditSink {
     fn decision(&self, record: &DecisionRecord<'_>);
+    /// A remote policy's call failed (the decision that follows is recorded too).
+    fn rate_limit_failure(&self, record: &RateLimitFailureRecord<'_>);
 }
 
 /// The host services one callback works with.
@@ -125,6 +145,7 @@ pub mod fakes {
         pub decisions: RefCell<Vec<Reason>>,
         pub fetches: RefCell<Vec<(DocKind, Completion)>>,
         pub entries: Cell<i64>,
+        pub rate_limit_calls: RefCell<Vec<(PolicyId, CallOutcome, bool)>>,
     }
 
     impl Metrics for FakeMetrics {
@@ -136,6 +157,11 @@ pub mod fakes {
         }
         fn churn(&self, churn: &Churn) {
             self.entries.set(self.entries.get() + churn.entries_delta);
+        }
+        fn rate_limit_call(&self, policy: PolicyId, outcome: &CallOutcome, deny: bool) {
+            self.rate_limit_calls
+                .borrow_mut()
+                .push((policy, outcome.clone(), deny));
         }
     }
 
@@ -165,14 +191,31 @@ pub mod fakes {
         pub subject: Option<String>,
     }
 
+    /// A failed rate-limit call as the fake audit sink keeps it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AuditedFailure {
+        pub policy: String,
+        pub failure: CallFailure,
+        pub failure_mode_deny: bool,
+        pub subject: Option<String>,
+    }
+
     #[derive(Default)]
-    pub struct FakeAudit(pub RefCell<Vec<Audited>>);
+    pub struct FakeAudit(pub RefCell<Vec<Audited>>, pub RefCell<Vec<AuditedFailure>>);
 
     impl AuditSink for FakeAudit {
         fn decision(&self, record: &DecisionRecord<'_>) {
             self.0.borrow_mut().push(Audited {
                 reason: record.reason,
                 status: record.status,
+                subject: record.caller.and_then(|c| c.subject.clone()),
+            });
+        }
+        fn rate_limit_failure(&self, record: &RateLimitFailureRecord<'_>) {
+            self.1.borrow_mut().push(AuditedFailure {
+                policy: record.policy.to_string(),
+                failure: record.failure.clone(),
+                failure_mode_deny: record.failure_mode_deny,
                 subject: record.caller.and_then(|c| c.subject.clone()),
             });
         }

@@ -5,7 +5,7 @@ use super::fetch::read_response;
 use super::host::{EnvoyCallouts, EnvoyClock, EnvoyForeignFunction, EnvoySharedData, LogAudit};
 use super::http::TollgateHttp;
 use super::metrics::EnvoyMetrics;
-use super::parked::decide_woken;
+use super::parked::{answer_foreign_call, decide_woken, expire_foreign_calls, ForeignCall};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
@@ -24,6 +24,9 @@ pub struct Shared {
     /// `RateLimit` headers for the responses of requests decided in another
     /// context's callback (parked requests), by context id.
     response_headers: RefCell<HashMap<u32, Vec<(&'static str, String)>>>,
+    /// Rate-limit calls made for parked requests from another context's
+    /// callback, by call token (see `parked`).
+    pub foreign_calls: RefCell<HashMap<u32, ForeignCall>>,
 }
 
 impl Shared {
@@ -93,6 +96,12 @@ impl Context for TollgateRoot {
             .complete_fetch(shared.host(&clock, &callouts), id, &response);
         decide_woken(&shared, self, self.context_id, woken);
     }
+
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        if let Some(shared) = self.shared.clone() {
+            answer_foreign_call(&shared, self, self.context_id, token, status, size);
+        }
+    }
 }
 
 impl RootContext for TollgateRoot {
@@ -109,10 +118,12 @@ impl RootContext for TollgateRoot {
         };
         follow_envoy_log_level();
         let verifier = choose_verifier(settings.signature_backend, EnvoyForeignFunction);
+        let metrics = EnvoyMetrics::define(&settings);
         self.shared = Some(Rc::new(Shared {
             worker: Worker::new(settings, verifier),
-            metrics: EnvoyMetrics::define(),
+            metrics,
             response_headers: RefCell::new(HashMap::new()),
+            foreign_calls: RefCell::new(HashMap::new()),
         }));
         self.fetches.clear();
         // Fetches start from ticks, not here: at bootstrap Envoy configures
@@ -132,6 +143,7 @@ impl RootContext for TollgateRoot {
         let tick = shared.worker.on_tick(shared.host(&clock, &callouts));
         self.fetches.extend(tick.started);
         decide_woken(&shared, self, self.context_id, tick.woken);
+        expire_foreign_calls(&shared, self, self.context_id);
         let period = tick.period;
         if self.tick != Some(period) {
             self.set_tick_period(period);

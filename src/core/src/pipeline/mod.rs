@@ -7,21 +7,26 @@
 //! 4. **revocation** (`verify`): the issuer's revocation feed;
 //! 5. **policy** (`decide`): scopes and claims of the rule;
 //! 6. **limits** (`limits`): counted only once everything else allowed the request;
+//!    then **remote limits** (`remote_limits`): one rate-limit service call per
+//!    remote policy, only once the local ones admitted it;
 //! 7. **upstream edits** (`upstream`): credentials stripped, spoofed identity
 //!    purged, verified identity set.
 //!
 //! Whatever must wait on the host is a [`Step`] the pipeline returns: the filter
-//! crate maps steps to host calls and calls [`resume`] when a wait is over.
+//! crate maps steps to host calls and calls [`resume`] (or, after a rate-limit
+//! call, [`resume_rate_limit`]) when a wait is over.
 
 mod api_key;
 mod decide;
 mod extract;
 mod limits;
 mod lockout;
+mod remote_limits;
 mod upstream;
 mod verify;
 
 pub use decide::{Authorizer, Outcome};
+pub use remote_limits::{resume_rate_limit, PendingLimits, RateLimitAnswer, RateLimitCall};
 
 use crate::apikey::KeySet as ApiKeySet;
 use crate::config::ProviderId;
@@ -66,6 +71,20 @@ pub enum Step {
     /// request or worker started ends: [`Worker::complete_fetch`] and
     /// [`Worker::on_tick`] hand it back, to [`resume`].
     Park { doc: DocId },
+    /// Hold it while the rate-limit service is asked (see [`RateLimitCall`]),
+    /// then hand the answer to [`resume_rate_limit`].
+    CallRateLimit(Box<RateLimitCall>),
+}
+
+/// A request everything but its remote limits has admitted.
+#[derive(Debug)]
+struct Admitted {
+    reason: Reason,
+    edits: Vec<HeaderEdit>,
+    identity: Arc<[HeaderEdit]>,
+    caller: Option<Caller>,
+    token_hash: Option<TokenDigest>,
+    tightest: limits::TightestLimit,
 }
 
 /// Whether the credential stages may still ask for a key refetch.
@@ -113,13 +132,16 @@ fn run(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, refetch: Refetch)
                 );
                 Step::Respond(denial)
             }
-            Ok(response_headers) => {
-                record(host, req, reason, None, caller.as_ref(), token_hash);
-                Step::Continue {
+            Ok(tightest) => {
+                let admitted = Admitted {
+                    reason,
                     edits,
                     identity,
-                    response_headers,
-                }
+                    caller,
+                    token_hash,
+                    tightest,
+                };
+                remote_limits::start(worker, host, req, admitted, limits, now_ms)
             }
         },
         Outcome::Deny { denial, .. }
@@ -164,6 +186,30 @@ fn run(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, refetch: Refetch)
             run(worker, host, req, Refetch::Spent)
         }
     }
+}
+
+/// The request passed every stage.
+fn admit(host: Host<'_>, req: &RequestView<'_>, a: Admitted) -> Step {
+    record(host, req, a.reason, None, a.caller.as_ref(), a.token_hash);
+    Step::Continue {
+        edits: a.edits,
+        identity: a.identity,
+        response_headers: a.tightest.into_headers(),
+    }
+}
+
+/// A later stage refused a request the earlier ones admitted.
+fn refuse(host: Host<'_>, req: &RequestView<'_>, denial: Denial, a: &Admitted) -> Step {
+    let status = Some(denial.status);
+    record(
+        host,
+        req,
+        denial.reason,
+        status,
+        a.caller.as_ref(),
+        a.token_hash,
+    );
+    Step::Respond(denial)
 }
 
 /// Every decision is counted and goes to the audit sink, once.
@@ -280,7 +326,7 @@ mod tests {
         match step {
             Step::Continue { .. } => 200,
             Step::Respond(denial) => denial.status,
-            Step::Wait { .. } | Step::Park { .. } => 0,
+            Step::Wait { .. } | Step::Park { .. } | Step::CallRateLimit(_) => 0,
         }
     }
 
