@@ -120,7 +120,7 @@ clean:
 # Tollgate against Envoy without auth, a minimal wasm filter and the native
 # jwt_authn, on one pinned core (bench/bench.py). Installs wrk when missing; the
 # bench crates (bench/floor, bench/tokens) are standalone and only built here.
-# The fleet row adds Redis and the rate-limit service (envoy/rls).
+# The fleet rows add Redis and the rate-limit service (envoy/rls).
 # Settings: BENCH_SECONDS, BENCH_ROUNDS, BENCH_MEMORY_TOKENS, ... (bench/bench.py).
 .PHONY: bench
 
