@@ -7,7 +7,10 @@
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::envoy::counter;
-use support::fleet::{Fleet, DOMAIN, FLEET_POLICY};
+use support::fleet::{add_rls_cluster, Fleet, DOMAIN, FLEET_POLICY};
+use support::redis::Redis;
+use support::rls::RlsBackend;
+use support::stack::Stack;
 
 /// `fleet-per-client` of the fleet sample, with the given limit per minute.
 fn per_client_limits(max: u64) -> String {
@@ -395,6 +398,64 @@ fn service_errors_and_unknown_clusters_are_failed_calls() {
     // The filter is alive and well.
     assert_eq!(get(&agent, &envoy.url("/data"), &token).status, 200);
     assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
+}
+
+/// Requests with a rotated key wait behind one JWKS fetch (parked, then decided in
+/// the callback of the request that fetched): each still makes its remote call, and
+/// is answered when it returns. The sample stack (remote JWKS from the token service)
+/// with the remote policy on `GET /data`.
+#[test]
+fn requests_parked_behind_a_key_rotation_make_their_remote_calls() {
+    let redis = Redis::start();
+    let backend = RlsBackend::builder(&per_client_limits(1000)).start(&redis);
+    let grpc_port = backend.grpc_port;
+    let stack = Stack::builder()
+        .envoy_config(move |c| add_rls_cluster(c, grpc_port))
+        .plugin_config(|c| {
+            let limits = c["rate_limits"].as_object_mut().unwrap();
+            // A failure here would trip the lock-out.
+            limits.remove("brute_force");
+            limits["policies"][FLEET_POLICY] = json!({"key": "client_id",
+                "backend": {"rls": {"cluster": "rate_limit_service", "domain": DOMAIN,
+                                    "timeout": "1s", "failure_mode_deny": true}}});
+            for rule in c["rules"].as_array_mut().unwrap() {
+                if rule["match"]["path"] == "/data" && rule["match"]["methods"][0] == "GET" {
+                    rule["rate_limits"] = json!(["per-client", FLEET_POLICY]);
+                }
+            }
+        })
+        .start();
+    let agent = support::http_agent();
+    let url = stack.envoy.url("/data");
+    let old = stack.token("reader", None);
+    assert_eq!(get(&agent, &url, &old).status, 200);
+    stack.tokens.rotate_keys(None);
+    let new = stack.token("reader", None);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..24)
+            .map(|_| s.spawn(|| get(&support::http_agent(), &url, &new).status))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every request with the new key is served: {statuses:?}\n{}",
+        stack.envoy.log()
+    );
+    let stats = backend.stats();
+    assert_eq!(
+        (stats["calls"].as_u64(), stats["ok"].as_u64()),
+        (Some(25), Some(25)),
+        "one call per request: {stats}"
+    );
+    assert_eq!(rls_stat(&stack.envoy, FLEET_POLICY, "ok"), 25);
+    let log = stack.envoy.log();
+    let foreign = log.matches("made for parked request").count();
+    eprintln!("{foreign} remote calls made for parked requests from another context");
+    assert!(
+        foreign > 0,
+        "no request was parked: the test missed its point\n{log}"
+    );
 }
 
 /// The native path, for comparison (README): Envoy's `ratelimit` filter after

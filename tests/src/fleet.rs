@@ -201,6 +201,30 @@ impl FleetBuilder {
     }
 }
 
+/// Adds the cluster `rate_limit_service` (HTTP/2 to the backend's gRPC port) to a
+/// bootstrap that lacks it, such as the sample stack's.
+pub fn add_rls_cluster(config: &mut EnvoyConfig, grpc_port: u16) {
+    let cluster = format!(
+        "  clusters:
+  - name: rate_limit_service
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: rate_limit_service
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {grpc_port} }}
+"
+    );
+    config.replace("  clusters:\n", &cluster);
+}
+
 /// Puts Envoy's `ratelimit` filter after Tollgate, with the route's descriptor.
 fn native_ratelimit(config: &mut EnvoyConfig) {
     let router = "          - name: envoy.filters.http.router\n";

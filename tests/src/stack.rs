@@ -104,10 +104,13 @@ pub fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
 
 /// A change a test makes to the plugin configuration before Envoy starts.
 type PluginConfigEdit = Box<dyn FnOnce(&mut Value)>;
+/// A change a test makes to Envoy's bootstrap (outside the plugin configuration).
+type EnvoyConfigEdit = Box<dyn FnOnce(&mut EnvoyConfig)>;
 
 pub struct StackBuilder {
     tokens: TokenServiceBuilder,
     configure: Vec<PluginConfigEdit>,
+    bootstrap: Vec<EnvoyConfigEdit>,
     concurrency: u32,
     start_token_service: bool,
 }
@@ -130,6 +133,7 @@ impl Stack {
                 .client("reader", "read:data")
                 .client("operator", "read:data admin"),
             configure: Vec::new(),
+            bootstrap: Vec::new(),
             concurrency: 2,
             start_token_service: true,
         }
@@ -161,6 +165,12 @@ impl StackBuilder {
         self
     }
 
+    /// Changes Envoy's bootstrap before Envoy starts (say, adds a cluster).
+    pub fn envoy_config(mut self, f: impl FnOnce(&mut EnvoyConfig) + 'static) -> Self {
+        self.bootstrap.push(Box::new(f));
+        self
+    }
+
     /// Starts Envoy while the token service is still down (its port reserved).
     pub fn token_service_down(mut self) -> Self {
         self.start_token_service = false;
@@ -180,6 +190,9 @@ impl StackBuilder {
             tokens.start();
         }
         let mut config = EnvoyConfig::sample(ports);
+        for f in self.bootstrap {
+            f(&mut config);
+        }
         let mut plugin = config.plugin_config();
         plugin["providers"]["test"] = json!({
             "issuer": TEST_ISSUER,

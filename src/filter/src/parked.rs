@@ -161,6 +161,10 @@ fn settle(shared: &Shared, ctx: &dyn Context, request: ParkedRequest, step: Step
             let call = *call;
             match dispatch(ctx, &call) {
                 Ok(token) => {
+                    log::debug!(
+                        "rate-limit call {token} made for parked request {}",
+                        request.context
+                    );
                     let now_ms = EnvoyClock(ctx).now().as_millis() as u64;
                     let deadline_ms = now_ms + call.timeout.as_millis() as u64 + ORPHAN_GRACE_MS;
                     shared.foreign_calls.borrow_mut().insert(
