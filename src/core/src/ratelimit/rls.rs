@@ -527,6 +527,17 @@ pub(crate) mod tests {
             decode_response(&vec![0; MAX_RESPONSE_BYTES + 1]),
             Err(DecodeError::TooLarge)
         );
+        // Every byte of a real answer changed to each of a few values: reaches
+        // the nested messages with wrong lengths and wire types.
+        for at in 0..bytes.len() {
+            for v in [0x00, 0x01, 0x07, 0x7f, 0x80, 0xff] {
+                let mut mutated = bytes.clone();
+                mutated[at] = v;
+                if let Ok(r) = decode_response(&mutated) {
+                    let _ = r.limit_state(None);
+                }
+            }
+        }
         // Pseudo-random bytes: whatever comes out, nothing panics.
         let mut x: u32 = 0x1234_5678;
         for _ in 0..2000 {
