@@ -395,6 +395,16 @@ fn service_errors_and_unknown_clusters_are_failed_calls() {
         assert_eq!(reply.status, 503, "{:?}", reply.body);
     }
     assert_eq!(rls_stat(envoy, "strict", "error"), 2);
+    let log = envoy.log();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("policy=strict"))
+        .collect();
+    eprintln!("{failures:#?}");
+    assert_eq!(failures.len(), 2, "{log}");
+    assert!(failures
+        .iter()
+        .all(|l| l.contains("reason=rate_limit_service_unavailable")));
     // The filter is alive and well.
     assert_eq!(get(&agent, &envoy.url("/data"), &token).status, 200);
     assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
