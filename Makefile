@@ -122,6 +122,8 @@ clean:
 # bench crates (bench/floor, bench/tokens) are standalone and only built here.
 # The fleet rows add Redis and the rate-limit service (envoy/rls).
 # Settings: BENCH_SECONDS, BENCH_ROUNDS, BENCH_MEMORY_TOKENS, ... (bench/bench.py).
+# Then the token service's RSS after bursts of concurrent logins (bench/token_service_rss.py,
+# BENCH_TOKEN_BURST, BASELINE_TOKEN_SERVICE).
 .PHONY: bench
 
 bench: tools wasm
@@ -130,6 +132,24 @@ bench: tools wasm
 	$(CARGO) build --release --manifest-path bench/tokens/Cargo.toml
 	$(CARGO) build --release -p tollgate-rls-backend
 	ENVOY=$(abspath $(ENVOY)) python3 bench/bench.py
+	$(CARGO) build --release -p tollgate-token-service
+	python3 bench/token_service_rss.py
+
+## Fuzz --------------------------------------------------------------------
+
+# cargo fuzz targets for every parser (src/core/fuzz: tokens, JWKS, config, API-key
+# sets, the header-map reader, paths, request purging, revocation lists), each run
+# for FUZZ_SECONDS (default 60); FUZZ_TARGETS picks some. Needs nightly (installed
+# through rustup) and cargo-fuzz, for this target only. Seeds and past crashes are
+# replayed by `make test`.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= jwt jwks config api_keys header_map path request revocations
+.PHONY: fuzz
+
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" src/core/fuzz/run.sh
 
 ## Docker compose -------------------------------------------------------------
 

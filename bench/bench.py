@@ -147,7 +147,7 @@ def tollgate_config(jwks: str, proxy: str) -> dict:
         "token_cache": {"max_entries": MEMORY_CACHE_ENTRIES if proxy == "tollgate_memory"
                         else CACHE_ENTRIES, "max_bytes": CACHE_BYTES},
     }
-    if proxy in ("tollgate_limits", "tollgate_fleet", "tollgate_remote"):
+    if proxy.startswith("tollgate_limits") or proxy in ("tollgate_fleet", "tollgate_remote"):
         digest = hashlib.sha256(API_KEY.encode()).hexdigest()
         key_set = {"consumers": [{"id": "bench-consumer", "scopes": ["read:data"],
                                   "keys": [{"id": "k1", "hash": digest, "enabled": True}]}]}
@@ -182,6 +182,7 @@ PROXIES = {
     "tollgate": ["tollgate"],
     "tollgate_limits": ["tollgate"],
     "tollgate_fleet": ["tollgate", "ratelimit"],
+    "tollgate_limits_baseline": ["tollgate"],
     "tollgate_remote": ["tollgate"],
     "tollgate_memory": ["tollgate"],
     "tollgate_baseline": ["tollgate"],
@@ -218,7 +219,7 @@ def proxy_config(s: Settings, name: str, tokens: Path, ports: Ports, upstream: i
     values = {
         "port": ports.port, "admin_port": ports.admin, "upstream_port": upstream,
         "floor_wasm": s.floor_wasm,
-        "tollgate_wasm": s.baseline_wasm if name == "tollgate_baseline" else s.tollgate_wasm,
+        "tollgate_wasm": s.baseline_wasm if name.endswith("_baseline") else s.tollgate_wasm,
         "issuer": ISSUER, "audience": AUDIENCE, "jwks": json.dumps(jwks),
         "cache_entries": CACHE_ENTRIES, "api_key": API_KEY,
         # A JSON string literal is a valid YAML double-quoted scalar.
@@ -440,10 +441,10 @@ def with_baseline_twins(rows: list) -> list:
     out = []
     for row in rows:
         out.append(row)
-        if row.proxy == "tollgate":
+        if row.proxy in ("tollgate", "tollgate_limits"):
             twin = f"{row.id}b"
             row.baseline = twin
-            out.append(Row(twin, f"{row.label} [baseline]", "tollgate_baseline", row.load,
+            out.append(Row(twin, f"{row.label} [baseline]", f"{row.proxy}_baseline", row.load,
                            row.status, native=row.native))
     return out
 

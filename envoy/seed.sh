@@ -44,7 +44,7 @@ if [[ -z ${BACKEND_SECRET:-} ]]; then
   remember BACKEND_SECRET "$(field_of client_secret 'client backend' clients add --id backend --scopes 'read:data write:data')"
 fi
 if [[ -z ${READER_SECRET:-} ]]; then
-  remember READER_SECRET "$(field_of client_secret 'client reader' clients add --id reader --scopes 'read:data')"
+  remember READER_SECRET "$(field_of client_secret 'client reader' clients add --id reader --scopes 'read:data' --default-scopes 'read:data')"
 fi
 if [[ -z ${KEY_ADMIN_SECRET:-} ]]; then
   remember KEY_ADMIN_SECRET "$(field_of client_secret 'client key-admin' clients add --id key-admin --scopes 'tollgate:admin')"
@@ -57,7 +57,7 @@ if [[ -z ${PARTNER_API_KEY:-} ]]; then
 fi
 if [[ -z ${DEMO_PASSWORD:-} ]]; then
   password=$(head -c 12 /dev/urandom | base64 | tr -d '/+=')
-  out=$(printf '%s\n' "$password" | "${CLI[@]}" users add --username alice 2>&1) || fail 'user alice' "$out"
+  out=$(printf '%s\n' "$password" | "${CLI[@]}" users add --username alice --scopes "read:data write:data" 2>&1) || fail 'user alice' "$out"
   remember DEMO_USER alice
   remember DEMO_PASSWORD "$password"
 fi

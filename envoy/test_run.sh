@@ -68,8 +68,10 @@ start_stack() {
   done
   grep -q 'Press Ctrl-C to stop' "$OUT" || fail "no banner within 180 s"
   SCRIPT_PID=$(cat "$RUN/run.pid")
+  # The components by name: run.sh's supervision loop also forks short-lived
+  # helpers (sleep, a subshell), which a busy machine can catch alive.
   mapfile -t COMPONENTS < <(ps -o pid= --ppid "$SCRIPT_PID" | awk '{print $1}' | while read -r pid; do
-    [[ $(ps -o comm= -p "$pid") != sleep ]] && echo "$pid"
+    [[ $(ps -o comm= -p "$pid") =~ ^(envoy|tollgate-token-|sample-api) ]] && echo "$pid"
   done)
   ((${#COMPONENTS[@]} == 3)) || fail "expected 3 components under run.sh, found ${#COMPONENTS[@]}"
   pids_to_reap+=("$SCRIPT_PID" "${COMPONENTS[@]}")

@@ -126,7 +126,7 @@ fn wrong_disabled_expired_and_foreign_address_keys_get_one_answer() {
     );
     assert!(challenge.unwrap().contains("error=\"invalid_token\""));
     // The reasons are told apart where operators look: stats.
-    let stats = stack.envoy.stats();
+    let stats = stack.envoy.settled_stats();
     for reason in [
         "api_key_unknown",
         "api_key_disabled",

@@ -60,21 +60,18 @@ fn stat(backend: &support::rls::RlsBackend, name: &str) -> u64 {
     backend.stats()[name].as_u64().unwrap()
 }
 
-/// The native filter's stats.
-fn ratelimit_stat(envoy: &support::envoy::Envoy, name: &str) -> u64 {
-    counter(
-        &envoy.stats(),
-        &format!("cluster.sample_api.ratelimit.{name}"),
-    )
+/// The native filter's stats, in `stats` (an Envoy's `/stats`).
+fn ratelimit_stat(stats: &str, name: &str) -> u64 {
+    counter(stats, &format!("cluster.sample_api.ratelimit.{name}"))
 }
 
 /// Tollgate's stats of a remote policy's calls.
-fn rls_stat(envoy: &support::envoy::Envoy, policy: &str, name: &str) -> u64 {
-    counter(&envoy.stats(), &format!("tollgate.rls.{policy}.{name}"))
+fn rls_stat(stats: &str, policy: &str, name: &str) -> u64 {
+    counter(stats, &format!("tollgate.rls.{name}.{policy}"))
 }
 
-fn decisions(envoy: &support::envoy::Envoy, reason: &str) -> u64 {
-    counter(&envoy.stats(), &format!("tollgate.decision.{reason}"))
+fn decisions(stats: &str, reason: &str) -> u64 {
+    counter(stats, &format!("tollgate.decision.{reason}"))
 }
 
 /// A second remote policy on the same backend, under its own prefix: `strict`
@@ -125,14 +122,15 @@ fn two_envoys_share_one_remote_limit() {
     assert!(statuses[LIMIT..].iter().all(|s| *s == 429), "{statuses:?}");
     // Both Envoys refused some, each with Tollgate's own 429.
     for (i, envoy) in fleet.envoys.iter().enumerate() {
+        let stats = envoy.settled_stats();
         assert_eq!(
-            rls_stat(envoy, FLEET_POLICY, "over_limit"),
+            rls_stat(&stats, FLEET_POLICY, "over_limit"),
             15,
             "{}",
             envoy.stats()
         );
-        assert_eq!(rls_stat(envoy, FLEET_POLICY, "calls"), 25);
-        assert_eq!(decisions(envoy, "rate_limited"), 15);
+        assert_eq!(rls_stat(&stats, FLEET_POLICY, "calls"), 25);
+        assert_eq!(decisions(&stats, "rate_limited"), 15);
         let refused = &replies[LIMIT + i];
         assert_eq!(
             refused.header("ratelimit-policy"),
@@ -270,8 +268,9 @@ fn local_and_remote_policies_on_one_rule() {
         (Some(4), Some(2)),
         "{stats}"
     );
-    assert_eq!(rls_stat(envoy, FLEET_POLICY, "calls"), 4);
-    assert_eq!(decisions(envoy, "rate_limited"), 3);
+    let stats = envoy.settled_stats();
+    assert_eq!(rls_stat(&stats, FLEET_POLICY, "calls"), 4);
+    assert_eq!(decisions(&stats, "rate_limited"), 3);
 }
 
 /// The backend stopped: `fleet-per-client` fails open (the request goes on, counted
@@ -306,14 +305,14 @@ fn failure_modes_with_the_backend_stopped() {
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert_eq!(json_error(&reply), "temporarily_unavailable");
 
-    let envoy = &fleet.envoys[0];
-    assert_eq!(rls_stat(envoy, FLEET_POLICY, "error"), 1);
-    assert_eq!(rls_stat(envoy, FLEET_POLICY, "failure_mode_allowed"), 1);
-    assert_eq!(rls_stat(envoy, "strict", "error"), 1);
-    assert_eq!(rls_stat(envoy, "strict", "failure_mode_denied"), 1);
-    assert_eq!(rls_stat(envoy, "strict", "failure_mode_allowed"), 0);
-    assert_eq!(decisions(envoy, "rate_limit_service_unavailable"), 1);
-    assert_eq!(decisions(envoy, "authenticated"), 3);
+    let stats = fleet.envoys[0].settled_stats();
+    assert_eq!(rls_stat(&stats, FLEET_POLICY, "error"), 1);
+    assert_eq!(rls_stat(&stats, FLEET_POLICY, "failure_mode_allowed"), 1);
+    assert_eq!(rls_stat(&stats, "strict", "error"), 1);
+    assert_eq!(rls_stat(&stats, "strict", "failure_mode_denied"), 1);
+    assert_eq!(rls_stat(&stats, "strict", "failure_mode_allowed"), 0);
+    assert_eq!(decisions(&stats, "rate_limit_service_unavailable"), 1);
+    assert_eq!(decisions(&stats, "authenticated"), 3);
 }
 
 /// A backend slower than the policies' timeouts: failing open, the request goes on
@@ -344,10 +343,11 @@ fn a_slow_backend_hits_the_timeout() {
             "{path} took {took:?}"
         );
     }
-    assert_eq!(rls_stat(envoy, FLEET_POLICY, "timeout"), 1);
-    assert_eq!(rls_stat(envoy, FLEET_POLICY, "failure_mode_allowed"), 1);
-    assert_eq!(rls_stat(envoy, "strict", "timeout"), 1);
-    assert_eq!(rls_stat(envoy, "strict", "failure_mode_denied"), 1);
+    let stats = envoy.settled_stats();
+    assert_eq!(rls_stat(&stats, FLEET_POLICY, "timeout"), 1);
+    assert_eq!(rls_stat(&stats, FLEET_POLICY, "failure_mode_allowed"), 1);
+    assert_eq!(rls_stat(&stats, "strict", "timeout"), 1);
+    assert_eq!(rls_stat(&stats, "strict", "failure_mode_denied"), 1);
     assert!(stat(&fleet.backend, "calls") >= 1);
 }
 
@@ -386,15 +386,18 @@ fn service_errors_and_unknown_clusters_are_failed_calls() {
         "{stats}"
     );
     // An error answer, or no answer in time (the first evaluation can be slow).
-    let failed = rls_stat(envoy, FLEET_POLICY, "error") + rls_stat(envoy, FLEET_POLICY, "timeout");
+    let stats = envoy.settled_stats();
+    let failed =
+        rls_stat(&stats, FLEET_POLICY, "error") + rls_stat(&stats, FLEET_POLICY, "timeout");
     assert_eq!(failed, 2, "{}", envoy.stats());
-    assert_eq!(rls_stat(envoy, FLEET_POLICY, "failure_mode_allowed"), 2);
+    assert_eq!(rls_stat(&stats, FLEET_POLICY, "failure_mode_allowed"), 2);
 
     for _ in 0..2 {
         let reply = get(&agent, &envoy.url("/strict/x"), &token);
         assert_eq!(reply.status, 503, "{:?}", reply.body);
     }
-    assert_eq!(rls_stat(envoy, "strict", "error"), 2);
+    let stats = envoy.settled_stats();
+    assert_eq!(rls_stat(&stats, "strict", "error"), 2);
     let log = envoy.log();
     let failures: Vec<&str> = log
         .lines()
@@ -458,7 +461,8 @@ fn requests_parked_behind_a_key_rotation_make_their_remote_calls() {
         (Some(25), Some(25)),
         "one call per request: {stats}"
     );
-    assert_eq!(rls_stat(&stack.envoy, FLEET_POLICY, "ok"), 25);
+    let stats = stack.envoy.settled_stats();
+    assert_eq!(rls_stat(&stats, FLEET_POLICY, "ok"), 25);
     let log = stack.envoy.log();
     let foreign = log.matches("made for parked request").count();
     eprintln!("{foreign} remote calls made for parked requests from another context");
@@ -524,6 +528,7 @@ fn native_path_for_comparison() {
         (Some(4), Some(2)),
         "{stats}"
     );
-    assert_eq!(ratelimit_stat(envoy, "over_limit"), 2);
-    assert_eq!(rls_stat(envoy, FLEET_POLICY, "calls"), 0);
+    let stats = envoy.settled_stats();
+    assert_eq!(ratelimit_stat(&stats, "over_limit"), 2);
+    assert_eq!(rls_stat(&stats, FLEET_POLICY, "calls"), 0);
 }

@@ -124,7 +124,7 @@ fn client_credentials_token_reaches_data_with_identity_and_without_credential() 
 
     let r = get_with(&stack, "/data?page=2", &token);
     assert_eq!(r.status, 200, "{}", r.body);
-    let stats = stack.envoy.stats();
+    let stats = stack.envoy.settled_stats();
     assert!(
         support::envoy::counter(&stats, "tollgate.decision.authenticated") >= 1,
         "{stats}"
@@ -422,7 +422,7 @@ fn jwks_unreachable_at_start_answers_503_then_recovers() {
         .unwrap();
     assert_eq!(get_with(&stack, "/data", &local).status, 200);
     assert!(stack.envoy.wait_for_log(
-        "jwks fetch for provider `tollgate` failed, keeping the last good copy",
+        "jwks fetch for provider `tollgate` failed, and no copy has loaded yet",
         Duration::from_secs(5)
     ));
 
@@ -657,7 +657,7 @@ fn failed_refreshes_keep_the_last_good_keys() {
         "no refresh was attempted:\n{}",
         stack.envoy.log()
     );
-    let stats = stack.envoy.stats();
+    let stats = stack.envoy.settled_stats();
     let failed = support::envoy::counter(&stats, "tollgate.jwks.fetch_failed");
     assert!(failed >= 1, "fetch failures are not counted:\n{stats}");
     assert!(support::envoy::counter(&stats, "tollgate.jwks.fetch_loaded") >= 1);
@@ -673,7 +673,7 @@ fn failed_refreshes_keep_the_last_good_keys() {
 
 /// The JWKS fetches Envoy made so far, whatever their outcome.
 fn jwks_fetches(stack: &Stack) -> u64 {
-    let stats = stack.envoy.stats();
+    let stats = stack.envoy.settled_stats();
     ["loaded", "unchanged", "failed"]
         .iter()
         .map(|o| support::envoy::counter(&stats, &format!("tollgate.jwks.fetch_{o}")))

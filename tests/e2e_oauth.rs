@@ -22,7 +22,9 @@ fn stack() -> Stack {
         .token_service(|tokens| {
             tokens
                 .public_client(APP, "read:data write:data", &[REDIRECT])
-                .user(USER, PASSWORD)
+                .user(USER, PASSWORD, "read:data write:data")
+                // No retry window: a replayed refresh token is reuse at once.
+                .serve_arg("--refresh-reuse-grace", "0")
         })
         .start()
 }
@@ -182,7 +184,9 @@ fn revoked_tokens_are_refused_at_the_gateway_through_the_revocation_feed() {
         .token_service(|tokens| {
             tokens
                 .public_client(APP, "read:data write:data", &[REDIRECT])
-                .user(USER, PASSWORD)
+                .user(USER, PASSWORD, "read:data write:data")
+                // No retry window: a replayed refresh token is reuse at once.
+                .serve_arg("--refresh-reuse-grace", "0")
         })
         .plugin_config(|config| {
             config["providers"]["tollgate"]["revocation_feed"] = json!({
@@ -290,4 +294,81 @@ fn a_revoked_access_token_is_refused_within_the_poll_interval_plus_one_second() 
         last_accepted <= poll + Duration::from_secs(1),
         "still accepted {last_accepted:?} after revocation"
     );
+}
+
+/// Calls `GET /data` with `token` (each call on a new connection, so every Envoy
+/// worker answers) until it has been refused as revoked 8 times in a row, and returns
+/// when it was last accepted after `since`. Before its first revocation list a worker
+/// may answer 503. Few calls: the sample's brute-force guard counts each 401.
+fn last_accepted(stack: &Stack, token: &str, since: Instant) -> Duration {
+    let mut last = Duration::ZERO;
+    let mut refused_in_a_row = 0;
+    while refused_in_a_row < 8 {
+        match call_api(stack, "GET", "/data", token) {
+            (200, _) => {
+                last = since.elapsed();
+                refused_in_a_row = 0;
+            }
+            (401, body) => {
+                assert_eq!(body["error"], "invalid_token", "{body}");
+                assert_eq!(
+                    body["error_description"], "the access token has been revoked",
+                    "{body}"
+                );
+                refused_in_a_row += 1;
+            }
+            (503, _) => refused_in_a_row = 0,
+            (status, body) => panic!("unexpected {status}: {body}"),
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "still accepted after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    last
+}
+
+/// Removing or disabling a client revokes its `client_credentials` tokens too: the
+/// gateway refuses them within the sample's poll interval (2 s) plus one second.
+#[test]
+fn removing_or_disabling_a_client_revokes_its_tokens_at_the_gateway_within_one_poll() {
+    let stack = Stack::start();
+    let poll = Duration::from_secs(2);
+
+    let reader = stack.token("reader", Some("read:data"));
+    assert_eq!(call_api(&stack, "GET", "/data", &reader).0, 200);
+    let removed = stack.tokens.cli(&["clients", "remove", "--id", "reader"]);
+    assert!(removed.status.success(), "{removed:?}");
+    let last = last_accepted(&stack, &reader, Instant::now());
+    eprintln!("removed client's token last accepted {last:?} after `clients remove`");
+    assert!(last <= poll + Duration::from_secs(1), "{last:?}");
+
+    let app = stack.token("mobile-app", Some("read:data"));
+    assert_eq!(call_api(&stack, "GET", "/data", &app).0, 200);
+    let disabled = stack
+        .tokens
+        .cli(&["clients", "disable", "--id", "mobile-app"]);
+    assert!(disabled.status.success(), "{disabled:?}");
+    let last = last_accepted(&stack, &app, Instant::now());
+    eprintln!("disabled client's token last accepted {last:?} after `clients disable`");
+    assert!(last <= poll + Duration::from_secs(1), "{last:?}");
+    let secret = stack.tokens.secret("mobile-app").to_owned();
+    let refused = stack
+        .tokens
+        .request_token("mobile-app", &secret, Some("read:data"));
+    assert_eq!(
+        refused.status(),
+        401,
+        "a disabled client cannot authenticate"
+    );
+
+    // Enabled again, it gets working tokens; the revoked one stays revoked.
+    let enabled = stack
+        .tokens
+        .cli(&["clients", "enable", "--id", "mobile-app"]);
+    assert!(enabled.status.success(), "{enabled:?}");
+    let fresh = stack.token("mobile-app", Some("read:data"));
+    assert_eq!(call_api(&stack, "GET", "/data", &fresh).0, 200);
+    assert_eq!(call_api(&stack, "GET", "/data", &app).0, 401);
 }

@@ -36,7 +36,7 @@ fn builder() -> TokenServiceBuilder {
         )
         .client_with_redirects(WEB, "read:data", &[WEB_REDIRECT])
         .client(GATEWAY, "")
-        .user(ALICE, PASSWORD)
+        .user(ALICE, PASSWORD, "read:data write:data")
 }
 
 /// Logs Alice in for the mobile app; returns the code, after checking `state` and `iss`.
@@ -187,7 +187,7 @@ fn code_flow_with_pkce_logs_in_issues_user_tokens_and_rotates_refresh_tokens() {
     assert!(
         form.hidden
             .iter()
-            .any(|(name, value)| name == "request_id" && value.len() >= 22),
+            .any(|(name, value)| name == "request" && value.len() >= 100),
         "anti-CSRF field: {:?}",
         form.hidden
     );
@@ -639,6 +639,92 @@ fn refresh_token_reuse_revokes_the_whole_family() {
     assert!(service
         .log()
         .contains("security: rotated refresh token reused"));
+}
+
+#[test]
+fn a_retried_refresh_keeps_the_session_through_20_duplicated_rounds() {
+    // A client sends each refresh twice at once (a retry after a lost response, or two
+    // tabs), and keeps whichever answer it read: alternately the first and the second.
+    let service = builder().start();
+    let token_url = service.token_url();
+    let (_, mut refresh_token) = app_tokens(&service, "read:data");
+    let mut access = String::new();
+    for round in 0..20 {
+        let replies: Vec<(u16, Value)> = thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (token_url, refresh_token) = (&token_url, &refresh_token);
+                    scope.spawn(move || refresh(token_url, APP, refresh_token, None))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("refresh thread"))
+                .collect()
+        });
+        for (status, body) in &replies {
+            assert_eq!(*status, 200, "round {round}: {body}");
+        }
+        let (_, kept) = &replies[round % 2];
+        refresh_token = string(kept, "refresh_token");
+        access = string(kept, "access_token");
+    }
+    // The session survived: its latest tokens work, nothing was revoked.
+    assert_eq!(introspect(&service, &refresh_token)["active"], true);
+    assert_eq!(introspect(&service, &access)["active"], true);
+    assert!(revoked_jtis(&service).is_empty());
+    let (status, body) = refresh(&token_url, APP, &refresh_token, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(!service
+        .log()
+        .contains("security: rotated refresh token reused"));
+}
+
+#[test]
+fn reuse_outside_the_grace_window_still_revokes_the_family() {
+    let service = builder().serve_arg("--refresh-reuse-grace", "1").start();
+    let token_url = service.token_url();
+    let (first_access, first_refresh) = app_tokens(&service, "read:data");
+    let (status, body) = refresh(&token_url, APP, &first_refresh, None);
+    assert_eq!(status, 200, "{body}");
+    let (second_access, second_refresh) = (
+        string(&body, "access_token"),
+        string(&body, "refresh_token"),
+    );
+
+    // Two seconds later the first token is presented again: reuse, not a retry.
+    thread::sleep(Duration::from_millis(2_100));
+    assert_invalid_grant(refresh(&token_url, APP, &first_refresh, None), "reuse");
+    assert_invalid_grant(
+        refresh(&token_url, APP, &second_refresh, None),
+        "the family is revoked",
+    );
+    for (what, token) in [
+        ("first access token", &first_access),
+        ("second access token", &second_access),
+        ("second refresh token", &second_refresh),
+    ] {
+        assert_inactive(&service, token, what);
+    }
+    assert!(service
+        .log()
+        .contains("security: rotated refresh token reused"));
+
+    // Within the window, but after the new token was used: reuse as well.
+    let (_, first_refresh) = app_tokens(&service, "read:data");
+    let (_, body) = refresh(&token_url, APP, &first_refresh, None);
+    let second_refresh = string(&body, "refresh_token");
+    let (status, body) = refresh(&token_url, APP, &second_refresh, None);
+    assert_eq!(status, 200, "{body}");
+    let third_refresh = string(&body, "refresh_token");
+    assert_invalid_grant(
+        refresh(&token_url, APP, &first_refresh, None),
+        "two generations old",
+    );
+    assert_invalid_grant(
+        refresh(&token_url, APP, &third_refresh, None),
+        "the family is revoked",
+    );
 }
 
 #[test]
@@ -1100,7 +1186,7 @@ fn cli_manages_users_and_public_clients() {
     );
     assert!(!listed.contains("argon2"), "no hashes: {listed}");
 
-    let bob = service.add_user("bob", "another long password");
+    let bob = service.add_user("bob", "another long password", "read:data");
     assert_ne!(bob, service.user_id(ALICE));
     for (what, args, stdin_password) in [
         (
@@ -1229,4 +1315,52 @@ fn cli_with_stdin(service: &TokenService, args: &[&str], stdin: &str) -> std::pr
         .expect("stdin")
         .write_all(format!("{stdin}\n").as_bytes());
     child.wait_with_output().expect("output")
+}
+
+#[test]
+fn loopback_redirect_uris_with_impossible_ports_are_refused() {
+    let mut service = builder().start();
+    for port in ["0", "65536", "99999"] {
+        let uri = format!("http://127.0.0.1:{port}/cb");
+        let refused = service.cli(&[
+            "clients",
+            "add",
+            "--id",
+            "desktop",
+            "--public",
+            "--redirect-uri",
+            &uri,
+        ]);
+        assert!(!refused.status.success(), "{uri} registered");
+    }
+    service.register_client(&support::token_service::ClientSpec {
+        client_id: "desktop".to_owned(),
+        scopes: "read:data".to_owned(),
+        public: true,
+        redirect_uris: vec!["http://127.0.0.1/cb".to_owned()],
+    });
+    // A registration without a port matches any real port at request time, never 0
+    // or one past 65535: the user sees an error page and is not redirected.
+    let pkce = Pkce::new();
+    let browser = Browser::new();
+    for (port, status) in [
+        ("0", 400),
+        ("65536", 400),
+        ("4294967297", 400),
+        ("53123", 200),
+    ] {
+        let redirect = format!("http://127.0.0.1:{port}/cb");
+        let page = browser.get(&authorize_url(
+            &service.base_url(),
+            &code_request("desktop", &redirect, "read:data", "s", &pkce),
+        ));
+        assert_eq!(page.status, status, "port {port}: {}", page.body);
+        if status == 400 {
+            assert!(
+                page.body.contains("The redirect_uri is not registered"),
+                "{}",
+                page.body
+            );
+        }
+    }
 }

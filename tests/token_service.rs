@@ -190,15 +190,16 @@ fn client_credentials_with_basic_auth_issues_an_rfc_9068_access_token() {
 }
 
 #[test]
-fn client_secret_post_without_scope_grants_all_allowed_scopes() {
+fn client_secret_post_without_scope_grants_the_default_scopes() {
+    // The harness makes a client's default scopes all it may ask for.
     let service = TokenService::builder()
-        .client("svc:billing", "write:data read:data")
+        .client("svc.billing", "write:data read:data")
         .audience("billing-api")
         .access_token_ttl(120)
         .start();
     let body = format!(
-        "grant_type=client_credentials&client_id=svc%3Abilling&client_secret={}",
-        service.secret("svc:billing")
+        "grant_type=client_credentials&client_id=svc.billing&client_secret={}",
+        service.secret("svc.billing")
     );
     let reply = post_token(&service, &[("Content-Type", FORM)], body.as_bytes());
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -209,7 +210,7 @@ fn client_secret_post_without_scope_grants_all_allowed_scopes() {
         &service,
         reply.body["access_token"].as_str().expect("token"),
     );
-    assert_eq!(claims.subject.as_deref(), Some("svc:billing"));
+    assert_eq!(claims.subject.as_deref(), Some("svc.billing"));
     assert_eq!(claims.custom.scope.as_deref(), Some("read:data write:data"));
     let lifetime = claims.expires_at.expect("exp") - claims.issued_at.expect("iat");
     assert_eq!(lifetime.as_secs(), 120);
@@ -483,25 +484,24 @@ fn discovery_documents_jwks_and_health_describe_the_service() {
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none", "tls_client_auth", "self_signed_tls_client_auth"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none", "tls_client_auth", "self_signed_tls_client_auth"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "tls_client_auth", "self_signed_tls_client_auth"],
         "authorization_response_iss_parameter_supported": true,
+        "dpop_signing_alg_values_supported": ["ES256"],
+        "tls_client_certificate_bound_access_tokens": true,
         "scopes_supported": ["read:data", "write:data"],
     });
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
-        let metadata = get(&service, path);
-        assert_eq!(metadata.status, 200, "{path}");
-        assert_eq!(
-            metadata.header("content-type"),
-            "application/json",
-            "{path}"
-        );
-        assert_eq!(metadata.body, expected, "{path}");
-    }
+    let metadata = get(&service, "/.well-known/oauth-authorization-server");
+    assert_eq!(metadata.status, 200);
+    assert_eq!(metadata.header("content-type"), "application/json");
+    assert_eq!(metadata.body, expected);
+    // Not an OpenID Provider: no OIDC discovery document that would promise one.
+    let oidc = get(&service, "/.well-known/openid-configuration");
+    assert_eq!(
+        (oidc.status, &oidc.body["error"]),
+        (404, &json!("not_found"))
+    );
 
     let jwks = get(&service, "/.well-known/jwks.json");
     assert_eq!(jwks.status, 200);
@@ -749,8 +749,107 @@ fn cli_lists_and_removes_clients() {
     let missing = service.cli(&["clients", "remove", "--id", "mobile-app"]);
     assert!(!missing.status.success(), "removing an unknown id fails");
 
-    let bad_id = service.cli(&["clients", "add", "--id", "has space"]);
-    assert!(!bad_id.status.success(), "invalid client ids are refused");
+    // Only RFC 3986 unreserved characters: nothing HTTP Basic needs to percent-encode.
+    for bad in [
+        "has space",
+        "svc:billing",
+        "ops@example",
+        "a+b",
+        "caf\u{e9}",
+    ] {
+        let refused = service.cli(&["clients", "add", "--id", bad]);
+        assert!(!refused.status.success(), "{bad} accepted");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("client id may contain only ASCII letters, digits and - . _ ~"),
+            "{stderr}"
+        );
+    }
+    let fine = service.cli(&["clients", "add", "--id", "svc.billing_v2~eu"]);
+    assert!(
+        fine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
+}
+
+#[test]
+fn removing_or_disabling_a_client_revokes_its_client_credentials_tokens() {
+    let service = TokenService::builder()
+        .client("batch", "read:data")
+        .client("batch-2", "read:data")
+        .client("gateway", "")
+        .start();
+    let introspect = |token: &str| -> Value {
+        let mut response = http_agent()
+            .post(service.url("/introspect"))
+            .header(
+                "Authorization",
+                basic_authorization("gateway", service.secret("gateway")),
+            )
+            .send_form([("token", token)])
+            .expect("POST /introspect");
+        assert_eq!(response.status(), 200);
+        response.body_mut().read_json().expect("JSON")
+    };
+    let feed = || -> Value {
+        let mut response = http_agent()
+            .get(service.url("/revocations"))
+            .call()
+            .expect("GET /revocations");
+        response.body_mut().read_json().expect("JSON")
+    };
+    let jti = |token: &str| decode_jwt(token).1["jti"].clone();
+
+    let first = service.client_credentials_token("batch", service.secret("batch"), None);
+    let second = service.client_credentials_token("batch", service.secret("batch"), None);
+    let other = service.client_credentials_token("batch-2", service.secret("batch-2"), None);
+    assert_eq!(introspect(&first)["active"], true);
+
+    let removed = service.cli(&["clients", "remove", "--id", "batch"]);
+    assert!(removed.status.success(), "{removed:?}");
+    for token in [&first, &second] {
+        assert_eq!(introspect(token), json!({"active": false}));
+    }
+    let listed: Vec<Value> = feed()["revoked"]
+        .as_array()
+        .expect("revoked")
+        .iter()
+        .map(|entry| entry["jti"].clone())
+        .collect();
+    let mut expected = vec![jti(&first), jti(&second)];
+    expected.sort_by_key(|value| value.as_str().unwrap_or_default().to_owned());
+    assert_eq!(listed, expected);
+    assert_eq!(
+        introspect(&other)["active"],
+        true,
+        "other clients are untouched"
+    );
+
+    let disabled = service.cli(&["clients", "disable", "--id", "batch-2"]);
+    assert!(disabled.status.success(), "{disabled:?}");
+    assert_eq!(introspect(&other), json!({"active": false}));
+    answer(service.request_token("batch-2", service.secret("batch-2"), None)).assert_error(
+        401,
+        "invalid_client",
+        "disabled client",
+    );
+    let listed = String::from_utf8_lossy(&service.cli(&["clients", "list"]).stdout).into_owned();
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.starts_with("batch-2") && line.contains(" disabled ")),
+        "{listed}"
+    );
+    let enabled = service.cli(&["clients", "enable", "--id", "batch-2"]);
+    assert!(enabled.status.success(), "{enabled:?}");
+    let fresh = service.client_credentials_token("batch-2", service.secret("batch-2"), None);
+    assert_eq!(introspect(&fresh)["active"], true);
+    assert_eq!(
+        introspect(&other),
+        json!({"active": false}),
+        "stays revoked"
+    );
 }
 
 #[test]

@@ -71,7 +71,7 @@ Tollgate sample stack is up ($1).
 
 7. Manage keys through the token service's admin API (scope tollgate:admin):
 
-   ADMIN=\$(curl -s -u key-admin:$KEY_ADMIN_SECRET -d grant_type=client_credentials \\
+   ADMIN=\$(curl -s -u key-admin:$KEY_ADMIN_SECRET -d grant_type=client_credentials -d scope=tollgate:admin \\
      http://127.0.0.1:9000/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
    curl -s -H "Authorization: Bearer \$ADMIN" http://127.0.0.1:9000/admin/api-keys
    curl -s -H "Authorization: Bearer \$ADMIN" -H 'Content-Type: application/json' \\
@@ -127,7 +127,7 @@ demo_check() {
   python3 -c 'import json,sys; h=json.loads(sys.argv[1])["headers"]; assert "x-api-key" not in h and h["x-tollgate-consumer"] == "partner-a" and h["x-tollgate-tenant"] == "acme", h' "$body" 2> /dev/null ||
     fail "step 6: API key: $body"
   ok "walkthrough 6: API key, the upstream sees consumer partner-a, tenant acme, no key"
-  admin=$(demo_token "key-admin:$KEY_ADMIN_SECRET" '' http://127.0.0.1:9000/token)
+  admin=$(demo_token "key-admin:$KEY_ADMIN_SECRET" tollgate:admin http://127.0.0.1:9000/token)
   [[ $(demo_status -H "Authorization: Bearer $admin" http://127.0.0.1:9000/admin/api-keys) == 200 ]] ||
     fail "step 7: admin API"
   ok "walkthrough 7: admin API with the key-admin client"

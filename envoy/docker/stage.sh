@@ -38,8 +38,11 @@ install -m 0755 "$ENVOY" "$ROOTFS/usr/local/bin/envoy"
 install -m 0755 target/release/tollgate-token-service target/release/sample-api "$ROOTFS/usr/local/bin/"
 install -m 0644 "$WASM" "$ROOTFS$IMAGE_WASM"
 
-# The sample config with only the filter's path changed; fail if it no longer matches.
-sed "s|filename: $WASM\$|filename: $IMAGE_WASM|" envoy/envoy.yaml > "$ROOTFS/etc/tollgate/envoy.yaml"
+# The sample config with only the filter's path changed, and the access log on
+# stdout (where `docker logs` and the log drivers pick it up); fail if it no
+# longer matches.
+sed -e "s|filename: $WASM\$|filename: $IMAGE_WASM|" \
+  -e "s|path: .run/access.log\$|path: /dev/stdout|" envoy/envoy.yaml > "$ROOTFS/etc/tollgate/envoy.yaml"
 if ! grep -q "filename: $IMAGE_WASM\$" "$ROOTFS/etc/tollgate/envoy.yaml"; then
   echo "stage.sh: envoy/envoy.yaml no longer names $WASM; update the rewrite" >&2
   exit 1

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const SAMPLE: &str = "envoy/envoy.yaml";
 const SAMPLE_WASM: &str = "target/wasm32-wasip1/release/tollgate.wasm";
 const PLUGIN_CONFIG_MARKER: &str = "\"@type\": type.googleapis.com/google.protobuf.StringValue";
+/// The sample's access log; each test Envoy writes its own file instead.
+const SAMPLE_ACCESS_LOG: &str = "path: .run/access.log";
 
 /// Ports of one sample stack.
 #[derive(Debug, Clone, Copy)]
@@ -130,12 +132,41 @@ impl EnvoyConfig {
     pub fn yaml(&self) -> &str {
         &self.yaml
     }
+
+    /// Removes the HTTP connection manager settings that clean paths and header
+    /// names before Tollgate sees them, to show that Tollgate's safety does not
+    /// depend on them.
+    pub fn without_hcm_safeguards(&mut self) {
+        let lines = self.yaml.lines().count();
+        let kept: Vec<&str> = self
+            .yaml
+            .lines()
+            .filter(|l| !HCM_SAFEGUARDS.iter().any(|s| l.trim_start().starts_with(s)))
+            .collect();
+        assert_eq!(
+            lines - kept.len(),
+            HCM_SAFEGUARDS.len(),
+            "envoy/envoy.yaml no longer sets every one of {HCM_SAFEGUARDS:?}"
+        );
+        self.yaml = kept.join("\n") + "\n";
+    }
 }
+
+/// The sample's HTTP connection manager settings that normalise paths and
+/// refuse header names with underscores.
+const HCM_SAFEGUARDS: [&str; 5] = [
+    "normalize_path:",
+    "merge_slashes:",
+    "path_with_escaped_slashes_action:",
+    "common_http_protocol_options:",
+    "headers_with_underscores_action:",
+];
 
 pub struct Envoy {
     pub process: ChildProcess,
     pub ports: StackPorts,
     _config: tempfile::NamedTempFile,
+    access_log: tempfile::NamedTempFile,
 }
 
 impl Envoy {
@@ -147,14 +178,25 @@ impl Envoy {
             .suffix(".yaml")
             .tempfile()
             .map_err(|e| e.to_string())?;
-        std::fs::write(file.path(), config.yaml()).map_err(|e| e.to_string())?;
+        let access_log = tempfile::Builder::new()
+            .prefix("envoy-access-")
+            .suffix(".log")
+            .tempfile()
+            .map_err(|e| e.to_string())?;
+        let yaml = config.yaml().replace(
+            SAMPLE_ACCESS_LOG,
+            &format!("path: {}", access_log.path().display()),
+        );
+        std::fs::write(file.path(), yaml).map_err(|e| e.to_string())?;
         let mut command = Command::new(envoy_binary());
         command
             .arg("-c")
             .arg(file.path())
             .args(["--concurrency", &concurrency.to_string()])
             .args(["--disable-hot-restart", "--log-level", "info"])
-            .args(["--component-log-level", "wasm:debug"]);
+            .args(["--component-log-level", "wasm:debug"])
+            // Access-log lines reach the file at once (Envoy's default is 10 s).
+            .args(["--file-flush-interval-msec", "100"]);
         let mut process = ChildProcess::spawn("envoy", command).map_err(|e| e.to_string())?;
         let ready = format!("http://127.0.0.1:{}/ready", config.ports.admin);
         process.wait_for_http(&ready, Duration::from_secs(60))?;
@@ -162,6 +204,7 @@ impl Envoy {
             process,
             ports: config.ports,
             _config: file,
+            access_log,
         })
     }
 
@@ -175,6 +218,60 @@ impl Envoy {
 
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// The access log written so far (one JSON object a line).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.access_log.path()).unwrap_or_default()
+    }
+
+    /// The access log's lines, parsed.
+    pub fn access_log_lines(&self) -> Vec<Value> {
+        self.access_log()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Waits until the access log has a line for `request_id` (Envoy writes
+    /// it once the response is sent, and flushes its log file every second).
+    pub fn access_log_line(&self, request_id: &str, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .access_log_lines()
+                .into_iter()
+                .filter(|l| l["request_id"] == request_id)
+                .collect::<Vec<_>>();
+            match found.len() {
+                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                0 => return None,
+                1 => return found.into_iter().next(),
+                n => panic!("{n} access log lines for request {request_id}"),
+            }
+        }
+    }
+
+    /// Envoy's stats in Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/stats/prometheus", self.ports.admin);
+        super::http_agent()
+            .get(&url)
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default()
+    }
+
+    /// [`Self::stats`] once the filter's counters for the requests made so far
+    /// have reached Envoy: it adds them up in the VM and hands them over on
+    /// each tick, at least once a second.
+    pub fn settled_stats(&self) -> String {
+        std::thread::sleep(Duration::from_millis(1_200));
+        self.stats()
     }
 
     /// Envoy's stats, as `name: value` lines.

@@ -2,6 +2,7 @@
 //!
 
 pub mod artifacts;
+pub mod dpop;
 pub mod envoy;
 pub mod fleet;
 pub mod oauth;

@@ -113,6 +113,7 @@ pub struct StackBuilder {
     bootstrap: Vec<EnvoyConfigEdit>,
     concurrency: u32,
     start_token_service: bool,
+    hcm_safeguards: bool,
 }
 
 pub struct Stack {
@@ -136,6 +137,7 @@ impl Stack {
             bootstrap: Vec::new(),
             concurrency: 2,
             start_token_service: true,
+            hcm_safeguards: true,
         }
     }
 
@@ -177,6 +179,13 @@ impl StackBuilder {
         self
     }
 
+    /// Runs Envoy without the connection manager's path normalisation and
+    /// underscore refusal ([`EnvoyConfig::without_hcm_safeguards`]).
+    pub fn without_hcm_safeguards(mut self) -> Self {
+        self.hcm_safeguards = false;
+        self
+    }
+
     pub fn start(self) -> Stack {
         let ports = StackPorts::free();
         let keys = TestKeys::generate();
@@ -203,6 +212,9 @@ impl StackBuilder {
             f(&mut plugin);
         }
         config.set_plugin_config(&plugin);
+        if !self.hcm_safeguards {
+            config.without_hcm_safeguards();
+        }
         let envoy = Envoy::try_start(&config, self.concurrency)
             .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
         if self.start_token_service {

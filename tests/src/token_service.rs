@@ -39,11 +39,13 @@ pub struct TokenServiceBuilder {
     access_token_ttl: u64,
     alg: String,
     clients: Vec<ClientSpec>,
-    users: Vec<(String, String)>,
+    /// Username, password and the scopes the user may hold.
+    users: Vec<(String, String, String)>,
     serve_args: Vec<(String, String)>,
 }
 
-/// A client to register: `clients add` arguments.
+/// A client to register: `clients add` arguments. `--default-scopes` is `scopes` too,
+/// so that a request without `scope` gets every scope the client may ask for.
 #[derive(Clone)]
 pub struct ClientSpec {
     pub client_id: String,
@@ -101,9 +103,11 @@ impl TokenServiceBuilder {
         self
     }
 
-    /// Adds a user (through the CLI, password on stdin) before the server starts.
-    pub fn user(mut self, username: &str, password: &str) -> Self {
-        self.users.push((username.to_owned(), password.to_owned()));
+    /// Adds a user (through the CLI, password on stdin) who may hold `scopes`, before
+    /// the server starts.
+    pub fn user(mut self, username: &str, password: &str, scopes: &str) -> Self {
+        self.users
+            .push((username.to_owned(), password.to_owned(), scopes.to_owned()));
         self
     }
 
@@ -133,8 +137,8 @@ impl TokenServiceBuilder {
         for client in service.settings.clients.clone() {
             service.register_client(&client);
         }
-        for (username, password) in service.settings.users.clone() {
-            service.add_user(&username, &password);
+        for (username, password, scopes) in service.settings.users.clone() {
+            service.add_user(&username, &password, &scopes);
         }
         service
     }
@@ -249,6 +253,7 @@ impl TokenService {
     pub fn register_client(&mut self, client: &ClientSpec) -> Option<String> {
         let mut args = vec!["clients", "add", "--id", &client.client_id];
         args.extend(["--scopes", &client.scopes]);
+        args.extend(["--default-scopes", &client.scopes]);
         if client.public {
             args.push("--public");
         }
@@ -272,12 +277,13 @@ impl TokenService {
         secret
     }
 
-    /// `users add` with the password on standard input; returns the user id.
-    pub fn add_user(&mut self, username: &str, password: &str) -> String {
+    /// `users add` with the password on standard input and the scopes the user may
+    /// hold; returns the user id.
+    pub fn add_user(&mut self, username: &str, password: &str, scopes: &str) -> String {
         let mut child = Command::new(binary())
             .arg("--db")
             .arg(&self.db_path)
-            .args(["users", "add", "--username", username])
+            .args(["users", "add", "--username", username, "--scopes", scopes])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

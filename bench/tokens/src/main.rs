@@ -19,6 +19,9 @@ const LIFETIME_DAYS: u64 = 30;
 struct Extra {
     client_id: String,
     scope: String,
+    /// DPoP binding (RFC 9449): the thumbprint of the app's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<serde_json::Value>,
 }
 
 struct Minter {
@@ -33,6 +36,7 @@ impl Minter {
         let extra = Extra {
             client_id: "bench-client".into(),
             scope: "read:data".into(),
+            cnf: None,
         };
         Claims::with_custom_claims(extra, Duration::from_days(LIFETIME_DAYS))
             .with_issuer(&self.issuer)
@@ -72,8 +76,60 @@ fn write_lines(dir: &Path, name: &str, lines: &[String]) {
     }
 }
 
+/// `dpop OUT_DIR ISSUER AUDIENCE HTU COUNT`: a DPoP-bound token and COUNT
+/// fresh proofs for it (one per request: each `jti` is single-use), with the
+/// issuer's JWKS, written anew for every run (proofs carry `iat`).
+fn mint_dpop(args: &[String]) {
+    use p256::ecdsa::signature::Signer;
+    use sha2::{Digest, Sha256};
+    let [out, issuer, audience, htu, count] = args else {
+        eprintln!("usage: tollgate-bench-tokens dpop OUT_DIR ISSUER AUDIENCE HTU COUNT");
+        std::process::exit(2);
+    };
+    let count: usize = count.parse().expect("COUNT is a number");
+    let dir = Path::new(out);
+    std::fs::create_dir_all(dir).unwrap();
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let issuer_key = ES256KeyPair::generate().with_key_id("bench-dpop-issuer");
+    let point = issuer_key.public_key().public_key().to_bytes_uncompressed();
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "bench-dpop-issuer", "alg": "ES256",
+        "use": "sig", "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
+    std::fs::write(dir.join("dpop_jwks.json"), jwks.to_string()).unwrap();
+    let app = ES256KeyPair::generate();
+    let app_point = app.public_key().public_key().to_bytes_uncompressed();
+    let (x, y) = (b64(&app_point[1..33]), b64(&app_point[33..65]));
+    let jkt = b64(&Sha256::digest(
+        format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#).as_bytes(),
+    ));
+    let m = Minter {
+        issuer: issuer.clone(),
+        audience: audience.clone(),
+    };
+    let mut claims = m.claims("dpop", 0);
+    claims.custom.cnf = Some(json!({"jkt": jkt}));
+    let token = issuer_key.sign(claims).unwrap();
+    write_lines(dir, "dpop_token.txt", &[token.clone()]);
+    let header = b64(json!({"typ": "dpop+jwt", "alg": "ES256",
+        "jwk": {"kty": "EC", "crv": "P-256", "x": x, "y": y}}).to_string().as_bytes());
+    let ath = b64(&Sha256::digest(token.as_bytes()));
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let proofs = pool(count, |n| {
+        let body = json!({"jti": format!("bench-{n}"), "htm": "GET", "htu": htu, "iat": iat, "ath": ath});
+        let input = format!("{header}.{}", b64(body.to_string().as_bytes()));
+        let sig: p256::ecdsa::Signature = app.key_pair().as_ref().sign(input.as_bytes());
+        format!("{input}.{}", b64(&sig.to_bytes()))
+    });
+    write_lines(dir, "dpop_proofs.txt", &proofs);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("dpop") {
+        return mint_dpop(&args[1..]);
+    }
     let [out, issuer, audience, es, rs, ed, bad] = args.as_slice() else {
         eprintln!("usage: tollgate-bench-tokens OUT_DIR ISSUER AUDIENCE ES256 RS256 EDDSA INVALID");
         std::process::exit(2);

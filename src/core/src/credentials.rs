@@ -1,6 +1,8 @@
 //! Finding bearer credentials in a request, and removing every trace of them
 //! before the request goes upstream.
 
+use crate::names;
+
 /// One place a provider reads tokens from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenLocation {
@@ -26,6 +28,9 @@ pub struct RequestView<'a> {
     pub headers: &'a [(String, Vec<u8>)],
     /// The client's address, as `client_ip` in the configuration defines it.
     pub client_ip: Option<&'a str>,
+    /// When the pipeline first saw the request (µs since the Unix epoch);
+    /// `pipeline::on_request` sets it, `Step::Wait` and `Step::Park` hand it back.
+    pub received_us: u64,
 }
 
 impl RequestView<'_> {
@@ -92,65 +97,124 @@ fn token_at(req: &RequestView<'_>, loc: &TokenLocation) -> Option<String> {
     }
 }
 
-/// Edits that remove credentials from every configured location that holds
-/// one, not only the one the token was read from: nothing that looks like a
-/// credential of ours reaches the upstream.
-pub fn strip_credentials(req: &RequestView<'_>, locations: &[TokenLocation]) -> Vec<HeaderEdit> {
+/// Edits that empty every given location, whatever it holds: a credential
+/// location is Tollgate's, so nothing in it reaches the upstream, a token that
+/// failed to parse no more than a valid one. Each location is matched under
+/// every spelling an upstream would take for it ([`names`]):
+///
+/// * a header: every header of that name, any value (another scheme such as
+///   `Basic`, a tab after `Bearer`, bytes that are not UTF-8);
+/// * a query parameter: every parameter whose percent-decoded name is that
+///   name, any value (broken escapes too), with `&` or `;` as separator;
+/// * a cookie: every cookie whose decoded name is that name.
+pub fn strip<'l, L>(req: &RequestView<'_>, locations: L) -> Vec<HeaderEdit>
+where
+    L: Iterator<Item = &'l TokenLocation> + Clone,
+{
     let mut edits = Vec::new();
-    let mut query_params: Vec<&str> = Vec::new();
-    let mut cookies: Vec<&str> = Vec::new();
-    for loc in locations {
-        if token_at(req, loc).is_none() {
-            continue;
-        }
-        match loc {
-            TokenLocation::Header { name, .. } => {
-                let edit = HeaderEdit::Remove(name.clone());
-                if !edits.contains(&edit) {
-                    edits.push(edit);
-                }
-            }
-            TokenLocation::Query(p) => query_params.push(p),
-            TokenLocation::Cookie(c) => cookies.push(c),
-        }
-    }
-    if !query_params.is_empty() {
-        let path = req.path_without_query();
-        let kept: Vec<&str> = req
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter(|pair| {
-                let key = pair.split('=').next().unwrap_or("");
-                !pair.is_empty() && !query_params.contains(&key)
-            })
-            .collect();
-        let new_path = if kept.is_empty() {
-            path.to_string()
-        } else {
-            format!("{path}?{}", kept.join("&"))
-        };
-        edits.push(HeaderEdit::Set(":path".to_string(), new_path));
-    }
-    if !cookies.is_empty() {
-        let kept: Vec<String> = req
-            .header_values("cookie")
-            .filter_map(|raw| std::str::from_utf8(raw).ok())
-            .flat_map(|h| h.split(';'))
-            .map(str::trim)
-            .filter(|c| {
-                let name = c.split('=').next().unwrap_or("").trim();
-                !c.is_empty() && !cookies.contains(&name)
-            })
-            .map(str::to_string)
-            .collect();
-        edits.push(if kept.is_empty() {
-            HeaderEdit::Remove("cookie".to_string())
-        } else {
-            HeaderEdit::Set("cookie".to_string(), kept.join("; "))
+    for (name, _) in req.headers {
+        let located = locations.clone().any(|loc| match loc {
+            TokenLocation::Header { name: n, .. } => names::same(name.as_bytes(), n.as_bytes()),
+            _ => false,
         });
+        if located && !name.starts_with(':') {
+            push_remove(&mut edits, name);
+        }
+    }
+    let params = || {
+        locations.clone().filter_map(|loc| match loc {
+            TokenLocation::Query(p) => Some(p.as_str()),
+            _ => None,
+        })
+    };
+    if let Some(query) = req.query().filter(|_| params().next().is_some()) {
+        if let Some(kept) =
+            without_params(query, |name| params().any(|p| names::same_param(name, p)))
+        {
+            let path = req.path_without_query();
+            edits.push(HeaderEdit::Set(
+                ":path".to_string(),
+                if kept.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}?{kept}")
+                },
+            ));
+        }
+    }
+    let cookies = || {
+        locations.clone().filter_map(|loc| match loc {
+            TokenLocation::Cookie(c) => Some(c.as_str()),
+            _ => None,
+        })
+    };
+    if cookies().next().is_some() {
+        let mut removed = false;
+        let mut kept: Vec<&[u8]> = Vec::new();
+        for pair in req
+            .header_values("cookie")
+            .flat_map(|h| h.split(|b| *b == b';'))
+            .map(<[u8]>::trim_ascii)
+            .filter(|pair| !pair.is_empty())
+        {
+            let name = pair
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or(pair)
+                .trim_ascii();
+            if cookies().any(|c| names::same_param(name, c)) {
+                removed = true;
+            } else {
+                kept.push(pair);
+            }
+        }
+        if removed {
+            edits.push(if kept.is_empty() {
+                HeaderEdit::Remove("cookie".to_string())
+            } else {
+                HeaderEdit::Set(
+                    "cookie".to_string(),
+                    String::from_utf8_lossy(&kept.join(&b"; "[..])).into_owned(),
+                )
+            });
+        }
     }
     edits
+}
+
+/// Adds a removal of `name` unless one is already there.
+pub fn push_remove(edits: &mut Vec<HeaderEdit>, name: &str) {
+    if !edits
+        .iter()
+        .any(|e| matches!(e, HeaderEdit::Remove(n) if n == name))
+    {
+        edits.push(HeaderEdit::Remove(name.to_string()));
+    }
+}
+
+/// The query without the parameters whose raw name `drop` picks, each kept
+/// parameter byte for byte with the separator before it; `None` if none is dropped.
+fn without_params(query: &str, drop: impl Fn(&[u8]) -> bool) -> Option<String> {
+    let mut kept = String::with_capacity(query.len());
+    let mut dropped = false;
+    let mut separator = "&";
+    for piece in query.split_inclusive(['&', ';']) {
+        let pair = piece.strip_suffix(['&', ';']).unwrap_or(piece);
+        let name = pair.split('=').next().unwrap_or(pair);
+        if drop(name.as_bytes()) {
+            dropped = true;
+        } else if !pair.is_empty() {
+            if !kept.is_empty() {
+                kept.push_str(separator);
+            }
+            kept.push_str(pair);
+        }
+        separator = piece
+            .get(pair.len()..)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("&");
+    }
+    dropped.then_some(kept)
 }
 
 fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
@@ -169,12 +233,13 @@ fn cookie_pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
 
 /// Decodes `%XX` escapes; `None` for broken escapes or non-UTF-8 results.
 fn percent_decode(s: &str) -> Option<String> {
-    let mut bytes = s.bytes();
     let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {
         if b == b'%' {
-            let hex = [bytes.next()?, bytes.next()?];
-            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            let mut digit = || char::from(bytes.next()?).to_digit(16);
+            let (hi, lo) = (digit()?, digit()?);
+            out.push((hi * 16 + lo) as u8);
         } else {
             out.push(b);
         }
@@ -208,6 +273,7 @@ mod tests {
                 path: "/",
                 headers: &h,
                 client_ip: Some("192.0.2.1"),
+                received_us: 0,
             };
             assert_eq!(
                 find_token(&req, &[bearer()]),
@@ -228,6 +294,7 @@ mod tests {
                 path: "/",
                 headers: &h,
                 client_ip: Some("192.0.2.1"),
+                received_us: 0,
             };
             assert_eq!(find_token(&req, &[bearer()]), None);
         }
@@ -246,10 +313,11 @@ mod tests {
             path: "/x?a=1&access_token=tok%31&b=2",
             headers: &h,
             client_ip: Some("192.0.2.1"),
+            received_us: 0,
         };
         assert_eq!(find_token(&req, &locs), Some(("tok1".into(), 1)));
         assert_eq!(
-            strip_credentials(&req, &locs),
+            strip(&req, locs.iter()),
             vec![
                 HeaderEdit::Set(":path".into(), "/x?a=1&b=2".into()),
                 HeaderEdit::Set("cookie".into(), "theme=dark; lang=en".into()),
@@ -261,9 +329,10 @@ mod tests {
             path: "/x?access_token=t",
             headers: &only,
             client_ip: Some("192.0.2.1"),
+            received_us: 0,
         };
         assert_eq!(
-            strip_credentials(&req, &locs),
+            strip(&req, locs.iter()),
             vec![
                 HeaderEdit::Set(":path".into(), "/x".into()),
                 HeaderEdit::Remove("cookie".into()),
@@ -271,38 +340,125 @@ mod tests {
         );
     }
 
+    fn view<'a>(path: &'a str, headers: &'a [(String, Vec<u8>)]) -> RequestView<'a> {
+        RequestView {
+            method: "GET",
+            path,
+            headers,
+            client_ip: Some("192.0.2.1"),
+            received_us: 0,
+        }
+    }
+
+    /// Defect: `Bearer<TAB>jwt`, trailing junk, non-UTF-8 and other schemes
+    /// went upstream untouched because only parseable tokens were stripped.
     #[test]
-    fn header_credentials_are_removed_and_other_schemes_left_alone() {
-        let h = headers(&[("authorization", b"Bearer t")]);
-        let req = RequestView {
-            method: "GET",
-            path: "/",
-            headers: &h,
-            client_ip: Some("192.0.2.1"),
+    fn a_credential_header_is_removed_whatever_it_holds() {
+        for value in [
+            &b"Bearer t"[..],
+            b"Bearer\teyJ.eyJ.sig",
+            b"Bearer eyJ.eyJ.sig junk",
+            b"Bearer eyJ.eyJ.sig\xff\xfe",
+            b"Basic dTpw",
+            b"Digest username=\"u\"",
+            b"",
+        ] {
+            let h = headers(&[("authorization", value), ("accept", b"*/*")]);
+            assert_eq!(
+                strip(&view("/", &h), [bearer()].iter()),
+                vec![HeaderEdit::Remove("authorization".into())],
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        // Look-alike names an upstream folds onto the configured one.
+        let key = TokenLocation::Header {
+            name: "x-api-key".into(),
+            value_prefix: None,
         };
+        let h = headers(&[
+            ("x_api_key", b"k1"),
+            ("x-api_key", b"k2"),
+            ("x-api-key", b"k3"),
+            ("x-api-keys", b"other"),
+        ]);
         assert_eq!(
-            strip_credentials(&req, &[bearer()]),
-            vec![HeaderEdit::Remove("authorization".into())]
+            strip(&view("/", &h), [key].iter()),
+            vec![
+                HeaderEdit::Remove("x_api_key".into()),
+                HeaderEdit::Remove("x-api_key".into()),
+                HeaderEdit::Remove("x-api-key".into()),
+            ]
         );
-        let h = headers(&[("authorization", b"Basic dTpw")]);
-        let req = RequestView {
-            method: "GET",
-            path: "/",
-            headers: &h,
-            client_ip: Some("192.0.2.1"),
+        assert!(strip(&view("/", &headers(&[("accept", b"x")])), [bearer()].iter()).is_empty());
+    }
+
+    #[test]
+    fn every_spelling_of_a_credential_parameter_is_removed_whatever_its_value() {
+        let locs = [TokenLocation::Query("access_token".into())];
+        let stripped = |path: &str| -> Option<String> {
+            strip(&view(path, &[]), locs.iter())
+                .into_iter()
+                .find_map(|e| match e {
+                    HeaderEdit::Set(n, v) if n == ":path" => Some(v),
+                    _ => None,
+                })
         };
-        assert!(strip_credentials(&req, &[bearer()]).is_empty());
+        for (path, upstream) in [
+            ("/x?access_token=t", "/x"),
+            ("/x?a=1&ACCESS_TOKEN=t&b=2", "/x?a=1&b=2"),
+            ("/x?access%5Ftoken=t&b=2", "/x?b=2"),
+            ("/x?access%255Ftoken=t", "/x"),
+            ("/x?Access-Token=t&access.token=u&access+token=v", "/x"),
+            ("/x?access_token=%zz.eyJ&access_token=%", "/x"),
+            ("/x?access_token", "/x"),
+            ("/x?a=1;access_token=t;b=2", "/x?a=1;b=2"),
+            ("/x?access_token=t&a=1&&b=2#frag", "/x?a=1&b=2"),
+        ] {
+            assert_eq!(stripped(path).as_deref(), Some(upstream), "{path}");
+        }
+        for path in [
+            "/x",
+            "/x?",
+            "/x?a=access_token",
+            "/x?access_tokens=1",
+            "/access_token?x=1",
+        ] {
+            assert_eq!(stripped(path), None, "{path}");
+        }
+        // Reading stays strict: only the exact name is a token.
+        let req = view("/x?ACCESS_TOKEN=abc", &[]);
+        assert_eq!(find_token(&req, &locs), None);
+    }
+
+    #[test]
+    fn every_spelling_of_a_credential_cookie_is_removed() {
+        let locs = [TokenLocation::Cookie("tg_at".into())];
+        let h = headers(&[
+            ("cookie", b"theme=dark; TG_AT=a; tg%5Fat=b"),
+            ("cookie", b"tg-at=\xff; tg_at=; lang=en"),
+        ]);
+        assert_eq!(
+            strip(&view("/", &h), locs.iter()),
+            vec![HeaderEdit::Set(
+                "cookie".into(),
+                "theme=dark; lang=en".into()
+            )]
+        );
+        let h = headers(&[("cookie", b"theme=dark")]);
+        assert!(strip(&view("/", &h), locs.iter()).is_empty());
     }
 
     #[test]
     fn broken_percent_escapes_are_not_tokens() {
         let locs = vec![TokenLocation::Query("t".into())];
-        for path in ["/?t=%", "/?t=%zz", "/?t=%ff", "/?t="] {
+        for path in ["/?t=%", "/?t=%zz", "/?t=%ff", "/?t=", "/?t=%+1"] {
             let req = RequestView {
                 method: "GET",
                 path,
                 headers: &[],
                 client_ip: Some("192.0.2.1"),
+                received_us: 0,
             };
             assert_eq!(find_token(&req, &locs), None, "{path}");
         }
@@ -315,6 +471,7 @@ mod tests {
             path: "/a/b?x=1#f",
             headers: &[],
             client_ip: Some("192.0.2.1"),
+            received_us: 0,
         };
         assert_eq!(req.path_without_query(), "/a/b");
         assert_eq!(req.query(), Some("x=1"));

@@ -4,6 +4,8 @@
 //! and metrics key on it, and HTTP responses are rendered from it, so a
 //! reason's status code and RFC 6750 error are defined exactly once, here.
 
+use crate::alg::Algorithm;
+
 /// Why a request was allowed or denied. `as_str` values are a public contract
 /// (logs, metrics, dashboards): never rename one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -11,6 +13,9 @@ pub enum Reason {
     // Allowed.
     Authenticated,
     Anonymous,
+    // 400 invalid_request: the request means different things to different readers.
+    AmbiguousPath,
+    AmbiguousMethodOverride,
     // 401, no error code (RFC 6750 §3.1: the client sent no credentials).
     MissingCredentials,
     // 401 invalid_token.
@@ -32,6 +37,15 @@ pub enum Reason {
     /// upstream must never see an authenticated request without its identity.
     UnsafeIdentityClaim,
     Revoked,
+    // 401 with a `DPoP` challenge (RFC 9449 §7.1).
+    DpopProofInvalid,
+    DpopProofReplayed,
+    DpopKeyMismatch,
+    DpopNonceRequired,
+    DpopBoundTokenAsBearer,
+    DpopRequired,
+    /// An anomaly signal suspended this credential for a while (`anomalies`).
+    CredentialSuspended,
     // 401 invalid_token, one description for all: see `Reason::description`.
     ApiKeyUnknown,
     ApiKeyDisabled,
@@ -46,18 +60,22 @@ pub enum Reason {
     // 429.
     RateLimited,
     LockedOut,
-    // 503: keys (or the revocation list) for the token's issuer are not loaded yet.
+    // 503: keys (or the revocation list) for the token's issuer, or the API-key
+    // set, are not loaded yet.
     KeysUnavailable,
     RevocationsUnavailable,
+    ApiKeysUnavailable,
     /// A remote policy's rate-limit service could not answer (unreachable,
     /// an error, a timeout, an unreadable answer) and the policy fails closed.
     RateLimitServiceUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 41] = [
         Reason::Authenticated,
         Reason::Anonymous,
+        Reason::AmbiguousPath,
+        Reason::AmbiguousMethodOverride,
         Reason::MissingCredentials,
         Reason::MalformedToken,
         Reason::UnsupportedAlgorithm,
@@ -74,6 +92,13 @@ impl Reason {
         Reason::MissingClaim,
         Reason::UnsafeIdentityClaim,
         Reason::Revoked,
+        Reason::DpopProofInvalid,
+        Reason::DpopProofReplayed,
+        Reason::DpopKeyMismatch,
+        Reason::DpopNonceRequired,
+        Reason::DpopBoundTokenAsBearer,
+        Reason::DpopRequired,
+        Reason::CredentialSuspended,
         Reason::ApiKeyUnknown,
         Reason::ApiKeyDisabled,
         Reason::ApiKeyExpired,
@@ -86,13 +111,21 @@ impl Reason {
         Reason::LockedOut,
         Reason::KeysUnavailable,
         Reason::RevocationsUnavailable,
+        Reason::ApiKeysUnavailable,
         Reason::RateLimitServiceUnavailable,
     ];
+
+    /// The reason's place in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Authenticated => "authenticated",
             Reason::Anonymous => "anonymous",
+            Reason::AmbiguousPath => "ambiguous_path",
+            Reason::AmbiguousMethodOverride => "ambiguous_method_override",
             Reason::MissingCredentials => "missing_credentials",
             Reason::MalformedToken => "malformed_token",
             Reason::UnsupportedAlgorithm => "unsupported_algorithm",
@@ -109,6 +142,13 @@ impl Reason {
             Reason::MissingClaim => "missing_claim",
             Reason::UnsafeIdentityClaim => "unsafe_identity_claim",
             Reason::Revoked => "revoked",
+            Reason::DpopProofInvalid => "dpop_proof_invalid",
+            Reason::DpopProofReplayed => "dpop_proof_replayed",
+            Reason::DpopKeyMismatch => "dpop_key_mismatch",
+            Reason::DpopNonceRequired => "dpop_nonce_required",
+            Reason::DpopBoundTokenAsBearer => "dpop_bound_token_as_bearer",
+            Reason::DpopRequired => "dpop_required",
+            Reason::CredentialSuspended => "credential_suspended",
             Reason::ApiKeyUnknown => "api_key_unknown",
             Reason::ApiKeyDisabled => "api_key_disabled",
             Reason::ApiKeyExpired => "api_key_expired",
@@ -121,6 +161,7 @@ impl Reason {
             Reason::LockedOut => "locked_out",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::RevocationsUnavailable => "revocations_unavailable",
+            Reason::ApiKeysUnavailable => "api_keys_unavailable",
             Reason::RateLimitServiceUnavailable => "rate_limit_service_unavailable",
         }
     }
@@ -148,6 +189,7 @@ impl Reason {
     pub fn status(self) -> u32 {
         match self {
             Reason::Authenticated | Reason::Anonymous => 200,
+            Reason::AmbiguousPath | Reason::AmbiguousMethodOverride => 400,
             Reason::InsufficientScope
             | Reason::MissingRole
             | Reason::ClaimMismatch
@@ -155,6 +197,7 @@ impl Reason {
             Reason::RateLimited | Reason::LockedOut => 429,
             Reason::KeysUnavailable
             | Reason::RevocationsUnavailable
+            | Reason::ApiKeysUnavailable
             | Reason::RateLimitServiceUnavailable => 503,
             _ => 401,
         }
@@ -165,12 +208,14 @@ impl Reason {
     fn error_code(self) -> Option<&'static str> {
         match self {
             Reason::Authenticated | Reason::Anonymous => None,
+            Reason::AmbiguousPath | Reason::AmbiguousMethodOverride => Some("invalid_request"),
             Reason::MissingCredentials => Some("unauthorized"),
             Reason::InsufficientScope | Reason::ClaimMismatch => Some("insufficient_scope"),
             Reason::NoMatchingRule | Reason::MissingRole => Some("access_denied"),
             Reason::RateLimited | Reason::LockedOut => Some("rate_limited"),
             Reason::KeysUnavailable
             | Reason::RevocationsUnavailable
+            | Reason::ApiKeysUnavailable
             | Reason::RateLimitServiceUnavailable => Some("temporarily_unavailable"),
             _ => Some("invalid_token"),
         }
@@ -184,6 +229,12 @@ impl Reason {
         match self {
             Reason::Authenticated => "authenticated",
             Reason::Anonymous => "anonymous access allowed",
+            Reason::AmbiguousPath => {
+                "the request path is ambiguous (encoded slash or backslash, malformed or double escape, or dot-segments and parameters that change its meaning)"
+            }
+            Reason::AmbiguousMethodOverride => {
+                "the request's method overrides are invalid or disagree"
+            }
             Reason::MissingCredentials => "authentication required",
             Reason::MalformedToken => "the access token is malformed",
             Reason::UnsupportedAlgorithm => "the token's signing algorithm is not accepted",
@@ -202,6 +253,15 @@ impl Reason {
                 "the access token carries an identity claim that cannot be forwarded"
             }
             Reason::Revoked => "the access token has been revoked",
+            Reason::DpopProofInvalid => "the DPoP proof is not valid",
+            Reason::DpopProofReplayed => "the DPoP proof was already used",
+            Reason::DpopKeyMismatch => "the DPoP proof's key is not the one the token is bound to",
+            Reason::DpopNonceRequired => "the DPoP proof must carry the server's nonce",
+            Reason::DpopBoundTokenAsBearer => {
+                "the access token is DPoP-bound: present it with the DPoP scheme and a proof"
+            }
+            Reason::DpopRequired => "this resource requires a DPoP-bound access token",
+            Reason::CredentialSuspended => "the credential is suspended for a while, get a new one",
             Reason::ApiKeyUnknown
             | Reason::ApiKeyDisabled
             | Reason::ApiKeyExpired
@@ -216,6 +276,7 @@ impl Reason {
             Reason::RevocationsUnavailable => {
                 "the token revocation list is not available yet, retry shortly"
             }
+            Reason::ApiKeysUnavailable => "the API key set is not available yet, retry shortly",
             Reason::RateLimitServiceUnavailable => {
                 "the rate-limit service is not available, retry shortly"
             }
@@ -298,6 +359,42 @@ fn quote_safe(s: &str) -> String {
         .collect()
 }
 
+/// A `401` with a `DPoP` challenge (RFC 9449 §7.1): `algs` names the proof
+/// algorithms accepted; `error` is `use_dpop_nonce` (with the `DPoP-Nonce`
+/// header), `invalid_dpop_proof`, or `invalid_token` for the token itself.
+pub fn render_dpop_denial(
+    reason: Reason,
+    algs: &[Algorithm],
+    description: &str,
+    nonce: Option<String>,
+) -> Denial {
+    let error = match reason {
+        Reason::DpopNonceRequired => "use_dpop_nonce",
+        Reason::DpopBoundTokenAsBearer | Reason::DpopRequired => "invalid_token",
+        _ => "invalid_dpop_proof",
+    };
+    let algs: Vec<&str> = algs.iter().map(|a| a.name()).collect();
+    let mut headers: Vec<(&'static str, String)> = vec![(
+        "www-authenticate",
+        format!(
+            "DPoP algs=\"{}\", error=\"{error}\", error_description=\"{}\"",
+            algs.join(" "),
+            quote_safe(description)
+        ),
+    )];
+    if let Some(nonce) = nonce {
+        headers.push(("dpop-nonce", nonce));
+    }
+    headers.push(("content-type", "application/json".to_string()));
+    headers.push(("cache-control", "no-store".to_string()));
+    Denial {
+        reason,
+        status: 401,
+        headers,
+        body: serde_json::json!({ "error": error, "error_description": description }).to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +414,13 @@ mod tests {
         assert!(codes
             .iter()
             .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+    }
+
+    #[test]
+    fn index_is_the_place_in_all() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
     }
 
     #[test]
@@ -373,6 +477,31 @@ mod tests {
         assert_eq!(d.status, 503);
         assert_eq!(header(&d, "retry-after"), Some("1"));
         assert_eq!(header(&d, "www-authenticate"), None);
+    }
+
+    #[test]
+    fn ambiguous_requests_are_400_invalid_request_without_challenge() {
+        for reason in [Reason::AmbiguousPath, Reason::AmbiguousMethodOverride] {
+            let d = render_denial(reason, "api", None, 0);
+            assert_eq!(d.status, 400);
+            assert_eq!(header(&d, "www-authenticate"), None);
+            let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+            assert_eq!(body["error"], "invalid_request");
+        }
+    }
+
+    #[test]
+    fn an_api_key_caller_waiting_for_the_key_set_hears_about_api_keys() {
+        let d = render_denial(Reason::ApiKeysUnavailable, "api", None, 2);
+        assert_eq!(d.status, 503);
+        assert_eq!(header(&d, "retry-after"), Some("2"));
+        let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert_eq!(
+            body["error_description"],
+            "the API key set is not available yet, retry shortly"
+        );
+        assert!(!d.body.contains("token"), "{}", d.body);
     }
 
     #[test]

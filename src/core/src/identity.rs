@@ -3,12 +3,48 @@
 
 use sha2::{Digest, Sha256};
 
-/// Who a verified request is (no secrets).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a verified request is (no secrets): what the upstream, the audit
+/// events and the rate limits know about the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Caller {
+    /// The provider's name, or `api_key`.
     pub provider: String,
     pub subject: Option<String>,
     pub client_id: Option<String>,
+    /// The API-key consumer.
+    pub consumer: Option<String>,
+    /// The consumer's tenant, or the token's `tenant` claim.
+    pub tenant: Option<String>,
+    /// The API key's id (never the key).
+    pub api_key_id: Option<String>,
+    /// The token's `jti`.
+    pub jti: Option<String>,
+}
+
+impl Caller {
+    /// Who to count failures against: the client, else the consumer, else the subject.
+    pub fn principal(&self) -> Option<&str> {
+        self.client_id
+            .as_deref()
+            .or(self.consumer.as_deref())
+            .or(self.subject.as_deref())
+    }
+
+    /// The optional identity strings, for size accounting.
+    pub fn strings(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.subject,
+            &self.client_id,
+            &self.consumer,
+            &self.tenant,
+            &self.api_key_id,
+            &self.jti,
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(std::iter::once(self.provider.as_str()))
+    }
 }
 
 /// SHA-256 of a presented credential, computed once per request: the token

@@ -1,7 +1,7 @@
 //! Access rules: which requests need what. An ordered list, first match wins.
 //!
-//! Paths are matched as Envoy hands them over after its own normalisation
-//! (`normalize_path`, `merge_slashes`), with the query string removed.
+//! Paths are matched in normal form, query removed (`path::find_rule`), not
+//! as the HTTP connection manager happens to hand them over.
 
 use crate::claims::{string_set, ClaimPath};
 use crate::config::ProviderId;
@@ -63,6 +63,8 @@ impl PathMatch {
 
 #[derive(Debug, Clone)]
 pub struct Rule {
+    /// The configured name, else `rules[<index>]`.
+    pub name: String,
     pub path: PathMatch,
     /// Empty: any method.
     pub methods: Vec<String>,
@@ -78,9 +80,13 @@ impl Rule {
     }
 }
 
-/// The first rule that matches `method` and `path` (path without query).
-pub fn find_rule<'a>(rules: &'a [Rule], method: &str, path: &str) -> Option<&'a Rule> {
-    rules.iter().find(|r| r.matches(method, path))
+/// The first rule that matches `method` and `path` (path without query), with
+/// its index.
+pub fn find_rule<'a>(rules: &'a [Rule], method: &str, path: &str) -> Option<(usize, &'a Rule)> {
+    rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matches(method, path))
 }
 
 /// What a rule needs of a set of names (scopes, roles).
@@ -246,6 +252,7 @@ mod tests {
 
     fn rule(path: PathMatch, methods: &[&str]) -> Rule {
         Rule {
+            name: "r".into(),
             path,
             methods: methods.iter().map(|m| m.to_string()).collect(),
             limits: Vec::new(),
@@ -276,14 +283,8 @@ mod tests {
             rule(PathMatch::Exact("/data".into()), &["POST"]),
             rule(PathMatch::Prefix("/".into()), &[]),
         ];
-        assert!(std::ptr::eq(
-            find_rule(&rules, "POST", "/data").unwrap(),
-            &rules[0]
-        ));
-        assert!(std::ptr::eq(
-            find_rule(&rules, "GET", "/data").unwrap(),
-            &rules[1]
-        ));
+        assert_eq!(find_rule(&rules, "POST", "/data").unwrap().0, 0);
+        assert_eq!(find_rule(&rules, "GET", "/data").unwrap().0, 1);
         assert!(find_rule(&rules[..1], "GET", "/data").is_none());
     }
 

@@ -12,6 +12,9 @@
 //! * `<base>/doc`: `<fetched_at_ms>\n<etag>\n<body>`: the last good document.
 //! * `<base>/schedule`: `<next_fetch_ms> <last_attempt_ms> <on_demand_tat_ms> <in_flight>
 //!   <last_on_demand_ms>`.
+//! * `<base>/failures`: `<last_reported_ms> <failures_since>` while fetches
+//!   keep failing, so that the whole Envoy reports a failing document once a
+//!   minute, not every retry on every worker.
 //!
 //! On-demand fetches (a token names a key the worker does not have) are
 //! rate-limited process-wide: at least [`ON_DEMAND_MIN_GAP_MS`] apart (but not
@@ -22,6 +25,9 @@
 
 use crate::host::SharedData;
 use std::sync::Arc;
+
+/// A document whose fetches keep failing is reported at most this often.
+pub const FAILURE_REPORT_INTERVAL_MS: u64 = 60_000;
 
 /// Least time between two fetch attempts that requests asked for.
 pub const ON_DEMAND_MIN_GAP_MS: u64 = 1_000;
@@ -186,8 +192,52 @@ impl<T> RemoteDoc<T> {
         format!("{}/schedule", self.base)
     }
 
+    fn failures_key(&self) -> String {
+        format!("{}/failures", self.base)
+    }
+
+    /// Counts a failed fetch. `Some(n)`: report it now, with the `n` failures
+    /// (this one included) since the last report; `None`: stay quiet.
+    pub fn failure_to_report(&self, shared: &dyn SharedData, now_ms: u64) -> Option<u64> {
+        let key = self.failures_key();
+        for _ in 0..8 {
+            let (reported_ms, count, cas) = match shared.get(&key) {
+                Some((bytes, cas)) => {
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    let mut n = text.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));
+                    (n.next().unwrap_or(0), n.next().unwrap_or(0), Some(cas))
+                }
+                None => (0, 0, None),
+            };
+            let due = reported_ms == 0
+                || now_ms.saturating_sub(reported_ms) >= FAILURE_REPORT_INTERVAL_MS;
+            let next = if due {
+                format!("{} 0", now_ms.max(1))
+            } else {
+                format!("{reported_ms} {}", count + 1)
+            };
+            if shared.set(&key, next.as_bytes(), cas) {
+                return due.then_some(count + 1);
+            }
+        }
+        None
+    }
+
+    /// A fetch succeeded: the next failure starts a new streak (reported at once).
+    pub fn failures_over(&self, shared: &dyn SharedData) {
+        let key = self.failures_key();
+        if shared.get(&key).is_some_and(|(bytes, _)| !bytes.is_empty()) {
+            shared.set(&key, b"", None);
+        }
+    }
+
     pub fn value(&self) -> Option<Arc<T>> {
         self.value.clone()
+    }
+
+    /// When the held document was fetched (ms since the epoch), if one is held.
+    pub fn fetched_at(&self) -> Option<u64> {
+        self.value.as_ref().map(|_| self.fetched_at_ms)
     }
 
     /// The ETag of the held document, for `If-None-Match`.
@@ -461,6 +511,22 @@ mod tests {
         }
         // The burst of 3, then one per 10 s / 3: from 1.0 s to 12.1 s, 3 + 3.
         assert_eq!(fetched, 6, "on-demand fetches from 1 s to 12.1 s");
+    }
+
+    #[test]
+    fn a_failing_document_is_reported_once_a_minute_by_the_whole_envoy() {
+        let shared = FakeShared::default();
+        let (a, b) = (worker(), worker());
+        assert_eq!(a.failure_to_report(&shared, 1_000), Some(1));
+        // Retries every second, on either worker: quiet for a minute.
+        for t in 1..60 {
+            let w = if t % 2 == 0 { &a } else { &b };
+            assert_eq!(w.failure_to_report(&shared, 1_000 + t * 1_000), None);
+        }
+        assert_eq!(b.failure_to_report(&shared, 61_000), Some(60));
+        // A success ends the streak: the next failure is reported at once.
+        a.failures_over(&shared);
+        assert_eq!(a.failure_to_report(&shared, 62_000), Some(1));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::credentials::HeaderEdit;
 use crate::identity::Caller;
 use crate::jwk::KeySet;
 use serde_json::{Map, Value};
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -23,12 +24,13 @@ pub struct VerifiedToken {
     pub keys: Arc<KeySet>,
     pub exp: u64,
     pub nbf: Option<u64>,
-    pub jti: Option<String>,
     pub claims: Map<String, Value>,
     pub scopes: Vec<String>,
     /// Roles, from the provider's `role_claims`.
     pub roles: Vec<String>,
-    pub caller: Caller,
+    /// The key thumbprint a DPoP-bound token is bound to (`cnf.jkt`).
+    pub jkt: Option<String>,
+    pub caller: Arc<Caller>,
     /// Identity headers for the upstream, computed once.
     pub identity: Arc<[HeaderEdit]>,
 }
@@ -39,13 +41,14 @@ impl VerifiedToken {
     /// the real layouts, so that Envoy's RSS stays within the bound (the bench's
     /// memory run checks it).
     fn footprint(&self) -> usize {
-        let caller = &self.caller;
-        let optional = [&caller.subject, &caller.client_id, &self.jti];
-        let strings = std::iter::once(caller.provider.as_str())
-            .chain(optional.into_iter().flatten().map(String::as_str))
+        let strings = self
+            .caller
+            .strings()
+            .chain(self.jkt.iter().map(String::as_str))
             .chain(self.scopes.iter().map(String::as_str))
             .chain(self.roles.iter().map(String::as_str));
         let mut bytes = heap(arc_block(size_of::<VerifiedToken>()))
+            + heap(arc_block(size_of::<Caller>()))
             + strings.map(|s| heap(s.len())).sum::<usize>()
             + heap(self.scopes.len() * size_of::<String>())
             + heap(self.roles.len() * size_of::<String>())
@@ -122,6 +125,8 @@ pub struct TokenCache {
     entries: HashMap<[u8; 32], (Arc<VerifiedToken>, usize)>,
     /// Insertion order, for eviction; may hold digests already removed.
     order: VecDeque<[u8; 32]>,
+    /// Lookups since the last [`Self::take_counts`]: (hits, misses).
+    counts: Cell<(u64, u64)>,
 }
 
 impl TokenCache {
@@ -132,7 +137,23 @@ impl TokenCache {
             bytes: 0,
             entries: HashMap::new(),
             order: VecDeque::new(),
+            counts: Cell::new((0, 0)),
         }
+    }
+
+    /// Counts a lookup: `hit` when the entry was found and still usable.
+    pub fn count(&self, hit: bool) {
+        let (hits, misses) = self.counts.get();
+        self.counts.set(if hit {
+            (hits + 1, misses)
+        } else {
+            (hits, misses + 1)
+        });
+    }
+
+    /// The (hits, misses) counted since the last call.
+    pub fn take_counts(&self) -> (u64, u64) {
+        self.counts.replace((0, 0))
     }
 
     pub fn get(&self, digest: &[u8; 32]) -> Option<Arc<VerifiedToken>> {
@@ -194,15 +215,14 @@ mod tests {
             keys: Arc::new(KeySet::default()),
             exp: n as u64,
             nbf: None,
-            jti: None,
             claims,
             scopes: vec![],
             roles: vec![],
-            caller: Caller {
+            jkt: None,
+            caller: Arc::new(Caller {
                 provider: "p".into(),
-                subject: None,
-                client_id: None,
-            },
+                ..Caller::default()
+            }),
             identity: Arc::new([]),
         })
     }

@@ -4,18 +4,19 @@
 //! each has one `Worker`; documents are shared between workers through shared
 //! data (see `remote`).
 
+use crate::anomaly::Watch;
 use crate::apikey::KeySet as ApiKeySet;
 use crate::config::{ApiKeySource, ProviderId, ProviderKeys, Settings};
 use crate::credentials::RequestView;
 use crate::crypto::SignatureVerifier;
-use crate::host::{Host, SharedData};
+use crate::host::{CalloutError, Host, SharedData};
 use crate::jwk::{parse_jwks, KeySet, KeySource, Strictness};
 use crate::pipeline::{Authorizer, Outcome, RemoteState};
 use crate::ratelimit::table::Churn;
 use crate::remote::{Completion, FetchResult, FetchTrigger, RemoteDoc};
 use crate::revocation::RevocationList;
 use crate::token_cache::TokenCache;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +45,8 @@ pub struct ParkedRequest {
     /// The host's id for the request's context.
     pub context: u32,
     pub doc: DocId,
-    pub since_ms: u64,
+    /// From `Step::Park`.
+    pub received_us: u64,
     pub headers: Vec<(String, Vec<u8>)>,
     pub client_ip: Option<String>,
 }
@@ -63,6 +65,7 @@ impl ParkedRequest {
             path: header(":path"),
             headers: &self.headers,
             client_ip: self.client_ip.as_deref(),
+            received_us: self.received_us,
         }
     }
 }
@@ -163,6 +166,10 @@ pub struct Worker {
     /// `kid`s that started a key fetch, per provider, with when.
     kids_fetched: RefCell<Vec<(ProviderId, String, u64)>>,
     parked: RefCell<Vec<ParkedRequest>>,
+    /// This worker's part of the anomaly signals.
+    pub(crate) watch: Watch,
+    /// Allowed requests owed an audit event (`audit.allow_sample_rate`).
+    sampled: Cell<f64>,
 }
 
 impl Worker {
@@ -222,7 +229,22 @@ impl Worker {
             api_keys: RefCell::new(api_keys),
             kids_fetched: RefCell::new(Vec::new()),
             parked: RefCell::new(Vec::new()),
+            watch: Watch::default(),
+            sampled: Cell::new(0.0),
         }
+    }
+
+    /// Whether this allowed request gets an audit event: exactly
+    /// `allow_sample_rate` of them do, evenly spread.
+    pub(crate) fn sample_allow(&self) -> bool {
+        let rate = self.settings.audit.allow_sample_rate;
+        if rate >= 1.0 {
+            return true;
+        }
+        let owed = self.sampled.get() + rate;
+        let take = owed >= 1.0;
+        self.sampled.set(if take { owed - 1.0 } else { owed });
+        take
     }
 
     /// Remembers that `kid` started (or waits for) a fetch of the provider's keys.
@@ -351,10 +373,38 @@ impl Worker {
         now_ms: u64,
     ) -> Option<u32> {
         let started = self.with_doc(id, |doc| doc.start(host, trigger, now_ms))?;
-        started.unwrap_or_else(|err| {
-            self.report(host, id, &Completion::Failed(err));
+        started.unwrap_or_else(|(err, message)| {
+            if err == CalloutError::UnknownCluster {
+                self.unknown_cluster(host, id);
+            }
+            self.report(host, id, &Completion::Failed(message), now_ms);
             None
         })
+    }
+
+    /// A fetch whose cluster Envoy does not have: counted every time, logged
+    /// once per Envoy and cluster, naming the field to fix.
+    fn unknown_cluster(&self, host: Host<'_>, id: DocId) {
+        host.metrics.unknown_cluster();
+        let Some(cluster) = self.with_doc(id, |doc| doc.cluster().to_string()) else {
+            return;
+        };
+        let flag = format!("tollgate/unknown-cluster/{cluster}");
+        if host.shared.get(&flag).is_some() || !host.shared.set(&flag, b"1", None) {
+            return;
+        }
+        let provider = |p: ProviderId| self.settings.provider(p).map_or("?", |p| p.name.as_str());
+        let field = match id {
+            DocId::Keys(p) => format!("providers.{}.remote_jwks.http_uri.cluster", provider(p)),
+            DocId::Revocations(p) => {
+                format!("providers.{}.revocation_feed.http_uri.cluster", provider(p))
+            }
+            DocId::ApiKeys => "api_keys.remote_key_set.http_uri.cluster".to_string(),
+        };
+        log::error!(
+            "`{field}` names cluster `{cluster}`, which is not defined in Envoy: \
+             nothing can be fetched from it until it is (requests that need it get 503)"
+        );
     }
 
     /// Feeds a callout's answer into the document and the shared copy. Returns
@@ -369,12 +419,12 @@ impl Worker {
         if let Some(completion) = self.with_doc(id, |doc| {
             doc.complete(host.shared, response.as_result(), now_ms)
         }) {
-            self.report(host, id, &completion);
+            self.report(host, id, &completion, now_ms);
         }
         self.take_parked(|p| p.doc == id)
     }
 
-    fn report(&self, host: Host<'_>, id: DocId, completion: &Completion) {
+    fn report(&self, host: Host<'_>, id: DocId, completion: &Completion, now_ms: u64) {
         host.metrics.fetch(id.kind(), completion);
         let provider = |p: ProviderId| self.settings.provider(p).map_or("?", |p| p.name.as_str());
         let what = match id {
@@ -382,6 +432,9 @@ impl Worker {
             DocId::Revocations(p) => format!("revocations fetch for provider `{}`", provider(p)),
             DocId::ApiKeys => "api_keys fetch".to_string(),
         };
+        if !matches!(completion, Completion::Failed(_)) {
+            self.with_doc(id, |doc| doc.failures_over(host.shared));
+        }
         match completion {
             Completion::Loaded => {
                 let size = self.with_doc(id, |doc| doc.size()).flatten().unwrap_or(0);
@@ -401,7 +454,27 @@ impl Worker {
             }
             Completion::Unchanged => log::debug!("{what}: unchanged"),
             Completion::Failed(e) => {
-                log::warn!("{what} failed, keeping the last good copy: {e}")
+                // The first failure of a streak, then one line a minute.
+                let Some(count) = self
+                    .with_doc(id, |doc| doc.failure_to_report(host.shared, now_ms))
+                    .flatten()
+                else {
+                    return;
+                };
+                let since = if count > 1 {
+                    format!(" ({count} failures since the last report)")
+                } else {
+                    String::new()
+                };
+                match self.with_doc(id, |doc| doc.loaded_at_ms()).flatten() {
+                    Some(at) => log::warn!(
+                        "{what} failed, keeping the last good copy (fetched {} s ago){since}: {e}",
+                        now_ms.saturating_sub(at) / 1000
+                    ),
+                    None => log::warn!(
+                        "{what} failed, and no copy has loaded yet: requests that need it get 503{since}: {e}"
+                    ),
+                }
             }
         }
     }
@@ -450,8 +523,21 @@ impl Worker {
                     .map(|token| (token, id))
             })
             .collect();
+        self.watch.sync(&self.settings.anomalies, host.shared);
+        let (hits, misses) = self.token_cache.borrow().take_counts();
+        if hits + misses > 0 {
+            host.metrics.token_cache(hits, misses);
+        }
+        for id in self.doc_ids() {
+            if let Some(at) = self.with_doc(id, |doc| doc.loaded_at_ms()).flatten() {
+                host.metrics.document_age(id, now_ms.saturating_sub(at));
+            }
+        }
         let limits = &self.settings.rate_limits;
-        if !limits.policies.is_empty() || limits.brute_force.is_some() {
+        if !limits.policies.is_empty()
+            || limits.brute_force.is_some()
+            || self.settings.anomalies.any()
+        {
             // Reclaims idle counters; workers take turns through a shared cursor.
             if let Some(first) = limits.table.claim_sweep(host.shared, SWEEP_SLOTS_PER_TICK) {
                 let removed = limits
@@ -524,7 +610,7 @@ trait AnyDoc {
         host: Host<'_>,
         trigger: FetchTrigger,
         now_ms: u64,
-    ) -> Result<Option<u32>, String>;
+    ) -> Result<Option<u32>, (CalloutError, String)>;
     fn complete(
         &mut self,
         shared: &dyn SharedData,
@@ -535,6 +621,11 @@ trait AnyDoc {
     fn underway(&self, shared: &dyn SharedData, now_ms: u64) -> bool;
     /// Entries in the loaded document, `None` before one loads.
     fn size(&self) -> Option<usize>;
+    /// When the loaded document was fetched, `None` before one loads.
+    fn loaded_at_ms(&self) -> Option<u64>;
+    fn cluster(&self) -> &str;
+    fn failure_to_report(&self, shared: &dyn SharedData, now_ms: u64) -> Option<u64>;
+    fn failures_over(&self, shared: &dyn SharedData);
 }
 
 /// Documents that can say how many entries they hold, for logs.
@@ -568,16 +659,23 @@ impl<T: Countable> AnyDoc for RemoteDoc<T> {
         host: Host<'_>,
         trigger: FetchTrigger,
         now_ms: u64,
-    ) -> Result<Option<u32>, String> {
+    ) -> Result<Option<u32>, (CalloutError, String)> {
         if !self.try_claim_fetch(host.shared, now_ms, trigger) {
             return Ok(None);
         }
         match host.callouts.get(&self.endpoint, self.etag()) {
             Ok(token) => Ok(Some(token)),
             Err(err) => {
-                let err = format!("cannot call cluster `{}`: {err}", self.endpoint.cluster);
-                self.complete_fetch(host.shared, now_ms, FetchResult::Failed(err.clone()));
-                Err(err)
+                let message = match &err {
+                    CalloutError::UnknownCluster => {
+                        format!("Envoy has no cluster `{}`", self.endpoint.cluster)
+                    }
+                    CalloutError::Failed(e) => {
+                        format!("cannot call cluster `{}`: {e}", self.endpoint.cluster)
+                    }
+                };
+                self.complete_fetch(host.shared, now_ms, FetchResult::Failed(message.clone()));
+                Err((err, message))
             }
         }
     }
@@ -601,5 +699,107 @@ impl<T: Countable> AnyDoc for RemoteDoc<T> {
 
     fn size(&self) -> Option<usize> {
         self.value().map(|v| v.entries())
+    }
+
+    fn loaded_at_ms(&self) -> Option<u64> {
+        self.fetched_at()
+    }
+
+    fn cluster(&self) -> &str {
+        &self.endpoint.cluster
+    }
+
+    fn failure_to_report(&self, shared: &dyn SharedData, now_ms: u64) -> Option<u64> {
+        RemoteDoc::failure_to_report(self, shared, now_ms)
+    }
+
+    fn failures_over(&self, shared: &dyn SharedData) {
+        RemoteDoc::failures_over(self, shared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use crate::crypto::PureVerifier;
+    use crate::host::fakes::FakeHost;
+    use crate::jwk::tests::es256_jwk;
+    use jwt_simple::prelude::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn worker() -> Worker {
+        let config = json!({
+            "providers": {"idp": {"issuer": "https://idp.test",
+                "remote_jwks": {"http_uri": {"uri": "http://idp/jwks", "cluster": "idp"}}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {}}]
+        });
+        Worker::new(
+            parse(config.to_string().as_bytes()).unwrap(),
+            Box::new(PureVerifier),
+        )
+    }
+
+    #[test]
+    fn document_ages_are_reported_on_tick_once_a_copy_loaded() {
+        let (w, host) = (worker(), FakeHost::at_secs(NOW));
+        let tick = w.on_tick(host.host());
+        assert!(
+            host.metrics.ages.borrow().is_empty(),
+            "no age before a copy"
+        );
+        let (_, doc) = tick.started[0];
+        let key = ES256KeyPair::generate();
+        let jwks = json!({"keys": [es256_jwk(&key, "k")]}).to_string();
+        w.complete_fetch(
+            host.host(),
+            doc,
+            &FetchResponse::Body(jwks.into_bytes(), None),
+        );
+        host.clock
+            .as_ref()
+            .unwrap()
+            .advance(std::time::Duration::from_secs(5));
+        w.on_tick(host.host());
+        assert_eq!(*host.metrics.ages.borrow(), [(doc, 5_000)]);
+    }
+
+    #[test]
+    fn a_cluster_envoy_does_not_have_is_counted_each_time_and_flagged_once() {
+        let (w, host) = (worker(), FakeHost::at_secs(NOW));
+        *host.callouts.refuse.borrow_mut() = Some(CalloutError::UnknownCluster);
+        for _ in 0..3 {
+            w.on_tick(host.host());
+            host.clock
+                .as_ref()
+                .unwrap()
+                .advance(std::time::Duration::from_secs(2));
+        }
+        assert_eq!(host.metrics.unknown_clusters.get(), 3, "every attempt");
+        assert!(
+            host.shared.get("tollgate/unknown-cluster/idp").is_some(),
+            "the one-line-per-Envoy flag"
+        );
+        let failed = host
+            .metrics
+            .fetches
+            .borrow()
+            .iter()
+            .filter(|(_, c)| matches!(c, Completion::Failed(e) if e.contains("no cluster `idp`")))
+            .count();
+        assert_eq!(failed, 3);
+    }
+
+    #[test]
+    fn token_cache_lookups_are_reported_on_tick() {
+        let (w, host) = (worker(), FakeHost::at_secs(NOW));
+        w.token_cache.borrow().count(true);
+        w.token_cache.borrow().count(false);
+        w.token_cache.borrow().count(true);
+        w.on_tick(host.host());
+        w.on_tick(host.host());
+        assert_eq!(host.metrics.cache.get(), (2, 1));
     }
 }

@@ -5,8 +5,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::Context;
 use proxy_wasm::types::Status;
 use std::time::{Duration, UNIX_EPOCH};
+use tollgate_core::audit;
 use tollgate_core::host::{
-    AuditSink, Callouts, Clock, DecisionRecord, ForeignFunction, RateLimitFailureRecord, SharedData,
+    AuditSink, CalloutError, Callouts, Clock, DecisionRecord, ForeignFunction,
+    RateLimitFailureRecord, SharedData,
 };
 use tollgate_core::remote::Endpoint;
 
@@ -55,7 +57,7 @@ impl Clock for EnvoyClock<'_> {
 pub struct EnvoyCallouts<'a>(pub &'a dyn Context);
 
 impl Callouts for EnvoyCallouts<'_> {
-    fn get(&self, e: &Endpoint, etag: Option<&str>) -> Result<u32, String> {
+    fn get(&self, e: &Endpoint, etag: Option<&str>) -> Result<u32, CalloutError> {
         let mut headers = vec![
             (":method", "GET"),
             (":path", e.path.as_str()),
@@ -73,30 +75,87 @@ impl Callouts for EnvoyCallouts<'_> {
                 vec![],
                 Duration::from_millis(e.timeout_ms),
             )
-            .map_err(|status| format!("{status:?}"))
+            .map_err(|status| match status {
+                // Envoy's answer when it has no such cluster (the headers are ours
+                // and well-formed).
+                Status::BadArgument => CalloutError::UnknownCluster,
+                other => CalloutError::Failed(format!("{other:?}")),
+            })
     }
 }
 
-/// Decisions go to Envoy's log (the `wasm` component, debug level), one line
-/// each, with a credential fingerprint and never the credential.
-pub struct LogAudit;
+/// The filter-state property that holds a request's decision event; access
+/// logs read it as `%FILTER_STATE(wasm.tollgate.audit:TYPED)%`.
+pub const AUDIT_PROPERTY: &str = "tollgate.audit";
 
-impl AuditSink for LogAudit {
+/// How the event is written into the property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventEncoding {
+    /// A `google.protobuf.Struct`, declared as such: access loggers render it as
+    /// a JSON object.
+    Struct,
+    /// JSON text, where the host cannot declare a typed property: `:PLAIN`
+    /// renders it as a JSON string.
+    Json,
+}
+
+/// Declares the audit property as a `google.protobuf.Struct` through Envoy's
+/// `declare_property` foreign function (once per VM, at configure).
+pub fn declare_audit_property() -> EventEncoding {
+    // DeclarePropertyArguments { name = 1, type = 3 (Protobuf), schema = 4,
+    // span = 5 (DownstreamRequest) }, in protobuf wire format.
+    const SCHEMA: &[u8] = b"type.googleapis.com/google.protobuf.Struct";
+    let mut args = Vec::with_capacity(64);
+    args.push(0x0a);
+    args.push(AUDIT_PROPERTY.len() as u8);
+    args.extend_from_slice(AUDIT_PROPERTY.as_bytes());
+    args.extend_from_slice(&[0x18, 3, 0x22, SCHEMA.len() as u8]);
+    args.extend_from_slice(SCHEMA);
+    args.extend_from_slice(&[0x28, 1]);
+    match hostcalls::call_foreign_function("declare_property", Some(&args)) {
+        Ok(_) => EventEncoding::Struct,
+        Err(status) => {
+            log::warn!(
+                "this host cannot declare typed properties ({status:?}): decision events \
+                 go into filter state `wasm.{AUDIT_PROPERTY}` as JSON text (read it with `:PLAIN`)"
+            );
+            EventEncoding::Json
+        }
+    }
+}
+
+/// Each decision event goes into the request's filter state, where Envoy's
+/// access loggers read it (one property, one host call). At debug level for
+/// the `wasm` component, a line per decision also goes to Envoy's log; an
+/// event that raised an anomaly signal always does, at warning level.
+pub struct FilterStateAudit(pub EventEncoding);
+
+impl AuditSink for FilterStateAudit {
     fn decision(&self, r: &DecisionRecord<'_>) {
+        let event = match self.0 {
+            EventEncoding::Struct => audit::to_struct(r),
+            EventEncoding::Json => audit::to_json(r).into_bytes(),
+        };
+        let _ = hostcalls::set_property(vec![AUDIT_PROPERTY], Some(&event));
+        if !r.signals.is_empty() {
+            log::warn!("anomaly signal: {}", audit::to_json(r));
+        }
         if !log::log_enabled!(log::Level::Debug) {
             return;
         }
         let token = r
             .fingerprint
             .map_or_else(|| "-".to_string(), |d| d.to_string());
+        let rule = r.rule.unwrap_or("-");
+        let request = r.request_id.unwrap_or("-");
         match r.status {
             Some(status) => log::debug!(
-                "deny reason={} status={status} token={token} ip={}",
+                "deny reason={} status={status} rule={rule} token={token} ip={} request={request}",
                 r.reason.as_str(),
                 r.client_ip.unwrap_or("-")
             ),
             None => log::debug!(
-                "allow reason={} token={token} subject={:?}",
+                "allow reason={} rule={rule} token={token} subject={:?} request={request}",
                 r.reason.as_str(),
                 r.caller.and_then(|c| c.subject.as_deref())
             ),

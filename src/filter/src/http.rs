@@ -11,7 +11,6 @@ use proxy_wasm::types::Action;
 use std::rc::Rc;
 use tollgate_core::client_ip;
 use tollgate_core::credentials::{HeaderEdit, RequestView};
-use tollgate_core::host::Clock;
 use tollgate_core::pipeline::{self, PendingLimits, RateLimitAnswer, Step};
 use tollgate_core::worker::{DocId, ParkedRequest, Worker};
 
@@ -23,6 +22,8 @@ pub struct TollgateHttp {
     /// Set while this request waits for a rate-limit call: its token, and
     /// what the pipeline needs back.
     limit_call: Option<(u32, PendingLimits)>,
+    /// When the pipeline first saw the request, once it waits.
+    received_us: u64,
     headers: Vec<(String, Vec<u8>)>,
     client_ip: Option<String>,
     /// `RateLimit` headers for the response, when configured.
@@ -36,6 +37,7 @@ impl TollgateHttp {
             shared,
             waiting_for: None,
             limit_call: None,
+            received_us: 0,
             headers: Vec::new(),
             client_ip: None,
             response_headers: Vec::new(),
@@ -64,6 +66,7 @@ impl TollgateHttp {
             path: header(":path"),
             headers: &self.headers,
             client_ip: self.client_ip.as_deref(),
+            received_us: self.received_us,
         };
         let (clock, callouts) = (EnvoyClock(self), EnvoyCallouts(self));
         stage(
@@ -104,8 +107,13 @@ impl TollgateHttp {
                 self.send_http_response(denial.status, headers, Some(denial.body.as_bytes()));
                 Action::Pause
             }
-            Step::Wait { token, doc } => {
+            Step::Wait {
+                token,
+                doc,
+                received_us,
+            } => {
                 self.waiting_for = Some((token, doc));
+                self.received_us = received_us;
                 Action::Pause
             }
             Step::CallRateLimit(call) => {
@@ -124,12 +132,11 @@ impl TollgateHttp {
                     }
                 }
             }
-            Step::Park { doc } => {
-                let now_ms = EnvoyClock(self).now().as_millis() as u64;
+            Step::Park { doc, received_us } => {
                 self.shared.worker.park(ParkedRequest {
                     context: self.context_id,
                     doc,
-                    since_ms: now_ms,
+                    received_us,
                     headers: std::mem::take(&mut self.headers),
                     client_ip: self.client_ip.take(),
                 });

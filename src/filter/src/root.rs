@@ -2,7 +2,10 @@
 //! core's [`Worker`], and runs its periodic work on ticks.
 
 use super::fetch::read_response;
-use super::host::{EnvoyCallouts, EnvoyClock, EnvoyForeignFunction, EnvoySharedData, LogAudit};
+use super::host::{
+    declare_audit_property, EnvoyCallouts, EnvoyClock, EnvoyForeignFunction, EnvoySharedData,
+    FilterStateAudit,
+};
 use super::http::TollgateHttp;
 use super::metrics::EnvoyMetrics;
 use super::parked::{answer_foreign_call, decide_woken, expire_foreign_calls, ForeignCall};
@@ -21,6 +24,7 @@ use tollgate_core::worker::{DocId, Worker, TICK_LOADING};
 pub struct Shared {
     pub worker: Worker,
     pub metrics: EnvoyMetrics,
+    audit: FilterStateAudit,
     /// `RateLimit` headers for the responses of requests decided in another
     /// context's callback (parked requests), by context id.
     response_headers: RefCell<HashMap<u32, Vec<(&'static str, String)>>>,
@@ -54,7 +58,7 @@ impl Shared {
             shared: &EnvoySharedData,
             metrics: &self.metrics,
             callouts,
-            audit: &LogAudit,
+            audit: &self.audit,
         }
     }
 }
@@ -118,10 +122,10 @@ impl RootContext for TollgateRoot {
         };
         follow_envoy_log_level();
         let verifier = choose_verifier(settings.signature_backend, EnvoyForeignFunction);
-        let metrics = EnvoyMetrics::define(&settings);
         self.shared = Some(Rc::new(Shared {
+            metrics: EnvoyMetrics::define(&settings),
+            audit: FilterStateAudit(declare_audit_property()),
             worker: Worker::new(settings, verifier),
-            metrics,
             response_headers: RefCell::new(HashMap::new()),
             foreign_calls: RefCell::new(HashMap::new()),
         }));
@@ -144,6 +148,7 @@ impl RootContext for TollgateRoot {
         self.fetches.extend(tick.started);
         decide_woken(&shared, self, self.context_id, tick.woken);
         expire_foreign_calls(&shared, self, self.context_id);
+        shared.metrics.flush();
         let period = tick.period;
         if self.tick != Some(period) {
             self.set_tick_period(period);

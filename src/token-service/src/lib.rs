@@ -2,33 +2,24 @@
 //! access tokens Tollgate's Envoy filter verifies and publishes the API-key set it
 //! checks, plus the CLI that manages clients, users, signing keys, consumers and API
 //! keys in the same SQLite file.
+//!
+//! | folder | job |
+//! |---|---|
+//! | [`cli`] | the command line: parsing, dispatch, the management commands |
+//! | [`server`] | `serve`: settings, startup, shutdown, throttling, client addresses, clock |
+//! | [`http`] | routes and handlers: parse a request, call the protocol, answer |
+//! | [`protocol`] | OAuth 2.0 rules: codes, PKCE, grants, refresh families, scopes, tokens, errors |
+//! | [`storage`] | the SQLite store: schema, clients, users, keys, revocations, API keys |
+//! | [`crypto`] | signing keys, Argon2id secrets, random opaque values |
+//!
+//! [`router`] and [`AppState`] serve the HTTP API in-process (the handlers read the
+//! peer address, so serve it with `into_make_service_with_connect_info::<SocketAddr>`).
 
-pub mod api_key_hashing;
-pub mod api_keys;
 pub mod cli;
-pub mod client_ip;
-pub mod clients;
-pub mod clock;
-pub mod codes;
-pub mod commands;
-pub mod config;
-pub mod consumers;
-pub mod db;
-pub mod errors;
-pub mod grants;
+pub mod crypto;
 pub mod http;
-pub mod key_set;
-pub mod keys;
-pub mod keystore;
-pub mod opaque;
-pub mod pending;
-pub mod pkce;
-pub mod redirect_uri;
-pub mod refresh;
-pub mod revocation;
-pub mod scope;
-pub mod secrets;
+pub mod protocol;
 pub mod server;
-pub mod throttle;
-pub mod token;
-pub mod users;
+pub mod storage;
+
+pub use http::{router, AppState};

@@ -1,5 +1,5 @@
 //! `tollgate-token-service`: see the library's documentation.
 
 fn main() -> std::process::ExitCode {
-    tollgate_token_service::commands::main()
+    tollgate_token_service::cli::main()
 }

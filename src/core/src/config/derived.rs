@@ -24,6 +24,11 @@ pub(super) fn strip_locations(
     api_keys: Option<&ApiKeys>,
 ) -> Vec<TokenLocation> {
     let mut locations = token_locations.to_vec();
+    // DPoP proofs (RFC 9449) are credentials too: never forwarded.
+    locations.push(TokenLocation::Header {
+        name: "dpop".to_string(),
+        value_prefix: None,
+    });
     if let Some(k) = api_keys {
         let bearer = k.bearer.iter().map(|(location, _)| location);
         for loc in k.headers.iter().chain(bearer).chain([&k.query]) {

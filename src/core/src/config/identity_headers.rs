@@ -32,6 +32,8 @@ pub struct Identity {
     pub consumer: String,
     pub api_key_id: String,
     pub tenant: String,
+    /// The thumbprint of the key a DPoP-bound token is bound to.
+    pub dpop_jkt: String,
 }
 
 impl Identity {
@@ -46,6 +48,7 @@ impl Identity {
             consumer: format!("{prefix}consumer"),
             api_key_id: format!("{prefix}api-key-id"),
             tenant: format!("{prefix}tenant"),
+            dpop_jkt: format!("{prefix}dpop-jkt"),
         }
     }
 }

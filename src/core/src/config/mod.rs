@@ -8,9 +8,12 @@
 //! use protobuf JSON form (`"300s"`, `"1.5s"`). Anything unknown or wrong is an
 //! error that names the field, and the plugin refuses to start.
 
+use crate::anomaly::Anomalies;
 use crate::credentials::TokenLocation;
 use crate::policy::Rule;
+use crate::upstream::MethodOverride;
 use api_keys::{compile_api_keys, RawApiKeys};
+use audit::{compile_anomalies, compile_audit, RawAnomalies, RawAudit};
 use fields::is_header_name;
 use identity_headers::RawIdentity;
 use providers::{compile_provider, RawProvider};
@@ -21,6 +24,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 mod api_keys;
+mod audit;
 mod derived;
 mod fields;
 mod identity_headers;
@@ -31,9 +35,10 @@ mod rules;
 mod tests;
 
 pub use api_keys::{ApiKeySource, ApiKeys};
+pub use audit::Audit;
 pub use fields::parse_duration_ms;
 pub use identity_headers::Identity;
-pub use providers::{Provider, ProviderId, ProviderKeys, RemoteSource};
+pub use providers::{Dpop, Provider, ProviderId, ProviderKeys, RemoteSource, DPOP_SCHEME};
 pub use rate_limits::RateLimits;
 
 /// A configuration error, with the JSON path of the offending field.
@@ -87,13 +92,29 @@ struct RawConfig {
     api_keys: Option<RawApiKeys>,
     #[serde(default)]
     token_cache: Option<RawTokenCache>,
+    #[serde(default)]
+    method_override: MethodOverride,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    anomalies: RawAnomalies,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTokenCache {
+    #[serde(default = "default_cache_entries")]
     max_entries: usize,
+    #[serde(default = "default_cache_bytes")]
     max_bytes: usize,
+}
+
+fn default_cache_entries() -> usize {
+    10_000
+}
+
+fn default_cache_bytes() -> usize {
+    16 << 20
 }
 
 /// Where the client's address comes from.
@@ -157,6 +178,9 @@ pub struct Settings {
     pub api_keys: Option<ApiKeys>,
     /// Verified-token cache bounds, per worker: (entries, bytes). 0 entries disables it.
     pub token_cache: (usize, usize),
+    pub method_override: MethodOverride,
+    pub audit: Audit,
+    pub anomalies: Anomalies,
 }
 
 impl Settings {
@@ -240,6 +264,14 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         .enumerate()
         .map(|(i, r)| compile_rule(&format!("rules[{i}]"), r, &names, &policy_names))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, rule) in rules.iter().enumerate() {
+        if rules.iter().take(i).any(|r| r.name == rule.name) {
+            return Err(err(
+                format!("rules[{i}].name"),
+                format!("`{}` names an earlier rule too", rule.name),
+            ));
+        }
+    }
     let client_ip =
         match raw.client_ip.from {
             ClientIpFrom::Peer if raw.client_ip.trusted_hops > 0 => {
@@ -281,7 +313,10 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         ));
     }
     let retained_claims = derived::retained_claims(&rules, &rate_limits);
-    let uses_client_ip = derived::uses_client_ip(&rate_limits, api_keys.as_ref());
+    let audit = compile_audit(raw.audit)?;
+    let anomalies = compile_anomalies(raw.anomalies)?;
+    let uses_client_ip =
+        derived::uses_client_ip(&rate_limits, api_keys.as_ref()) || anomalies.uses_client_ip();
     Ok(Settings {
         providers,
         rules,
@@ -298,6 +333,11 @@ fn compile(raw: RawConfig) -> Result<Settings, ConfigError> {
         api_keys,
         token_cache: raw
             .token_cache
-            .map_or((10_000, 16 << 20), |c| (c.max_entries, c.max_bytes)),
+            .map_or((default_cache_entries(), default_cache_bytes()), |c| {
+                (c.max_entries, c.max_bytes)
+            }),
+        method_override: raw.method_override,
+        audit,
+        anomalies,
     })
 }

@@ -10,6 +10,7 @@ use super::{err, ConfigError};
 use crate::alg::Algorithm;
 use crate::claims::ClaimPath;
 use crate::credentials::TokenLocation;
+use crate::dpop::ProofRules;
 use crate::jwk::{parse_jwks, KeySet, KeySource, Strictness};
 use crate::jwt::ClaimRules;
 use crate::remote::{Endpoint, FetchPolicy};
@@ -53,6 +54,38 @@ pub(super) struct RawProvider {
     pub(super) forward_payload_header: Option<String>,
     #[serde(default)]
     pub(super) revocation_feed: Option<RawRevocationFeed>,
+    #[serde(default)]
+    pub(super) dpop: Option<RawDpop>,
+}
+
+/// `dpop`: how this provider's DPoP-bound tokens (RFC 9449) are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDpop {
+    #[serde(default)]
+    pub(super) required: bool,
+    #[serde(default)]
+    pub(super) algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) max_age: Option<String>,
+    #[serde(default)]
+    pub(super) public_base_uri: Option<String>,
+    #[serde(default)]
+    pub(super) nonce: Option<RawDpopNonce>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDpopNonce {
+    pub(super) secret: RawInlineString,
+    #[serde(default)]
+    pub(super) lifetime: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInlineString {
+    pub(super) inline_string: String,
 }
 
 pub(super) fn default_clock_skew() -> u64 {
@@ -105,6 +138,13 @@ pub(super) struct RawClaimToHeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProviderId(pub(crate) usize);
 
+impl ProviderId {
+    /// The provider's place in `Settings::providers`.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
@@ -122,6 +162,22 @@ pub struct Provider {
     pub claim_to_headers: Vec<(ClaimPath, String)>,
     pub forward_payload_header: Option<String>,
     pub revocation_feed: Option<RemoteSource>,
+    /// How DPoP-bound tokens are checked. Every provider has it: a token bound
+    /// to a key (`cnf.jkt`) is never accepted without its proof.
+    pub dpop: Dpop,
+}
+
+/// DPoP settings of a provider (`dpop`).
+#[derive(Debug, Clone)]
+pub struct Dpop {
+    /// Refuse this provider's tokens unless they are DPoP-bound.
+    pub required: bool,
+    pub proof: ProofRules,
+    /// `scheme://authority` proofs' `htu` name, when Envoy is behind another
+    /// proxy; else the request's `:scheme` and `:authority`.
+    pub public_base_uri: Option<String>,
+    /// Server nonces (RFC 9449 §9): (secret, lifetime in seconds).
+    pub nonce: Option<(Vec<u8>, u64)>,
 }
 
 #[derive(Debug)]
@@ -248,6 +304,18 @@ pub(super) fn compile_provider(name: &str, p: RawProvider) -> Result<Provider, C
             value_prefix: h.value_prefix.filter(|p| !p.is_empty()),
         });
     }
+    // A provider that reads `Authorization: Bearer` also reads the DPoP
+    // scheme (RFC 9449 §7.1): the binding decides which one a token needs.
+    let reads_bearer = locations.iter().any(|l| {
+        matches!(l, TokenLocation::Header { name, value_prefix: Some(p) }
+            if name == "authorization" && p.eq_ignore_ascii_case("bearer "))
+    });
+    if reads_bearer {
+        locations.push(TokenLocation::Header {
+            name: "authorization".to_string(),
+            value_prefix: Some(DPOP_SCHEME.to_string()),
+        });
+    }
     for (i, param) in p.from_params.into_iter().enumerate() {
         if param.is_empty() || param.contains(['&', '=', '#']) {
             return Err(err(
@@ -328,6 +396,7 @@ pub(super) fn compile_provider(name: &str, p: RawProvider) -> Result<Provider, C
             .revocation_feed
             .map(|f| compile_revocation_feed(name, f))
             .transpose()?,
+        dpop: compile_dpop(name, p.dpop)?,
     })
 }
 
@@ -382,5 +451,65 @@ pub(super) fn compile_revocation_feed(
             retry_ms: poll,
             on_demand_ms: u64::MAX,
         },
+    })
+}
+
+/// The `Authorization` scheme of DPoP-bound tokens.
+pub const DPOP_SCHEME: &str = "DPoP ";
+
+fn compile_dpop(name: &str, raw: Option<RawDpop>) -> Result<Dpop, ConfigError> {
+    let at = |field: &str| format!("providers.{name}.dpop.{field}");
+    let raw = raw.unwrap_or(RawDpop {
+        required: false,
+        algorithms: None,
+        max_age: None,
+        public_base_uri: None,
+        nonce: None,
+    });
+    let names = raw.algorithms.unwrap_or_else(|| vec!["ES256".to_string()]);
+    if names.is_empty() {
+        return Err(err(at("algorithms"), "list at least one algorithm"));
+    }
+    let mut algorithms = Vec::with_capacity(names.len());
+    for (i, n) in names.iter().enumerate() {
+        match Algorithm::from_name(n) {
+            Some(a @ (Algorithm::ES256 | Algorithm::ES384)) => algorithms.push(a),
+            _ => {
+                return Err(err(
+                    at(&format!("algorithms[{i}]")),
+                    "DPoP proofs are checked for ES256 and ES384",
+                ))
+            }
+        }
+    }
+    let max_age_secs = duration_ms(&at("max_age"), &raw.max_age, 60_000, 1_000)? / 1000;
+    let public_base_uri = match raw.public_base_uri {
+        Some(u) if crate::dpop::base_uri_ok(&u) => Some(u.trim_end_matches('/').to_string()),
+        Some(_) => {
+            return Err(err(
+                at("public_base_uri"),
+                "an absolute http(s) URI without path, query or fragment, such as https://api.example.com",
+            ))
+        }
+        None => None,
+    };
+    let nonce = match raw.nonce {
+        None => None,
+        Some(n) if n.secret.inline_string.len() < 16 => {
+            return Err(err(at("nonce.secret.inline_string"), "at least 16 bytes"))
+        }
+        Some(n) => Some((
+            n.secret.inline_string.into_bytes(),
+            duration_ms(&at("nonce.lifetime"), &n.lifetime, 300_000, 1_000)? / 1000,
+        )),
+    };
+    Ok(Dpop {
+        required: raw.required,
+        proof: ProofRules {
+            algorithms,
+            max_age_secs,
+        },
+        public_base_uri,
+        nonce,
     })
 }

@@ -10,6 +10,9 @@ use serde_json::Value;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
+    /// Names the rule in audit events and stats; `rules[<index>]` by default.
+    #[serde(default)]
+    pub(super) name: Option<String>,
     #[serde(rename = "match")]
     pub(super) matcher: RawMatch,
     pub(super) requires: RawRequirement,
@@ -82,6 +85,14 @@ pub(super) fn compile_rule(
     providers: &[&str],
     policies: &[&str],
 ) -> Result<Rule, ConfigError> {
+    let name = match r.name {
+        None => at.to_string(),
+        Some(name) if is_rule_name(&name) => name,
+        Some(_) => return Err(err(
+            format!("{at}.name"),
+            "1 to 64 letters, digits, `-` and `_` (it names the rule in stats and audit events)",
+        )),
+    };
     let mut limits = Vec::with_capacity(r.rate_limits.len());
     for (i, name) in r.rate_limits.iter().enumerate() {
         let id = policies
@@ -189,6 +200,7 @@ pub(super) fn compile_rule(
         ));
     }
     Ok(Rule {
+        name,
         path,
         methods,
         limits,
@@ -205,6 +217,14 @@ pub(super) fn compile_rule(
     })
 }
 
+/// Rule names go into stat names, so no dots (Envoy's name separator).
+fn is_rule_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 pub(super) fn is_scalar(v: &Value) -> bool {
     matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
 }
@@ -216,6 +236,7 @@ pub(super) fn check_path(field: &str, p: String) -> Result<String, ConfigError> 
             "must start with `/` and contain no query or fragment",
         ));
     }
+    crate::path::check_rule_path(&p).map_err(|m| err(field, m))?;
     Ok(p)
 }
 

@@ -39,10 +39,17 @@ fn minimal_config_compiles_with_defaults() {
     assert!(!p.algorithms.contains(&Algorithm::HS256));
     assert_eq!(
         p.locations,
-        vec![TokenLocation::Header {
-            name: "authorization".into(),
-            value_prefix: Some("Bearer ".into())
-        }]
+        vec![
+            TokenLocation::Header {
+                name: "authorization".into(),
+                value_prefix: Some("Bearer ".into())
+            },
+            // Tokens bound to a key come with the DPoP scheme (RFC 9449).
+            TokenLocation::Header {
+                name: "authorization".into(),
+                value_prefix: Some("DPoP ".into())
+            }
+        ]
     );
     match &p.keys {
         ProviderKeys::Remote(r) => {
@@ -585,4 +592,126 @@ fn claim_paths_are_checked_where_providers_name_them() {
     assert_eq!(p.role_claims.len(), 2);
     assert_eq!(p.claim_to_headers[0].0.top(), "https://example.com/tenant");
     assert_eq!(p.client_id_claims.len(), 2, "client_id, then azp");
+}
+
+#[test]
+fn token_cache_fields_default_one_by_one() {
+    let mut v = base();
+    v["token_cache"] = json!({"max_entries": 0});
+    assert_eq!(parse_value(&v).unwrap().token_cache, (0, 16 << 20), "off");
+    v["token_cache"] = json!({"max_bytes": 1024});
+    assert_eq!(parse_value(&v).unwrap().token_cache, (10_000, 1024));
+}
+
+#[test]
+fn dpop_settings_are_checked() {
+    for (value, at) in [
+        (
+            json!({"algorithms": ["RS256"]}),
+            "providers.idp.dpop.algorithms[0]",
+        ),
+        (json!({"algorithms": []}), "providers.idp.dpop.algorithms"),
+        (
+            json!({"public_base_uri": "https://api.example.com/v1"}),
+            "providers.idp.dpop.public_base_uri",
+        ),
+        (
+            json!({"nonce": {"secret": {"inline_string": "short"}}}),
+            "providers.idp.dpop.nonce.secret.inline_string",
+        ),
+        (json!({"max_age": "soon"}), "providers.idp.dpop.max_age"),
+    ] {
+        let mut v = base();
+        v["providers"]["idp"]["dpop"] = value;
+        assert_eq!(error_at(v).field, at);
+    }
+    let mut v = base();
+    v["providers"]["idp"]["dpop"] = json!({"required": true, "max_age": "30s",
+        "nonce": {"secret": {"inline_string": "0123456789abcdef"}, "lifetime": "120s"}});
+    let s = parse_value(&v).unwrap();
+    let d = &s.providers[0].dpop;
+    assert!(d.required);
+    assert_eq!(d.proof.max_age_secs, 30);
+    assert_eq!(d.nonce.as_ref().map(|(_, l)| *l), Some(120));
+    assert!(
+        s.strip_locations
+            .iter()
+            .any(|l| matches!(l, TokenLocation::Header { name, .. } if name == "dpop")),
+        "proofs never reach the upstream"
+    );
+}
+
+#[test]
+fn rules_are_named_by_their_place_unless_named_and_names_are_unique() {
+    let mut c = base();
+    c["rules"][0]["name"] = json!("read-data");
+    let s = parse_value(&c).unwrap();
+    let names: Vec<&str> = s.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["read-data", "rules[1]"]);
+    for (bad, message) in [
+        (json!("has.dot"), "letters, digits"),
+        (json!(""), "letters, digits"),
+        (json!("x".repeat(65)), "letters, digits"),
+    ] {
+        let mut c = base();
+        c["rules"][0]["name"] = bad;
+        let e = error_at(c);
+        assert_eq!(e.field, "rules[0].name");
+        assert!(e.message.contains(message), "{e}");
+    }
+    let mut c = base();
+    c["rules"][0]["name"] = json!("same");
+    c["rules"][1]["name"] = json!("same");
+    let e = error_at(c);
+    assert_eq!(e.field, "rules[1].name");
+    assert!(e.message.contains("earlier rule"), "{e}");
+}
+
+#[test]
+fn audit_and_anomaly_settings_are_checked() {
+    let s = parse_value(&base()).unwrap();
+    assert_eq!(s.audit.allow_sample_rate, 1.0);
+    assert!(!s.anomalies.any());
+    assert!(!s.uses_client_ip);
+    let mut c = base();
+    c["audit"] = json!({"allow_sample_rate": 0.1});
+    c["anomalies"] = json!({
+        "shared_credential": {"max_addresses": 3, "window": "300s", "suspend": "600s"},
+        "failure_spike": {"max_failures": 20, "window": "60s"}
+    });
+    let s = parse_value(&c).unwrap();
+    assert_eq!(s.audit.allow_sample_rate, 0.1);
+    let shared = s.anomalies.shared_credential.unwrap();
+    assert_eq!(
+        (shared.max_addresses, shared.window_ms, shared.suspend_ms),
+        (3, 300_000, Some(600_000))
+    );
+    assert_eq!(s.anomalies.failure_spike.unwrap().suspend_ms, None);
+    assert!(s.uses_client_ip, "addresses are what the signal counts");
+    for (edit, field) in [
+        (
+            json!({"audit": {"allow_sample_rate": 1.5}}),
+            "audit.allow_sample_rate",
+        ),
+        (
+            json!({"anomalies": {"shared_credential": {"max_addresses": 0, "window": "60s"}}}),
+            "anomalies.shared_credential.max_addresses",
+        ),
+        (
+            json!({"anomalies": {"failure_spike": {"max_failures": 5, "window": "0s"}}}),
+            "anomalies.failure_spike.window",
+        ),
+        (
+            json!({"anomalies": {"failure_spike": {"max_failures": 5, "window": "60s", "suspend": "soon"}}}),
+            "anomalies.failure_spike.suspend",
+        ),
+        (json!({"anomalies": {"replay": {}}}), "anomalies"),
+    ] {
+        let mut c = base();
+        for (k, v) in edit.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let e = error_at(c);
+        assert!(e.field.starts_with(field), "{field}: {e}");
+    }
 }

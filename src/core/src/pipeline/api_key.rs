@@ -2,7 +2,7 @@
 //! (inline, or polled from the token service); its consumer becomes the caller.
 
 use super::decide::{unavailable, Authenticated, Authorizer, Failure};
-use super::upstream::header_safe;
+use super::identity_headers::header_safe;
 use crate::config::ApiKeySource;
 use crate::credentials::{HeaderEdit, RequestView};
 use crate::decision::Reason;
@@ -10,6 +10,7 @@ use crate::identity::{Caller, TokenDigest};
 use crate::policy::Rule;
 use crate::ratelimit::{LimitCheck, ValueKind};
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 impl Authorizer<'_> {
     pub(super) fn authenticate_api_key(
@@ -27,7 +28,7 @@ impl Authorizer<'_> {
             ApiKeySource::Remote(src) => self
                 .remote
                 .api_keys()
-                .ok_or_else(|| unavailable(Reason::KeysUnavailable, src))?,
+                .ok_or_else(|| unavailable(Reason::ApiKeysUnavailable, src))?,
         };
         let digest = k.hashing.digest_from_sha256(key, &hash.0);
         let (consumer, entry) = set.verify_digest(&digest, req.client_ip, self.now)?;
@@ -39,14 +40,20 @@ impl Authorizer<'_> {
         if let Some(tenant) = &consumer.tenant {
             claims.insert("tenant".into(), Value::from(tenant.as_str()));
         }
-        if !requirement.allow_anonymous {
-            requirement.authorize(&scopes, &[], &claims)?;
-        }
-        let caller = Caller {
+        let caller = Arc::new(Caller {
             provider: "api_key".to_string(),
             subject: Some(consumer.id.clone()),
             client_id: Some(consumer.id.clone()),
-        };
+            consumer: Some(consumer.id.clone()),
+            tenant: consumer.tenant.clone(),
+            api_key_id: Some(entry.id.clone()),
+            jti: None,
+        });
+        if !requirement.allow_anonymous {
+            requirement
+                .authorize(&scopes, &[], &claims)
+                .map_err(|r| Failure::from(r).of(&caller))?;
+        }
         let mut limits = self.limit_checks(rule, req, Some((&caller, &claims)));
         let plan = consumer
             .plan
@@ -81,6 +88,7 @@ impl Authorizer<'_> {
             caller,
             identity: identity.into(),
             limits,
+            proof: None,
         })
     }
 }

@@ -6,13 +6,14 @@
 use super::extract::Credential;
 use super::RemoteState;
 use crate::config::{ProviderId, RemoteSource, Settings};
-use crate::credentials::{strip_credentials, HeaderEdit, RequestView};
+use crate::credentials::{HeaderEdit, RequestView};
 use crate::crypto::SignatureVerifier;
 use crate::decision::{render_denial, Denial, Reason};
+use crate::dpop::{ProofRules, VerifiedProof};
 use crate::identity::{Caller, TokenDigest};
-use crate::policy::find_rule;
 use crate::ratelimit::LimitCheck;
 use crate::token_cache::TokenCache;
+use crate::{path, upstream};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -20,18 +21,25 @@ use std::sync::Arc;
 pub enum Outcome {
     Allow {
         reason: Reason,
+        /// The index of the rule that matched (`None`: no rule, `unmatched: allow`).
+        rule: Option<usize>,
         /// Credentials and client-sent identity headers to remove.
         edits: Vec<HeaderEdit>,
         /// The verified identity to set, shared with the token cache.
         identity: Arc<[HeaderEdit]>,
-        caller: Option<Caller>,
+        caller: Option<Arc<Caller>>,
         token_hash: Option<TokenDigest>,
         /// Rate-limit policies to enforce, with the values they count on.
         limits: Vec<LimitCheck>,
+        /// A DPoP proof whose `jti` must be used once.
+        proof: Option<ProofUse>,
     },
     Deny {
         denial: Denial,
+        rule: Option<usize>,
         token_hash: Option<TokenDigest>,
+        /// Who was refused, when the credential was good but not enough.
+        caller: Option<Arc<Caller>>,
     },
     /// The token names a key (`kid`) the provider does not have; refetch its
     /// JWKS and decide again (with `may_refetch` then false).
@@ -64,28 +72,31 @@ pub struct Authorizer<'a> {
 impl Authorizer<'_> {
     pub fn decide(&self, req: &RequestView<'_>) -> Outcome {
         let s = self.settings;
-        let mut edits = strip_credentials(req, &s.strip_locations);
-        edits.extend(self.purge_identity_headers(req));
-        let rule = match find_rule(&s.rules, req.method, req.path_without_query()) {
-            Some(rule) => rule,
-            None if s.allow_unmatched => return allow_anonymous(edits, Vec::new(), None),
-            None => return self.deny(Reason::NoMatchingRule, None, None),
+        let edits = upstream::purge(req, s);
+        let (index, rule) = match upstream::method_for_rules(req, s.method_override)
+            .and_then(|method| path::find_rule(&s.rules, &method, req.path_without_query()))
+        {
+            Ok(Some(found)) => found,
+            Ok(None) if s.allow_unmatched => return allow_anonymous(None, edits, Vec::new(), None),
+            Ok(None) => return self.deny(None, Reason::NoMatchingRule, None, None),
+            Err(reason) => return self.deny(None, reason, None, None),
         };
+        let at = Some(index);
         let requirement = &rule.requirement;
         let anonymous_limits = || self.limit_checks(rule, req, None);
         let locations = self.locations_for(requirement);
         let Some(credential) = self.find_credential(req, requirement, &locations) else {
             return if requirement.allow_anonymous {
-                allow_anonymous(edits, anonymous_limits(), None)
+                allow_anonymous(at, edits, anonymous_limits(), None)
             } else {
-                self.deny(Reason::MissingCredentials, None, None)
+                self.deny(at, Reason::MissingCredentials, None, None)
             };
         };
         let (hash, result) = match &credential {
             Credential::Jwt(token, location) => {
                 let hash = TokenDigest::of(token);
                 let Some(location) = locations.get(*location) else {
-                    return self.deny(Reason::MissingCredentials, None, Some(hash));
+                    return self.deny(at, Reason::MissingCredentials, None, Some(hash));
                 };
                 (hash, self.authenticate(token, &hash, location, rule, req))
             }
@@ -99,6 +110,7 @@ impl Authorizer<'_> {
                 caller,
                 identity,
                 limits,
+                proof,
             }) => {
                 let reason = if requirement.allow_anonymous {
                     Reason::Anonymous
@@ -107,49 +119,89 @@ impl Authorizer<'_> {
                 };
                 Outcome::Allow {
                     reason,
+                    rule: at,
                     edits,
                     identity,
                     caller: Some(caller),
                     token_hash: Some(hash),
                     limits,
+                    proof,
                 }
             }
             Err(Failure::FetchKeys(provider, kid)) => Outcome::FetchKeys { provider, kid },
             // Public routes ignore bad credentials; they are still stripped.
-            Err(Failure::Denied(_) | Failure::Unavailable(..)) if requirement.allow_anonymous => {
-                allow_anonymous(edits, anonymous_limits(), Some(hash))
+            Err(
+                Failure::Denied(_)
+                | Failure::Rendered(_)
+                | Failure::Refused(..)
+                | Failure::Unavailable(..),
+            ) if requirement.allow_anonymous => {
+                allow_anonymous(at, edits, anonymous_limits(), Some(hash))
             }
             Err(Failure::Unavailable(reason, retry_after)) => Outcome::Deny {
                 denial: render_denial(reason, &self.settings.realm, None, retry_after),
+                rule: at,
                 token_hash: Some(hash),
+                caller: None,
+            },
+            Err(Failure::Rendered(denial)) => Outcome::Deny {
+                denial,
+                rule: at,
+                token_hash: Some(hash),
+                caller: None,
             },
             Err(Failure::Denied(reason)) => {
-                self.deny(reason, requirement.needed(reason), Some(hash))
+                self.deny(at, reason, requirement.needed(reason), Some(hash))
+            }
+            Err(Failure::Refused(reason, caller)) => {
+                let mut outcome = self.deny(at, reason, requirement.needed(reason), Some(hash));
+                if let Outcome::Deny { caller: who, .. } = &mut outcome {
+                    *who = Some(caller);
+                }
+                outcome
             }
         }
     }
 
     fn deny(
         &self,
+        rule: Option<usize>,
         reason: Reason,
         needed: Option<String>,
         token_hash: Option<TokenDigest>,
     ) -> Outcome {
         Outcome::Deny {
             denial: render_denial(reason, &self.settings.realm, needed.as_deref(), 0),
+            rule,
             token_hash,
+            caller: None,
         }
     }
 }
 
 pub(super) struct Authenticated {
-    pub caller: Caller,
+    pub caller: Arc<Caller>,
     pub identity: Arc<[HeaderEdit]>,
     pub limits: Vec<LimitCheck>,
+    /// A DPoP proof that passed every stateless check: its `jti` is still to
+    /// be recorded once (shared state, in the pipeline).
+    pub proof: Option<ProofUse>,
+}
+
+/// A proof to record, and what to refuse it with if it was seen before.
+#[derive(Debug)]
+pub struct ProofUse {
+    pub proof: VerifiedProof,
+    pub rules: ProofRules,
 }
 
 pub(super) enum Failure {
     Denied(Reason),
+    /// A denial rendered where its details are known (DPoP challenges).
+    Rendered(Denial),
+    /// A good credential that the rule refuses (scopes, claims) or that was
+    /// revoked: the caller is known.
+    Refused(Reason, Arc<Caller>),
     FetchKeys(ProviderId, Option<String>),
     /// A document the decision needs has not loaded: 503, retry after these seconds.
     Unavailable(Reason, u64),
@@ -166,18 +218,31 @@ impl From<Reason> for Failure {
     }
 }
 
+impl Failure {
+    /// A denial of a credential already verified names its caller.
+    pub(super) fn of(self, caller: &Arc<Caller>) -> Failure {
+        match self {
+            Failure::Denied(r) => Failure::Refused(r, Arc::clone(caller)),
+            other => other,
+        }
+    }
+}
+
 fn allow_anonymous(
+    rule: Option<usize>,
     edits: Vec<HeaderEdit>,
     limits: Vec<LimitCheck>,
     token_hash: Option<TokenDigest>,
 ) -> Outcome {
     Outcome::Allow {
         reason: Reason::Anonymous,
+        rule,
         edits,
         identity: Arc::new([]),
         caller: None,
         token_hash,
         limits,
+        proof: None,
     }
 }
 
@@ -320,6 +385,7 @@ mod tests {
                 path,
                 headers: &headers,
                 client_ip: Some("192.0.2.1"),
+                received_us: 0,
             };
             Authorizer {
                 settings: &self.settings,
@@ -943,6 +1009,7 @@ mod tests {
             path: "/data",
             headers: &headers,
             client_ip: None,
+            received_us: 0,
         };
         assert_eq!(later.decide(&req).reason(), Some(Reason::Expired));
     }

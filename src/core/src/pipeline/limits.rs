@@ -2,7 +2,7 @@
 //! the shared-table enforcement once the request is otherwise allowed.
 
 use super::decide::Authorizer;
-use super::upstream::claim_header_value;
+use super::identity_headers::claim_header_value;
 use crate::config::RateLimits;
 use crate::credentials::RequestView;
 use crate::decision::Denial;
@@ -10,7 +10,7 @@ use crate::host::Host;
 use crate::identity::Caller;
 use crate::policy::Rule;
 use crate::ratelimit::table::Churn;
-use crate::ratelimit::{self, Enforcement, LimitCheck, LimitKey, LimitState, ValueKind};
+use crate::ratelimit::{self, Enforcement, LimitCheck, LimitKey, LimitState, PolicyId, ValueKind};
 use serde_json::{Map, Value};
 
 impl Authorizer<'_> {
@@ -75,21 +75,22 @@ impl TightestLimit {
 }
 
 /// Counts the request against its local policies (after everything else
-/// allowed it; remote ones are `remote_limits`'). `Err`: the `429` of the
-/// first policy that refuses. `Ok`: the tightest policy, when `RateLimit`
-/// headers are configured on responses.
+/// allowed it; remote ones are `remote_limits`'). `Err`: the first policy that
+/// refuses, and its `429`. `Ok`: the tightest policy, when `RateLimit` headers
+/// are configured on responses.
 pub(super) fn enforce(
     limits: &RateLimits,
     host: Host<'_>,
     checks: &[LimitCheck],
     now_ms: u64,
-) -> Result<TightestLimit, Denial> {
+) -> Result<TightestLimit, (PolicyId, Denial)> {
     let mut tightest = TightestLimit::default();
-    if !checks.iter().any(|c| {
+    let local = |c: &&LimitCheck| {
         limits
             .policy(c.policy)
             .is_some_and(|p| p.local_rate().is_some())
-    }) {
+    };
+    if !checks.iter().any(|c| local(&c)) {
         return Ok(tightest);
     }
     let mut churn = Churn::default();
@@ -102,13 +103,28 @@ pub(super) fn enforce(
         &mut churn,
     );
     host.metrics.churn(&churn);
+    // Every local policy before the one that refused counted the request.
+    let refused = match result {
+        Enforcement::Limited(policy, _) => Some(policy),
+        Enforcement::Allowed(_) => None,
+    };
+    for check in checks.iter().filter(local) {
+        let limited = Some(check.policy) == refused;
+        host.metrics.rate_limit(check.policy, limited);
+        if limited {
+            break;
+        }
+    }
     let state = |policy| {
         let p = limits.policy(policy)?;
         Some((p, p.local_rate()?))
     };
     match result {
         Enforcement::Limited(policy, verdict) => match state(policy) {
-            Some((p, rate)) => Err(LimitState::local(rate, &verdict).limited_response(&p.name)),
+            Some((p, rate)) => Err((
+                policy,
+                LimitState::local(rate, &verdict).limited_response(&p.name),
+            )),
             None => Ok(tightest),
         },
         Enforcement::Allowed(Some((policy, verdict))) if limits.response_headers => {

@@ -6,11 +6,17 @@
 //!    one validity-window check for both;
 //! 4. **revocation** (`verify`): the issuer's revocation feed;
 //! 5. **policy** (`decide`): scopes and claims of the rule;
-//! 6. **limits** (`limits`): counted only once everything else allowed the request;
+//! 6. **anomaly signals** (`signals`): a suspended credential is refused; uses
+//!    and refusals are recorded for the heuristics;
+//! 7. **limits** (`limits`): counted only once everything else allowed the request;
 //!    then **remote limits** (`remote_limits`): one rate-limit service call per
 //!    remote policy, only once the local ones admitted it;
-//! 7. **upstream edits** (`upstream`): credentials stripped, spoofed identity
-//!    purged, verified identity set.
+//! 8. **upstream edits**: credentials, identity look-alikes and method overrides
+//!    removed (`crate::upstream`, on every route), verified identity set
+//!    (`identity_headers`).
+//!
+//! Every decision goes through [`record`] once: the stats, and the audit event
+//! (denials always, allowed requests as sampled).
 //!
 //! Whatever must wait on the host is a [`Step`] the pipeline returns: the filter
 //! crate maps steps to host calls and calls [`resume`] (or, after a rate-limit
@@ -19,22 +25,27 @@
 mod api_key;
 mod decide;
 mod extract;
+mod identity_headers;
 mod limits;
 mod lockout;
 mod remote_limits;
-mod upstream;
+mod signals;
 mod verify;
 
 pub use decide::{Authorizer, Outcome};
 pub use remote_limits::{resume_rate_limit, PendingLimits, RateLimitAnswer, RateLimitCall};
 
+use crate::anomaly::Signal;
 use crate::apikey::KeySet as ApiKeySet;
 use crate::config::ProviderId;
 use crate::credentials::{HeaderEdit, RequestView};
-use crate::decision::{Denial, Reason};
+use crate::decision::{render_denial, render_dpop_denial, Denial, Reason};
+use crate::dpop;
 use crate::host::{DecisionRecord, Host};
 use crate::identity::{Caller, TokenDigest};
 use crate::jwk::KeySet;
+use crate::ratelimit::table::Churn;
+use crate::ratelimit::PolicyId;
 use crate::remote::FetchTrigger;
 use crate::revocation::RevocationList;
 use crate::worker::{DocId, Worker};
@@ -65,12 +76,17 @@ pub enum Step {
     /// Answer it with this response.
     Respond(Denial),
     /// Hold it until the callout `token` (fetching `doc`) answers, feed the
-    /// answer to [`Worker::complete_fetch`], then call [`resume`].
-    Wait { token: u32, doc: DocId },
+    /// answer to [`Worker::complete_fetch`], then call [`resume`] with
+    /// `received_us` in the request.
+    Wait {
+        token: u32,
+        doc: DocId,
+        received_us: u64,
+    },
     /// Hold it (see [`Worker::park`]) until the fetch of `doc` that another
     /// request or worker started ends: [`Worker::complete_fetch`] and
     /// [`Worker::on_tick`] hand it back, to [`resume`].
-    Park { doc: DocId },
+    Park { doc: DocId, received_us: u64 },
     /// Hold it while the rate-limit service is asked (see [`RateLimitCall`]),
     /// then hand the answer to [`resume_rate_limit`].
     CallRateLimit(Box<RateLimitCall>),
@@ -80,10 +96,12 @@ pub enum Step {
 #[derive(Debug)]
 struct Admitted {
     reason: Reason,
+    rule: Option<usize>,
     edits: Vec<HeaderEdit>,
     identity: Arc<[HeaderEdit]>,
-    caller: Option<Caller>,
+    caller: Option<Arc<Caller>>,
     token_hash: Option<TokenDigest>,
+    signals: Vec<Signal>,
     tightest: limits::TightestLimit,
 }
 
@@ -97,100 +115,219 @@ enum Refetch {
 /// A request's headers have arrived.
 pub fn on_request(worker: &Worker, host: Host<'_>, req: &RequestView<'_>) -> Step {
     let now = host.clock.now();
+    let req = RequestView {
+        received_us: now.as_micros() as u64,
+        ..req.clone()
+    };
     let now_ms = now.as_millis() as u64;
     if let Some(denial) = lockout::check(&worker.settings, host, req.client_ip, now_ms) {
-        record(host, req, denial.reason, Some(denial.status), None, None);
+        record(worker, host, &req, Decided::denied(&denial, None));
         return Step::Respond(denial);
     }
-    run(worker, host, req, Refetch::Allowed)
+    run(worker, host, &req, Refetch::Allowed, now_ms)
 }
 
 /// A [`Step::Wait`] is over: decide again, without asking for another fetch.
+/// `req.received_us` is the step's.
 pub fn resume(worker: &Worker, host: Host<'_>, req: &RequestView<'_>) -> Step {
-    run(worker, host, req, Refetch::Spent)
+    let now_ms = host.clock.now().as_millis() as u64;
+    run(worker, host, req, Refetch::Spent, now_ms)
 }
 
-fn run(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, refetch: Refetch) -> Step {
-    let now_ms = host.clock.now().as_millis() as u64;
+fn run(
+    worker: &Worker,
+    host: Host<'_>,
+    req: &RequestView<'_>,
+    refetch: Refetch,
+    now_ms: u64,
+) -> Step {
     match worker.authorize(req, host.shared, now_ms, refetch == Refetch::Allowed) {
         Outcome::Allow {
             reason,
+            rule,
             edits,
             identity,
             caller,
             token_hash,
             limits,
-        } => match limits::enforce(&worker.settings.rate_limits, host, &limits, now_ms) {
-            Err(denial) => {
-                record(
-                    host,
-                    req,
-                    denial.reason,
-                    Some(denial.status),
-                    caller.as_ref(),
-                    token_hash,
-                );
-                Step::Respond(denial)
-            }
-            Ok(tightest) => {
-                let admitted = Admitted {
-                    reason,
-                    edits,
-                    identity,
-                    caller,
-                    token_hash,
-                    tightest,
+            proof,
+        } => {
+            let mut signals = Vec::new();
+            let authenticated = reason == Reason::Authenticated;
+            if authenticated
+                && (signals::suspended(worker, token_hash, now_ms)
+                    || signals::on_use(
+                        worker,
+                        host,
+                        token_hash,
+                        req.client_ip,
+                        now_ms,
+                        &mut signals,
+                    ))
+            {
+                let denial =
+                    render_denial(Reason::CredentialSuspended, &worker.settings.realm, None, 0);
+                let decided = Decided {
+                    rule,
+                    caller: caller.as_deref(),
+                    fingerprint: token_hash,
+                    signals: &signals,
+                    ..Decided::denied(&denial, None)
                 };
-                remote_limits::start(worker, host, req, admitted, limits, now_ms)
+                record(worker, host, req, decided);
+                return Step::Respond(denial);
             }
-        },
+            if let Err(denial) = dpop_once(worker, host, proof, now_ms) {
+                let decided = Decided {
+                    rule,
+                    caller: caller.as_deref(),
+                    fingerprint: token_hash,
+                    signals: &signals,
+                    ..Decided::denied(&denial, None)
+                };
+                record(worker, host, req, decided);
+                return Step::Respond(denial);
+            }
+            match limits::enforce(&worker.settings.rate_limits, host, &limits, now_ms) {
+                Err((policy, denial)) => {
+                    signals::on_refusal(
+                        worker,
+                        host,
+                        caller.as_deref(),
+                        token_hash,
+                        now_ms,
+                        &mut signals,
+                    );
+                    let decided = Decided {
+                        rule,
+                        caller: caller.as_deref(),
+                        fingerprint: token_hash,
+                        signals: &signals,
+                        ..Decided::denied(&denial, Some(policy))
+                    };
+                    record(worker, host, req, decided);
+                    Step::Respond(denial)
+                }
+                Ok(tightest) => {
+                    let admitted = Admitted {
+                        reason,
+                        rule,
+                        edits,
+                        identity,
+                        caller,
+                        token_hash,
+                        signals,
+                        tightest,
+                    };
+                    remote_limits::start(worker, host, req, admitted, limits, now_ms)
+                }
+            }
+        }
         Outcome::Deny { denial, .. }
             if matches!(
                 denial.reason,
-                Reason::KeysUnavailable | Reason::RevocationsUnavailable | Reason::UnknownKey
+                Reason::KeysUnavailable
+                    | Reason::RevocationsUnavailable
+                    | Reason::ApiKeysUnavailable
+                    | Reason::UnknownKey
             ) && worker.sync(host.shared, now_ms) =>
         {
             // Another worker loaded them (or the rotated keys) since this one
             // last looked.
-            run(worker, host, req, Refetch::Spent)
+            run(worker, host, req, Refetch::Spent, now_ms)
         }
-        Outcome::Deny { denial, token_hash } => {
+        Outcome::Deny {
+            denial,
+            rule,
+            token_hash,
+            caller,
+        } => {
             if denial.reason.is_credential_guess() {
                 lockout::record_failure(&worker.settings, host, req.client_ip, now_ms);
             }
-            record(
+            let mut signals = Vec::new();
+            signals::on_refusal(
+                worker,
                 host,
-                req,
-                denial.reason,
-                Some(denial.status),
-                None,
+                caller.as_deref(),
                 token_hash,
+                now_ms,
+                &mut signals,
             );
+            let decided = Decided {
+                rule,
+                caller: caller.as_deref(),
+                fingerprint: token_hash,
+                signals: &signals,
+                ..Decided::denied(&denial, None)
+            };
+            record(worker, host, req, decided);
             Step::Respond(denial)
         }
         Outcome::FetchKeys { provider, kid } => {
             // Another worker may already have the new keys.
             if worker.sync(host.shared, now_ms) {
-                return run(worker, host, req, Refetch::Spent);
+                return run(worker, host, req, Refetch::Spent, now_ms);
             }
             let doc = DocId::Keys(provider);
+            let received_us = req.received_us;
             if let Some(token) = worker.start_fetch(host, doc, FetchTrigger::OnDemand, now_ms) {
                 worker.note_kid_fetched(provider, kid.as_deref(), now_ms);
-                return Step::Wait { token, doc };
+                return Step::Wait {
+                    token,
+                    doc,
+                    received_us,
+                };
             }
             // A rotation: many requests with the new `kid` at once, one fetch.
             if worker.fetch_underway(host.shared, doc, now_ms) && worker.may_park() {
                 worker.note_kid_fetched(provider, kid.as_deref(), now_ms);
-                return Step::Park { doc };
+                return Step::Park { doc, received_us };
             }
-            run(worker, host, req, Refetch::Spent)
+            run(worker, host, req, Refetch::Spent, now_ms)
         }
     }
 }
 
+/// Stage: a DPoP proof's `jti` is used once, across the workers (shared data).
+fn dpop_once(
+    worker: &Worker,
+    host: Host<'_>,
+    proof: Option<decide::ProofUse>,
+    now_ms: u64,
+) -> Result<(), Denial> {
+    let Some(p) = proof else {
+        return Ok(());
+    };
+    let mut churn = Churn::default();
+    let table = &worker.settings.rate_limits.table;
+    let fresh = dpop::remember_jti(table, host.shared, &p.proof, &p.rules, now_ms, &mut churn);
+    host.metrics.churn(&churn);
+    if fresh {
+        Ok(())
+    } else {
+        let r = Reason::DpopProofReplayed;
+        Err(render_dpop_denial(
+            r,
+            &p.rules.algorithms,
+            r.description(),
+            None,
+        ))
+    }
+}
+
 /// The request passed every stage.
-fn admit(host: Host<'_>, req: &RequestView<'_>, a: Admitted) -> Step {
-    record(host, req, a.reason, None, a.caller.as_ref(), a.token_hash);
+fn admit(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, a: Admitted) -> Step {
+    let decided = Decided {
+        reason: a.reason,
+        status: None,
+        rule: a.rule,
+        caller: a.caller.as_deref(),
+        fingerprint: a.token_hash,
+        policy: None,
+        signals: &a.signals,
+    };
+    record(worker, host, req, decided);
     Step::Continue {
         edits: a.edits,
         identity: a.identity,
@@ -198,37 +335,90 @@ fn admit(host: Host<'_>, req: &RequestView<'_>, a: Admitted) -> Step {
     }
 }
 
-/// A later stage refused a request the earlier ones admitted.
-fn refuse(host: Host<'_>, req: &RequestView<'_>, denial: Denial, a: &Admitted) -> Step {
-    let status = Some(denial.status);
-    record(
-        host,
-        req,
-        denial.reason,
-        status,
-        a.caller.as_ref(),
-        a.token_hash,
-    );
+/// A remote policy refused a request the earlier stages admitted: over its
+/// limit (a refusal the anomaly heuristics hear of), or its service failed and
+/// the policy fails closed (not the caller's doing).
+fn refuse(
+    worker: &Worker,
+    host: Host<'_>,
+    req: &RequestView<'_>,
+    denial: Denial,
+    policy: PolicyId,
+    mut a: Admitted,
+    now_ms: u64,
+) -> Step {
+    if denial.reason == Reason::RateLimited {
+        let caller = a.caller.as_deref();
+        signals::on_refusal(worker, host, caller, a.token_hash, now_ms, &mut a.signals);
+    }
+    let decided = Decided {
+        rule: a.rule,
+        caller: a.caller.as_deref(),
+        fingerprint: a.token_hash,
+        signals: &a.signals,
+        ..Decided::denied(&denial, Some(policy))
+    };
+    record(worker, host, req, decided);
     Step::Respond(denial)
 }
 
-/// Every decision is counted and goes to the audit sink, once.
-fn record(
-    host: Host<'_>,
-    req: &RequestView<'_>,
+/// What was decided about a request, for [`record`].
+struct Decided<'a> {
     reason: Reason,
     status: Option<u32>,
-    caller: Option<&Caller>,
+    rule: Option<usize>,
+    caller: Option<&'a Caller>,
     fingerprint: Option<TokenDigest>,
-) {
-    host.metrics.decision(reason);
+    policy: Option<PolicyId>,
+    signals: &'a [Signal],
+}
+
+impl Decided<'_> {
+    fn denied(denial: &Denial, policy: Option<PolicyId>) -> Decided<'static> {
+        Decided {
+            reason: denial.reason,
+            status: Some(denial.status),
+            rule: None,
+            caller: None,
+            fingerprint: None,
+            policy,
+            signals: &[],
+        }
+    }
+}
+
+/// Every decision is counted and, unless sampled out, goes to the audit sink, once.
+fn record(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, d: Decided<'_>) {
+    let time_us = host.clock.now().as_micros() as u64;
+    let latency_us = time_us.saturating_sub(req.received_us);
+    host.metrics.decision(d.reason, d.rule, latency_us);
+    if d.status.is_none() && d.signals.is_empty() && !worker.sample_allow() {
+        return;
+    }
+    let settings = &worker.settings;
     host.audit.decision(&DecisionRecord {
-        reason,
-        status,
+        time_us,
+        latency_us,
+        reason: d.reason,
+        status: d.status,
+        rule: d
+            .rule
+            .and_then(|i| settings.rules.get(i))
+            .map(|r| r.name.as_str()),
         method: req.method,
+        path: req.path_without_query(),
+        request_id: req
+            .header_values("x-request-id")
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok()),
         client_ip: req.client_ip,
-        caller,
-        fingerprint,
+        caller: d.caller,
+        fingerprint: d.fingerprint,
+        policy: d
+            .policy
+            .and_then(|p| settings.rate_limits.policy(p))
+            .map(|p| p.name.as_str()),
+        signals: d.signals,
     });
 }
 
@@ -312,6 +502,7 @@ mod tests {
             path: "/data",
             headers,
             client_ip: Some(ip),
+            received_us: 0,
         }
     }
 
@@ -348,7 +539,8 @@ mod tests {
         });
         let host = FakeHost::at_secs(NOW);
         let garbage = bearer("not.a.token");
-        for _ in 0..3 {
+        // The second failure (max_failures) starts the lock-out.
+        for _ in 0..2 {
             let step = on_request(&f.worker, host.host(), &request(&garbage, "192.0.2.1"));
             assert_eq!(status(&step), 401);
         }
@@ -368,7 +560,6 @@ mod tests {
         assert_eq!(
             reasons,
             [
-                Reason::MalformedToken,
                 Reason::MalformedToken,
                 Reason::MalformedToken,
                 Reason::LockedOut,
@@ -545,7 +736,7 @@ mod tests {
         worker.park(crate::worker::ParkedRequest {
             context,
             doc,
-            since_ms: NOW * 1000,
+            received_us: NOW * 1_000_000,
             headers,
             client_ip: Some("192.0.2.1".into()),
         });
@@ -570,7 +761,7 @@ mod tests {
             let headers = bearer(&sign(&new, "https://remote.test", &format!("user-{i}")));
             match on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1")) {
                 Step::Wait { doc, .. } => waiting = Some(doc),
-                Step::Park { doc } => {
+                Step::Park { doc, .. } => {
                     park(&f.worker, i, doc, headers);
                     parked += 1;
                 }
@@ -748,5 +939,263 @@ mod tests {
         load_remote_keys(&f, &host, &[(&key, "k")]);
         let step = on_request(&other.worker, host.host(), &request(&token, "192.0.2.1"));
         assert_eq!(subject(&step).as_deref(), Some("carol"));
+    }
+
+    fn with_request_id(mut headers: Vec<(String, Vec<u8>)>, id: &str) -> Vec<(String, Vec<u8>)> {
+        headers.push(("x-request-id".into(), id.as_bytes().to_vec()));
+        headers
+    }
+
+    #[test]
+    fn a_denial_event_names_rule_path_caller_and_fingerprint_never_the_token() {
+        let f = fixture(|c| {
+            c["rules"] = json!([
+                {"name": "write-data", "match": {"prefix": "/data"},
+                 "requires": {"scopes": {"all_of": ["write:data"]}}}
+            ]);
+        });
+        let host = FakeHost::at_secs(NOW);
+        let token = sign(&f.local, "https://local.test", "alice");
+        let headers = with_request_id(bearer(&token), "req-1");
+        let req = RequestView {
+            method: "POST",
+            path: "/data?secret-param=hunter2",
+            ..request(&headers, "192.0.2.7")
+        };
+        assert_eq!(status(&on_request(&f.worker, host.host(), &req)), 403);
+        let events = host.audit.events();
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(e["v"], 1);
+        assert_eq!(e["decision"], "deny");
+        assert_eq!(e["reason"], "insufficient_scope");
+        assert_eq!(e["status"], 403);
+        assert_eq!(e["rule"], "write-data");
+        assert_eq!(e["method"], "POST");
+        assert_eq!(e["path"], "/data", "never the query");
+        assert_eq!(e["request_id"], "req-1");
+        assert_eq!(e["client_ip"], "192.0.2.7");
+        assert_eq!(e["provider"], "local");
+        assert_eq!(e["subject"], "alice");
+        assert_eq!(e["credential"], TokenDigest::of(&token).to_string());
+        assert_eq!(e["time"], "2027-01-15T08:00:00.000Z");
+        let text = e.to_string();
+        assert!(
+            !text.contains(&token) && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert_eq!(
+            *host.metrics.rules.borrow(),
+            [(Some(0), Reason::InsufficientScope)]
+        );
+    }
+
+    #[test]
+    fn unnamed_rules_are_named_by_their_place_and_unmatched_requests_by_none() {
+        let f = fixture(|_| {});
+        let host = FakeHost::at_secs(NOW);
+        on_request(&f.worker, host.host(), &request(&[], "192.0.2.1"));
+        let other = RequestView {
+            path: "/elsewhere",
+            ..request(&[], "192.0.2.1")
+        };
+        on_request(&f.worker, host.host(), &other);
+        let events = host.audit.events();
+        assert_eq!(events[0]["rule"], "rules[0]");
+        assert_eq!(events[0]["reason"], "missing_credentials");
+        assert!(events[1].get("rule").is_none());
+        assert_eq!(events[1]["reason"], "no_matching_rule");
+        assert_eq!(
+            *host.metrics.rules.borrow(),
+            [
+                (Some(0), Reason::MissingCredentials),
+                (None, Reason::NoMatchingRule)
+            ]
+        );
+    }
+
+    #[test]
+    fn allowed_requests_are_sampled_denials_never_and_all_are_counted() {
+        let f = fixture(|c| c["audit"] = json!({"allow_sample_rate": 0.25}));
+        let host = FakeHost::at_secs(NOW);
+        let good = bearer(&sign(&f.local, "https://local.test", "alice"));
+        for _ in 0..8 {
+            assert_eq!(
+                status(&on_request(
+                    &f.worker,
+                    host.host(),
+                    &request(&good, "192.0.2.1")
+                )),
+                200
+            );
+        }
+        for _ in 0..3 {
+            on_request(&f.worker, host.host(), &request(&[], "192.0.2.1"));
+        }
+        let events = host.audit.events();
+        let allows = events.iter().filter(|e| e["decision"] == "allow").count();
+        let denials = events.iter().filter(|e| e["decision"] == "deny").count();
+        assert_eq!((allows, denials), (2, 3));
+        assert_eq!(
+            host.metrics.decisions.borrow().len(),
+            11,
+            "stats count every one"
+        );
+        let allow = events.iter().find(|e| e["decision"] == "allow").unwrap();
+        assert!(allow.get("status").is_none(), "{allow}");
+        assert_eq!(allow["subject"], "alice");
+    }
+
+    #[test]
+    fn a_rate_limit_event_names_its_policy_and_stats_count_by_policy() {
+        let f = fixture(|c| {
+            c["rate_limits"] = json!({"policies": {
+                "per-ip": {"limit": 100, "window": "60s", "key": "client_ip"},
+                "per-sub": {"limit": 1, "window": "60s", "key": "subject"}}});
+            c["rules"][0]["rate_limits"] = json!(["per-ip", "per-sub"]);
+        });
+        let host = FakeHost::at_secs(NOW);
+        let good = bearer(&sign(&f.local, "https://local.test", "alice"));
+        let statuses: Vec<u32> = (0..2)
+            .map(|_| {
+                status(&on_request(
+                    &f.worker,
+                    host.host(),
+                    &request(&good, "192.0.2.1"),
+                ))
+            })
+            .collect();
+        assert_eq!(statuses, [200, 429]);
+        let events = host.audit.events();
+        assert_eq!(events[1]["reason"], "rate_limited");
+        assert_eq!(events[1]["policy"], "per-sub");
+        assert_eq!(events[1]["subject"], "alice");
+        let ip = f
+            .worker
+            .settings
+            .rate_limits
+            .policies
+            .iter()
+            .position(|p| p.name == "per-ip");
+        let sub = f
+            .worker
+            .settings
+            .rate_limits
+            .policies
+            .iter()
+            .position(|p| p.name == "per-sub");
+        let limits: Vec<(usize, bool)> = host
+            .metrics
+            .limits
+            .borrow()
+            .iter()
+            .map(|(p, limited)| (p.index(), *limited))
+            .collect();
+        let (ip, sub) = (ip.unwrap(), sub.unwrap());
+        assert_eq!(
+            limits,
+            [(ip, false), (sub, false), (ip, false), (sub, true)]
+        );
+    }
+
+    #[test]
+    fn a_token_from_too_many_addresses_raises_the_signal_and_is_suspended() {
+        let f = fixture(|c| {
+            c["anomalies"] = json!({"shared_credential":
+                {"max_addresses": 2, "window": "60s", "suspend": "30s"}});
+        });
+        let host = FakeHost::at_secs(NOW);
+        let stolen = bearer(&sign(&f.local, "https://local.test", "alice"));
+        let other = bearer(&sign(&f.local, "https://local.test", "bob"));
+        for ip in ["192.0.2.1", "192.0.2.1", "192.0.2.2"] {
+            assert_eq!(
+                status(&on_request(&f.worker, host.host(), &request(&stolen, ip))),
+                200
+            );
+        }
+        let Step::Respond(denial) =
+            on_request(&f.worker, host.host(), &request(&stolen, "192.0.2.3"))
+        else {
+            panic!("expected the credential to be refused");
+        };
+        assert_eq!(
+            (denial.status, denial.reason),
+            (401, Reason::CredentialSuspended)
+        );
+        assert!(denial.body.contains("suspended"));
+        assert_eq!(
+            *host.metrics.signals.borrow(),
+            [(Signal::SharedCredential, true)]
+        );
+        let events = host.audit.events();
+        let last = events.last().unwrap();
+        assert_eq!(last["signals"], json!(["shared_credential"]));
+        assert_eq!(last["client_ip"], "192.0.2.3");
+        // Refused from its first address too, until the suspension ends; others pass.
+        assert_eq!(
+            status(&on_request(
+                &f.worker,
+                host.host(),
+                &request(&stolen, "192.0.2.1")
+            )),
+            401
+        );
+        assert_eq!(
+            status(&on_request(
+                &f.worker,
+                host.host(),
+                &request(&other, "192.0.2.1")
+            )),
+            200
+        );
+        host.clock
+            .as_ref()
+            .unwrap()
+            .advance(std::time::Duration::from_secs(31));
+        assert_eq!(
+            status(&on_request(
+                &f.worker,
+                host.host(),
+                &request(&stolen, "192.0.2.1")
+            )),
+            200
+        );
+    }
+
+    #[test]
+    fn a_spike_of_refusals_for_one_client_raises_one_signal() {
+        let f = fixture(|c| {
+            c["rules"][0]["requires"] = json!({"scopes": {"all_of": ["admin"]}});
+            c["anomalies"] = json!({"failure_spike": {"max_failures": 3, "window": "60s"}});
+        });
+        let host = FakeHost::at_secs(NOW);
+        let token = bearer(&sign(&f.local, "https://local.test", "alice"));
+        for _ in 0..6 {
+            assert_eq!(
+                status(&on_request(
+                    &f.worker,
+                    host.host(),
+                    &request(&token, "192.0.2.1")
+                )),
+                403
+            );
+        }
+        // Unidentified failures do not count against anyone.
+        for _ in 0..6 {
+            on_request(&f.worker, host.host(), &request(&[], "192.0.2.1"));
+        }
+        assert_eq!(
+            *host.metrics.signals.borrow(),
+            [(Signal::FailureSpike, false)]
+        );
+        let flagged: Vec<usize> = host
+            .audit
+            .events()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.get("signals").is_some())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(flagged, [3], "the fourth refusal within the window");
     }
 }

@@ -37,6 +37,8 @@ pub struct PendingLimits {
     /// The checks after this one, last first.
     rest: Vec<LimitCheck>,
     started_ms: u64,
+    /// The request's `received_us`, for the decision's latency.
+    received_us: u64,
 }
 
 /// What became of a [`RateLimitCall`].
@@ -69,17 +71,18 @@ pub(super) fn start(
         .filter(|c| limits.policy(c.policy).is_some_and(|p| p.rls().is_some()))
         .collect();
     rest.reverse();
-    next(limits, host, req, admitted, rest, now_ms)
+    next(worker, host, req, admitted, rest, now_ms)
 }
 
 fn next(
-    limits: &RateLimits,
+    worker: &Worker,
     host: Host<'_>,
     req: &RequestView<'_>,
     admitted: Admitted,
     mut rest: Vec<LimitCheck>,
     now_ms: u64,
 ) -> Step {
+    let limits = &worker.settings.rate_limits;
     while let Some(check) = rest.pop() {
         let Some((policy, rls)) = remote(limits, &check) else {
             continue;
@@ -98,10 +101,11 @@ fn next(
                 check,
                 rest,
                 started_ms: now_ms,
+                received_us: req.received_us,
             },
         }));
     }
-    admit(host, req, admitted)
+    admit(worker, host, req, admitted)
 }
 
 fn remote<'a>(limits: &'a RateLimits, check: &LimitCheck) -> Option<(&'a Policy, &'a RlsBackend)> {
@@ -125,9 +129,14 @@ pub fn resume_rate_limit(
         check,
         rest,
         started_ms,
+        received_us,
     } = pending;
+    let req = &RequestView {
+        received_us,
+        ..req.clone()
+    };
     let Some((policy, rls)) = remote(limits, &check) else {
-        return next(limits, host, req, admitted, rest, now_ms);
+        return next(worker, host, req, admitted, rest, now_ms);
     };
     let timed_out = now_ms.saturating_sub(started_ms) >= rls.timeout_ms;
     let response = match answer {
@@ -147,6 +156,12 @@ pub fn resume_rate_limit(
     };
     host.metrics
         .rate_limit_call(check.policy, &outcome, rls.failure_mode_deny);
+    let refused = match &outcome {
+        CallOutcome::Ok => false,
+        CallOutcome::OverLimit => true,
+        CallOutcome::Failed(_) => rls.failure_mode_deny,
+    };
+    host.metrics.rate_limit(check.policy, refused);
     match (response, outcome) {
         (Ok(r), CallOutcome::OverLimit) => {
             // Over limit: the state is always known (`remaining` 0).
@@ -156,7 +171,8 @@ pub fn resume_rate_limit(
                 reset_secs: 1,
                 retry_after_secs: 1,
             });
-            refuse(host, req, state.limited_response(&policy.name), &admitted)
+            let denial = state.limited_response(&policy.name);
+            refuse(worker, host, req, denial, check.policy, admitted, now_ms)
         }
         (Ok(r), _) => {
             if limits.response_headers {
@@ -164,7 +180,7 @@ pub fn resume_rate_limit(
                     admitted.tightest.offer(&policy.name, &state);
                 }
             }
-            next(limits, host, req, admitted, rest, now_ms)
+            next(worker, host, req, admitted, rest, now_ms)
         }
         (Err(failure), _) => {
             host.audit.rate_limit_failure(&RateLimitFailureRecord {
@@ -173,7 +189,7 @@ pub fn resume_rate_limit(
                 failure_mode_deny: rls.failure_mode_deny,
                 method: req.method,
                 client_ip: req.client_ip,
-                caller: admitted.caller.as_ref(),
+                caller: admitted.caller.as_deref(),
             });
             if rls.failure_mode_deny {
                 let denial = render_denial(
@@ -182,9 +198,9 @@ pub fn resume_rate_limit(
                     None,
                     1,
                 );
-                refuse(host, req, denial, &admitted)
+                refuse(worker, host, req, denial, check.policy, admitted, now_ms)
             } else {
-                next(limits, host, req, admitted, rest, now_ms)
+                next(worker, host, req, admitted, rest, now_ms)
             }
         }
     }
@@ -292,6 +308,7 @@ mod tests {
             path,
             headers,
             client_ip: Some("192.0.2.7"),
+            received_us: 0,
         }
     }
 
@@ -371,6 +388,16 @@ mod tests {
         assert_eq!(header(&d, "cache-control"), Some("no-store"));
         let body: Value = serde_json::from_str(&d.body).unwrap();
         assert_eq!(body["error"], "rate_limited");
+        // The decision's event names the policy that refused.
+        let event = f.host.audit.events().pop().unwrap();
+        assert_eq!(
+            (&event["reason"], &event["policy"], &event["subject"]),
+            (&json!("rate_limited"), &json!("fleet"), &json!("app-1"))
+        );
+        assert_eq!(
+            *f.host.metrics.limits.borrow(),
+            [(f.policy("local"), false), (f.policy("fleet"), true)]
+        );
         // The local policy's 429 has the same fields.
         let f = fixture(|c| c["rules"][0]["rate_limits"] = json!(["local"]));
         let h = f.headers("app-1");
@@ -430,7 +457,7 @@ mod tests {
             )]
         );
         assert_eq!(
-            *f.host.audit.1.borrow(),
+            *f.host.audit.2.borrow(),
             [AuditedFailure {
                 policy: "fleet".into(),
                 failure,
@@ -469,7 +496,7 @@ mod tests {
         let failures: Vec<CallFailure> = f
             .host
             .audit
-            .1
+            .2
             .borrow()
             .iter()
             .map(|a| a.failure.clone())
@@ -483,7 +510,7 @@ mod tests {
                 CallFailure::BadResponse(rls::DecodeError::Truncated),
             ]
         );
-        assert!(f.host.audit.1.borrow().iter().all(|a| a.failure_mode_deny));
+        assert!(f.host.audit.2.borrow().iter().all(|a| a.failure_mode_deny));
         assert_eq!(
             f.host.audit.0.borrow().last(),
             Some(&Audited {

@@ -1,12 +1,13 @@
 //! Stages: JWT verification (fresh, or from the worker's token cache), the
 //! validity window (one check for both), and revocation.
 
-use super::decide::{unavailable, Authenticated, Authorizer, Failure};
-use super::upstream::first_string;
-use crate::config::{ProviderId, ProviderKeys};
+use super::decide::{unavailable, Authenticated, Authorizer, Failure, ProofUse};
+use super::identity_headers::first_string;
+use crate::config::{ProviderId, ProviderKeys, DPOP_SCHEME};
 use crate::credentials::{RequestView, TokenLocation};
 use crate::crypto::verify_with_keys;
-use crate::decision::Reason;
+use crate::decision::{render_dpop_denial, Reason};
+use crate::dpop::{nonce_at, nonce_ok, verify_proof, ProofTarget};
 use crate::identity::{Caller, TokenDigest};
 use crate::jwt::{check_validity_window, decode};
 use crate::policy::{roles_of, scopes_of, Requirement, Rule};
@@ -31,17 +32,93 @@ impl Authorizer<'_> {
             self.cache.borrow_mut().remove(&hash.0);
             return Err(reason.into());
         }
-        self.check_revocation(&verified, hash)?;
+        self.check_revocation(&verified, hash)
+            .map_err(|f| f.of(&verified.caller))?;
+        let proof = self.check_binding(&verified, token, location, req)?;
         let scopes: Vec<&str> = verified.scopes.iter().map(String::as_str).collect();
         let roles: Vec<&str> = verified.roles.iter().map(String::as_str).collect();
         if !requirement.allow_anonymous {
-            requirement.authorize(&scopes, &roles, &verified.claims)?;
+            requirement
+                .authorize(&scopes, &roles, &verified.claims)
+                .map_err(|r| Failure::from(r).of(&verified.caller))?;
         }
         Ok(Authenticated {
             limits: self.limit_checks(rule, req, Some((&verified.caller, &verified.claims))),
             identity: Arc::clone(&verified.identity),
-            caller: verified.caller.clone(),
+            caller: Arc::clone(&verified.caller),
+            proof,
         })
+    }
+
+    /// Stage: sender constraint (RFC 9449). A token bound to a key (`cnf.jkt`)
+    /// needs the DPoP scheme and a proof made with that key for this request;
+    /// a token sent with the DPoP scheme must be bound. Runs on cache hits too.
+    fn check_binding(
+        &self,
+        verified: &VerifiedToken,
+        token: &str,
+        location: &TokenLocation,
+        req: &RequestView<'_>,
+    ) -> Result<Option<ProofUse>, Failure> {
+        let Some(p) = self.settings.provider(verified.provider) else {
+            return Err(Reason::ProviderNotAllowed.into());
+        };
+        let dpop = &p.dpop;
+        let deny = |reason: Reason, description: &str, nonce: Option<String>| {
+            Failure::Rendered(render_dpop_denial(
+                reason,
+                &dpop.proof.algorithms,
+                description,
+                nonce,
+            ))
+        };
+        let as_dpop = matches!(location, TokenLocation::Header { value_prefix: Some(s), .. }
+            if s.eq_ignore_ascii_case(DPOP_SCHEME));
+        let jkt = match (&verified.jkt, as_dpop) {
+            (None, false) if dpop.required => {
+                let r = Reason::DpopRequired;
+                return Err(deny(r, r.description(), None));
+            }
+            (None, false) => return Ok(None),
+            (Some(_), false) => {
+                let r = Reason::DpopBoundTokenAsBearer;
+                return Err(deny(r, r.description(), None));
+            }
+            (None, true) => {
+                let r = Reason::DpopRequired;
+                return Err(deny(r, "the access token is not DPoP-bound", None));
+            }
+            (Some(jkt), true) => jkt,
+        };
+        let mut proofs = req.header_values("dpop");
+        let (Some(raw), None) = (proofs.next(), proofs.next()) else {
+            let r = Reason::DpopProofInvalid;
+            return Err(deny(r, "send exactly one DPoP proof header", None));
+        };
+        let raw = std::str::from_utf8(raw).unwrap_or_default();
+        let htu = htu(dpop.public_base_uri.as_deref(), req);
+        let target = ProofTarget {
+            method: req.method,
+            htu: &htu,
+            access_token: token,
+        };
+        let proof = verify_proof(raw, target, &dpop.proof, self.verifier, self.now)
+            .map_err(|e| deny(Reason::DpopProofInvalid, e.description(), None))?;
+        if &proof.jkt != jkt {
+            let r = Reason::DpopKeyMismatch;
+            return Err(deny(r, r.description(), None));
+        }
+        if let Some((secret, lifetime)) = &dpop.nonce {
+            if !nonce_ok(secret, *lifetime, self.now, proof.nonce.as_deref()) {
+                let r = Reason::DpopNonceRequired;
+                let nonce = nonce_at(secret, *lifetime, self.now);
+                return Err(deny(r, r.description(), Some(nonce)));
+            }
+        }
+        Ok(Some(ProofUse {
+            proof,
+            rules: dpop.proof.clone(),
+        }))
     }
 
     /// The token's verification: from the cache when the provider's keys are
@@ -54,7 +131,9 @@ impl Authorizer<'_> {
         requirement: &Requirement,
     ) -> Result<Arc<VerifiedToken>, Failure> {
         let cached = self.cache.borrow().get(&hash.0);
-        match cached.filter(|v| self.same_keys(v)) {
+        let usable = cached.filter(|v| self.same_keys(v));
+        self.cache.borrow().count(usable.is_some());
+        match usable {
             Some(v) => {
                 self.check_provider(v.provider, location, requirement)?;
                 Ok(v)
@@ -94,6 +173,7 @@ impl Authorizer<'_> {
             .revocations(verified.provider)
             .ok_or_else(|| unavailable(Reason::RevocationsUnavailable, feed))?;
         if verified
+            .caller
             .jti
             .as_deref()
             .is_some_and(|jti| list.contains(jti))
@@ -180,13 +260,22 @@ impl Authorizer<'_> {
         };
         let number = |name: &str| decoded.claims.get(name).and_then(Value::as_u64);
         let exp = number("exp").ok_or(Reason::MissingClaim)?;
-        let (nbf, jti) = (number("nbf"), claim("jti"));
+        let nbf = number("nbf");
         let caller = Caller {
             provider: p.name.clone(),
             subject: claim("sub"),
             client_id: first_string(&p.client_id_claims, &decoded.claims).map(str::to_string),
+            tenant: claim("tenant"),
+            jti: claim("jti"),
+            ..Caller::default()
         };
         let roles = roles_of(&decoded.claims, &p.role_claims);
+        let jkt = decoded
+            .claims
+            .get("cnf")
+            .and_then(|cnf| cnf.get("jkt"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let scopes: Vec<String> = scopes.into_iter().map(str::to_string).collect();
         let mut claims = decoded.claims;
         claims.retain(|name, _| s.retained_claims.contains(name));
@@ -195,12 +284,28 @@ impl Authorizer<'_> {
             keys,
             exp,
             nbf,
-            jti,
-            caller,
+            caller: Arc::new(caller),
             scopes,
             roles,
+            jkt,
             identity: identity.into(),
             claims,
         })
+    }
+}
+
+/// The request URI a proof's `htu` must name: `public_base_uri` (or the
+/// request's `:scheme` and `:authority`) and the path, without the query.
+fn htu(public_base_uri: Option<&str>, req: &RequestView<'_>) -> String {
+    let header = |name: &'static str| {
+        req.header_values(name)
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or_default()
+    };
+    let path = req.path_without_query();
+    match public_base_uri {
+        Some(base) => format!("{base}{path}"),
+        None => format!("{}://{}{path}", header(":scheme"), header(":authority")),
     }
 }

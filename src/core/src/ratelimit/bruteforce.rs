@@ -32,7 +32,8 @@ impl BruteForce {
     }
 
     /// Counts one failed authentication. Returns true when this failure
-    /// started a lock-out.
+    /// started a lock-out: the `max_failures`-th within the window does (it is
+    /// still answered; the requests after it are locked out).
     pub fn record_failure(
         &self,
         table: &SlotTable,
@@ -50,10 +51,11 @@ impl BruteForce {
         let result = table.update(shared, hash, now_ms, |entry| {
             let locked_until = entry.map_or(0, |e| e.b);
             let verdict = rate.check(entry.map(|e| e.a), now_ms);
-            let (tat, lock) = if verdict.allowed {
-                (verdict.tat_ms, locked_until)
-            } else {
+            let exhausted = !verdict.allowed || verdict.remaining == 0;
+            let (tat, lock) = if exhausted {
                 (verdict.tat_ms, now_ms + self.lockout_ms)
+            } else {
+                (verdict.tat_ms, locked_until)
             };
             let next = Entry {
                 hash,
@@ -61,7 +63,7 @@ impl BruteForce {
                 b: lock,
                 expires_ms: tat.max(lock).max(now_ms + 1),
             };
-            (Some(next), !verdict.allowed && locked_until <= now_ms)
+            (Some(next), exhausted && locked_until <= now_ms)
         });
         match result {
             Ok((started, c)) => {
@@ -92,17 +94,17 @@ mod tests {
             lockout_ms: 30_000,
         };
         let mut churn = Churn::default();
-        for _ in 0..3 {
+        for _ in 0..2 {
             assert!(!bf.record_failure(&t, &s, "10.0.0.1", 0, &mut churn));
         }
         assert_eq!(
             bf.locked_for(&t, &s, "10.0.0.1", 0),
             None,
-            "three failures are tolerated"
+            "two failures are tolerated"
         );
         assert!(
             bf.record_failure(&t, &s, "10.0.0.1", 0, &mut churn),
-            "the fourth locks out"
+            "the third (max_failures) locks out"
         );
         assert_eq!(bf.locked_for(&t, &s, "10.0.0.1", 1_000), Some(29_000));
         assert_eq!(

@@ -240,10 +240,17 @@ impl LimitState {
         headers
     }
 
-    /// The `429` for a request this policy refused.
+    /// The `429` for a request this policy refused. `RateLimit`'s `t` and
+    /// `Retry-After` agree: both say when the next request is admitted (a local
+    /// bucket refills continuously, so that is before it is full again).
     pub fn limited_response(&self, name: &str) -> Denial {
-        let mut headers = self.headers(name);
-        headers.push(("retry-after", self.retry_after_secs.max(1).to_string()));
+        let retry_after = self.retry_after_secs.max(1);
+        let refused = LimitState {
+            reset_secs: retry_after,
+            ..self.clone()
+        };
+        let mut headers = refused.headers(name);
+        headers.push(("retry-after", retry_after.to_string()));
         headers.push(("content-type", "application/json".to_string()));
         headers.push(("cache-control", "no-store".to_string()));
         Denial {
@@ -346,7 +353,8 @@ mod tests {
             allowed: false,
             tat_ms: 0,
             remaining: 0,
-            reset_ms: 1_000,
+            // The whole burst is back in 2 s; the next request in 0.4 s.
+            reset_ms: 2_000,
             retry_after_ms: 400,
         };
         let d = LimitState::local(p.local_rate().unwrap(), &v).limited_response(&p.name);
@@ -362,7 +370,11 @@ mod tests {
             h("ratelimit-policy").as_deref(),
             Some("\"per-client\";q=2;w=1")
         );
-        assert_eq!(h("ratelimit").as_deref(), Some("\"per-client\";r=0;t=1"));
+        assert_eq!(
+            h("ratelimit").as_deref(),
+            Some("\"per-client\";r=0;t=1"),
+            "t agrees with Retry-After on a 429"
+        );
         let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
         assert_eq!(body["error"], "rate_limited");
     }

@@ -1,7 +1,7 @@
 //! The admin API under `/admin/`: API-key consumers and their keys.
 //!
 //! Every call needs `Authorization: Bearer <access token>` issued by this service with
-//! the scope [`ADMIN_SCOPE`] (give it to an operator's confidential client and use
+//! the scope [`scope::ADMIN`] (give it to an operator's confidential client and use
 //! `client_credentials`). Bodies are JSON with unknown fields refused; answers are JSON,
 //! errors in the RFC 6749 §5.2 shape. A key's plaintext appears in exactly one answer,
 //! the one that creates it (`POST /admin/api-keys`, `POST /admin/api-keys/{id}/rotate`),
@@ -30,19 +30,16 @@ use serde::{Deserialize, Serialize};
 
 use super::form::{self, Form};
 use super::{active_access_token, blocking, AppState, LogContext};
-use crate::api_keys::{self, ApiKey, NewKey, Refused, Restrictions};
-use crate::clock;
-use crate::consumers::{self, Consumer};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::scope::ScopeSet;
-
-/// The scope an access token needs for the admin API.
-pub const ADMIN_SCOPE: &str = "tollgate:admin";
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::scope::{self, ScopeSet};
+use crate::server::clock;
+use crate::storage::api_keys::{self, ApiKey, NewKey, Refused, Restrictions};
+use crate::storage::consumers::{self, Consumer};
 
 /// The operator behind a call: who the access log names.
 struct Operator(LogContext);
 
-/// Checks the bearer token: issued here, unexpired, not revoked, with [`ADMIN_SCOPE`].
+/// Checks the bearer token: issued here, unexpired, not revoked, with [`scope::ADMIN`].
 async fn operator(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Operator, OAuthError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(OAuthError::token_required(
@@ -69,9 +66,9 @@ async fn operator(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Operator
     let has_scope = verified
         .scope
         .as_deref()
-        .is_some_and(|scope| scope.split(' ').any(|granted| granted == ADMIN_SCOPE));
+        .is_some_and(|scope| scope.split(' ').any(|granted| granted == scope::ADMIN));
     if !has_scope {
-        return Err(OAuthError::insufficient_scope(ADMIN_SCOPE));
+        return Err(OAuthError::insufficient_scope(scope::ADMIN));
     }
     Ok(Operator(LogContext {
         client_id: verified.client_id,

@@ -1,6 +1,6 @@
 //! `GET /api-keys`: the API-key set the gateway polls (`api_keys.remote_key_set`).
 //!
-//! The document is [`crate::key_set`]'s: consumers and the digests of their keys, never
+//! The document is [`crate::storage::key_set`]'s: consumers and the digests of their keys, never
 //! a key. Like the revocation feed it carries a strong `ETag` and answers `304` to a
 //! matching `If-None-Match`, so polling every few seconds costs one indexed query and
 //! no transfer while nothing changes. Unauthenticated, for the gateway's internal
@@ -13,8 +13,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use super::{blocking, conditional, AppState};
-use crate::errors::OAuthError;
-use crate::key_set;
+use crate::protocol::errors::OAuthError;
+use crate::storage::key_set;
 
 pub async fn feed(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let body = blocking(move || {

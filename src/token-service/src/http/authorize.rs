@@ -4,8 +4,8 @@
 //! `GET` validates the request. The client and redirect URI come first: if either is
 //! wrong, the user sees an error page and is never redirected (RFC 6749 §4.1.2.1).
 //! Every later problem goes back to the redirect URI as `error`, `error_description`,
-//! `state` and `iss` (RFC 9207). A valid request is held server-side and the login and
-//! consent page is shown. `POST` is that page's form: Deny sends `access_denied`;
+//! `state` and `iss` (RFC 9207). A valid request is signed into the login and consent
+//! page that is shown ([`crate::protocol::pending`]): the server holds nothing for it. `POST` is that page's form: Deny sends `access_denied`;
 //! Approve checks the user's password (throttled like client secrets, one Argon2
 //! verification known user or not) and redirects with a single-use code.
 //!
@@ -14,7 +14,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -23,19 +22,29 @@ use axum::response::{IntoResponse, Response};
 use super::form::{self, Form};
 use super::pages::{self, LoginPage};
 use super::{blocking, client_ip, AppState, LogContext};
-use crate::clients::{self, ClientType};
-use crate::codes::{self, NewCode};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::pending::{PendingAuthorization, Taken};
-use crate::scope::ScopeSet;
-use crate::throttle::{Account, Verdict};
-use crate::users::{self, User};
-use crate::{clock, pkce, redirect_uri, secrets};
+use crate::protocol::codes::{self, NewCode};
+use crate::protocol::dpop;
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::pending::{PendingAuthorization, SignedForm};
+use crate::protocol::scope::ScopeSet;
+use crate::protocol::{pkce, redirect_uri};
+use crate::server::clock;
+use crate::server::throttle::Account;
+use crate::storage::clients::{self, ClientType};
+use crate::storage::users::{self, User};
 
 /// Longest `state` carried through; clients commonly use a random value or a short JWT.
 const MAX_STATE_LEN: usize = 2048;
-const FIELDS: &[&str] = &["request_id", "username", "password", "decision"];
+const FIELDS: &[&str] = &["request", "username", "password", "decision"];
 const INCORRECT_LOGIN: &str = "The username or password is incorrect.";
+const EXPIRED_FORM: &str = "This sign-in form has expired or was already used.";
+
+/// A login form posted back: its sealed value (shown again on a retry) and what it
+/// holds.
+struct Posted {
+    value: String,
+    form: SignedForm,
+}
 
 /// Why a request cannot proceed.
 enum Refusal {
@@ -71,10 +80,10 @@ pub async fn start(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery
             )
         }
     };
-    let request_id = state.pending.insert(authorization.clone(), Instant::now());
+    let request = state.login_forms.seal(authorization.clone(), clock::now());
     let page = LoginPage {
         action: &state.config.endpoint("/authorize"),
-        request_id: &request_id,
+        request: &request,
         client_id: &authorization.client_id,
         scopes: &authorization.scopes,
         username: "",
@@ -101,20 +110,21 @@ pub async fn decide(
             )
         }
     };
-    let taken = form
-        .get("request_id")
-        .and_then(|id| state.pending.take(id, Instant::now()));
-    let Some(taken) = taken else {
-        return pages::error(
-            StatusCode::BAD_REQUEST,
-            "This sign-in form has expired or was already used.",
-        );
+    let posted = form.get("request").and_then(|value| {
+        let opened = state.login_forms.open(value, clock::now())?;
+        Some(Posted {
+            value: value.to_owned(),
+            form: opened,
+        })
+    });
+    let Some(posted) = posted else {
+        return pages::error(StatusCode::BAD_REQUEST, EXPIRED_FORM);
     };
-    let client_id = taken.authorization.client_id.clone();
+    let client_id = posted.form.authorization.client_id.clone();
     let response = match form.get("decision") {
-        Some("approve") => approve(&state, taken, &form, ip).await,
+        Some("approve") => approve(&state, posted, &form, ip).await,
         Some("deny") => {
-            let authorization = taken.authorization;
+            let authorization = posted.form.authorization;
             refuse(
                 &state,
                 Refusal::Redirect {
@@ -125,10 +135,7 @@ pub async fn decide(
                 },
             )
         }
-        _ => {
-            state.pending.put_back(taken);
-            pages::error(StatusCode::BAD_REQUEST, "Choose Approve or Deny.")
-        }
+        _ => pages::error(StatusCode::BAD_REQUEST, "Choose Approve or Deny."),
     };
     with_client(response, &client_id)
 }
@@ -193,7 +200,7 @@ fn validate(
         }
     }
     let scopes = match params.get("scope").map(str::parse::<ScopeSet>) {
-        None => client.scopes.clone(),
+        None => client.default_scopes.clone(),
         Some(Ok(requested)) if requested.is_subset(&client.scopes) => requested,
         Some(_) => {
             return back(
@@ -228,22 +235,30 @@ fn validate(
             "public clients must use PKCE: send code_challenge with code_challenge_method=S256",
         );
     }
+    let dpop_jkt = params.get("dpop_jkt");
+    if dpop_jkt.is_some_and(|jkt| !dpop::is_thumbprint(jkt)) {
+        return back(
+            "invalid_request",
+            "dpop_jkt must be a JWK SHA-256 thumbprint (43 base64url characters)",
+        );
+    }
     Ok(Ok(PendingAuthorization {
         client_id: client.client_id,
         redirect_uri: requested_uri.to_owned(),
         scopes,
         state: state.map(str::to_owned),
         code_challenge,
+        dpop_jkt: dpop_jkt.map(str::to_owned),
     }))
 }
 
 /// Verifies the user's credentials and, if they hold, redirects with a code.
-async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -> Response {
+async fn approve(state: &Arc<AppState>, posted: Posted, form: &Form, ip: IpAddr) -> Response {
     let username = form.get("username").unwrap_or_default().to_owned();
     let Some(password) = form.get("password").map(str::to_owned) else {
         return retry(
             state,
-            taken,
+            &posted,
             &username,
             "Enter your username and password.",
             StatusCode::OK,
@@ -252,21 +267,21 @@ async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -
     if username.is_empty() {
         return retry(
             state,
-            taken,
+            &posted,
             &username,
             "Enter your username and password.",
             StatusCode::OK,
         );
     }
-    let account = Account::User(&username);
-    match state.throttle.check(account, ip, Instant::now()) {
-        Verdict::Blocked(wait) => {
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let attempt = match state.throttle.begin(Account::User(&username), ip).await {
+        Ok(attempt) => attempt,
+        Err(blocked) => {
+            let seconds = blocked.retry_after_secs();
             let message =
                 format!("Too many failed sign-in attempts. Try again in {seconds} seconds.");
             let mut response = retry(
                 state,
-                taken,
+                &posted,
                 &username,
                 &message,
                 StatusCode::TOO_MANY_REQUESTS,
@@ -276,8 +291,9 @@ async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             return response;
         }
-        Verdict::Proceed(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
-        Verdict::Proceed(_) => {}
+    };
+    if !attempt.delay().is_zero() {
+        tokio::time::sleep(attempt.delay()).await;
     }
     let user = match verify_user(state, &username, password).await {
         Ok(user) => user,
@@ -289,22 +305,28 @@ async fn approve(state: &Arc<AppState>, taken: Taken, form: &Form, ip: IpAddr) -
         }
     };
     let Some(user) = user else {
-        state.throttle.record_failure(account, ip, Instant::now());
-        return retry(state, taken, &username, INCORRECT_LOGIN, StatusCode::OK);
+        attempt.failed();
+        return retry(state, &posted, &username, INCORRECT_LOGIN, StatusCode::OK);
     };
-    state.throttle.record_success(account, ip);
+    attempt.succeeded();
+    if !state.login_forms.approve_once(&posted.form, clock::now()) {
+        return pages::error(StatusCode::BAD_REQUEST, EXPIRED_FORM);
+    }
 
-    let authorization = taken.authorization;
+    let authorization = posted.form.authorization;
     let code = {
         let state = Arc::clone(state);
         let authorization = authorization.clone();
+        // What was asked for, of what the user may hold.
+        let granted = authorization.scopes.intersection(&user.scopes);
         blocking(move || {
             let new = NewCode {
                 client_id: &authorization.client_id,
                 user_id: &user.user_id,
                 redirect_uri: &authorization.redirect_uri,
-                scopes: &authorization.scopes,
+                scopes: &granted,
                 code_challenge: authorization.code_challenge.as_deref(),
+                dpop_jkt: authorization.dpop_jkt.as_deref(),
             };
             state
                 .db
@@ -337,48 +359,44 @@ async fn verify_user(
     username: &str,
     password: String,
 ) -> Result<Option<User>, OAuthError> {
-    let _permit = state
-        .secret_checks
-        .acquire()
+    let user = {
+        let state = Arc::clone(state);
+        let username = username.to_owned();
+        blocking(move || {
+            state
+                .db
+                .with(|conn| users::find_by_username(conn, &username))
+                .map_err(|err| OAuthError::internal("looking up user", err))
+        })
+        .await?
+    };
+    let hash = user.as_ref().map(|user| user.password_hash.clone());
+    let valid = state
+        .secrets
+        .verify(password, hash)
         .await
-        .map_err(|err| OAuthError::internal("secret check limiter closed", err))?;
-    let state = Arc::clone(state);
-    let username = username.to_owned();
-    blocking(move || {
-        let user = state
-            .db
-            .with(|conn| users::find_by_username(conn, &username))
-            .map_err(|err| OAuthError::internal("looking up user", err))?;
-        let hash = user
-            .as_ref()
-            .map_or(state.dummy_secret_hash.as_str(), |user| {
-                user.password_hash.as_str()
-            });
-        let valid = secrets::verify(&password, hash);
-        Ok(user.filter(|_| valid))
-    })
-    .await
+        .map_err(|err| OAuthError::internal("verifying a password", err))?;
+    Ok(user.filter(|_| valid))
 }
 
 /// The login page again, with an error, for the same pending request.
 fn retry(
     state: &AppState,
-    taken: Taken,
+    posted: &Posted,
     username: &str,
     error: &str,
     status: StatusCode,
 ) -> Response {
+    let authorization = &posted.form.authorization;
     let page = LoginPage {
         action: &state.config.endpoint("/authorize"),
-        request_id: &taken.id,
-        client_id: &taken.authorization.client_id,
-        scopes: &taken.authorization.scopes,
+        request: &posted.value,
+        client_id: &authorization.client_id,
+        scopes: &authorization.scopes,
         username,
         error: Some(error),
     };
-    let response = pages::login(status, &page);
-    state.pending.put_back(taken);
-    response
+    pages::login(status, &page)
 }
 
 fn refuse(state: &AppState, refusal: Refusal) -> Response {

@@ -1,6 +1,8 @@
 //! Client authentication at `/token`, `/revoke` and `/introspect`:
 //! `client_secret_basic` or `client_secret_post` (RFC 6749 §2.3.1) for confidential
-//! clients, the client id alone (`none`) for public ones.
+//! clients, the client id alone (`none`) for public ones, and the client id with a
+//! client certificate (`tls_client_auth`, `self_signed_tls_client_auth`, RFC 8705 §2)
+//! for clients registered with one.
 //!
 //! Every secret check costs one Argon2 verification, known client or not, and goes
 //! through the brute-force throttle first: a blocked caller gets 429 without any
@@ -8,7 +10,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::http::{header, HeaderMap};
 use base64::engine::general_purpose::STANDARD;
@@ -16,16 +17,32 @@ use base64::Engine as _;
 
 use super::form::{decode_component, Form};
 use super::{blocking, AppState};
-use crate::clients::{self, Client, ClientType};
-use crate::errors::OAuthError;
-use crate::secrets;
-use crate::throttle::{Account, Verdict};
+use crate::protocol::errors::OAuthError;
+use crate::protocol::mtls::ClientCertificate;
+use crate::server::throttle::Account;
+use crate::storage::client_tls;
+use crate::storage::clients::{self, Client, ClientType};
 
 /// Credentials presented by the client. Deliberately not `Debug`: it holds a secret.
 pub struct ClientCredentials {
     pub client_id: String,
     /// `None`: the client id alone, as a public client sends it.
     client_secret: Option<String>,
+    /// The connection's client certificate, as a trusted proxy forwarded it.
+    certificate: Option<ClientCertificate>,
+}
+
+impl ClientCredentials {
+    pub fn with_certificate(mut self, certificate: Option<ClientCertificate>) -> Self {
+        self.certificate = certificate;
+        self
+    }
+}
+
+/// An authenticated client, and the certificate it authenticated with, if it did.
+pub struct Authenticated {
+    pub client: Client,
+    pub certificate: Option<ClientCertificate>,
 }
 
 /// Which kinds of client an endpoint serves.
@@ -44,24 +61,34 @@ pub async fn authenticate(
     ip: IpAddr,
     accepts: Accepts,
 ) -> Result<Client, OAuthError> {
+    authenticate_with_method(state, credentials, ip, accepts)
+        .await
+        .map(|authenticated| authenticated.client)
+}
+
+/// [`authenticate`], telling whether the client proved itself with its certificate.
+pub async fn authenticate_with_method(
+    state: &Arc<AppState>,
+    credentials: ClientCredentials,
+    ip: IpAddr,
+    accepts: Accepts,
+) -> Result<Authenticated, OAuthError> {
     let client_id = credentials.client_id.clone();
-    let account = Account::Client(&client_id);
-    match state.throttle.check(account, ip, Instant::now()) {
-        Verdict::Blocked(wait) => {
-            return Err(OAuthError::too_many_requests(
-                wait.as_secs_f64().ceil().max(1.0) as u64,
-            ))
-        }
-        Verdict::Proceed(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
-        Verdict::Proceed(_) => {}
+    let attempt = state
+        .throttle
+        .begin(Account::Client(&client_id), ip)
+        .await
+        .map_err(|blocked| OAuthError::too_many_requests(blocked.retry_after_secs()))?;
+    if !attempt.delay().is_zero() {
+        tokio::time::sleep(attempt.delay()).await;
     }
     match verify(state, credentials, accepts).await? {
-        Some(client) => {
-            state.throttle.record_success(account, ip);
-            Ok(client)
+        Some(authenticated) => {
+            attempt.succeeded();
+            Ok(authenticated)
         }
         None => {
-            state.throttle.record_failure(account, ip, Instant::now());
+            attempt.failed();
             Err(OAuthError::invalid_client())
         }
     }
@@ -69,43 +96,62 @@ pub async fn authenticate(
 
 /// The client, if the credentials prove it. Unknown clients, and public clients that
 /// send a secret, are checked against a dummy hash: same work, same answer as a wrong
-/// secret.
+/// secret. A client registered with a certificate authenticates with it only.
 async fn verify(
     state: &Arc<AppState>,
     credentials: ClientCredentials,
     accepts: Accepts,
-) -> Result<Option<Client>, OAuthError> {
-    let _permit = match credentials.client_secret {
-        Some(_) => Some(
+) -> Result<Option<Authenticated>, OAuthError> {
+    let (client, tls_auth) = {
+        let state = Arc::clone(state);
+        let client_id = credentials.client_id.clone();
+        blocking(move || {
             state
-                .secret_checks
-                .acquire()
-                .await
-                .map_err(|err| OAuthError::internal("secret check limiter closed", err))?,
-        ),
-        None => None,
-    };
-    let state = Arc::clone(state);
-    blocking(move || {
-        let client = state
-            .db
-            .with(|conn| clients::find(conn, &credentials.client_id))
-            .map_err(|err| OAuthError::internal("looking up client", err))?;
-        Ok(match credentials.client_secret {
-            Some(secret) => {
-                let hash = client
-                    .as_ref()
-                    .and_then(|client| client.secret_hash.as_deref())
-                    .unwrap_or(&state.dummy_secret_hash);
-                let valid = secrets::verify(&secret, hash);
-                client.filter(|client| valid && client.client_type == ClientType::Confidential)
-            }
-            None => client.filter(|client| {
-                client.client_type == ClientType::Public && accepts == Accepts::AnyClient
-            }),
+                .db
+                .with(|conn| {
+                    let client = clients::find(conn, &client_id)?;
+                    let tls_auth = match &client {
+                        Some(_) => client_tls::find(conn, &client_id)?,
+                        None => None,
+                    };
+                    Ok::<_, rusqlite::Error>((client, tls_auth))
+                })
+                .map_err(|err| OAuthError::internal("looking up client", err))
         })
-    })
-    .await
+        .await?
+    };
+    if let (Some(tls_auth), None) = (&tls_auth, &credentials.client_secret) {
+        let proven = credentials
+            .certificate
+            .filter(|certificate| tls_auth.matches(certificate));
+        return Ok(client
+            .zip(proven)
+            .map(|(client, certificate)| Authenticated {
+                client,
+                certificate: Some(certificate),
+            }));
+    }
+    let client = match credentials.client_secret {
+        Some(secret) => {
+            let hash = client
+                .as_ref()
+                .filter(|client| client.client_type == ClientType::Confidential)
+                .and_then(|client| client.secret_hash.clone());
+            let valid = state
+                .secrets
+                .verify(secret, hash)
+                .await
+                .map_err(|err| OAuthError::internal("verifying a client secret", err))?;
+            client.filter(|_| valid)
+        }
+        None => client.filter(|client| {
+            client.client_type == ClientType::Public && accepts == Accepts::AnyClient
+        }),
+    };
+    Ok(client.map(|client| Authenticated {
+        client,
+        certificate: None,
+    }))
 }
 
 /// Extracts the client credentials from the `Authorization` header or the form.
@@ -144,6 +190,7 @@ fn from_form(form: &Form) -> Result<ClientCredentials, OAuthError> {
         (Some(client_id), client_secret) => Ok(ClientCredentials {
             client_id: client_id.to_owned(),
             client_secret: client_secret.map(str::to_owned),
+            certificate: None,
         }),
         (None, _) => Err(OAuthError::invalid_client()),
     }
@@ -167,13 +214,14 @@ fn parse_basic(value: &[u8]) -> Option<ClientCredentials> {
     Some(ClientCredentials {
         client_id,
         client_secret: Some(client_secret),
+        certificate: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::errors::ErrorCode;
+    use crate::protocol::errors::ErrorCode;
     use axum::http::HeaderValue;
 
     fn basic(raw: &str) -> HeaderMap {

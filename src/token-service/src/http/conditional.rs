@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::errors::OAuthError;
+use crate::protocol::errors::OAuthError;
 
 /// Pollers may keep a copy but must revalidate it on every use.
 const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");

@@ -1,7 +1,8 @@
 //! Public, unauthenticated documents: the JWK Set, the authorization-server metadata
-//! (RFC 8414, also served as `openid-configuration` for OIDC-style discovery) and the
-//! health check. They advertise only what this server really supports; the gateway's
-//! revocation feed is not a standard endpoint and is not listed.
+//! (RFC 8414) and the health check. This is not an OpenID Provider (no ID tokens, no
+//! userinfo), so there is no `openid-configuration`. They advertise only what this
+//! server really supports; the gateway's revocation feed is not a standard endpoint
+//! and is not listed.
 
 use std::sync::Arc;
 
@@ -12,8 +13,11 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{blocking, AppState};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::{clients, clock};
+use crate::protocol::dpop;
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::mtls::{SELF_SIGNED_TLS_CLIENT_AUTH, TLS_CLIENT_AUTH};
+use crate::server::clock;
+use crate::storage::clients;
 
 /// Short enough that verifiers see a rotation's new key within a minute.
 const PUBLIC_CACHE: HeaderValue = HeaderValue::from_static("public, max-age=60");
@@ -37,7 +41,7 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, OA
         blocking(move || {
             state
                 .db
-                .with(clients::all_scopes)
+                .with(clients::public_scopes)
                 .map_err(|err| OAuthError::internal("listing scopes", err))
         })
         .await?
@@ -54,11 +58,22 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, OA
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none", TLS_CLIENT_AUTH, SELF_SIGNED_TLS_CLIENT_AUTH],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none", TLS_CLIENT_AUTH, SELF_SIGNED_TLS_CLIENT_AUTH],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", TLS_CLIENT_AUTH, SELF_SIGNED_TLS_CLIENT_AUTH],
         "authorization_response_iss_parameter_supported": true,
+        "dpop_signing_alg_values_supported": dpop::SIGNING_ALGS,
+        "tls_client_certificate_bound_access_tokens": true,
     });
+    // RFC 8705 §5: where clients reach these endpoints with a client certificate.
+    if config.mtls_endpoint_base.is_some() {
+        let alias = |path: &str| config.mtls_endpoint(path);
+        document["mtls_endpoint_aliases"] = json!({
+            "token_endpoint": alias("/token"),
+            "revocation_endpoint": alias("/revoke"),
+            "introspection_endpoint": alias("/introspect"),
+        });
+    }
     if !scopes.is_empty() {
         document["scopes_supported"] = scopes.iter().collect::<Vec<_>>().into();
     }

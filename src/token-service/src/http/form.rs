@@ -16,7 +16,7 @@ use axum::extract::{FromRequest as _, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::errors::OAuthError;
+use crate::protocol::errors::OAuthError;
 
 /// OAuth requests are a few hundred bytes; anything near this is not one.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

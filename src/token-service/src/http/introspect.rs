@@ -3,7 +3,8 @@
 //! Callers authenticate as confidential clients (public clients cannot: introspection
 //! would hand anyone a token oracle). Any confidential client may introspect any
 //! token. An expired, revoked, rotated, unknown or malformed token is
-//! `{"active": false}` and nothing else (§2.2).
+//! `{"active": false}` and nothing else (§2.2). A sender-constrained access token's
+//! answer has its `cnf` (`jkt`, `x5t#S256`), and `token_type` stays `access_token`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,9 +17,10 @@ use serde_json::{json, Value};
 
 use super::client_auth::{self, Accepts};
 use super::form;
-use super::{active_access_token, blocking, client_ip, AppState, LogContext};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::{clock, refresh};
+use super::{active_access_token, blocking, client_certificate, client_ip, AppState, LogContext};
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::refresh;
+use crate::server::clock;
 
 const KNOWN_PARAMETERS: &[&str] = &["token", "token_type_hint", "client_id", "client_secret"];
 
@@ -35,7 +37,9 @@ pub async fn introspect(
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is missing"))?
             .to_owned();
-        Ok::<_, OAuthError>((token, client_auth::extract(&headers, &form)?))
+        let certificate = client_certificate(&state, peer, &headers)?;
+        let credentials = client_auth::extract(&headers, &form)?.with_certificate(certificate);
+        Ok::<_, OAuthError>((token, credentials))
     };
     let (token, credentials) = match parsed.await {
         Ok(parsed) => parsed,
@@ -75,7 +79,7 @@ fn describe(state: &AppState, conn: &rusqlite::Connection, token: &str) -> anyho
         let Some(presented) = refresh::find(conn, token)? else {
             return Ok(inactive);
         };
-        if presented.rotated || !presented.family.is_live(now) {
+        if !presented.is_current() || !presented.family.is_live(now) {
             return Ok(inactive);
         }
         let family = presented.family;
@@ -109,6 +113,10 @@ fn describe(state: &AppState, conn: &rusqlite::Connection, token: &str) -> anyho
     });
     if let Some(scope) = verified.scope {
         body["scope"] = scope.into();
+    }
+    // RFC 8705 §3.2, RFC 9449 §6.2: the key or certificate the token is bound to.
+    if let Some(confirmation) = verified.confirmation {
+        body["cnf"] = serde_json::to_value(confirmation)?;
     }
     Ok(body)
 }

@@ -26,34 +26,36 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use tokio::sync::Semaphore;
 
-use crate::api_key_hashing::KeyHasher;
-use crate::config::ServeConfig;
-use crate::db::Database;
-use crate::errors::OAuthError;
-use crate::keystore::KeyCache;
-use crate::pending::PendingAuthorizations;
-use crate::throttle::Throttle;
-use crate::token::{self as access_token, VerifiedToken};
-use crate::{clock, revocation};
+use crate::crypto::secrets;
+use crate::protocol::access_token::{self, VerifiedToken};
+use crate::protocol::dpop;
+use crate::protocol::errors::OAuthError;
+use crate::protocol::mtls::{self, ClientCertificate};
+use crate::protocol::pending::LoginForms;
+use crate::server::clock;
+use crate::server::config::ServeConfig;
+use crate::server::throttle::Throttle;
+use crate::storage::api_key_hashing::KeyHasher;
+use crate::storage::db::Database;
+use crate::storage::keystore::KeyCache;
+use crate::storage::revocation;
 
 /// State shared by all handlers.
 pub struct AppState {
     pub config: ServeConfig,
     pub db: Database,
     pub keys: KeyCache,
-    /// Verified against when a client id or username is unknown, so that failing
-    /// costs the same.
-    pub dummy_secret_hash: String,
-    /// Bounds concurrent Argon2 verifications: each takes ~19 MiB and a core for a while.
-    pub secret_checks: Semaphore,
+    /// Checks client secrets and passwords: a few at a time, in reused memory.
+    pub secrets: secrets::Verifier,
     /// Failed client and user authentications.
     pub throttle: Throttle,
-    /// Authorization requests waiting for the user's login.
-    pub pending: PendingAuthorizations,
+    /// Seals and opens the login forms of pending authorization requests.
+    pub login_forms: LoginForms,
     /// How new API keys are digested.
     pub api_key_hasher: KeyHasher,
+    /// DPoP server nonces, when `--dpop-nonce` asks for them.
+    pub dpop_nonces: Option<dpop::Nonces>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -101,10 +103,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/.well-known/oauth-authorization-server",
             get(discovery::metadata),
         )
-        .route(
-            "/.well-known/openid-configuration",
-            get(discovery::metadata),
-        )
         .route("/healthz", get(discovery::healthz))
         .fallback(|| async { OAuthError::not_found() })
         .method_not_allowed_fallback(|| async { OAuthError::method_not_allowed() })
@@ -146,9 +144,42 @@ async fn access_log(request: Request, next: Next) -> Response {
     response
 }
 
-/// The address a request came from, through trusted proxies (see [`crate::client_ip`]).
+/// The address a request came from, through trusted proxies (see [`crate::server::client_ip`]).
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     state.config.trusted_proxies.client_ip(peer.ip(), headers)
+}
+
+/// The client certificate of the connection, as a trusted proxy forwarded it in
+/// `x-forwarded-client-cert` (see [`crate::protocol::mtls`]). From any other peer the
+/// header is ignored. A repeated header is refused outright, never half-read.
+fn client_certificate(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Option<ClientCertificate>, OAuthError> {
+    if !state
+        .config
+        .trusted_proxies
+        .contains(peer.ip().to_canonical())
+    {
+        return Ok(None);
+    }
+    let mut values = headers.get_all(mtls::XFCC).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return if headers.contains_key(mtls::XFCC) {
+            Err(OAuthError::invalid_request(
+                "x-forwarded-client-cert is repeated",
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(ClientCertificate::from_xfcc)
+        .map(Some)
+        .ok_or_else(|| OAuthError::invalid_request("x-forwarded-client-cert is malformed"))
 }
 
 /// The claims of `token` if it is an access token of this service that has neither

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::scope::ScopeSet;
+use crate::protocol::scope::ScopeSet;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:28rem;margin:2rem auto;\
 padding:0 1rem;line-height:1.5}label{display:block;font-weight:600}\
@@ -39,8 +39,8 @@ static CONTENT_SECURITY_POLICY: LazyLock<HeaderValue> = LazyLock::new(|| {
 pub struct LoginPage<'a> {
     /// The authorization endpoint's public URL.
     pub action: &'a str,
-    /// The pending request's id: the anti-CSRF field.
-    pub request_id: &'a str,
+    /// The signed pending request: the anti-CSRF field.
+    pub request: &'a str,
     pub client_id: &'a str,
     pub scopes: &'a ScopeSet,
     /// Typed in before a failed attempt.
@@ -75,7 +75,7 @@ pub fn login(status: StatusCode, page: &LoginPage<'_>) -> Response {
     let _ = write!(
         body,
         "<form method=\"post\" action=\"{action}\">\n\
-         <input type=\"hidden\" name=\"request_id\" value=\"{request_id}\">\n\
+         <input type=\"hidden\" name=\"request\" value=\"{request}\">\n\
          <label for=\"username\">Username</label>\n\
          <input id=\"username\" name=\"username\" value=\"{username}\" autocomplete=\"username\" \
          autocapitalize=\"none\" spellcheck=\"false\" required{invalid}>\n\
@@ -86,7 +86,7 @@ pub fn login(status: StatusCode, page: &LoginPage<'_>) -> Response {
          <button type=\"submit\" name=\"decision\" value=\"deny\" formnovalidate>Deny</button>\n\
          </form>\n",
         action = escape(page.action),
-        request_id = escape(page.request_id),
+        request = escape(page.request),
         username = escape(page.username),
     );
     html(status, &format!("Sign in to {client}"), &body)
@@ -174,7 +174,7 @@ mod tests {
         let scopes: ScopeSet = "read:data write:data".parse().expect("scopes");
         let page = LoginPage {
             action: "https://auth.example/authorize",
-            request_id: "req-1",
+            request: "req-1",
             client_id: "<evil>&\"app\"",
             scopes: &scopes,
             username: "a\"lice",
@@ -198,7 +198,7 @@ mod tests {
         );
         assert!(body.contains("<li><code>read:data</code></li>"));
         assert!(body.contains("role=\"alert\""));
-        assert!(body.contains("name=\"request_id\" value=\"req-1\""));
+        assert!(body.contains("name=\"request\" value=\"req-1\""));
     }
 
     #[tokio::test]

@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use tollgate_contract::revocation_feed::RevocationFeed;
 
 use super::{blocking, conditional, AppState};
-use crate::clock;
-use crate::errors::OAuthError;
-use crate::revocation;
+use crate::protocol::errors::OAuthError;
+use crate::server::clock;
+use crate::storage::revocation;
 
 pub async fn feed(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let revoked = blocking(move || {

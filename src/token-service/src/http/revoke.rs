@@ -17,9 +17,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::client_auth::{self, Accepts};
 use super::form;
-use super::{blocking, client_ip, AppState, LogContext};
-use crate::errors::{no_store_headers, OAuthError};
-use crate::{clock, refresh, revocation, token};
+use super::{blocking, client_certificate, client_ip, AppState, LogContext};
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::{access_token, refresh};
+use crate::server::clock;
+use crate::storage::revocation;
 
 const KNOWN_PARAMETERS: &[&str] = &["token", "token_type_hint", "client_id", "client_secret"];
 
@@ -43,7 +45,9 @@ pub async fn revoke(
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is missing"))?
             .to_owned();
-        Ok::<_, OAuthError>((token, client_auth::extract(&headers, &form)?))
+        let certificate = client_certificate(&state, peer, &headers)?;
+        let credentials = client_auth::extract(&headers, &form)?.with_certificate(certificate);
+        Ok::<_, OAuthError>((token, credentials))
     };
     let (token, credentials) = match parsed.await {
         Ok(parsed) => parsed,
@@ -100,7 +104,7 @@ fn revoke_token(
     }
     let keys = state.keys.current(conn, now)?;
     Ok(
-        match token::verify(&keys, token, &state.config.issuer, now) {
+        match access_token::verify(&keys, token, &state.config.issuer, now) {
             None => Revocation::Done,
             Some(verified) if verified.client_id != client_id => Revocation::NotYours,
             Some(verified) => {

@@ -2,26 +2,34 @@
 //! `client_credentials` grants.
 //!
 //! Cheap checks come first (content type, body size and encoding, grant type and its
-//! parameters) so that malformed requests never cost an Argon2 verification. Client
-//! authentication then goes through the throttle and costs at most one verification.
+//! parameters, the DPoP proof) so that malformed requests never cost an Argon2
+//! verification. Client authentication then goes through the throttle and costs at
+//! most one verification.
+//!
+//! Sender constraints: a `DPoP` proof (RFC 9449 §5) makes the tokens DPoP tokens
+//! (`token_type: DPoP`, `cnf.jkt`); a client that authenticated with its certificate
+//! (RFC 8705) gets tokens bound to it (`cnf.x5t#S256`). The proof's `jti` is recorded in
+//! the grant's transaction, so a replayed proof gets nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
 use super::client_auth::{self, Accepts};
 use super::form::{self, Form};
-use super::{blocking, client_ip, AppState, LogContext};
-use crate::clients::Client;
-use crate::clock;
-use crate::errors::{no_store_headers, OAuthError};
-use crate::grants::{self, CodeRequest, Context, Issued, RefreshRequest};
-use crate::scope::ScopeSet;
+use super::{blocking, client_certificate, client_ip, AppState, LogContext};
+use crate::protocol::access_token::Confirmation;
+use crate::protocol::dpop::{self, Proof, ProofRules};
+use crate::protocol::errors::{no_store_headers, OAuthError};
+use crate::protocol::grants::{self, CodeRequest, Context, Issued, RefreshRequest};
+use crate::protocol::scope::ScopeSet;
+use crate::server::clock;
+use crate::storage::clients::Client;
 
 /// Parameters a duplicate error may name; other names are not echoed back.
 const KNOWN_PARAMETERS: &[&str] = &[
@@ -42,8 +50,9 @@ struct TokenResponse<'a> {
     expires_in: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<String>,
+    /// Always present: the granted scope may differ from the requested one (RFC 6749
+    /// §5.1), e.g. narrowed to what the user may hold; empty when none is granted.
+    scope: String,
 }
 
 /// A parsed grant request.
@@ -62,28 +71,47 @@ pub async fn token(
 ) -> Response {
     let ip = client_ip(&state, peer, request.headers());
     let headers = request.headers().clone();
+    let method = request.method().clone();
     let parsed = async {
         let form = form::read(request, KNOWN_PARAMETERS).await?;
         let grant = parse_grant(&form)?;
-        Ok::<_, OAuthError>((grant, client_auth::extract(&headers, &form)?))
+        let proof = dpop_proof(&state, &method, &headers)?;
+        let certificate = client_certificate(&state, peer, &headers)?;
+        let credentials = client_auth::extract(&headers, &form)?.with_certificate(certificate);
+        Ok::<_, OAuthError>((grant, proof, credentials))
     };
-    let (grant, credentials) = match parsed.await {
+    let (grant, proof, credentials) = match parsed.await {
         Ok(parsed) => parsed,
         Err(err) => return err.into_response(),
     };
-    let client = match client_auth::authenticate(&state, credentials, ip, Accepts::AnyClient).await
-    {
-        Ok(client) => client,
-        Err(err) => return err.into_response(),
+    let authenticated =
+        match client_auth::authenticate_with_method(&state, credentials, ip, Accepts::AnyClient)
+            .await
+        {
+            Ok(authenticated) => authenticated,
+            Err(err) => return err.into_response(),
+        };
+    let client = authenticated.client;
+    let confirmation = Confirmation {
+        jkt: proof.as_ref().map(|proof| proof.jkt.clone()),
+        x5t_s256: authenticated
+            .certificate
+            .as_ref()
+            .map(|certificate| certificate.thumbprint()),
     };
-    let (mut response, token_id) = match issue(&state, &client, grant).await {
+    let token_type = if confirmation.jkt.is_some() {
+        "DPoP"
+    } else {
+        "Bearer"
+    };
+    let (mut response, token_id) = match issue(&state, &client, grant, proof, confirmation).await {
         Ok(issued) => {
             let body = TokenResponse {
                 access_token: &issued.access_token.jwt,
-                token_type: "Bearer",
+                token_type,
                 expires_in: state.config.access_token_ttl,
                 refresh_token: issued.refresh_token.as_deref(),
-                scope: (!issued.scopes.is_empty()).then(|| issued.scopes.to_string()),
+                scope: issued.scopes.to_string(),
             };
             let response = (StatusCode::OK, no_store_headers(), Json(body)).into_response();
             (response, Some(issued.access_token.jti))
@@ -125,27 +153,68 @@ fn parse_grant(form: &Form) -> Result<GrantRequest, OAuthError> {
     }
 }
 
-/// Runs the grant. Code and refresh grants run in one transaction, committed even
-/// when refused (a refusal may have revoked a family).
+/// The request's DPoP proof, checked (RFC 9449 §4.3) but not yet recorded as used.
+/// The header may appear once at most (§4.3 point 1).
+fn dpop_proof(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Option<Proof>, OAuthError> {
+    let mut values = headers.get_all(DPOP).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(OAuthError::invalid_dpop_proof(
+            "the DPoP header is repeated",
+        ));
+    }
+    let proof = value
+        .to_str()
+        .map_err(|_| OAuthError::invalid_dpop_proof("the DPoP header is not a JWS"))?;
+    let token_endpoints = state.config.token_endpoint_urls();
+    let rules = ProofRules {
+        token_endpoints: &token_endpoints,
+        max_age_secs: state.config.dpop_proof_max_age(),
+        nonces: state.dpop_nonces.as_ref(),
+    };
+    dpop::verify(proof, method.as_str(), &rules, clock::now()).map(Some)
+}
+
+/// The DPoP proof header (RFC 9449 §4.1).
+const DPOP: &str = "dpop";
+
+/// Runs the grant in one transaction, committed even when refused (a refusal may have
+/// revoked a family). The proof's `jti` is spent first: a replay gets nothing.
 async fn issue(
     state: &Arc<AppState>,
     client: &Client,
     grant: GrantRequest,
+    proof: Option<Proof>,
+    confirmation: Confirmation,
 ) -> Result<Issued, OAuthError> {
     let state = Arc::clone(state);
     let client = client.clone();
     blocking(move || {
         let now = clock::now();
         let run = |conn: &rusqlite::Connection| {
+            if let Some(proof) = &proof {
+                if !dpop::record_use(conn, proof, state.config.dpop_proof_max_age(), now)? {
+                    return Ok(Err(OAuthError::invalid_dpop_proof(
+                        "the DPoP proof was already used (jti)",
+                    )));
+                }
+            }
             let keys = state.keys.current(conn, now)?;
             let context = Context {
                 config: &state.config,
                 keys: &keys,
                 now,
+                confirmation: &confirmation,
             };
             match &grant {
                 GrantRequest::ClientCredentials(scopes) => {
-                    grants::client_credentials(&context, &client, scopes.clone())
+                    grants::client_credentials(conn, &context, &client, scopes.clone())
                 }
                 GrantRequest::AuthorizationCode(request) => {
                     grants::authorization_code(conn, &context, &client, request)
@@ -155,10 +224,7 @@ async fn issue(
                 }
             }
         };
-        let outcome = match &grant {
-            GrantRequest::ClientCredentials(_) => state.db.with(|conn| run(conn)),
-            _ => state.db.transaction(|tx| run(tx)),
-        };
+        let outcome = state.db.transaction(|tx| run(tx));
         outcome.unwrap_or_else(|err| Err(OAuthError::internal("issuing tokens", err)))
     })
     .await
