@@ -138,12 +138,13 @@ bench: tools wasm
 ## Fuzz --------------------------------------------------------------------
 
 # cargo fuzz targets for every parser (src/core/fuzz: tokens, JWKS, config, API-key
-# sets, the header-map reader, paths, request purging, revocation lists), each run
+# sets, the header-map reader, paths, request purging, revocation lists, rate-limit
+# service answers), each run
 # for FUZZ_SECONDS (default 60); FUZZ_TARGETS picks some. Needs nightly (installed
 # through rustup) and cargo-fuzz, for this target only. Seeds and past crashes are
 # replayed by `make test`.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= jwt jwks config api_keys header_map path request revocations
+FUZZ_TARGETS ?= jwt jwks config api_keys header_map path request revocations rls_response
 .PHONY: fuzz
 
 fuzz:
