@@ -8,7 +8,7 @@ ENVOY         := $(VENV)/bin/envoy
 WASM          := target/wasm32-wasip1/release/tollgate.wasm
 CARGO         ?= cargo
 
-.PHONY: all run test unit e2e wasm bins tools lint clean oci oci-test istio-test run-test
+.PHONY: all run test unit e2e wasm bins tools lint clean oci oci-test istio-test run-test browser-test
 
 all: wasm bins
 
@@ -72,6 +72,21 @@ $(VENV)/.pydeps: $(ENVOY) Makefile
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PYDEPS)
 	echo "$(PYDEPS)" > $@
 
+## Browser -----------------------------------------------------------------
+
+# Passkeys in Debian's Chromium, driven by Playwright (pinned, in the venv) over the
+# DevTools protocol with a virtual authenticator; also screenshots of the sign-in,
+# consent and account pages at desktop and mobile widths in target/screenshots/.
+BROWSER_PYDEPS := playwright==1.65.2
+
+browser-test: bins $(VENV)/.browser-deps
+	$(VENV)/bin/python tests/browser/test_passkeys.py target/release/tollgate-token-service
+
+$(VENV)/.browser-deps: $(ENVOY) Makefile
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(BROWSER_PYDEPS)
+	echo "$(BROWSER_PYDEPS)" > $@
+
 ## Run ---------------------------------------------------------------------
 
 # envoy/run.sh: a second make run while one runs is refused before anything is
@@ -98,6 +113,7 @@ endif
 test: tools wasm bins
 	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) test --workspace -- --test-threads 4
 	$(MAKE) --no-print-directory istio-test
+	$(MAKE) --no-print-directory browser-test
 	$(MAKE) --no-print-directory oci-test
 	$(MAKE) --no-print-directory run-test
 

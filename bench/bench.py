@@ -45,6 +45,10 @@ RUN = OUT / "run"
 CONFIGS = BENCH / "configs"
 
 ISSUER = "https://bench.tollgate.local"
+# DPoP row: its own issuer (a token bound to an app key) and the public base
+# URI proofs name, whatever port the proxy gets.
+DPOP_ISSUER = "https://bench-dpop.tollgate.local"
+DPOP_BASE = "http://bench.local"
 AUDIENCE = "tollgate-bench"
 API_KEY = "tg_live_bench_6f1d2c9a4b7e4e0f9a3c5d8b1e2f7a6c"
 # Verified-token caches of the rows: as many entries in Tollgate as in jwt_authn.
@@ -74,6 +78,8 @@ class Settings:
     pool: int = env_int("BENCH_POOL", 20_000)
     memory_tokens: int = env_int("BENCH_MEMORY_TOKENS", 100_000)
     only_rows: str = os.environ.get("BENCH_ROWS", "")
+    # Proofs for the DPoP row: one per request it sends (a replayed proof is a 401).
+    dpop_proofs: int = env_int("BENCH_DPOP_PROOFS", 150_000)
     warmup_seconds: int = 1
     envoy: Path = Path(os.environ.get("ENVOY", ROOT / ".venv/bin/envoy")).resolve()
     tollgate_wasm: Path = Path(os.environ.get(
@@ -132,7 +138,7 @@ def render(template: str, values: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tollgate_config(jwks: str, proxy: str) -> dict:
+def tollgate_config(jwks: str, proxy: str, dpop_jwks: str = "") -> dict:
     """The plugin configuration of a Tollgate proxy (PROXIES)."""
     rule = {"match": {"prefix": "/"}, "requires": {"scopes": {"all_of": ["read:data"]}}}
     config = {
@@ -166,7 +172,21 @@ def tollgate_config(jwks: str, proxy: str) -> dict:
             "backend": {"rls": {"cluster": "rate_limit_service", "domain": "tollgate",
                                 "timeout": "1s", "failure_mode_deny": True}}}
         rule["rate_limits"].append("bench-per-client")
+    if dpop_jwks and proxy == "tollgate":
+        config["providers"]["bench-dpop"] = {
+            "issuer": DPOP_ISSUER, "audiences": [AUDIENCE], "algorithms": ["ES256"],
+            "local_jwks": {"inline_string": dpop_jwks},
+            # Proofs are minted once per run: accept them for the run's length.
+            "dpop": {"public_base_uri": DPOP_BASE, "max_age": "3600s"},
+        }
     return config
+
+
+def mint_dpop(s: Settings, tokens: Path):
+    """A DPoP-bound token and one fresh proof per request of the DPoP row (each
+    proof's jti is single-use), minted anew every run since proofs carry iat."""
+    subprocess.run([str(a) for a in [s.minter, "dpop", tokens, DPOP_ISSUER, AUDIENCE,
+                                     f"{DPOP_BASE}/data", s.dpop_proofs]], check=True)
 
 
 # Proxies that call the rate-limit service (FleetBackend, configs/rls_cluster.yaml).
@@ -215,7 +235,9 @@ def upstream_config(ports: Ports) -> Path:
 def proxy_config(s: Settings, name: str, tokens: Path, ports: Ports, upstream: int,
                  file_name: str, rls_port: int = 0) -> Path:
     jwks = (tokens / "jwks.json").read_text().strip()
-    plugin = tollgate_config(jwks, name)
+    dpop_file = tokens / "dpop_jwks.json"
+    dpop_jwks = dpop_file.read_text().strip() if dpop_file.exists() else ""
+    plugin = tollgate_config(jwks, name, dpop_jwks)
     values = {
         "port": ports.port, "admin_port": ports.admin, "upstream_port": upstream,
         "floor_wasm": s.floor_wasm,
@@ -385,6 +407,8 @@ class Load:
     file: Path
     header: str = "Authorization"
     prefix: str = "Bearer "
+    # A header every request carries as is (the DPoP row's bound token).
+    fixed: tuple = ("", "")
 
     def first(self):
         return self.file.read_text().split("\n", 1)[0]
@@ -392,7 +416,8 @@ class Load:
 
 def start_wrk(s: Settings, port: int, load: Load, seconds: float, cpus, start=0):
     env = dict(os.environ, BENCH_TOKENS=str(load.file), BENCH_HEADER=load.header,
-               BENCH_PREFIX=load.prefix, BENCH_START=str(start))
+               BENCH_PREFIX=load.prefix, BENCH_START=str(start),
+               BENCH_FIXED_HEADER=load.fixed[0], BENCH_FIXED_VALUE=load.fixed[1])
     cmd = ["wrk", "-t1", f"-c{s.connections}", f"-d{seconds}s", "--timeout", "10s",
            "-s", str(BENCH / "rotate.lua"), f"http://127.0.0.1:{port}/data"]
     return subprocess.Popen(pinned(cmd, cpus), env=env, stdout=subprocess.PIPE,
@@ -441,7 +466,8 @@ def with_baseline_twins(rows: list) -> list:
     out = []
     for row in rows:
         out.append(row)
-        if row.proxy in ("tollgate", "tollgate_limits"):
+        # The DPoP row needs a build that knows DPoP: no twin.
+        if row.proxy in ("tollgate", "tollgate_limits") and not row.id.endswith("-dpop"):
             twin = f"{row.id}b"
             row.baseline = twin
             out.append(Row(twin, f"{row.label} [baseline]", f"{row.proxy}_baseline", row.load,
@@ -454,6 +480,8 @@ def make_rows(tokens: Path) -> list:
     that both sides of a ratio are measured seconds apart (the speed of a
     shared machine drifts by tens of percent within a minute)."""
     warm = Load(tokens / "warm.txt")
+    dpop_token = (tokens / "dpop_token.txt").read_text().strip()
+    dpop = Load(tokens / "dpop_proofs.txt", "DPoP", "", ("Authorization", f"DPoP {dpop_token}"))
     key = Load(tokens / "api_key.txt", "X-API-Key", "")
     invalid = Load(tokens / "invalid.txt")
     cold = {alg: Load(tokens / f"{alg.lower()}.txt") for alg in ("RS256", "EdDSA", "ES256")}
@@ -461,6 +489,7 @@ def make_rows(tokens: Path) -> list:
         Row("1", "Envoy, no auth filter (the limit)", "noauth", warm),
         Row("2", "wasm floor: read + remove one header", "floor", warm),
         Row("4", "Tollgate, warm (one token)", "tollgate", warm, native="3"),
+        Row("4-dpop", "Tollgate, warm DPoP token, fresh proof", "tollgate", dpop, native="3"),
         Row("3", "native jwt_authn+cache, warm", "native", warm),
         *[row for a, load in cold.items() for row in (
             Row(f"5-{a}", f"native jwt_authn, cold {a}", "native", load),
@@ -607,6 +636,9 @@ def evaluate_targets(rows, summary, memory) -> dict:
 
     target("warm_vs_floor", ["4", "2"], lambda: round_ratio(by_id["4"], by_id["2"]), ">=", 0.95)
     target("warm_vs_native", ["4", "3"], lambda: summary["4"]["vs_native"], ">=", 1.0)
+    # A proof costs one ES256 verification per request: reported, no target.
+    target("dpop_vs_warm_bearer", ["4-dpop", "4"],
+           lambda: round_ratio(by_id["4-dpop"], by_id["4"]), "report", 0)
     for alg in ("ES256", "RS256", "EdDSA"):
         # EdDSA: reported, no target (EDDSA_GAP).
         op = "report" if alg == "EdDSA" else ">="
@@ -719,6 +751,7 @@ def main():
     pin = pinning()
     proxy_cpus, load_cpus = pin if pin else (None, None)
     tokens = mint_tokens(s)
+    mint_dpop(s, tokens)
     rows = make_rows(tokens)
     if s.only_rows:
         wanted = {"1", *s.only_rows.split(",")}

@@ -4,11 +4,14 @@
 --   BENCH_HEADER  header name (default Authorization)
 --   BENCH_PREFIX  value prefix (default "Bearer ")
 --   BENCH_START   index of the first credential (0-based, taken modulo the count)
+--   BENCH_FIXED_HEADER, BENCH_FIXED_VALUE  a header every request carries as is
 -- done() prints one line: WRK {json}.
 
 local file = os.getenv("BENCH_TOKENS")
 local header = os.getenv("BENCH_HEADER") or "Authorization"
 local prefix = os.getenv("BENCH_PREFIX") or "Bearer "
+local fixed_header = os.getenv("BENCH_FIXED_HEADER") or ""
+local fixed_value = os.getenv("BENCH_FIXED_VALUE") or ""
 
 local requests = {}
 local next_request = 0
@@ -16,7 +19,11 @@ local next_request = 0
 function init(args)
   for line in io.lines(file) do
     if #line > 0 then
-      requests[#requests + 1] = wrk.format("GET", "/data", { [header] = prefix .. line })
+      local headers = { [header] = prefix .. line }
+      if #fixed_header > 0 then
+        headers[fixed_header] = fixed_value
+      end
+      requests[#requests + 1] = wrk.format("GET", "/data", headers)
     end
   end
   next_request = tonumber(os.getenv("BENCH_START") or "0") % #requests

@@ -4,7 +4,8 @@
 #   reader      confidential client, read:data
 #   key-admin   confidential client for the admin API, tollgate:admin
 #   partner-a   API-key consumer (tenant acme, read:data) with one key
-#   alice       a user who signs in at /authorize (random password)
+#   alice       a user who signs in at /authorize (random password), with an
+#               authenticator app (TOTP secret kept for the step-up walkthrough)
 #   mobile-app  public client (authorization code + PKCE), redirect http://127.0.0.1/callback
 #
 # Usage: seed.sh STATE_FILE CLI...
@@ -40,6 +41,10 @@ field_of() {
 
 remember() { printf '%s=%s\n' "$1" "$2" >> "$STATE"; }
 
+# The first command makes the stack's database (management commands never create one
+# by accident without --create).
+out=$("${CLI[@]}" --create keys list 2>&1 < /dev/null) || fail 'the database' "$out"
+
 if [[ -z ${BACKEND_SECRET:-} ]]; then
   remember BACKEND_SECRET "$(field_of client_secret 'client backend' clients add --id backend --scopes 'read:data write:data')"
 fi
@@ -60,6 +65,9 @@ if [[ -z ${DEMO_PASSWORD:-} ]]; then
   out=$(printf '%s\n' "$password" | "${CLI[@]}" users add --username alice --scopes "read:data write:data" 2>&1) || fail 'user alice' "$out"
   remember DEMO_USER alice
   remember DEMO_PASSWORD "$password"
+fi
+if [[ -z ${DEMO_TOTP_SECRET:-} ]]; then
+  remember DEMO_TOTP_SECRET "$(field_of totp_secret 'a TOTP secret for alice' users add-totp --username alice --label 'Demo authenticator')"
 fi
 if [[ -z ${MOBILE_APP_CLIENT:-} ]]; then
   field_of client_id 'client mobile-app' clients add --id mobile-app --public --scopes 'read:data write:data' \

@@ -226,7 +226,8 @@ fn bound_tokens_need_a_fresh_proof_made_with_their_key() {
         .status,
         401
     );
-    let stats = stack.envoy.stats();
+    // Counters reach Envoy once a second.
+    let stats = stack.envoy.settled_stats();
     assert!(support::envoy::counter(&stats, "tollgate.decision.dpop_proof_replayed") >= 1);
 }
 

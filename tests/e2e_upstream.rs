@@ -374,7 +374,7 @@ fn method_override_authorize_matches_rules_on_the_overriding_method() {
     assert_eq!(r.json()["error"], "invalid_request");
     assert_eq!(
         counter(
-            &stack.envoy.stats(),
+            &stack.envoy.settled_stats(),
             "tollgate.decision.ambiguous_method_override"
         ),
         1
@@ -414,7 +414,10 @@ fn paths_are_matched_in_normal_form_without_the_connection_managers_help() {
         );
     }
     assert_eq!(
-        counter(&stack.envoy.stats(), "tollgate.decision.ambiguous_path"),
+        counter(
+            &stack.envoy.settled_stats(),
+            "tollgate.decision.ambiguous_path"
+        ),
         refused.len() as u64
     );
     // Readings that agree pass; a normal form under a protected rule needs its credential.

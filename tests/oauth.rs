@@ -170,8 +170,9 @@ fn code_flow_with_pkce_logs_in_issues_user_tokens_and_rotates_refresh_tokens() {
         "<label for=\"username\">Username</label>",
         "<label for=\"password\">Password</label>",
         "autocomplete=\"current-password\"",
-        "<li><code>read:data</code></li>",
-        "<li><code>write:data</code></li>",
+        // Permissions described in words, with their codes.
+        "<li><strong>View your data</strong><code>read:data</code></li>",
+        "<li><strong>Create, change and delete your data</strong><code>write:data</code></li>",
         "<strong>mobile</strong>",
         ">Approve</button>",
         ">Deny</button>",
@@ -583,7 +584,7 @@ fn a_replayed_code_is_refused_and_revokes_the_tokens_issued_from_it() {
     assert_eq!(revoked_jtis(&service), [jti], "the gateway learns of it");
     assert!(service
         .log()
-        .contains("security: authorization code replayed"));
+        .contains(r#""event":"authorization_code.reuse_detected""#));
 }
 
 #[test]
@@ -638,7 +639,7 @@ fn refresh_token_reuse_revokes_the_whole_family() {
     assert_eq!(status, 200, "other families are untouched");
     assert!(service
         .log()
-        .contains("security: rotated refresh token reused"));
+        .contains(r#""event":"refresh_token.reuse_detected""#));
 }
 
 #[test]
@@ -677,7 +678,7 @@ fn a_retried_refresh_keeps_the_session_through_20_duplicated_rounds() {
     assert_eq!(status, 200, "{body}");
     assert!(!service
         .log()
-        .contains("security: rotated refresh token reused"));
+        .contains(r#""event":"refresh_token.reuse_detected""#));
 }
 
 #[test]
@@ -708,7 +709,7 @@ fn reuse_outside_the_grace_window_still_revokes_the_family() {
     }
     assert!(service
         .log()
-        .contains("security: rotated refresh token reused"));
+        .contains(r#""event":"refresh_token.reuse_detected""#));
 
     // Within the window, but after the new token was used: reuse as well.
     let (_, first_refresh) = app_tokens(&service, "read:data");

@@ -488,6 +488,7 @@ fn discovery_documents_jwks_and_health_describe_the_service() {
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none", "tls_client_auth", "self_signed_tls_client_auth"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "tls_client_auth", "self_signed_tls_client_auth"],
         "authorization_response_iss_parameter_supported": true,
+        "acr_values_supported": ["urn:tollgate:acr:pwd", "urn:tollgate:acr:mfa", "urn:tollgate:acr:phr"],
         "dpop_signing_alg_values_supported": ["ES256"],
         "tls_client_certificate_bound_access_tokens": true,
         "scopes_supported": ["read:data", "write:data"],

@@ -12,22 +12,28 @@
   5. refreshes (the refresh token rotates) and calls the API again.
 
 With --username and --password it fills in the sign-in form itself (no browser), as
-the tests do. Tokens are never printed: only their claims and a fingerprint.
+the tests do; with --acr-values it asks for a stronger sign-in (step-up), and
+--totp-secret answers the second step with the authenticator app's code. Tokens are never printed: only their claims and a fingerprint.
 Python standard library only.
 
   python3 envoy/demo/mobile_app.py
   python3 envoy/demo/mobile_app.py --username alice --password '...'
+  python3 envoy/demo/mobile_app.py --username alice --password '...' --scope 'read:data write:data' \
+      --acr-values urn:tollgate:acr:mfa --totp-secret '...' --api http://127.0.0.1:8080/transfers
 """
 
 import argparse
 import base64
 import hashlib
+import hmac
 import html.parser
 import http.server
 import json
 import secrets
+import struct
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -119,7 +125,15 @@ class LoginForm(html.parser.HTMLParser):
             self.in_form = False
 
 
-def sign_in(authorize_url: str, username: str, password: str) -> str:
+def totp(secret: str, at: float) -> str:
+    """RFC 6238: what the user's authenticator app shows (HMAC-SHA1, 6 digits, 30 s)."""
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    mac = hmac.new(key, struct.pack(">Q", int(at) // 30), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    return f"{(struct.unpack('>I', mac[offset:offset + 4])[0] & 0x7FFFFFFF) % 1_000_000:06d}"
+
+
+def sign_in(authorize_url: str, username: str, password: str, totp_secret: str | None = None) -> str:
     """Does what the user does in the browser; returns the redirect's Location."""
     status, _, body = request(authorize_url)
     if status != 200:
@@ -130,6 +144,14 @@ def sign_in(authorize_url: str, username: str, password: str) -> str:
         raise Failure("sign-in page: no form with username and password fields")
     fields = dict(form.fields, username=username, password=password, decision="approve")
     status, headers, body = request(urllib.parse.urljoin(authorize_url, form.action), fields)
+    if status == 200 and b'name="otp"' in body:
+        # The request asked for more than a password (acr_values): the second step.
+        if not totp_secret:
+            raise Failure("the sign-in asks for a one-time code: pass --totp-secret")
+        step = LoginForm()
+        step.feed(body.decode())
+        fields = dict(step.fields, otp=totp(totp_secret, time.time()), decision="approve")
+        status, headers, body = request(urllib.parse.urljoin(authorize_url, step.action), fields)
     if status not in (302, 303) or not headers.get("Location"):
         raise Failure(f"sign-in: expected a redirect back to the app, got {status} (wrong password?)")
     return headers["Location"]
@@ -154,6 +176,8 @@ def main() -> int:
     parser.add_argument("--api", default=None, help="API URL (default: ISSUER/data, through Envoy)")
     parser.add_argument("--username", help="fill in the sign-in form with this user (no browser)")
     parser.add_argument("--password", help="with --username")
+    parser.add_argument("--acr-values", help="ask for a sign-in level, e.g. urn:tollgate:acr:mfa (step-up)")
+    parser.add_argument("--totp-secret", help="with --username: the authenticator app's secret, for the second step")
     parser.add_argument("--no-browser", action="store_true", help="only print the sign-in URL")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the sign-in")
     args = parser.parse_args()
@@ -174,11 +198,12 @@ def main() -> int:
     authorize_url = metadata["authorization_endpoint"] + "?" + urllib.parse.urlencode({
         "response_type": "code", "client_id": args.client_id, "redirect_uri": redirect_uri,
         "scope": args.scope, "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
+        **({"acr_values": args.acr_values} if args.acr_values else {}),
     })
     print(f"callback        {redirect_uri}")
     try:
         if args.username:
-            location = sign_in(authorize_url, args.username, args.password or "")
+            location = sign_in(authorize_url, args.username, args.password or "", args.totp_secret)
             if not location.startswith(redirect_uri + "?"):
                 raise Failure(f"redirected elsewhere than the app's callback: {location.split('?')[0]}")
             request(location)  # what the browser does with the redirect: it reaches the app
@@ -207,6 +232,7 @@ def main() -> int:
     access = claims(tokens["access_token"])
     print(f"token           access {fingerprint(tokens['access_token'])}… sub={access['sub']} "
           f"client_id={access['client_id']} scope={access['scope']!r} expires_in={tokens['expires_in']}")
+    print(f"signed in       acr={access.get('acr')} amr={access.get('amr')} auth_time={access.get('auth_time')}")
     if "refresh_token" not in tokens:
         raise Failure("no refresh token in the code exchange")
     identity = call_api(api, tokens["access_token"])
@@ -219,7 +245,8 @@ def main() -> int:
     })
     if refreshed.get("refresh_token") in (None, tokens["refresh_token"]):
         raise Failure("the refresh token was not rotated")
-    print(f"refresh         new access {fingerprint(refreshed['access_token'])}…, refresh token rotated")
+    print(f"refresh         new access {fingerprint(refreshed['access_token'])}…, refresh token rotated, "
+          f"same sign-in: amr={claims(refreshed['access_token']).get('amr')}")
     identity = call_api(api, refreshed["access_token"])
     print(f"API             200 again with the refreshed token (subject {identity.get('x-tollgate-subject')})")
     print("mobile app: signed in, called the API, refreshed")

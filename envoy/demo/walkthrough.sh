@@ -2,7 +2,7 @@
 # The sample stack's walkthrough, shared by make run (envoy/run.sh), make compose-up
 # and the tests (envoy/test_run.sh, envoy/docker/compose.sh). Sourced, after the demo
 # state file (envoy/seed.sh) has been sourced: it uses BACKEND_SECRET, READER_SECRET,
-# KEY_ADMIN_SECRET, PARTNER_API_KEY, DEMO_USER and DEMO_PASSWORD.
+# KEY_ADMIN_SECRET, PARTNER_API_KEY, DEMO_USER, DEMO_PASSWORD and DEMO_TOTP_SECRET.
 
 PUBLIC=${PUBLIC:-http://127.0.0.1:8080}
 
@@ -95,6 +95,21 @@ Tollgate sample stack is up ($1).
    curl -s -d grant_type=authorization_code -d client_id=mobile-app -d redirect_uri=http://127.0.0.1/callback \\
      -d code_verifier="\$VERIFIER" -d code=<code from the address bar> $PUBLIC/token
 
+9. Step-up: /transfers needs a multi-factor sign-in (its rule: the token's amr
+   contains mfa). $DEMO_USER has an authenticator app; its secret for this demo:
+   $DEMO_TOTP_SECRET (mobile_app.py computes the codes from it, as the app would).
+   A password-only token is refused (403, missing_claim), then the app asks for
+   acr_values=urn:tollgate:acr:mfa, the user enters the code, and the call succeeds:
+
+   python3 envoy/demo/mobile_app.py --username $DEMO_USER --password '$DEMO_PASSWORD' \\
+     --scope 'read:data write:data' --api $PUBLIC/transfers                        # FAILED: 403
+   python3 envoy/demo/mobile_app.py --username $DEMO_USER --password '$DEMO_PASSWORD' \\
+     --scope 'read:data write:data' --api $PUBLIC/transfers \\
+     --acr-values urn:tollgate:acr:mfa --totp-secret $DEMO_TOTP_SECRET          # 200, amr [mfa, otp, pwd]
+
+   Passkeys and the authenticator app are managed at $PUBLIC/account (passkeys need
+   a domain name: browse http://localhost:8080 with --issuer http://localhost:8080).
+
 $2
 Anonymous route: curl -s $PUBLIC/public/hello      Another client: reader / $READER_SECRET
 $3
@@ -136,4 +151,12 @@ demo_check() {
   ok "the reader client and the anonymous route"
   [[ $(demo_status -H 'x_tollgate_subject: admin' "$PUBLIC/public/hello") == 400 ]] || fail "underscored header not refused"
   ok "a client-sent x_tollgate_subject is refused with 400"
+  app=$(python3 envoy/demo/mobile_app.py --issuer "$PUBLIC" --username "$DEMO_USER" --password "$DEMO_PASSWORD" \
+    --scope 'read:data write:data' --api "$PUBLIC/transfers" 2>&1) && fail "step 9: a password-only token reached /transfers: $app"
+  [[ $app == *'403'* ]] || fail "step 9: the password-only call was not refused with 403: $app"
+  app=$(python3 envoy/demo/mobile_app.py --issuer "$PUBLIC" --username "$DEMO_USER" --password "$DEMO_PASSWORD" \
+    --scope 'read:data write:data' --api "$PUBLIC/transfers" --acr-values urn:tollgate:acr:mfa \
+    --totp-secret "$DEMO_TOTP_SECRET" 2>&1) || fail "step 9: step-up with the authenticator app: $app"
+  [[ $app == *"amr=['mfa', 'otp', 'pwd']"* ]] || fail "step 9: the token does not state the second factor: $app"
+  ok "walkthrough 9: step-up route, 403 with the password only, 200 after the one-time code"
 }

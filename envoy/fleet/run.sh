@@ -24,7 +24,7 @@ chmod 700 "$RUN"
 export TOLLGATE_DB=$RUN/tollgate.db
 
 if [[ ! -f $CREDS ]]; then
-  out=$("$BIN/tollgate-token-service" clients add --id fleet-app --scopes 'read:data' --default-scopes 'read:data' 2>&1) || {
+  out=$("$BIN/tollgate-token-service" --create clients add --id fleet-app --scopes 'read:data' --default-scopes 'read:data' 2>&1) || {
     echo "cannot create the demo client fleet-app (remove $RUN/ to start afresh): $out" >&2
     exit 1
   }

@@ -134,6 +134,11 @@ impl TokenServiceBuilder {
             user_ids: HashMap::new(),
             agent: http_agent(),
         };
+        // Management commands refuse a missing database unless told to create it.
+        successful(
+            &service.cli(&["--create", "keys", "list"]),
+            "keys list --create",
+        );
         for client in service.settings.clients.clone() {
             service.register_client(&client);
         }

@@ -11,15 +11,17 @@ use anyhow::{bail, ensure, Context as _};
 
 use crate::crypto::secrets;
 use crate::crypto::signing_keys::Algorithm;
+use crate::http::signin;
 use crate::protocol::mtls::TlsAuth;
 use crate::protocol::scope::ScopeSet;
+use crate::server::audit;
 use crate::server::clock;
 use crate::storage::api_key_hashing::KeyHasher;
 use crate::storage::api_keys::{self, NewKey, Restrictions};
 use crate::storage::clients::{self, Client, ClientType};
 use crate::storage::consumers::{self, Consumer};
 use crate::storage::users::{self, User};
-use crate::storage::{client_tls, db, keystore};
+use crate::storage::{client_tls, db, factors, keystore};
 
 /// Registers a client. A confidential client's secret is printed here, the only time
 /// it is shown; one that authenticates with a certificate (`tls_auth`) has none.
@@ -59,6 +61,13 @@ pub fn add_client(
     if let Some(tls_auth) = &tls_auth {
         client_tls::register(&conn, client_id, tls_auth)?;
     }
+    audit::Event::new("client.created")
+        .field("client_id", &client.client_id)
+        .field("client_type", client.client_type.as_str())
+        .field("scope", client.scopes.to_string())
+        .field("redirect_uris", redirect_uris)
+        .field("tls_auth", tls_auth.as_ref().map(ToString::to_string))
+        .emit();
     println!("client_id: {}", client.client_id);
     println!("client_type: {}", client.client_type.as_str());
     if let Some(tls_auth) = &tls_auth {
@@ -127,6 +136,9 @@ pub fn remove_client(db_path: &Path, client_id: &str) -> anyhow::Result<()> {
     if !clients::remove(&db::open(db_path)?, client_id, clock::now())? {
         bail!("no client {client_id}");
     }
+    audit::Event::new("client.removed")
+        .field("client_id", client_id)
+        .emit();
     println!("removed client {client_id}; its unexpired access tokens are revoked");
     Ok(())
 }
@@ -136,6 +148,14 @@ pub fn set_client_enabled(db_path: &Path, client_id: &str, enabled: bool) -> any
     if clients::set_enabled(&conn, client_id, enabled, clock::now())?.is_none() {
         bail!("no client {client_id}");
     }
+    let event = if enabled {
+        "client.enabled"
+    } else {
+        "client.disabled"
+    };
+    audit::Event::new(event)
+        .field("client_id", client_id)
+        .emit();
     if enabled {
         println!("enabled client {client_id}");
     } else {
@@ -157,6 +177,11 @@ pub fn add_user(db_path: &Path, username: &str, scopes: ScopeSet) -> anyhow::Res
         created_at: clock::now(),
     };
     users::insert(&db::open(db_path)?, &user)?;
+    audit::Event::new("user.created")
+        .field("username", &user.username)
+        .field("user_id", &user.user_id)
+        .field("scope", user.scopes.to_string())
+        .emit();
     println!("user_id: {}", user.user_id);
     println!("username: {}", user.username);
     println!("scopes: {}", or_none(&user.scopes));
@@ -167,6 +192,10 @@ pub fn set_user_scopes(db_path: &Path, username: &str, scopes: &ScopeSet) -> any
     if !users::set_scopes(&db::open(db_path)?, username, scopes)? {
         bail!("no user {username}");
     }
+    audit::Event::new("user.scopes_changed")
+        .field("username", username)
+        .field("scope", scopes.to_string())
+        .emit();
     println!("{username}: {}", or_none(scopes));
     Ok(())
 }
@@ -205,7 +234,74 @@ pub fn remove_user(db_path: &Path, username: &str) -> anyhow::Result<()> {
     if !users::remove(&db::open(db_path)?, username, clock::now())? {
         bail!("no user {username}");
     }
+    audit::Event::new("user.removed")
+        .field("username", username)
+        .emit();
     println!("removed user {username}");
+    Ok(())
+}
+
+pub fn list_user_factors(db_path: &Path, username: &str) -> anyhow::Result<()> {
+    let conn = db::open(db_path)?;
+    let Some(user) = users::find_by_username(&conn, username)? else {
+        bail!("no user {username}");
+    };
+    let list = factors::list(&conn, &user.user_id)?;
+    if list.is_empty() {
+        eprintln!("{username} has no second factor");
+        return Ok(());
+    }
+    let rows = list
+        .into_iter()
+        .map(|factor| {
+            vec![
+                factor.factor_id,
+                factor.kind.as_str().to_owned(),
+                factor.label,
+                clock::rfc3339(factor.created_at),
+                factor
+                    .last_used_at
+                    .map_or_else(|| "never".to_owned(), clock::rfc3339),
+            ]
+        })
+        .collect();
+    print_table(&["FACTOR_ID", "KIND", "NAME", "ADDED", "LAST_USED"], rows);
+    Ok(())
+}
+
+/// Enrols an authenticator app for a user; prints the secret once.
+pub fn add_user_totp(db_path: &Path, username: &str, label: &str) -> anyhow::Result<()> {
+    let label = factors::validate_label(label).map_err(anyhow::Error::msg)?;
+    let conn = db::open(db_path)?;
+    let Some(user) = users::find_by_username(&conn, username)? else {
+        bail!("no user {username}");
+    };
+    let issuer = std::env::var("TOLLGATE_ISSUER").unwrap_or_else(|_| "Tollgate".to_owned());
+    let seed = factors::new_totp_seed();
+    let totp = factors::totp(&seed, &issuer, username)?;
+    let factor_id = factors::add_totp(&conn, &user.user_id, &label, &seed, 0, clock::now())?;
+    signin::audit(
+        "user.factor_added",
+        serde_json::json!({"user_id": user.user_id, "factor_id": factor_id, "kind": "totp", "by": "cli"}),
+    );
+    println!("factor_id: {factor_id}");
+    println!("totp_secret: {seed}");
+    println!("otpauth_uri: {}", totp.get_url());
+    Ok(())
+}
+
+/// Removes every second factor of a user, with an audit line.
+pub fn reset_user_factors(db_path: &Path, username: &str) -> anyhow::Result<()> {
+    let conn = db::open(db_path)?;
+    let Some(user) = users::find_by_username(&conn, username)? else {
+        bail!("no user {username}");
+    };
+    let removed = factors::reset(&conn, &user.user_id)?;
+    signin::audit(
+        "user.factors_reset",
+        serde_json::json!({"user_id": user.user_id, "removed": removed, "by": "cli"}),
+    );
+    println!("removed {removed} second factor(s) of {username}");
     Ok(())
 }
 
@@ -258,6 +354,11 @@ fn stty(setting: &str) -> bool {
 
 pub fn rotate_keys(db_path: &Path, alg: Option<Algorithm>) -> anyhow::Result<()> {
     let rotation = keystore::rotate(&mut db::open(db_path)?, alg, clock::now())?;
+    audit::Event::new("signing_key.rotated")
+        .field("kid", &rotation.new_kid)
+        .field("alg", rotation.alg.to_string())
+        .field("retired_kid", rotation.retired.as_ref().map(|(kid, _)| kid))
+        .emit();
     println!("active key: {} ({})", rotation.new_kid, rotation.alg);
     if let Some((kid, publish_until)) = rotation.retired {
         println!(
@@ -330,6 +431,12 @@ pub fn add_consumer(
         "a consumer {} exists already",
         consumer.id
     );
+    audit::Event::new("consumer.created")
+        .field("consumer_id", &consumer.id)
+        .field("tenant", &consumer.tenant)
+        .field("scope", consumer.scopes.to_string())
+        .field("plan", &consumer.plan)
+        .emit();
     println!("consumer: {}", consumer.id);
     Ok(())
 }
@@ -361,6 +468,10 @@ pub fn remove_consumer(db_path: &Path, id: &str) -> anyhow::Result<()> {
     let Some(keys) = consumers::remove(&db::open(db_path)?, id)? else {
         bail!("no consumer {id}");
     };
+    audit::Event::new("consumer.removed")
+        .field("consumer_id", id)
+        .field("removed_api_keys", keys)
+        .emit();
     println!("removed consumer {id} and its {keys} API key(s)");
     Ok(())
 }
@@ -377,8 +488,9 @@ pub fn create_api_key(
         expires_at: expires_in.map(|seconds| now + i64::from(seconds)),
         allowed_cidrs,
     };
-    let created = api_keys::create(&db::open(db_path)?, hasher, consumer, &restrictions, now)?;
-    print_new_key(created?)
+    let created = api_keys::create(&db::open(db_path)?, hasher, consumer, &restrictions, now)??;
+    audit::api_key_event("api_key.created", &created.key).emit();
+    print_new_key(created)
 }
 
 pub fn rotate_api_key(
@@ -387,8 +499,12 @@ pub fn rotate_api_key(
     id: &str,
     disable_old: bool,
 ) -> anyhow::Result<()> {
-    let rotated = api_keys::rotate(&db::open(db_path)?, hasher, id, disable_old, clock::now())?;
-    print_new_key(rotated?)?;
+    let rotated = api_keys::rotate(&db::open(db_path)?, hasher, id, disable_old, clock::now())??;
+    audit::api_key_event("api_key.rotated", &rotated.key)
+        .field("replaces", id)
+        .field("old_key_disabled", disable_old)
+        .emit();
+    print_new_key(rotated)?;
     if disable_old {
         println!("disabled: {id}");
     }
@@ -448,6 +564,12 @@ pub fn set_api_key_enabled(db_path: &Path, id: &str, enabled: bool) -> anyhow::R
     let Some(key) = api_keys::set_enabled(&db::open(db_path)?, id, enabled)? else {
         bail!("no API key {id}");
     };
+    let event = if enabled {
+        "api_key.enabled"
+    } else {
+        "api_key.disabled"
+    };
+    audit::api_key_event(event, &key).emit();
     println!("{}: {}", key.id, key.state(clock::now()));
     Ok(())
 }
@@ -457,6 +579,9 @@ pub fn delete_api_key(db_path: &Path, id: &str) -> anyhow::Result<()> {
         api_keys::delete(&db::open(db_path)?, id)?,
         "no API key {id}"
     );
+    audit::Event::new("api_key.deleted")
+        .field("api_key_id", id)
+        .emit();
     println!("deleted API key {id}");
     Ok(())
 }

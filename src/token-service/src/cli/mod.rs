@@ -14,6 +14,7 @@ use crate::protocol::mtls::{self, TlsAuth};
 use crate::protocol::redirect_uri;
 use crate::protocol::scope::ScopeSet;
 use crate::server;
+use crate::server::audit;
 use crate::server::config::ServeConfig;
 use crate::storage::{api_key_hashing, api_keys, clients, consumers, users};
 
@@ -24,14 +25,17 @@ use crate::storage::{api_key_hashing, api_keys, clients, consumers, users};
     about = "OAuth 2.0 authorization server for Tollgate: issues RFC 9068 JWT access tokens"
 )]
 struct Cli {
-    /// SQLite database holding clients, users, grants and signing keys (created if missing).
-    #[arg(
-        long,
-        env = "TOLLGATE_DB",
-        default_value = "tollgate-token-service.db",
-        global = true
-    )]
-    db: PathBuf,
+    /// SQLite database holding clients, users, grants and signing keys [default:
+    /// tollgate-token-service.db in the current directory if it exists, else the
+    /// `make run` stack's .run/tollgate.db if that exists, else
+    /// tollgate-token-service.db]. Only `serve` and `--create` make a missing one.
+    #[arg(long, env = "TOLLGATE_DB", global = true)]
+    db: Option<PathBuf>,
+
+    /// Let a management command create the database if it does not exist (without
+    /// it, a missing database is an error: usually a wrong path or working directory).
+    #[arg(long, global = true)]
+    create: bool,
 
     /// File holding the pepper for API-key digests (HMAC-SHA256 instead of SHA-256);
     /// the gateway's `api_keys.pepper` must hold the same text. Used by `serve` and
@@ -43,6 +47,11 @@ struct Cli {
         global = true
     )]
     api_key_pepper_file: Option<PathBuf>,
+
+    /// File the JSON audit events (see the README) are appended to, created if
+    /// missing; stderr when not given. `serve` and the management commands both log.
+    #[arg(long, env = "TOLLGATE_AUDIT_LOG", value_name = "FILE", global = true)]
+    audit_log: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -266,6 +275,26 @@ enum UsersCommand {
         #[arg(long)]
         username: String,
     },
+    /// Set up an authenticator app (TOTP) for a user and print its secret and
+    /// otpauth:// URI once (for provisioning; users normally enrol at /account).
+    AddTotp {
+        #[arg(long)]
+        username: String,
+        /// The name the user sees for it.
+        #[arg(long, default_value = "Authenticator app")]
+        label: String,
+    },
+    /// List a user's second factors (passkeys, authenticator app); never a secret.
+    Factors {
+        #[arg(long)]
+        username: String,
+    },
+    /// Remove every second factor of a user (lost phone or passkey): from now on they
+    /// sign in with their password and enrol again.
+    ResetFactors {
+        #[arg(long)]
+        username: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,12 +326,50 @@ fn parse_name(name: &str) -> Result<String, String> {
     consumers::validate_name("name", name).map(|()| name.to_owned())
 }
 
+/// The default database: the one in the current directory, else the `make run`
+/// stack's, else where `serve` makes a new one.
+const DEFAULT_DB: &str = "tollgate-token-service.db";
+const RUN_STACK_DB: &str = ".run/tollgate.db";
+
+fn database_path(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let here = PathBuf::from(DEFAULT_DB);
+        let stack = PathBuf::from(RUN_STACK_DB);
+        if !here.exists() && stack.exists() {
+            stack
+        } else {
+            here
+        }
+    })
+}
+
 /// Parses the command line and runs the command: the whole program.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let db = cli.db.as_path();
+    let serving = matches!(cli.command, Command::Serve(_));
+    let db_path = database_path(cli.db);
+    if !serving && !cli.create && !db_path.exists() {
+        eprintln!(
+            "error: database {} does not exist. Point --db (or TOLLGATE_DB) at the service's \
+             database (for `make run`'s stack: export TOLLGATE_DB=$PWD/.run/tollgate.db), or \
+             pass --create to start a new one there",
+            db_path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let db = db_path.as_path();
     let pepper = cli.api_key_pepper_file.as_deref();
     let hasher = || api_key_hashing::KeyHasher::load(pepper);
+    if let Some(path) = &cli.audit_log {
+        if let Err(err) = audit::log_to_file(path) {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if !matches!(cli.command, Command::Serve(_)) {
+        // One request id for the whole invocation; the actor is the OS user.
+        audit::for_process("cli", std::env::var("USER").ok());
+    }
     let result = match cli.command {
         Command::Serve(config) => hasher().and_then(|hasher| server::run(db, config, hasher)),
         Command::Clients(ClientsCommand::Add {
@@ -339,6 +406,15 @@ pub fn main() -> ExitCode {
             manage::set_user_scopes(db, &username, &scopes)
         }
         Command::Users(UsersCommand::Remove { username }) => manage::remove_user(db, &username),
+        Command::Users(UsersCommand::AddTotp { username, label }) => {
+            manage::add_user_totp(db, &username, &label)
+        }
+        Command::Users(UsersCommand::Factors { username }) => {
+            manage::list_user_factors(db, &username)
+        }
+        Command::Users(UsersCommand::ResetFactors { username }) => {
+            manage::reset_user_factors(db, &username)
+        }
         Command::Keys(KeysCommand::Rotate { alg }) => manage::rotate_keys(db, alg),
         Command::Keys(KeysCommand::List) => manage::list_keys(db),
         Command::Consumers(ConsumersCommand::Add {

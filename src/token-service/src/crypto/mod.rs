@@ -3,5 +3,6 @@
 //! they are stored under.
 
 pub mod opaque;
+pub mod sealed;
 pub mod secrets;
 pub mod signing_keys;

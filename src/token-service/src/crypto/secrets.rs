@@ -10,6 +10,7 @@
 //! allocator's per-thread arenas: resident memory grew to most of a gigabyte under a
 //! burst of logins.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use anyhow::anyhow;
@@ -44,6 +45,9 @@ pub fn hash(secret: &str) -> anyhow::Result<String> {
 /// `parallelism` checks run at once, each in a reused work area.
 pub struct Verifier {
     permits: Semaphore,
+    slots: usize,
+    /// Checks waiting for a permit (the hash queue, in the metrics).
+    waiting: AtomicUsize,
     /// Work areas not in use; never more than there are permits.
     areas: Mutex<Vec<Vec<Block>>>,
     /// A hash of a random, discarded secret: verifying against it costs the same as a
@@ -55,6 +59,8 @@ impl Verifier {
     pub fn new(parallelism: usize) -> anyhow::Result<Self> {
         Ok(Self {
             permits: Semaphore::new(parallelism),
+            slots: parallelism,
+            waiting: AtomicUsize::new(0),
             areas: Mutex::new(Vec::with_capacity(parallelism)),
             dummy_hash: hash(&generate())?,
         })
@@ -64,7 +70,11 @@ impl Verifier {
     /// costs the same and never matches. Waits for a free slot, then hashes on a
     /// blocking thread.
     pub async fn verify(&self, secret: String, phc: Option<String>) -> anyhow::Result<bool> {
-        let _permit = self.permits.acquire().await?;
+        let _permit = {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let _waited = Waiting(&self.waiting);
+            self.permits.acquire().await?
+        };
         let mut area = self
             .areas
             .lock()
@@ -83,6 +93,33 @@ impl Verifier {
             .unwrap_or_else(PoisonError::into_inner)
             .push(area);
         Ok(known && matches)
+    }
+}
+
+/// How many checks wait for a slot and how many run, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub waiting: usize,
+    pub in_flight: usize,
+    pub slots: usize,
+}
+
+impl Verifier {
+    pub fn queue_depth(&self) -> QueueDepth {
+        QueueDepth {
+            waiting: self.waiting.load(Ordering::Relaxed),
+            in_flight: self.slots.saturating_sub(self.permits.available_permits()),
+            slots: self.slots,
+        }
+    }
+}
+
+/// Leaves the queue when dropped: acquired, failed or cancelled.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

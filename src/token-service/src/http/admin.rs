@@ -18,6 +18,8 @@
 //! | `POST /admin/api-keys/{id}/disable`, `/enable` | switches a key off or on |
 //! | `POST /admin/api-keys/{id}/rotate` | a new key like it, `{disable_old?}` |
 //! | `DELETE /admin/api-keys/{id}` | deletes a key |
+//! | `GET /admin/users/{username}/factors` | a user's second factors (never a secret) |
+//! | `DELETE /admin/users/{username}/factors` | removes all of them (lost device) |
 
 use std::sync::Arc;
 
@@ -29,12 +31,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::form::{self, Form};
+use super::signin;
 use super::{active_access_token, blocking, AppState, LogContext};
 use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::protocol::scope::{self, ScopeSet};
-use crate::server::clock;
+use crate::server::{audit, clock};
 use crate::storage::api_keys::{self, ApiKey, NewKey, Refused, Restrictions};
 use crate::storage::consumers::{self, Consumer};
+use crate::storage::{factors, users};
 
 /// The operator behind a call: who the access log names.
 struct Operator(LogContext);
@@ -70,6 +74,7 @@ async fn operator(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Operator
     if !has_scope {
         return Err(OAuthError::insufficient_scope(scope::ADMIN));
     }
+    audit::set_actor(&verified.client_id);
     Ok(Operator(LogContext {
         client_id: verified.client_id,
         token_id: Some(verified.jti),
@@ -213,6 +218,12 @@ pub async fn add_consumer(State(state): State<Arc<AppState>>, request: Request) 
             if !consumers::insert(conn, &consumer).map_err(internal)? {
                 return Err(OAuthError::conflict("a consumer with this id exists"));
             }
+            audit::Event::new("consumer.created")
+                .field("consumer_id", &consumer.id)
+                .field("tenant", &consumer.tenant)
+                .field("scope", consumer.scopes.to_string())
+                .field("plan", &consumer.plan)
+                .emit();
             Ok(consumer)
         })
         .await
@@ -230,10 +241,61 @@ pub async fn remove_consumer(
         &headers,
         StatusCode::OK,
         move |_, conn| match consumers::remove(conn, &id).map_err(internal)? {
-            Some(keys) => Ok(serde_json::json!({ "id": id, "removed_keys": keys })),
+            Some(keys) => {
+                audit::Event::new("consumer.removed")
+                    .field("consumer_id", &id)
+                    .field("removed_api_keys", keys)
+                    .emit();
+                Ok(serde_json::json!({ "id": id, "removed_keys": keys }))
+            }
             None => Err(OAuthError::no_such("no such consumer")),
         },
     )
+    .await
+}
+
+// --- Users' second factors -----------------------------------------------------------
+
+pub async fn list_user_factors(
+    State(state): State<Arc<AppState>>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    admin(state, &headers, StatusCode::OK, move |_, conn| {
+        let Some(user) = users::find_by_username(conn, &username).map_err(internal)? else {
+            return Err(OAuthError::no_such("no such user"));
+        };
+        let list = factors::list(conn, &user.user_id).map_err(internal)?;
+        Ok(serde_json::json!({
+            "username": username,
+            "factors": list.into_iter().map(|factor| serde_json::json!({
+                "id": factor.factor_id,
+                "kind": factor.kind.as_str(),
+                "name": factor.label,
+                "created_at": factor.created_at,
+                "last_used_at": factor.last_used_at,
+            })).collect::<Vec<_>>(),
+        }))
+    })
+    .await
+}
+
+pub async fn reset_user_factors(
+    State(state): State<Arc<AppState>>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    admin(state, &headers, StatusCode::OK, move |_, conn| {
+        let Some(user) = users::find_by_username(conn, &username).map_err(internal)? else {
+            return Err(OAuthError::no_such("no such user"));
+        };
+        let removed = factors::reset(conn, &user.user_id).map_err(internal)?;
+        signin::audit(
+            "user.factors_reset",
+            serde_json::json!({"user_id": user.user_id, "removed": removed, "by": "admin_api"}),
+        );
+        Ok(serde_json::json!({ "username": username, "removed_factors": removed }))
+    })
     .await
 }
 
@@ -348,6 +410,7 @@ pub async fn create_key(State(state): State<Arc<AppState>>, request: Request) ->
             let created = api_keys::create(conn, hasher, &new.consumer, &restrictions, now)
                 .map_err(internal)?
                 .map_err(refused)?;
+            audit::api_key_event("api_key.created", &created.key).emit();
             Ok(KeyView::created(created))
         })
         .await
@@ -392,6 +455,14 @@ async fn set_enabled(
 ) -> Response {
     admin(state, headers, StatusCode::OK, move |_, conn| {
         let key = api_keys::set_enabled(conn, &id, enabled).map_err(internal)?;
+        if let Some(key) = &key {
+            let event = if enabled {
+                "api_key.enabled"
+            } else {
+                "api_key.disabled"
+            };
+            audit::api_key_event(event, key).emit();
+        }
         key.map(KeyView::of)
             .ok_or_else(|| refused(Refused::NoSuchKey))
     })
@@ -431,6 +502,10 @@ pub async fn rotate_key(
             let rotated = api_keys::rotate(conn, hasher, &id, options.disable_old, clock::now())
                 .map_err(internal)?
                 .map_err(refused)?;
+            audit::api_key_event("api_key.rotated", &rotated.key)
+                .field("replaces", &id)
+                .field("old_key_disabled", options.disable_old)
+                .emit();
             Ok(KeyView::created(rotated))
         })
         .await
@@ -445,6 +520,9 @@ pub async fn delete_key(
 ) -> Response {
     admin(state, &headers, StatusCode::OK, move |_, conn| {
         if api_keys::delete(conn, &id).map_err(internal)? {
+            audit::Event::new("api_key.deleted")
+                .field("api_key_id", &id)
+                .emit();
             Ok(serde_json::json!({ "id": id, "deleted": true }))
         } else {
             Err(refused(Refused::NoSuchKey))

@@ -19,6 +19,8 @@ use super::form::{decode_component, Form};
 use super::{blocking, AppState};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::mtls::ClientCertificate;
+use crate::server::audit;
+use crate::server::metrics::Throttled;
 use crate::server::throttle::Account;
 use crate::storage::client_tls;
 use crate::storage::clients::{self, Client, ClientType};
@@ -78,7 +80,10 @@ pub async fn authenticate_with_method(
         .throttle
         .begin(Account::Client(&client_id), ip)
         .await
-        .map_err(|blocked| OAuthError::too_many_requests(blocked.retry_after_secs()))?;
+        .map_err(|blocked| {
+            audit::throttled(Throttled::Client, &client_id, ip, &blocked);
+            OAuthError::too_many_requests(blocked.retry_after_secs())
+        })?;
     if !attempt.delay().is_zero() {
         tokio::time::sleep(attempt.delay()).await;
     }
@@ -89,6 +94,10 @@ pub async fn authenticate_with_method(
         }
         None => {
             attempt.failed();
+            audit::Event::new("client.authentication_failed")
+                .field("client_id", &client_id)
+                .field("client_address", ip)
+                .emit();
             Err(OAuthError::invalid_client())
         }
     }

@@ -13,6 +13,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{blocking, AppState};
+use crate::protocol::authentication;
 use crate::protocol::dpop;
 use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::protocol::mtls::{SELF_SIGNED_TLS_CLIENT_AUTH, TLS_CLIENT_AUTH};
@@ -62,6 +63,8 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, OA
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none", TLS_CLIENT_AUTH, SELF_SIGNED_TLS_CLIENT_AUTH],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", TLS_CLIENT_AUTH, SELF_SIGNED_TLS_CLIENT_AUTH],
         "authorization_response_iss_parameter_supported": true,
+        // RFC 9470 §6: the levels `acr_values` may ask for, weakest first.
+        "acr_values_supported": authentication::ACR_VALUES,
         "dpop_signing_alg_values_supported": dpop::SIGNING_ALGS,
         "tls_client_certificate_bound_access_tokens": true,
     });

@@ -3,6 +3,7 @@
 //! Handlers never hold the database or run Argon2/signing on the async executor: that
 //! work goes to blocking threads through [`blocking`].
 
+mod account;
 mod admin;
 mod api_keys_feed;
 mod authorize;
@@ -14,32 +15,36 @@ mod introspect;
 mod pages;
 mod revocations;
 mod revoke;
+pub mod signin;
 mod token;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::HeaderMap;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 
+use crate::crypto::sealed::Sealer;
 use crate::crypto::secrets;
 use crate::protocol::access_token::{self, VerifiedToken};
 use crate::protocol::dpop;
 use crate::protocol::errors::OAuthError;
 use crate::protocol::mtls::{self, ClientCertificate};
 use crate::protocol::pending::LoginForms;
-use crate::server::clock;
 use crate::server::config::ServeConfig;
+use crate::server::metrics::METRICS;
 use crate::server::throttle::Throttle;
+use crate::server::{audit, clock};
 use crate::storage::api_key_hashing::KeyHasher;
 use crate::storage::db::Database;
 use crate::storage::keystore::KeyCache;
 use crate::storage::revocation;
+use signin::Passkeys;
 
 /// State shared by all handlers.
 pub struct AppState {
@@ -54,6 +59,10 @@ pub struct AppState {
     pub login_forms: LoginForms,
     /// How new API keys are digested.
     pub api_key_hasher: KeyHasher,
+    /// Seals the session cookie and sign-in progress between factors.
+    pub sessions: Sealer,
+    /// WebAuthn for the issuer's origin, and the ceremonies in flight.
+    pub passkeys: Passkeys,
     /// DPoP server nonces, when `--dpop-nonce` asks for them.
     pub dpop_nonces: Option<dpop::Nonces>,
 }
@@ -68,6 +77,27 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .post(authorize::decide)
                 .layer(form_limit()),
         )
+        .route("/account", get(account::show))
+        .route(
+            "/account/sign-in",
+            post(account::sign_in).layer(form_limit()),
+        )
+        .route(
+            "/account/sign-out",
+            post(account::sign_out).layer(form_limit()),
+        )
+        .route("/account/totp/new", get(account::new_totp))
+        .route("/account/totp", post(account::add_totp).layer(form_limit()))
+        .route("/account/passkeys/new", get(account::new_passkey))
+        .route(
+            "/account/passkeys",
+            post(account::add_passkey).layer(form_limit()),
+        )
+        .route(
+            "/account/factors/remove",
+            post(account::remove_factor).layer(form_limit()),
+        )
+        .route(pages::PASSKEY_SCRIPT_PATH, get(account::passkey_script))
         .route("/revoke", post(revoke::revoke).layer(form_limit()))
         .route(
             "/introspect",
@@ -92,6 +122,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/api-keys/{id}",
             get(admin::show_key).delete(admin::delete_key),
         )
+        .route(
+            "/admin/users/{username}/factors",
+            get(admin::list_user_factors).delete(admin::reset_user_factors),
+        )
         .route("/admin/api-keys/{id}/disable", post(admin::disable_key))
         .route("/admin/api-keys/{id}/enable", post(admin::enable_key))
         .route(
@@ -104,6 +138,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(discovery::metadata),
         )
         .route("/healthz", get(discovery::healthz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { OAuthError::not_found() })
         .method_not_allowed_fallback(|| async { OAuthError::method_not_allowed() })
         .layer(middleware::from_fn(access_log))
@@ -120,14 +155,32 @@ struct LogContext {
 }
 
 /// One line per request on stderr. Logs the path without the query string and never a
-/// header or body, so credentials and tokens cannot end up in the log.
+/// header or body, so credentials and tokens cannot end up in the log. Also gives the
+/// request its id (a proxy's `x-request-id`, or a new one, echoed in the response) for
+/// its audit events, and counts it for the metrics.
 async fn access_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
+    let endpoint = endpoint(&request);
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .and_then(audit::accepted_request_id)
+        .map_or_else(audit::new_request_id, str::to_owned);
+    let context = audit::Context {
+        request_id: request_id.clone(),
+        source: "http",
+        actor: None,
+    };
+    let mut response = audit::in_request(context, next.run(request)).await;
+    METRICS.request(endpoint, response.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     let mut line = format!(
-        "{} {method} {path} {} {}ms",
+        "{} {method} {path} {} {}ms request_id={request_id}",
         clock::rfc3339(clock::now()),
         response.status().as_u16(),
         started.elapsed().as_millis()
@@ -142,6 +195,53 @@ async fn access_log(request: Request, next: Next) -> Response {
     }
     eprintln!("{line}");
     response
+}
+
+/// The header a proxy (Envoy) names requests with.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The route template a request matched, from this router's own routes (so the
+/// metrics' label values are a closed set), or `other`.
+fn endpoint(request: &Request) -> &'static str {
+    const ENDPOINTS: &[&str] = &[
+        "/token",
+        "/authorize",
+        "/revoke",
+        "/introspect",
+        "/revocations",
+        "/api-keys",
+        "/admin/consumers",
+        "/admin/consumers/{id}",
+        "/admin/api-keys",
+        "/admin/api-keys/{id}",
+        "/admin/api-keys/{id}/disable",
+        "/admin/api-keys/{id}/enable",
+        "/admin/api-keys/{id}/rotate",
+        "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server",
+        "/healthz",
+        "/metrics",
+    ];
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|matched| ENDPOINTS.iter().find(|known| **known == matched.as_str()))
+        .copied()
+        .unwrap_or("other")
+}
+
+/// `GET /metrics`: the Prometheus text format. Not routed by the sample Envoy: scrape
+/// the service's own listener.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let body = METRICS.render(state.secrets.queue_depth());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// The address a request came from, through trusted proxies (see [`crate::server::client_ip`]).
@@ -197,11 +297,12 @@ fn active_access_token(
     Ok((!revocation::is_revoked(conn, &verified.jti)?).then_some(verified))
 }
 
-/// Runs `work` on a blocking thread.
+/// Runs `work` on a blocking thread, in the request's audit context.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, OAuthError> + Send + 'static,
 ) -> Result<T, OAuthError> {
-    tokio::task::spawn_blocking(work)
+    let context = audit::current();
+    tokio::task::spawn_blocking(move || audit::on_this_thread(context, work))
         .await
         .unwrap_or_else(|err| Err(OAuthError::internal("blocking task failed", err)))
 }

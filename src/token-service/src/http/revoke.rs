@@ -20,7 +20,7 @@ use super::form;
 use super::{blocking, client_certificate, client_ip, AppState, LogContext};
 use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::protocol::{access_token, refresh};
-use crate::server::clock;
+use crate::server::{audit, clock};
 use crate::storage::revocation;
 
 const KNOWN_PARAMETERS: &[&str] = &["token", "token_type_hint", "client_id", "client_secret"];
@@ -73,6 +73,11 @@ pub async fn revoke(
     let mut response = match outcome {
         Ok(Revocation::Done) => (StatusCode::OK, no_store_headers()).into_response(),
         Ok(Revocation::NotYours) => {
+            audit::Event::new("token.revocation_refused")
+                .field("client_id", &client_id)
+                .field("client_address", ip)
+                .field("reason", "issued_to_another_client")
+                .emit();
             OAuthError::unauthorized_client("the token was issued to another client")
                 .into_response()
         }
@@ -83,6 +88,14 @@ pub async fn revoke(
         token_id: None,
     });
     response
+}
+
+/// The event for a revoked token of `kind`: names it by its fingerprint.
+fn revoked(kind: &'static str, client_id: &str, token: &str) -> audit::Event {
+    audit::Event::new("token.revoked")
+        .field("client_id", client_id)
+        .field("token_kind", kind)
+        .field("token_fingerprint", audit::fingerprint(token))
 }
 
 fn revoke_token(
@@ -98,6 +111,9 @@ fn revoke_token(
             Some(presented) if presented.family.client_id != client_id => Revocation::NotYours,
             Some(presented) => {
                 refresh::revoke_family(conn, presented.family.family_id, now)?;
+                revoked("refresh_token", client_id, token)
+                    .field("grant_id", presented.family.family_id)
+                    .emit();
                 Revocation::Done
             }
         });
@@ -109,6 +125,9 @@ fn revoke_token(
             Some(verified) if verified.client_id != client_id => Revocation::NotYours,
             Some(verified) => {
                 revocation::record(conn, &verified.jti, verified.expires_at)?;
+                revoked("access_token", client_id, token)
+                    .field("jti", &verified.jti)
+                    .emit();
                 Revocation::Done
             }
         },

@@ -11,7 +11,7 @@
 //! (RFC 8705) gets tokens bound to it (`cnf.x5t#S256`). The proof's `jti` is recorded in
 //! the grant's transaction, so a replayed proof gets nothing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -28,7 +28,8 @@ use crate::protocol::dpop::{self, Proof, ProofRules};
 use crate::protocol::errors::{no_store_headers, OAuthError};
 use crate::protocol::grants::{self, CodeRequest, Context, Issued, RefreshRequest};
 use crate::protocol::scope::ScopeSet;
-use crate::server::clock;
+use crate::server::metrics::METRICS;
+use crate::server::{audit, clock};
 use crate::storage::clients::Client;
 
 /// Parameters a duplicate error may name; other names are not echoed back.
@@ -82,14 +83,16 @@ pub async fn token(
     };
     let (grant, proof, credentials) = match parsed.await {
         Ok(parsed) => parsed,
-        Err(err) => return err.into_response(),
+        Err(err) => return refused(None, None, ip, err),
     };
+    let grant_type = grant.grant_type();
+    let claimed_client_id = credentials.client_id.clone();
     let authenticated =
         match client_auth::authenticate_with_method(&state, credentials, ip, Accepts::AnyClient)
             .await
         {
             Ok(authenticated) => authenticated,
-            Err(err) => return err.into_response(),
+            Err(err) => return refused(Some(&claimed_client_id), Some(grant_type), ip, err),
         };
     let client = authenticated.client;
     let confirmation = Confirmation {
@@ -106,6 +109,21 @@ pub async fn token(
     };
     let (mut response, token_id) = match issue(&state, &client, grant, proof, confirmation).await {
         Ok(issued) => {
+            METRICS.token_issued(grant_type);
+            let event = if grant_type == REFRESH_TOKEN {
+                "token.refreshed"
+            } else {
+                "token.issued"
+            };
+            audit::Event::new(event)
+                .field("client_id", &client.client_id)
+                .field("client_address", ip)
+                .field("grant_type", grant_type)
+                .field("token_type", token_type)
+                .field("jti", &issued.access_token.jti)
+                .field("scope", issued.scopes.to_string())
+                .field("refresh_token_issued", issued.refresh_token.is_some())
+                .emit();
             let body = TokenResponse {
                 access_token: &issued.access_token.jwt,
                 token_type,
@@ -116,13 +134,46 @@ pub async fn token(
             let response = (StatusCode::OK, no_store_headers(), Json(body)).into_response();
             (response, Some(issued.access_token.jti))
         }
-        Err(err) => (err.into_response(), None),
+        Err(err) => (
+            refused(Some(&client.client_id), Some(grant_type), ip, err),
+            None,
+        ),
     };
     response.extensions_mut().insert(LogContext {
         client_id: client.client_id,
         token_id,
     });
     response
+}
+
+/// A refused token request: its audit event, then its error response. `client_id` is
+/// the one the request claims, authenticated or not.
+fn refused(
+    client_id: Option<&str>,
+    grant_type: Option<&'static str>,
+    ip: IpAddr,
+    err: OAuthError,
+) -> Response {
+    audit::Event::new("token.refused")
+        .field("client_id", client_id)
+        .field("client_address", ip)
+        .field("grant_type", grant_type)
+        .field("error", err.code().as_str())
+        .field("error_description", err.description())
+        .emit();
+    err.into_response()
+}
+
+const REFRESH_TOKEN: &str = "refresh_token";
+
+impl GrantRequest {
+    fn grant_type(&self) -> &'static str {
+        match self {
+            GrantRequest::ClientCredentials(_) => "client_credentials",
+            GrantRequest::AuthorizationCode(_) => "authorization_code",
+            GrantRequest::RefreshToken(_) => REFRESH_TOKEN,
+        }
+    }
 }
 
 fn parse_grant(form: &Form) -> Result<GrantRequest, OAuthError> {

@@ -4,7 +4,8 @@
 //! Header: `typ: at+jwt`, `alg`, `kid`. Claims: `iss`, `sub`, `aud`, `exp`, `iat`,
 //! `nbf`, `jti`, `client_id`, when any scope is granted, `scope`, and for a
 //! sender-constrained token `cnf` (RFC 7800) with `jkt` (DPoP, RFC 9449 §6) and/or
-//! `x5t#S256` (mutual TLS, RFC 8705 §3.1).
+//! `x5t#S256` (mutual TLS, RFC 8705 §3.1); for a user's token, how they signed in:
+//! `auth_time`, `acr`, `amr` (RFC 9470 §3).
 
 use std::collections::HashSet;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::opaque;
 use crate::crypto::signing_keys::SigningKey;
+use crate::protocol::authentication::Authentication;
 use crate::protocol::scope::ScopeSet;
 use crate::storage::keystore::KeySet;
 
@@ -30,6 +32,9 @@ pub struct Grant<'a> {
     pub client_id: &'a str,
     pub scopes: &'a ScopeSet,
     pub lifetime_secs: u64,
+    /// How the user signed in; `None` for `client_credentials` (and grants from before
+    /// sign-ins were recorded).
+    pub authentication: Option<&'a Authentication>,
     /// The key or certificate the token is bound to; `None`: a bearer token.
     pub confirmation: Option<&'a Confirmation>,
 }
@@ -66,6 +71,12 @@ struct AccessTokenClaims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth_time: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    amr: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     cnf: Option<Confirmation>,
 }
 
@@ -92,6 +103,13 @@ pub fn issue(key: &SigningKey, grant: &Grant<'_>, now: i64) -> anyhow::Result<Is
         AccessTokenClaims {
             client_id: grant.client_id.to_owned(),
             scope: (!grant.scopes.is_empty()).then(|| grant.scopes.to_string()),
+            auth_time: grant.authentication.map(|signed_in| signed_in.auth_time),
+            acr: grant
+                .authentication
+                .map(|signed_in| signed_in.acr().to_owned()),
+            amr: grant
+                .authentication
+                .map(|signed_in| signed_in.amr().into_iter().map(str::to_owned).collect()),
             cnf: grant
                 .confirmation
                 .filter(|confirmation| !confirmation.is_empty())
@@ -181,6 +199,7 @@ mod tests {
             client_id: "svc",
             scopes: &scopes,
             lifetime_secs: 900,
+            authentication: None,
             confirmation: None,
         };
         let token = issue(&key, &grant, 1_700_000_000).expect("issue");
@@ -236,6 +255,7 @@ mod tests {
             client_id: "app",
             scopes: &scopes,
             lifetime_secs: 60,
+            authentication: None,
             confirmation: None,
         };
         let token = issue(keys.signing_key(), &grant, now).expect("issue");
@@ -272,6 +292,7 @@ mod tests {
             client_id: "svc",
             scopes: &scopes,
             lifetime_secs: 60,
+            authentication: None,
             confirmation: None,
         };
         let first = issue(&key, &grant, 1_700_000_000).expect("issue");

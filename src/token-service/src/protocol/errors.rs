@@ -284,9 +284,13 @@ impl OAuthError {
         )
     }
 
-    #[cfg(test)]
     pub fn code(&self) -> ErrorCode {
         self.code
+    }
+
+    /// The `error_description`: never a credential, so audit events may carry it.
+    pub fn description(&self) -> &str {
+        &self.description
     }
 }
 

@@ -24,10 +24,13 @@ use anyhow::Context as _;
 use rusqlite::Connection;
 
 use crate::protocol::access_token::{self, Confirmation, Grant, IssuedToken};
+use crate::protocol::authentication::{self, Authentication};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::scope::ScopeSet;
 use crate::protocol::{codes, pkce, refresh};
+use crate::server::audit;
 use crate::server::config::ServeConfig;
+use crate::server::metrics::METRICS;
 use crate::storage::clients::{Client, ClientType};
 use crate::storage::keystore::KeySet;
 use crate::storage::{issued_tokens, users};
@@ -87,7 +90,7 @@ pub fn client_credentials(
             )))
         }
     };
-    let access_token = sign(context, &client.client_id, &client.client_id, &scopes)?;
+    let access_token = sign(context, &client.client_id, &client.client_id, &scopes, None)?;
     // Recorded, so that removing or disabling the client revokes it.
     issued_tokens::record(
         conn,
@@ -119,10 +122,13 @@ pub fn authorization_code(
     if let Some(family_id) = stored.family_id {
         // RFC 6749 §4.1.2: a code used twice is compromised; so is what it produced.
         refresh::revoke_family(conn, family_id, now)?;
-        eprintln!(
-            "security: authorization code replayed by client {}: grant {family_id} revoked",
-            client.client_id
-        );
+        METRICS.code_reused();
+        audit::Event::new("authorization_code.reuse_detected")
+            .field("client_id", &client.client_id)
+            .field("grant_id", family_id)
+            .field("code_fingerprint", audit::fingerprint(&request.code))
+            .field("action", "grant_revoked")
+            .emit();
         return refuse(
             "the authorization code was already used; the tokens issued from it are revoked",
         );
@@ -177,7 +183,17 @@ pub fn authorization_code(
         refresh::bind_to_dpop_key(conn, family_id, jkt)?;
     }
     codes::mark_redeemed(conn, &request.code, family_id)?;
-    let access_token = sign(context, &stored.user_id, &client.client_id, &stored.scopes)?;
+    let signed_in = authentication::of_code(conn, &request.code)?;
+    if let Some(signed_in) = &signed_in {
+        authentication::record_for_family(conn, family_id, signed_in)?;
+    }
+    let access_token = sign(
+        context,
+        &stored.user_id,
+        &client.client_id,
+        &stored.scopes,
+        signed_in.as_ref(),
+    )?;
     issued_tokens::record(
         conn,
         &access_token.jti,
@@ -223,11 +239,24 @@ pub fn refresh_token(
     if presented.rotated_at.is_some() && !retry {
         if !family.revoked {
             refresh::revoke_family(conn, family.family_id, now)?;
-            eprintln!(
-                "security: rotated refresh token reused by client {}: grant {} revoked",
-                client.client_id, family.family_id
-            );
         }
+        METRICS.refresh_token_reused();
+        audit::Event::new("refresh_token.reuse_detected")
+            .field("client_id", &client.client_id)
+            .field("grant_id", family.family_id)
+            .field(
+                "token_fingerprint",
+                audit::fingerprint(&request.refresh_token),
+            )
+            .field(
+                "action",
+                if family.revoked {
+                    "none_already_revoked"
+                } else {
+                    "grant_revoked"
+                },
+            )
+            .emit();
         return refuse("the refresh token was already used; its grant is revoked");
     }
     if !family.is_live(now) {
@@ -258,7 +287,15 @@ pub fn refresh_token(
     } else {
         refresh::rotate(conn, &family, lifetimes, now)?
     };
-    let access_token = sign(context, &family.user_id, &client.client_id, &scopes)?;
+    // The original sign-in, never a fresher or stronger one.
+    let signed_in = authentication::of_family(conn, family.family_id)?;
+    let access_token = sign(
+        context,
+        &family.user_id,
+        &client.client_id,
+        &scopes,
+        signed_in.as_ref(),
+    )?;
     issued_tokens::record(
         conn,
         &access_token.jti,
@@ -282,6 +319,7 @@ fn sign(
     subject: &str,
     client_id: &str,
     scopes: &ScopeSet,
+    authentication: Option<&Authentication>,
 ) -> anyhow::Result<IssuedToken> {
     let grant = Grant {
         issuer: &context.config.issuer,
@@ -290,6 +328,7 @@ fn sign(
         client_id,
         scopes,
         lifetime_secs: context.config.access_token_ttl,
+        authentication,
         confirmation: Some(context.confirmation),
     };
     access_token::issue(context.keys.signing_key(), &grant, context.now)

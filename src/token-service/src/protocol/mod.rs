@@ -4,6 +4,7 @@
 //! tokens (DPoP proofs, certificate binding), and the RFC 6749 §5.2 error answers. The HTTP handlers in [`crate::http`] only parse and call in here.
 
 pub mod access_token;
+pub mod authentication;
 pub mod codes;
 pub mod dpop;
 pub mod errors;

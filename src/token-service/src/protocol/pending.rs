@@ -19,6 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension as _};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::opaque;
+use crate::protocol::authentication::Level;
 use crate::protocol::scope::ScopeSet;
 
 /// Seconds a user has to log in.
@@ -38,9 +39,29 @@ pub struct PendingAuthorization {
     pub scopes: ScopeSet,
     pub state: Option<String>,
     pub code_challenge: Option<String>,
+    /// The weakest `acr` of the request's `acr_values` this server supports: the level
+    /// the sign-in must reach. `None`: a password will do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    /// OIDC `max_age`: seconds since the user last signed in for a session to count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<i64>,
+    /// OIDC `prompt=login`: sign in again whatever the session.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prompt_login: bool,
     /// RFC 9449 §10: the thumbprint of the DPoP key the code must be redeemed with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpop_jkt: Option<String>,
+}
+
+impl PendingAuthorization {
+    /// The level the sign-in must reach.
+    pub fn required_level(&self) -> Level {
+        self.acr
+            .as_deref()
+            .and_then(Level::from_acr)
+            .unwrap_or(Level::Password)
+    }
 }
 
 /// What a login form carries: the request, when the form expires, and a nonce that
@@ -52,6 +73,13 @@ pub struct SignedForm {
     /// Unix seconds.
     pub expires_at: i64,
     nonce: String,
+}
+
+impl SignedForm {
+    /// Tells this form from every other: what a sign-in's later steps are bound to.
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
 }
 
 /// Seals and opens login forms, and remembers which were approved.
@@ -171,6 +199,9 @@ mod tests {
             scopes: "read write".parse().expect("scopes"),
             state: Some("xyz".to_owned()),
             code_challenge: None,
+            acr: None,
+            max_age: None,
+            prompt_login: false,
             dpop_jkt: None,
         }
     }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::crypto::sealed::Sealer;
 use crate::crypto::{opaque, secrets};
+use crate::http::signin::Passkeys;
 use crate::http::{self, AppState};
 use crate::protocol::pending::LoginForms;
 use crate::protocol::{codes, dpop, refresh};
@@ -46,6 +48,8 @@ pub fn run(db_path: &Path, config: ServeConfig, api_key_hasher: KeyHasher) -> an
     raise_file_limit(config.max_connections)?;
     let parallelism = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     let login_forms = LoginForms::load(&conn)?;
+    let sessions = Sealer::load(&conn, "session_key")?;
+    let passkeys = Passkeys::for_issuer(&config.issuer);
     let state = Arc::new(AppState {
         secrets: secrets::Verifier::new(parallelism)?,
         db: Database::new(conn),
@@ -53,6 +57,8 @@ pub fn run(db_path: &Path, config: ServeConfig, api_key_hasher: KeyHasher) -> an
         throttle: Throttle::new(config.throttle_limits()),
         login_forms,
         api_key_hasher,
+        sessions,
+        passkeys,
         // A key per process: after a restart, clients get one more use_dpop_nonce.
         dpop_nonces: config.dpop_nonce.then(|| {
             let rotation = i64::try_from(config.dpop_nonce_rotation).unwrap_or(300);

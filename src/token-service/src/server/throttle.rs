@@ -57,6 +57,9 @@ pub struct Limits {
 pub enum Account<'a> {
     Client(&'a str),
     User(&'a str),
+    /// A user's one-time code or passkey, by user id: counted apart from their
+    /// password, so that a known password cannot reset the count of wrong codes.
+    SecondFactor(&'a str),
 }
 
 /// Refused: the key accepts attempts again after this long.
@@ -279,6 +282,7 @@ fn account_key(account: Account<'_>, address: IpAddr) -> Key {
     let (kind, name) = match account {
         Account::Client(client_id) => ("client", client_id),
         Account::User(username) => ("user", username),
+        Account::SecondFactor(user_id) => ("second-factor", user_id),
     };
     let mut hasher = Sha256::new();
     hasher.update(kind.as_bytes());

@@ -228,6 +228,28 @@ const MIGRATIONS: &[&str] = &[
         value     TEXT NOT NULL
     ) STRICT;
     "#,
+    // 9: second factors (TOTP, passkeys), and how the user of a code or grant signed in.
+    r#"
+    CREATE TABLE user_factors (
+        factor_id      TEXT PRIMARY KEY NOT NULL,
+        user_id        TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+        kind           TEXT NOT NULL CHECK (kind IN ('totp', 'passkey')),
+        label          TEXT NOT NULL,
+        -- TOTP: the base32 seed; passkey: the public credential (JSON).
+        secret         TEXT NOT NULL,
+        created_at     INTEGER NOT NULL,
+        last_used_at   INTEGER,
+        -- TOTP: the last time step accepted; a code of that step or earlier is a replay.
+        totp_last_step INTEGER
+    ) STRICT;
+    CREATE INDEX user_factors_user ON user_factors (user_id);
+    -- One authenticator app per user.
+    CREATE UNIQUE INDEX user_factors_one_totp ON user_factors (user_id) WHERE kind = 'totp';
+
+    -- JSON: {"auth_time": …, "methods": […]} (see protocol::authentication).
+    ALTER TABLE authorization_codes ADD COLUMN authentication TEXT;
+    ALTER TABLE token_families ADD COLUMN authentication TEXT;
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.

@@ -8,6 +8,7 @@ pub mod client_tls;
 pub mod clients;
 pub mod consumers;
 pub mod db;
+pub mod factors;
 pub mod issued_tokens;
 pub mod key_set;
 pub mod keystore;
