@@ -138,7 +138,7 @@ clean:
 # Tollgate against Envoy without auth, a minimal wasm filter and the native
 # jwt_authn, on one pinned core (bench/bench.py). Installs wrk when missing; the
 # bench crates (bench/floor, bench/tokens) are standalone and only built here.
-# The fleet row adds Redis and the rate-limit service (envoy/rls); the mTLS rows the
+# The fleet rows add Redis and the rate-limit service (envoy/rls); the mTLS rows the
 # sample CA's certificates (src/sample-ca), and are skipped, saying so, without them.
 # Settings: BENCH_SECONDS, BENCH_ROUNDS, BENCH_MEMORY_TOKENS, ... (bench/bench.py).
 # Then the token service's RSS after bursts of concurrent logins (bench/token_service_rss.py,
@@ -157,12 +157,13 @@ bench: tools wasm
 ## Fuzz --------------------------------------------------------------------
 
 # cargo fuzz targets for every parser (src/core/fuzz: tokens, JWKS, config, API-key
-# sets, the header-map reader, paths, request purging, revocation lists), each run
+# sets, the header-map reader, paths, request purging, revocation lists, rate-limit
+# service answers), each run
 # for FUZZ_SECONDS (default 60); FUZZ_TARGETS picks some. Needs nightly (installed
 # through rustup) and cargo-fuzz, for this target only. Seeds and past crashes are
 # replayed by `make test`.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= jwt jwks config api_keys header_map path request revocations
+FUZZ_TARGETS ?= jwt jwks config api_keys header_map path request revocations rls_response
 .PHONY: fuzz
 
 fuzz:

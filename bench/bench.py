@@ -16,8 +16,10 @@ TOLLGATE_BASELINE_WASM (another build, e.g. of an earlier commit: every Tollgate
 row gets a twin on it, interleaved in the same rounds, and the report gives each
 row's ratio to its twin: an A/B that machine drift cannot bias).
 
-The fleet row (7f-jwt) also runs Redis (`redis-server`) and the rate-limit service
-(target/release/tollgate-rls-backend), pinned with wrk and the upstream.
+The fleet rows (7r-jwt: Tollgate's remote policy calls the service; 7f-jwt: Envoy's
+native ratelimit filter after Tollgate does) also run Redis (`redis-server`) and the
+rate-limit service (target/release/tollgate-rls-backend), pinned with wrk and the
+upstream.
 
 The mTLS rows (9-tls, 9-bound) send a warm unbound token and a warm token bound to
 the client certificate (`cnf.x5t#S256`) through the same HTTPS listener, which
@@ -185,7 +187,7 @@ def tollgate_config(jwks: str, proxy: str, dpop_jwks: str = "") -> dict:
         "token_cache": {"max_entries": MEMORY_CACHE_ENTRIES if proxy == "tollgate_memory"
                         else CACHE_ENTRIES, "max_bytes": CACHE_BYTES},
     }
-    if proxy.startswith("tollgate_limits") or proxy == "tollgate_fleet":
+    if proxy.startswith("tollgate_limits") or proxy in ("tollgate_fleet", "tollgate_remote"):
         digest = hashlib.sha256(API_KEY.encode()).hexdigest()
         key_set = {"consumers": [{"id": "bench-consumer", "scopes": ["read:data"],
                                   "keys": [{"id": "k1", "hash": digest, "enabled": True}]}]}
@@ -196,6 +198,14 @@ def tollgate_config(jwks: str, proxy: str, dpop_jwks: str = "") -> dict:
             "limit": 1_000_000_000, "window": "1s", "key": "client_id"}}}
         rule["requires"]["credentials"] = ["jwt", "api_key"]
         rule["rate_limits"] = ["per-client"]
+    if proxy == "tollgate_remote":
+        # The native row's descriptor and limit (FleetBackend.LIMITS), asked by
+        # Tollgate itself; failing closed, a backend error shows as a wrong status.
+        config["rate_limits"]["policies"]["bench-per-client"] = {
+            "key": "client_id",
+            "backend": {"rls": {"cluster": "rate_limit_service", "domain": "tollgate",
+                                "timeout": "1s", "failure_mode_deny": True}}}
+        rule["rate_limits"].append("bench-per-client")
     if dpop_jwks and proxy == "tollgate":
         config["providers"]["bench-dpop"] = {
             "issuer": DPOP_ISSUER, "audiences": [AUDIENCE], "algorithms": ["ES256"],
@@ -213,6 +223,9 @@ def mint_dpop(s: Settings, tokens: Path):
                                      f"{DPOP_BASE}/data", s.dpop_proofs]], check=True)
 
 
+# Proxies that call the rate-limit service (FleetBackend, configs/rls_cluster.yaml).
+FLEET_PROXIES = ("tollgate_fleet", "tollgate_remote")
+
 # Proxy under test -> its HTTP filters before the router (configs/filters/*.yaml).
 PROXIES = {
     "noauth": [],
@@ -224,6 +237,7 @@ PROXIES = {
     "tollgate_limits": ["tollgate"],
     "tollgate_fleet": ["tollgate", "ratelimit"],
     "tollgate_limits_baseline": ["tollgate"],
+    "tollgate_remote": ["tollgate"],
     "tollgate_memory": ["tollgate"],
     "tollgate_baseline": ["tollgate"],
     "tollgate_tls": ["tollgate"],
@@ -283,7 +297,7 @@ def proxy_config(s: Settings, name: str, tokens: Path, ports: Ports, upstream: i
                                          {"tls": tls}) if name == "tollgate_tls" else "")
     values["clusters"] = (render((CONFIGS / "rls_cluster.yaml").read_text(),
                                  {"rls_port": rls_port})
-                          if "ratelimit" in PROXIES[name] else "")
+                          if name in FLEET_PROXIES else "")
     path = RUN / f"{file_name}.yaml"
     path.write_text(render((CONFIGS / "proxy.yaml").read_text(), values))
     return path
@@ -535,6 +549,8 @@ def make_rows(tokens: Path, tls: bool) -> list:
         Row("7-jwt", "Tollgate + rate limit, warm JWT", "tollgate_limits", warm, native="7n-jwt"),
         Row("7n-key", "native api_key_auth + local_ratelimit", "native_api_key", key),
         Row("7-key", "Tollgate + rate limit, API key", "tollgate_limits", key, native="7n-key"),
+        Row("7r-jwt", "Tollgate + rate limit + filter RLS call", "tollgate_remote",
+            warm, native="7f-jwt"),
         Row("7f-jwt", "Tollgate + rate limit + native RLS call", "tollgate_fleet", warm),
         *([Row("9-tls", "Tollgate over mTLS, warm unbound token", "tollgate_tls", warm,
                via="tls_client"),
@@ -696,6 +712,12 @@ def evaluate_targets(rows, summary, memory) -> dict:
            lambda: round_ratio(by_id["9-bound"], by_id["9-tls"]), "report", 1.0)
     target("mtls_bound_vs_unbound_cpu", ["9-bound", "9-tls"],
            lambda: round_ratio(by_id["9-bound"], by_id["9-tls"], "cpu_us"), "report", 1.0)
+    # The same call made by Tollgate itself (a remote policy): against the local
+    # row, and against the native filter making it (reported, no target).
+    target("remote_rls_vs_local", ["7r-jwt", "7-jwt"],
+           lambda: round_ratio(by_id["7r-jwt"], by_id["7-jwt"]), "report", 1.0)
+    target("remote_rls_vs_native_rls", ["7r-jwt", "7f-jwt"],
+           lambda: round_ratio(by_id["7r-jwt"], by_id["7f-jwt"]), "report", 1.0)
     if "tollgate" in memory:
         growth = memory["tollgate"]["growth"] / 2**20
         bound = (CACHE_BYTES + MEMORY_SLACK) / 2**20
@@ -815,7 +837,7 @@ def main():
     fleet = None
     try:
         upstream.wait_ready()
-        if any("ratelimit" in PROXIES[row.proxy] for row in rows):
+        if any(row.proxy in FLEET_PROXIES for row in rows):
             fleet = FleetBackend(s, load_cpus)
         for name in sorted({row.proxy for row in rows}):
             ports = free_ports()

@@ -2,7 +2,8 @@
 # Starts the fleet sample in the foreground (`make run FLEET=1`): Redis, the
 # rate-limit service (tollgate-rls-backend: Limitador, counters in Redis), the
 # sample API, the token service and two Envoys with Tollgate on 8080 and 8081
-# that share one limit (envoy/fleet/limits.yaml). Ctrl-C stops them all.
+# whose remote policy `fleet-per-client` shares one limit (envoy/fleet/limits.yaml):
+# Tollgate asks the rate-limit service itself. Ctrl-C stops them all.
 #
 # State lives in .run/ next to `make run`'s: the same token service database, and
 # the fleet demo client's secret in .run/fleet-clients.env (for the walkthrough).
@@ -80,8 +81,9 @@ Tollgate fleet sample is up (logs in $RUN/).
   rate-limit service  127.0.0.1:8181 (RLS gRPC), http://127.0.0.1:8182 (admin)
   Redis 127.0.0.1:$REDIS_PORT     token service 127.0.0.1:9000     sample API 127.0.0.1:9100
 
-Both Envoys share the limit \`fleet-per-client\`: 10 requests a minute per client
-(envoy/fleet/limits.yaml), counted once for the fleet.
+Both Envoys' Tollgate share the remote policy \`fleet-per-client\`: 10 requests a
+minute per client (envoy/fleet/limits.yaml), counted once for the fleet by the
+rate-limit service, which Tollgate asks itself.
 
 1. Get a token:
 
@@ -95,13 +97,16 @@ Both Envoys share the limit \`fleet-per-client\`: 10 requests a minute per clien
      curl -s -o /dev/null -w "\$gw %{http_code}\n" -H "Authorization: Bearer \$TOKEN" \$gw/data
    done; done
 
-3. The shared 429 (from either Envoy):
+3. The shared 429 (from either Envoy), with Retry-After, RateLimit and
+   RateLimit-Policy from the service's answer:
 
    curl -i -H "Authorization: Bearer \$TOKEN" $B/data
 
-4. The service's own counters and answers:
+4. The service's own counters and answers, and each Envoy's calls:
 
    curl -s http://127.0.0.1:8182/counters/tollgate; curl -s http://127.0.0.1:8182/stats
+   curl -s http://127.0.0.1:9901/stats | grep tollgate.rls
+   curl -s http://127.0.0.1:9902/stats | grep tollgate.rls
 
 Press Ctrl-C to stop.
 EOF_WALK

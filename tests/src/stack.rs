@@ -104,7 +104,6 @@ pub fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
 
 /// A change a test makes to the plugin configuration before Envoy starts.
 type PluginConfigEdit = Box<dyn FnOnce(&mut Value)>;
-
 /// A change a test makes to the Envoy bootstrap (filters) before Envoy starts.
 type EnvoyConfigEdit = Box<dyn FnOnce(&mut EnvoyConfig)>;
 

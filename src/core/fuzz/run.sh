@@ -6,7 +6,7 @@
 set -u
 cd "$(dirname "$0")"
 seconds="${FUZZ_SECONDS:-60}"
-targets="${FUZZ_TARGETS:-jwt jwks config api_keys header_map path request revocations}"
+targets="${FUZZ_TARGETS:-jwt jwks config api_keys header_map path request revocations rls_response}"
 cargo +nightly fuzz build || exit 1
 summary=""
 failed=""

@@ -91,10 +91,13 @@ pub enum Reason {
     /// 500: a check needs the client certificate, and the host does not expose
     /// the connection's properties. Fails closed.
     ClientCertificateUnavailable,
+    /// A remote policy's rate-limit service could not answer (unreachable,
+    /// an error, a timeout, an unreadable answer) and the policy fails closed.
+    RateLimitServiceUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 53] = [
+    pub const ALL: [Reason; 54] = [
         Reason::Authenticated,
         Reason::Anonymous,
         Reason::AmbiguousPath,
@@ -148,6 +151,7 @@ impl Reason {
         Reason::BoundTokenWithoutCertificate,
         Reason::TokenNotBound,
         Reason::ClientCertificateUnavailable,
+        Reason::RateLimitServiceUnavailable,
     ];
 
     /// The reason's place in [`Reason::ALL`].
@@ -210,6 +214,7 @@ impl Reason {
             Reason::BoundTokenWithoutCertificate => "bound_token_without_certificate",
             Reason::TokenNotBound => "token_not_bound",
             Reason::ClientCertificateUnavailable => "client_certificate_unavailable",
+            Reason::RateLimitServiceUnavailable => "rate_limit_service_unavailable",
         }
     }
 
@@ -259,7 +264,8 @@ impl Reason {
             Reason::RateLimited | Reason::LockedOut => 429,
             Reason::KeysUnavailable
             | Reason::RevocationsUnavailable
-            | Reason::ApiKeysUnavailable => 503,
+            | Reason::ApiKeysUnavailable
+            | Reason::RateLimitServiceUnavailable => 503,
             Reason::ClientCertificateUnavailable => 500,
             _ => 401,
         }
@@ -283,7 +289,8 @@ impl Reason {
             Reason::RateLimited | Reason::LockedOut => Some("rate_limited"),
             Reason::KeysUnavailable
             | Reason::RevocationsUnavailable
-            | Reason::ApiKeysUnavailable => Some("temporarily_unavailable"),
+            | Reason::ApiKeysUnavailable
+            | Reason::RateLimitServiceUnavailable => Some("temporarily_unavailable"),
             _ => Some("invalid_token"),
         }
     }
@@ -370,6 +377,9 @@ impl Reason {
             }
             Reason::ClientCertificateUnavailable => {
                 "the gateway cannot see this connection's client certificate"
+            }
+            Reason::RateLimitServiceUnavailable => {
+                "the rate-limit service is not available, retry shortly"
             }
         }
     }
@@ -655,6 +665,20 @@ mod tests {
             "the API key set is not available yet, retry shortly"
         );
         assert!(!d.body.contains("token"), "{}", d.body);
+    }
+
+    #[test]
+    fn a_rate_limit_service_outage_is_503_not_429() {
+        let d = render_denial(Reason::RateLimitServiceUnavailable, "api", None, 1);
+        assert_eq!(d.status, 503);
+        assert_eq!(header(&d, "retry-after"), Some("1"));
+        assert_eq!(header(&d, "www-authenticate"), None);
+        let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert_eq!(
+            Reason::RateLimitServiceUnavailable.as_str(),
+            "rate_limit_service_unavailable"
+        );
     }
 
     #[test]

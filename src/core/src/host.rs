@@ -6,6 +6,7 @@
 use crate::anomaly::Signal;
 use crate::decision::Reason;
 use crate::identity::{Caller, TokenDigest};
+use crate::ratelimit::rls::{CallFailure, CallOutcome};
 use crate::ratelimit::table::Churn;
 use crate::ratelimit::PolicyId;
 use crate::remote::{Completion, Endpoint};
@@ -41,6 +42,9 @@ pub trait Metrics {
     fn churn(&self, churn: &Churn);
     /// A rate-limit policy admitted (`limited` false) or refused a request.
     fn rate_limit(&self, policy: PolicyId, limited: bool);
+    /// A call to a remote policy's rate-limit service ended; a failed one was
+    /// let through (`failure_mode_deny` false) or refused.
+    fn rate_limit_call(&self, policy: PolicyId, outcome: &CallOutcome, failure_mode_deny: bool);
     /// An anomaly signal was raised; `suspended`: its credential is now refused.
     fn signal(&self, signal: Signal, suspended: bool);
     /// Token-cache lookups since the last report.
@@ -92,9 +96,24 @@ pub struct DecisionRecord<'a> {
     pub signals: &'a [Signal],
 }
 
+/// A remote policy's call that gave no verdict: the request was let through
+/// (`failure_mode_deny` false) or refused, for reason
+/// `rate_limit_service_unavailable`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitFailureRecord<'a> {
+    pub policy: &'a str,
+    pub failure: &'a CallFailure,
+    pub failure_mode_deny: bool,
+    pub method: &'a str,
+    pub client_ip: Option<&'a str>,
+    pub caller: Option<&'a Caller>,
+}
+
 /// Where decisions go.
 pub trait AuditSink {
     fn decision(&self, record: &DecisionRecord<'_>);
+    /// A remote policy's call failed (the decision that follows is recorded too).
+    fn rate_limit_failure(&self, record: &RateLimitFailureRecord<'_>);
 }
 
 /// The host services one callback works with.
@@ -167,6 +186,7 @@ pub mod fakes {
         pub cache: Cell<(u64, u64)>,
         pub ages: RefCell<Vec<(DocId, u64)>>,
         pub unknown_clusters: Cell<u64>,
+        pub rate_limit_calls: RefCell<Vec<(PolicyId, CallOutcome, bool)>>,
     }
 
     impl Metrics for FakeMetrics {
@@ -196,6 +216,11 @@ pub mod fakes {
         fn unknown_cluster(&self) {
             self.unknown_clusters.set(self.unknown_clusters.get() + 1);
         }
+        fn rate_limit_call(&self, policy: PolicyId, outcome: &CallOutcome, deny: bool) {
+            self.rate_limit_calls
+                .borrow_mut()
+                .push((policy, outcome.clone(), deny));
+        }
     }
 
     /// Records callouts; answers with increasing tokens, or fails when told to.
@@ -224,11 +249,21 @@ pub mod fakes {
         pub subject: Option<String>,
     }
 
-    /// Keeps each decision, and its event as JSON.
+    /// A failed rate-limit call as the fake audit sink keeps it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AuditedFailure {
+        pub policy: String,
+        pub failure: CallFailure,
+        pub failure_mode_deny: bool,
+        pub subject: Option<String>,
+    }
+
+    /// Keeps each decision, its event as JSON, and each failed rate-limit call.
     #[derive(Default)]
     pub struct FakeAudit(
         pub RefCell<Vec<Audited>>,
         pub RefCell<Vec<serde_json::Value>>,
+        pub RefCell<Vec<AuditedFailure>>,
     );
 
     impl AuditSink for FakeAudit {
@@ -241,6 +276,14 @@ pub mod fakes {
             let event =
                 serde_json::from_str(&crate::audit::to_json(record)).expect("the event is JSON");
             self.1.borrow_mut().push(event);
+        }
+        fn rate_limit_failure(&self, record: &RateLimitFailureRecord<'_>) {
+            self.2.borrow_mut().push(AuditedFailure {
+                policy: record.policy.to_string(),
+                failure: record.failure.clone(),
+                failure_mode_deny: record.failure_mode_deny,
+                subject: record.caller.and_then(|c| c.subject.clone()),
+            });
         }
     }
 

@@ -61,6 +61,11 @@ fn revocations() {
 }
 
 #[test]
+fn rls_response() {
+    replay("rls_response", exercise::rls_response);
+}
+
+#[test]
 fn path() {
     replay("path", exercise::path);
 }

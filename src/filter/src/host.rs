@@ -10,7 +10,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use tollgate_core::audit;
 use tollgate_core::client_cert::{CertificateNames, ClientCertificate, ClientCertificateSource};
 use tollgate_core::host::{
-    AuditSink, CalloutError, Callouts, Clock, DecisionRecord, ForeignFunction, SharedData,
+    AuditSink, CalloutError, Callouts, Clock, DecisionRecord, ForeignFunction,
+    RateLimitFailureRecord, SharedData,
 };
 use tollgate_core::remote::Endpoint;
 
@@ -202,6 +203,20 @@ impl AuditSink for FilterStateAudit {
                 r.caller.and_then(|c| c.subject.as_deref())
             ),
         }
+    }
+
+    fn rate_limit_failure(&self, r: &RateLimitFailureRecord<'_>) {
+        if !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        log::debug!(
+            "rate-limit call failed reason={} policy={} failure=\"{}\" failure_mode={} ip={}",
+            tollgate_core::decision::Reason::RateLimitServiceUnavailable.as_str(),
+            r.policy,
+            r.failure,
+            if r.failure_mode_deny { "deny" } else { "allow" },
+            r.client_ip.unwrap_or("-")
+        );
     }
 }
 

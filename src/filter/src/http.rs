@@ -3,7 +3,8 @@
 
 use super::fetch::read_response;
 use super::host::{request_headers, ConnectionCertificate, EnvoyCallouts, EnvoyClock};
-use super::parked::decide_woken;
+use super::limit_call::{dispatch, Received};
+use super::parked::{answer_foreign_call, decide_woken, forget_foreign_calls};
 use super::root::Shared;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -11,14 +12,17 @@ use std::rc::Rc;
 use tollgate_core::client_cert::CertificateSnapshot;
 use tollgate_core::client_ip;
 use tollgate_core::credentials::{HeaderEdit, RequestView};
-use tollgate_core::pipeline::{self, Step};
-use tollgate_core::worker::{DocId, ParkedRequest};
+use tollgate_core::pipeline::{self, PendingLimits, RateLimitAnswer, Step};
+use tollgate_core::worker::{DocId, ParkedRequest, Worker};
 
 pub struct TollgateHttp {
     context_id: u32,
     shared: Rc<Shared>,
     /// Set while this request waits for a document fetch it started.
     waiting_for: Option<(u32, DocId)>,
+    /// Set while this request waits for a rate-limit call: its token, and
+    /// what the pipeline needs back.
+    limit_call: Option<(u32, PendingLimits)>,
     /// When the pipeline first saw the request, once it waits.
     received_us: u64,
     headers: Vec<(String, Vec<u8>)>,
@@ -34,6 +38,7 @@ impl TollgateHttp {
             context_id,
             shared,
             waiting_for: None,
+            limit_call: None,
             received_us: 0,
             headers: Vec::new(),
             client_ip: None,
@@ -42,14 +47,15 @@ impl TollgateHttp {
         }
     }
 
-    /// Runs `stage` (the pipeline's entry or its resumption) on this request.
+    /// Whether the request is held for a callout of its own.
+    fn waiting(&self) -> bool {
+        self.waiting_for.is_some() || self.limit_call.is_some()
+    }
+
+    /// Runs `stage` (the pipeline's entry or one of its resumptions) on this request.
     fn run(
         &self,
-        stage: fn(
-            &tollgate_core::worker::Worker,
-            tollgate_core::host::Host<'_>,
-            &RequestView<'_>,
-        ) -> Step,
+        stage: impl FnOnce(&Worker, tollgate_core::host::Host<'_>, &RequestView<'_>) -> Step,
     ) -> Step {
         let header = |name: &str| {
             self.headers
@@ -114,6 +120,22 @@ impl TollgateHttp {
                 self.received_us = received_us;
                 Action::Pause
             }
+            Step::CallRateLimit(call) => {
+                let call = *call;
+                match dispatch(self, &call) {
+                    Ok(token) => {
+                        self.limit_call = Some((token, call.pending));
+                        Action::Pause
+                    }
+                    Err(why) => {
+                        let step = self.run(|worker, host, req| {
+                            let answer = RateLimitAnswer::NotSent(&why);
+                            pipeline::resume_rate_limit(worker, host, req, call.pending, answer)
+                        });
+                        self.apply(step, resumed)
+                    }
+                }
+            }
             Step::Park { doc, received_us } => {
                 self.shared.worker.park(ParkedRequest {
                     context: self.context_id,
@@ -133,6 +155,7 @@ impl Context for TollgateHttp {
     fn on_done(&mut self) -> bool {
         // A parked request whose client went away.
         self.shared.worker.forget_parked(self.context_id);
+        forget_foreign_calls(&self.shared, self.context_id);
         self.shared.take_response_headers(self.context_id);
         true
     }
@@ -159,7 +182,27 @@ impl Context for TollgateHttp {
         decide_woken(&self.shared, self, self.context_id, woken);
         let step = self.run(pipeline::resume);
         self.apply(step, true);
-        if self.waiting_for.is_none() {
+        if !self.waiting() {
+            self.headers = Vec::new();
+        }
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let pending = match self.limit_call.take() {
+            Some((expected, pending)) if expected == token => pending,
+            other => {
+                // A call this context made for a parked request.
+                self.limit_call = other;
+                answer_foreign_call(&self.shared, self, self.context_id, token, status, size);
+                return;
+            }
+        };
+        let received = Received::read(status, size);
+        let step = self.run(|worker, host, req| {
+            pipeline::resume_rate_limit(worker, host, req, pending, received.answer())
+        });
+        self.apply(step, true);
+        if !self.waiting() {
             self.headers = Vec::new();
         }
     }
@@ -182,7 +225,7 @@ impl HttpContext for TollgateHttp {
         }
         let step = self.run(pipeline::on_request);
         let action = self.apply(step, false);
-        if self.waiting_for.is_none() {
+        if !self.waiting() {
             // Keep nothing from the request longer than needed.
             self.headers = Vec::new();
         }

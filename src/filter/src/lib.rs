@@ -2,11 +2,12 @@
 //!
 //! Everything that talks to Envoy is here, and nothing else: it reads the request,
 //! runs the core's pipeline, and maps the steps the core returns (answer, edit
-//! headers, fetch a document, wait) to host calls. No policy lives in this crate.
+//! headers, fetch a document, call the rate-limit service, wait) to host calls. No policy lives in this crate.
 
 mod fetch;
 mod host;
 mod http;
+mod limit_call;
 mod metrics;
 mod parked;
 mod root;

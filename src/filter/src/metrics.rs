@@ -2,7 +2,7 @@
 //! stats"). Envoy lists metrics defined by wasm code under `wasmcustom.`, and
 //! `/stats/prometheus` without that prefix; the sample's `stats_tags` turn the
 //! name parts after a fixed stem (reason, rule, policy, provider, signal) into
-//! labels.
+//! labels. Remote policies' calls: `tollgate.rls.<outcome>.<policy>`.
 //!
 //! Counters and gauge deltas are added up in the VM and handed to Envoy once
 //! per tick (at most a second later): a host call costs about a microsecond,
@@ -16,10 +16,23 @@ use tollgate_core::anomaly::Signal;
 use tollgate_core::config::Settings;
 use tollgate_core::decision::Reason;
 use tollgate_core::host::Metrics;
+use tollgate_core::ratelimit::rls::CallOutcome;
 use tollgate_core::ratelimit::table::Churn;
 use tollgate_core::ratelimit::PolicyId;
 use tollgate_core::remote::Completion;
 use tollgate_core::worker::{DocId, DocKind};
+
+/// A remote policy's call counters, `tollgate.rls.<outcome>.<policy>`: every
+/// call, then how it ended, then (failed ones) what its failure mode did.
+const RLS_OUTCOMES: [&str; 7] = [
+    "calls",
+    "ok",
+    "over_limit",
+    "error",
+    "timeout",
+    "failure_mode_allowed",
+    "failure_mode_denied",
+];
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
     hostcalls::define_metric(kind, name).ok()
@@ -62,6 +75,8 @@ pub struct EnvoyMetrics {
     limit_evictions: Option<usize>,
     /// By policy: admitted, refused.
     limits: Vec<[Option<usize>; 2]>,
+    /// By policy, for remote ones: `RLS_OUTCOMES`.
+    rls: Vec<Option<[Option<usize>; 7]>>,
     /// By `Signal::ALL` position.
     signals: Vec<Option<usize>>,
     suspended: Option<usize>,
@@ -108,6 +123,17 @@ impl EnvoyMetrics {
                 ]
             })
             .collect();
+        let rls = settings
+            .rate_limits
+            .policies
+            .iter()
+            .map(|policy| {
+                policy.rls()?;
+                Some(RLS_OUTCOMES.map(|outcome| {
+                    counter(&mut p, &format!("tollgate.rls.{outcome}.{}", policy.name))
+                }))
+            })
+            .collect();
         let signals = Signal::ALL
             .iter()
             .map(|s| counter(&mut p, &format!("tollgate.anomaly.{}", s.as_str())))
@@ -126,6 +152,7 @@ impl EnvoyMetrics {
             limit_entries,
             limit_evictions,
             limits,
+            rls,
             signals,
             suspended,
             cache,
@@ -227,6 +254,23 @@ impl Metrics for EnvoyMetrics {
             .get(policy.index())
             .and_then(|s| s.get(usize::from(limited)).copied().flatten());
         self.add(slot, 1);
+    }
+
+    fn rate_limit_call(&self, policy: PolicyId, outcome: &CallOutcome, failure_mode_deny: bool) {
+        let Some(Some([calls, ok, over_limit, error, timeout, allowed, denied])) =
+            self.rls.get(policy.index()).copied()
+        else {
+            return;
+        };
+        self.add(calls, 1);
+        match outcome {
+            CallOutcome::Ok => self.add(ok, 1),
+            CallOutcome::OverLimit => self.add(over_limit, 1),
+            CallOutcome::Failed(failure) => {
+                self.add(if failure.is_timeout() { timeout } else { error }, 1);
+                self.add(if failure_mode_deny { denied } else { allowed }, 1);
+            }
+        }
     }
 
     fn signal(&self, signal: Signal, suspended: bool) {

@@ -8,7 +8,7 @@ use super::host::{
 };
 use super::http::TollgateHttp;
 use super::metrics::EnvoyMetrics;
-use super::parked::decide_woken;
+use super::parked::{answer_foreign_call, decide_woken, expire_foreign_calls, ForeignCall};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
@@ -28,6 +28,9 @@ pub struct Shared {
     /// `RateLimit` headers for the responses of requests decided in another
     /// context's callback (parked requests), by context id.
     response_headers: RefCell<HashMap<u32, Vec<(&'static str, String)>>>,
+    /// Rate-limit calls made for parked requests from another context's
+    /// callback, by call token (see `parked`).
+    pub foreign_calls: RefCell<HashMap<u32, ForeignCall>>,
 }
 
 impl Shared {
@@ -97,6 +100,12 @@ impl Context for TollgateRoot {
             .complete_fetch(shared.host(&clock, &callouts), id, &response);
         decide_woken(&shared, self, self.context_id, woken);
     }
+
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        if let Some(shared) = self.shared.clone() {
+            answer_foreign_call(&shared, self, self.context_id, token, status, size);
+        }
+    }
 }
 
 impl RootContext for TollgateRoot {
@@ -118,6 +127,7 @@ impl RootContext for TollgateRoot {
             audit: FilterStateAudit(declare_audit_property()),
             worker: Worker::new(settings, verifier),
             response_headers: RefCell::new(HashMap::new()),
+            foreign_calls: RefCell::new(HashMap::new()),
         }));
         self.fetches.clear();
         // Fetches start from ticks, not here: at bootstrap Envoy configures
@@ -137,6 +147,7 @@ impl RootContext for TollgateRoot {
         let tick = shared.worker.on_tick(shared.host(&clock, &callouts));
         self.fetches.extend(tick.started);
         decide_woken(&shared, self, self.context_id, tick.woken);
+        expire_foreign_calls(&shared, self, self.context_id);
         shared.metrics.flush();
         let period = tick.period;
         if self.tick != Some(period) {

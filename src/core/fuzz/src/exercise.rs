@@ -15,6 +15,8 @@ use tollgate_core::crypto::{verify_with_keys, PureVerifier};
 use tollgate_core::jwk::{parse_jwks, KeySet, KeySource, Strictness};
 use tollgate_core::jwt::{decode, ClaimRules};
 use tollgate_core::policy::{PathMatch, Segment};
+use tollgate_core::ratelimit::rls::{self, Code};
+use tollgate_core::ratelimit::Declared;
 use tollgate_core::revocation::RevocationList;
 use tollgate_core::upstream::{self, MethodOverride};
 use tollgate_core::{names, path};
@@ -130,6 +132,32 @@ pub fn api_keys(data: &[u8]) {
 pub fn revocations(data: &[u8]) {
     if let Ok(list) = RevocationList::parse(data, NOW) {
         let _ = list.contains("jti-1");
+    }
+}
+
+/// A rate-limit service's answer (`RateLimitResponse`), and the `429` made
+/// from it: an over-limit answer always has a state, with nothing remaining
+/// and a `Retry-After` of at least a second.
+pub fn rls_response(data: &[u8]) {
+    let Ok(response) = rls::decode_response(data) else {
+        return;
+    };
+    let declared = Declared {
+        limit: 100,
+        window_ms: 60_000,
+    };
+    for declared in [None, Some(declared)] {
+        let state = response.limit_state(declared);
+        if response.overall_code == Code::OverLimit {
+            let state = state.expect("an over-limit answer has a state");
+            assert_eq!(state.remaining, 0);
+            let denial = state.limited_response("p");
+            let retry = denial.headers.iter().find(|(n, _)| *n == "retry-after");
+            let secs: u64 = retry.expect("Retry-After").1.parse().expect("a number");
+            assert!(secs >= 1);
+        } else if let Some(state) = state {
+            let _ = state.headers("p");
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use super::{err, ConfigError};
 use crate::ratelimit::bruteforce::BruteForce;
 use crate::ratelimit::gcra::Rate;
 use crate::ratelimit::table::SlotTable;
-use crate::ratelimit::{LimitKey, Policy, PolicyId};
+use crate::ratelimit::{Backend, Declared, LimitKey, Policy, PolicyId, RlsBackend};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -28,11 +28,34 @@ pub(super) struct RawRateLimits {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPolicy {
-    pub(super) limit: u64,
-    pub(super) window: String,
+    #[serde(default)]
+    pub(super) limit: Option<u64>,
+    #[serde(default)]
+    pub(super) window: Option<String>,
     #[serde(default)]
     pub(super) burst: Option<u64>,
     pub(super) key: RawLimitKey,
+    /// Absent: counted locally. `{"rls": {...}}`: by a rate-limit service.
+    #[serde(default)]
+    pub(super) backend: Option<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub(super) enum RawBackend {
+    Rls(RawRls),
+}
+
+/// Names as in Envoy's `envoy.filters.http.ratelimit` where it has them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRls {
+    pub(super) cluster: String,
+    pub(super) domain: String,
+    #[serde(default)]
+    pub(super) timeout: Option<String>,
+    #[serde(default)]
+    pub(super) failure_mode_deny: bool,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +103,8 @@ impl RateLimits {
 /// Largest limit and burst, and longest window: keeps the rate math far from overflow.
 pub(super) const MAX_LIMIT: u64 = 1_000_000_000;
 pub(super) const MAX_WINDOW_MS: u64 = 366 * 86_400_000;
+/// Longest wait for a rate-limit service's answer.
+const MAX_RLS_TIMEOUT_MS: u64 = 60_000;
 
 pub(super) fn compile_rate_limits(raw: Option<RawRateLimits>) -> Result<RateLimits, ConfigError> {
     let raw = raw.unwrap_or(RawRateLimits {
@@ -102,26 +127,93 @@ pub(super) fn compile_rate_limits(raw: Option<RawRateLimits>) -> Result<RateLimi
                 "policy names use letters, digits, `-`, `_` and `.`",
             ));
         }
-        if p.limit == 0 || p.limit > MAX_LIMIT {
-            return Err(err(
-                at("limit"),
-                format!("must be between 1 and {MAX_LIMIT}"),
-            ));
-        }
-        let window_ms = parse_duration_ms(&p.window).map_err(|m| err(at("window"), m))?;
-        if window_ms == 0 || window_ms > MAX_WINDOW_MS {
-            return Err(err(
-                at("window"),
-                "must be more than 0s and at most 366 days",
-            ));
-        }
-        let burst = p.burst.unwrap_or(p.limit);
-        if burst == 0 || burst > MAX_LIMIT {
-            return Err(err(
-                at("burst"),
-                format!("must be between 1 and {MAX_LIMIT}"),
-            ));
-        }
+        let limit = match p.limit {
+            Some(limit) if limit == 0 || limit > MAX_LIMIT => {
+                return Err(err(
+                    at("limit"),
+                    format!("must be between 1 and {MAX_LIMIT}"),
+                ))
+            }
+            limit => limit,
+        };
+        let window_ms = match &p.window {
+            None => None,
+            Some(w) => {
+                let ms = parse_duration_ms(w).map_err(|m| err(at("window"), m))?;
+                if ms == 0 || ms > MAX_WINDOW_MS {
+                    return Err(err(
+                        at("window"),
+                        "must be more than 0s and at most 366 days",
+                    ));
+                }
+                Some(ms)
+            }
+        };
+        let backend = match p.backend {
+            None => {
+                let (Some(limit), Some(window_ms)) = (limit, window_ms) else {
+                    let missing = if limit.is_none() { "limit" } else { "window" };
+                    return Err(err(
+                        at(missing),
+                        "required (a policy without `backend` is counted locally)",
+                    ));
+                };
+                let burst = p.burst.unwrap_or(limit);
+                if burst == 0 || burst > MAX_LIMIT {
+                    return Err(err(
+                        at("burst"),
+                        format!("must be between 1 and {MAX_LIMIT}"),
+                    ));
+                }
+                Backend::Local(Rate {
+                    limit,
+                    window_ms,
+                    burst,
+                })
+            }
+            Some(RawBackend::Rls(rls)) => {
+                let at = |f: &str| at(&format!("backend.rls.{f}"));
+                if p.burst.is_some() {
+                    return Err(err(
+                        format!("rate_limits.policies.{name}.burst"),
+                        "a remote policy's limits are the rate-limit service's",
+                    ));
+                }
+                let declared = match (limit, window_ms) {
+                    (Some(limit), Some(window_ms)) => Some(Declared { limit, window_ms }),
+                    (None, None) => None,
+                    (Some(_), None) => {
+                        return Err(err(
+                            format!("rate_limits.policies.{name}.window"),
+                            "required with `limit` (both describe the service's limit)",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(err(
+                            format!("rate_limits.policies.{name}.limit"),
+                            "required with `window` (both describe the service's limit)",
+                        ))
+                    }
+                };
+                if rls.cluster.is_empty() {
+                    return Err(err(at("cluster"), "must name an Envoy cluster"));
+                }
+                if rls.domain.is_empty() {
+                    return Err(err(at("domain"), "must not be empty"));
+                }
+                let timeout_ms = duration_ms(&at("timeout"), &rls.timeout, 20, 1)?;
+                if timeout_ms > MAX_RLS_TIMEOUT_MS {
+                    return Err(err(at("timeout"), "must be at most 60s"));
+                }
+                Backend::Rls(RlsBackend {
+                    cluster: rls.cluster,
+                    domain: rls.domain,
+                    timeout_ms,
+                    failure_mode_deny: rls.failure_mode_deny,
+                    declared,
+                })
+            }
+        };
         let key = match p.key {
             RawLimitKey::Subject => LimitKey::Subject,
             RawLimitKey::ClientId => LimitKey::ClientId,
@@ -132,15 +224,7 @@ pub(super) fn compile_rate_limits(raw: Option<RawRateLimits>) -> Result<RateLimi
             }
             RawLimitKey::Header(h) => LimitKey::Header(h.to_ascii_lowercase()),
         };
-        policies.push(Policy {
-            name,
-            rate: Rate {
-                limit: p.limit,
-                window_ms,
-                burst,
-            },
-            key,
-        });
+        policies.push(Policy { name, key, backend });
     }
     let brute_force = match raw.brute_force {
         None => None,

@@ -257,7 +257,9 @@ fn rate_limits_compile_and_name_bad_fields() {
     let p = &s.rate_limits.policies;
     assert_eq!(p[0].name, "per-client");
     assert_eq!(
-        (p[0].rate.limit, p[0].rate.window_ms, p[0].rate.burst),
+        p[0].local_rate()
+            .map(|r| (r.limit, r.window_ms, r.burst))
+            .unwrap(),
         (10, 1_000, 10)
     );
     assert_eq!(
@@ -310,6 +312,123 @@ fn rate_limits_compile_and_name_bad_fields() {
         parse_value(&v).unwrap().client_ip,
         ClientIpSource::XForwardedFor { trusted_hops: 1 }
     );
+}
+
+#[test]
+fn remote_policies_name_their_rate_limit_service() {
+    use crate::ratelimit::{Declared, RlsBackend};
+    let mut v = base();
+    v["rate_limits"] = json!({"policies": {
+        "fleet": {"key": "client_id", "backend": {"rls": {
+            "cluster": "rate_limit_service", "domain": "tollgate"}}},
+        "daily": {"key": {"claim": "tenant"}, "limit": 100000, "window": "86400s",
+            "backend": {"rls": {"cluster": "rls", "domain": "quotas", "timeout": "0.25s",
+                                "failure_mode_deny": true}}}
+    }});
+    let s = parse_value(&v).unwrap();
+    let p = &s.rate_limits.policies;
+    assert_eq!(
+        p[1].rls(),
+        Some(&RlsBackend {
+            cluster: "rate_limit_service".into(),
+            domain: "tollgate".into(),
+            timeout_ms: 20,
+            failure_mode_deny: false,
+            declared: None,
+        })
+    );
+    assert_eq!(p[1].local_rate(), None);
+    assert_eq!(
+        p[0].rls()
+            .map(|r| (r.timeout_ms, r.failure_mode_deny, r.declared)),
+        Some((
+            250,
+            true,
+            Some(Declared {
+                limit: 100_000,
+                window_ms: 86_400_000
+            })
+        ))
+    );
+
+    let rls = |extra: Value| {
+        let mut policy =
+            json!({"key": "subject", "backend": {"rls": {"cluster": "c", "domain": "d"}}});
+        for (k, v) in extra.as_object().unwrap() {
+            if k == "rls" {
+                for (k, v) in v.as_object().unwrap() {
+                    policy["backend"]["rls"][k] = v.clone();
+                }
+            } else {
+                policy[k] = v.clone();
+            }
+        }
+        json!({"policies": {"p": policy}})
+    };
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            rls(json!({"rls": {"cluster": ""}})),
+            "rate_limits.policies.p.backend.rls.cluster",
+            "cluster",
+        ),
+        (
+            rls(json!({"rls": {"domain": ""}})),
+            "rate_limits.policies.p.backend.rls.domain",
+            "empty",
+        ),
+        (
+            rls(json!({"rls": {"timeout": "61s"}})),
+            "rate_limits.policies.p.backend.rls.timeout",
+            "60s",
+        ),
+        (
+            rls(json!({"rls": {"timeout": "0s"}})),
+            "rate_limits.policies.p.backend.rls.timeout",
+            "at least",
+        ),
+        (
+            rls(json!({"rls": {"failure_mode": "open"}})),
+            "rate_limits.policies.p.backend.rls.failure_mode",
+            "failure_mode_deny",
+        ),
+        (
+            rls(json!({"burst": 5})),
+            "rate_limits.policies.p.burst",
+            "service",
+        ),
+        (
+            rls(json!({"limit": 5})),
+            "rate_limits.policies.p.window",
+            "both",
+        ),
+        (
+            rls(json!({"window": "1s"})),
+            "rate_limits.policies.p.limit",
+            "both",
+        ),
+        (
+            json!({"policies": {"p": {"key": "subject", "backend": {"redis": {}}}}}),
+            "rate_limits.policies.p.backend",
+            "unknown variant",
+        ),
+        (
+            json!({"policies": {"p": {"key": "subject", "backend": {"rls": {"cluster": "c"}}}}}),
+            "rate_limits.policies.p.backend.rls",
+            "domain",
+        ),
+        (
+            json!({"policies": {"p": {"key": "subject", "window": "1s"}}}),
+            "rate_limits.policies.p.limit",
+            "counted locally",
+        ),
+    ];
+    for (rl, field, words) in cases {
+        let mut v = base();
+        v["rate_limits"] = rl.clone();
+        let e = error_at(v);
+        assert_eq!(e.field, field, "{rl}: {e}");
+        assert!(e.message.contains(words), "{rl}: {e}");
+    }
 }
 
 #[test]

@@ -78,7 +78,7 @@ fn status(step: &Step) -> u32 {
     match step {
         Step::Continue { .. } => 200,
         Step::Respond(d) => d.status,
-        Step::Wait { .. } | Step::Park { .. } => 0,
+        Step::Wait { .. } | Step::Park { .. } | Step::CallRateLimit(_) => 0,
     }
 }
 

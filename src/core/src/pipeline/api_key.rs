@@ -8,7 +8,7 @@ use crate::credentials::{HeaderEdit, RequestView};
 use crate::decision::Reason;
 use crate::identity::{Caller, TokenDigest};
 use crate::policy::Rule;
-use crate::ratelimit::LimitCheck;
+use crate::ratelimit::{LimitCheck, ValueKind};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -64,6 +64,7 @@ impl Authorizer<'_> {
                 limits.push(LimitCheck {
                     policy,
                     value: consumer.id.clone(),
+                    kind: ValueKind::Consumer,
                 });
             }
         }

@@ -846,6 +846,15 @@ mod tests {
                 pair("tenant", "192.0.2.1")
             ]
         );
+        // ... and say so in their descriptors: ("client_ip", …), not ("subject", …).
+        let Outcome::Allow { limits, .. } = &o else {
+            panic!("{o:?}")
+        };
+        let keys: Vec<String> = limits
+            .iter()
+            .map(|c| f.settings.rate_limits.policies[c.policy.0].descriptor_key(c.kind))
+            .collect();
+        assert_eq!(keys, ["client_ip"; 4]);
     }
 
     fn sha256_hex(key: &str) -> String {
@@ -903,7 +912,8 @@ mod tests {
                         limits,
                         &vec![LimitCheck {
                             policy: crate::ratelimit::PolicyId(0),
-                            value: "partner-a".into()
+                            value: "partner-a".into(),
+                            kind: crate::ratelimit::ValueKind::Consumer,
                         }]
                     )
                 }

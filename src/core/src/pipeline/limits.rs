@@ -10,7 +10,7 @@ use crate::host::Host;
 use crate::identity::Caller;
 use crate::policy::Rule;
 use crate::ratelimit::table::Churn;
-use crate::ratelimit::{self, Enforcement, LimitCheck, LimitKey, PolicyId};
+use crate::ratelimit::{self, Enforcement, LimitCheck, LimitKey, LimitState, PolicyId, ValueKind};
 use serde_json::{Map, Value};
 
 impl Authorizer<'_> {
@@ -28,6 +28,7 @@ impl Authorizer<'_> {
             .iter()
             .filter_map(|&policy| {
                 let key = &self.settings.rate_limits.policy(policy)?.key;
+                let mut kind = ValueKind::PolicyKey;
                 let value = match (key, who) {
                     (LimitKey::ClientIp, _) => ip(),
                     (LimitKey::Header(h), _) => req
@@ -35,30 +36,62 @@ impl Authorizer<'_> {
                         .next()
                         .and_then(|v| std::str::from_utf8(v).ok())
                         .map(str::to_string),
-                    (_, None) => ip(),
+                    (_, None) => {
+                        kind = ValueKind::ClientIp;
+                        ip()
+                    }
                     (LimitKey::Subject, Some((c, _))) => c.subject.clone(),
                     (LimitKey::ClientId, Some((c, _))) => c.client_id.clone(),
                     (LimitKey::Claim(name), Some((_, claims))) => {
                         name.lookup(claims).and_then(claim_header_value)
                     }
                 }?;
-                Some(LimitCheck { policy, value })
+                Some(LimitCheck {
+                    policy,
+                    value,
+                    kind,
+                })
             })
             .collect()
     }
 }
 
-/// Counts the request against its policies (after everything else allowed it).
-/// `Err`: the first policy that refuses, and its `429`. `Ok`: the `RateLimit`
-/// headers for the response, when configured.
+/// The `RateLimit` headers of the most constrained policy that admitted the
+/// request so far (only with `response_headers`), local or remote.
+#[derive(Debug, Default)]
+pub(super) struct TightestLimit(Option<(u64, Vec<(&'static str, String)>)>);
+
+impl TightestLimit {
+    /// Keeps `state`'s headers if its policy has fewer requests left.
+    pub(super) fn offer(&mut self, name: &str, state: &LimitState) {
+        if self.0.as_ref().is_none_or(|(r, _)| state.remaining < *r) {
+            self.0 = Some((state.remaining, state.headers(name)));
+        }
+    }
+
+    pub(super) fn into_headers(self) -> Vec<(&'static str, String)> {
+        self.0.map(|(_, h)| h).unwrap_or_default()
+    }
+}
+
+/// Counts the request against its local policies (after everything else
+/// allowed it; remote ones are `remote_limits`'). `Err`: the first policy that
+/// refuses, and its `429`. `Ok`: the tightest policy, when `RateLimit` headers
+/// are configured on responses.
 pub(super) fn enforce(
     limits: &RateLimits,
     host: Host<'_>,
     checks: &[LimitCheck],
     now_ms: u64,
-) -> Result<Vec<(&'static str, String)>, (PolicyId, Denial)> {
-    if checks.is_empty() {
-        return Ok(Vec::new());
+) -> Result<TightestLimit, (PolicyId, Denial)> {
+    let mut tightest = TightestLimit::default();
+    let local = |c: &&LimitCheck| {
+        limits
+            .policy(c.policy)
+            .is_some_and(|p| p.local_rate().is_some())
+    };
+    if !checks.iter().any(|c| local(&c)) {
+        return Ok(tightest);
     }
     let mut churn = Churn::default();
     let result = ratelimit::enforce(
@@ -70,27 +103,36 @@ pub(super) fn enforce(
         &mut churn,
     );
     host.metrics.churn(&churn);
-    // Every policy before the one that refused counted the request.
+    // Every local policy before the one that refused counted the request.
     let refused = match result {
         Enforcement::Limited(policy, _) => Some(policy),
         Enforcement::Allowed(_) => None,
     };
-    for check in checks {
+    for check in checks.iter().filter(local) {
         let limited = Some(check.policy) == refused;
         host.metrics.rate_limit(check.policy, limited);
         if limited {
             break;
         }
     }
+    let state = |policy| {
+        let p = limits.policy(policy)?;
+        Some((p, p.local_rate()?))
+    };
     match result {
-        Enforcement::Limited(policy, verdict) => match limits.policy(policy) {
-            Some(p) => Err((policy, ratelimit::limited_response(p, &verdict))),
-            None => Ok(Vec::new()),
+        Enforcement::Limited(policy, verdict) => match state(policy) {
+            Some((p, rate)) => Err((
+                policy,
+                LimitState::local(rate, &verdict).limited_response(&p.name),
+            )),
+            None => Ok(tightest),
         },
-        Enforcement::Allowed(Some((policy, verdict))) if limits.response_headers => Ok(limits
-            .policy(policy)
-            .map(|p| ratelimit::rate_limit_headers(p, &verdict).into())
-            .unwrap_or_default()),
-        Enforcement::Allowed(_) => Ok(Vec::new()),
+        Enforcement::Allowed(Some((policy, verdict))) if limits.response_headers => {
+            if let Some((p, rate)) = state(policy) {
+                tightest.offer(&p.name, &LimitState::local(rate, &verdict));
+            }
+            Ok(tightest)
+        }
+        Enforcement::Allowed(_) => Ok(tightest),
     }
 }

@@ -13,6 +13,8 @@
 //! 7. **anomaly signals** (`signals`): a suspended credential is refused; uses
 //!    and refusals are recorded for the heuristics;
 //! 8. **limits** (`limits`): counted only once everything else allowed the request;
+//!    then **remote limits** (`remote_limits`): one rate-limit service call per
+//!    remote policy, only once the local ones admitted it;
 //! 9. **upstream edits**: credentials, identity look-alikes and method overrides
 //!    removed (`crate::upstream`, on every route), verified identity set
 //!    (`identity_headers`), the client certificate's identity on rules that check it
@@ -22,7 +24,8 @@
 //! (denials always, allowed requests as sampled).
 //!
 //! Whatever must wait on the host is a [`Step`] the pipeline returns: the filter
-//! crate maps steps to host calls and calls [`resume`] when a wait is over.
+//! crate maps steps to host calls and calls [`resume`] (or, after a rate-limit
+//! call, [`resume_rate_limit`]) when a wait is over.
 
 mod api_key;
 mod certificate;
@@ -31,10 +34,12 @@ mod extract;
 mod identity_headers;
 mod limits;
 mod lockout;
+mod remote_limits;
 mod signals;
 mod verify;
 
 pub use decide::{Authorizer, Outcome};
+pub use remote_limits::{resume_rate_limit, PendingLimits, RateLimitAnswer, RateLimitCall};
 
 use crate::anomaly::Signal;
 use crate::apikey::KeySet as ApiKeySet;
@@ -88,6 +93,22 @@ pub enum Step {
     /// request or worker started ends: [`Worker::complete_fetch`] and
     /// [`Worker::on_tick`] hand it back, to [`resume`].
     Park { doc: DocId, received_us: u64 },
+    /// Hold it while the rate-limit service is asked (see [`RateLimitCall`]),
+    /// then hand the answer to [`resume_rate_limit`].
+    CallRateLimit(Box<RateLimitCall>),
+}
+
+/// A request everything but its remote limits has admitted.
+#[derive(Debug)]
+struct Admitted {
+    reason: Reason,
+    rule: Option<usize>,
+    edits: Vec<HeaderEdit>,
+    identity: Arc<[HeaderEdit]>,
+    caller: Option<Arc<Caller>>,
+    token_hash: Option<TokenDigest>,
+    signals: Vec<Signal>,
+    tightest: limits::TightestLimit,
 }
 
 /// Whether the credential stages may still ask for a key refetch.
@@ -193,22 +214,18 @@ fn run(
                     record(worker, host, req, decided);
                     Step::Respond(denial)
                 }
-                Ok(response_headers) => {
-                    let decided = Decided {
+                Ok(tightest) => {
+                    let admitted = Admitted {
                         reason,
-                        status: None,
                         rule,
-                        caller: caller.as_deref(),
-                        fingerprint: token_hash,
-                        policy: None,
-                        signals: &signals,
-                    };
-                    record(worker, host, req, decided);
-                    Step::Continue {
                         edits,
                         identity,
-                        response_headers,
-                    }
+                        caller,
+                        token_hash,
+                        signals,
+                        tightest,
+                    };
+                    remote_limits::start(worker, host, req, admitted, limits, now_ms)
                 }
             }
         }
@@ -303,6 +320,52 @@ fn dpop_once(
             None,
         ))
     }
+}
+
+/// The request passed every stage.
+fn admit(worker: &Worker, host: Host<'_>, req: &RequestView<'_>, a: Admitted) -> Step {
+    let decided = Decided {
+        reason: a.reason,
+        status: None,
+        rule: a.rule,
+        caller: a.caller.as_deref(),
+        fingerprint: a.token_hash,
+        policy: None,
+        signals: &a.signals,
+    };
+    record(worker, host, req, decided);
+    Step::Continue {
+        edits: a.edits,
+        identity: a.identity,
+        response_headers: a.tightest.into_headers(),
+    }
+}
+
+/// A remote policy refused a request the earlier stages admitted: over its
+/// limit (a refusal the anomaly heuristics hear of), or its service failed and
+/// the policy fails closed (not the caller's doing).
+fn refuse(
+    worker: &Worker,
+    host: Host<'_>,
+    req: &RequestView<'_>,
+    denial: Denial,
+    policy: PolicyId,
+    mut a: Admitted,
+    now_ms: u64,
+) -> Step {
+    if denial.reason == Reason::RateLimited {
+        let caller = a.caller.as_deref();
+        signals::on_refusal(worker, host, caller, a.token_hash, now_ms, &mut a.signals);
+    }
+    let decided = Decided {
+        rule: a.rule,
+        caller: a.caller.as_deref(),
+        fingerprint: a.token_hash,
+        signals: &a.signals,
+        ..Decided::denied(&denial, Some(policy))
+    };
+    record(worker, host, req, decided);
+    Step::Respond(denial)
 }
 
 /// What was decided about a request, for [`record`].
@@ -461,7 +524,7 @@ mod tests {
         match step {
             Step::Continue { .. } => 200,
             Step::Respond(denial) => denial.status,
-            Step::Wait { .. } | Step::Park { .. } => 0,
+            Step::Wait { .. } | Step::Park { .. } | Step::CallRateLimit(_) => 0,
         }
     }
 
