@@ -142,17 +142,30 @@ clean:
 # sample CA's certificates (src/sample-ca), and are skipped, saying so, without them.
 # Settings: BENCH_SECONDS, BENCH_ROUNDS, BENCH_MEMORY_TOKENS, ... (bench/bench.py).
 # Then the token service's RSS after bursts of concurrent logins (bench/token_service_rss.py,
-# BENCH_TOKEN_BURST, BASELINE_TOKEN_SERVICE).
-.PHONY: bench
+# BENCH_TOKEN_BURST, BASELINE_TOKEN_SERVICE), then the soak (below).
+.PHONY: bench soak .wrk
 
-bench: tools wasm
-	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
+bench: tools wasm .wrk
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
 	$(CARGO) build --release --manifest-path bench/tokens/Cargo.toml
 	$(CARGO) build --release -p tollgate-rls-backend -p tollgate-sample-ca
 	ENVOY=$(abspath $(ENVOY)) python3 bench/bench.py
 	$(CARGO) build --release -p tollgate-token-service
 	python3 bench/token_service_rss.py
+	$(MAKE) --no-print-directory soak
+
+# SOAK_SECONDS (default 600) of mixed traffic through the sample stack (envoy/run.sh,
+# Envoy with two workers, in a network namespace of its own): valid, invalid, revoked
+# and rate-limited tokens and API keys, a signing-key rotation and an API-key change in
+# the middle. Reports Envoy's RSS, decisions/s, 5xx and VM restarts over time; fails on
+# any 5xx, VM restart or wrong answer (bench/soak.py).
+SOAK_SECONDS ?= 600
+
+soak: tools wasm bins .wrk
+	SOAK_SECONDS=$(SOAK_SECONDS) ENVOY=$(abspath $(ENVOY)) python3 bench/soak.py
+
+.wrk:
+	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
 
 ## Fuzz --------------------------------------------------------------------
 
