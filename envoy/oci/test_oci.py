@@ -242,16 +242,26 @@ def main() -> None:
             processes.append(envoy)
             wait_for(f"http://127.0.0.1:{admin}/ready", "Envoy", envoy, envoy_log)
             status = 0
-            for _ in range(100):  # the module loads asynchronously; the listener waits for it
-                status, headers, body = get(f"http://127.0.0.1:{listener}/data")
+            headers = {}
+            for _ in range(300):  # the module loads asynchronously; the listener waits for it
+                try:
+                    status, headers, body = get(f"http://127.0.0.1:{listener}/data")
+                except OSError:  # the listener is not bound until the module is in
+                    status = 0
                 if status == 401:
                     break
                 time.sleep(0.1)
+            if status != 401:
+                print(envoy_log.read_text()[-4000:])
             check(status == 401 and headers.get("WWW-Authenticate", "").startswith('Bearer realm="oci-test"'),
                   f"GET /data without a token: 401 Bearer realm=\"oci-test\" from the pulled filter (got {status})")
             status, _, body = get(f"http://127.0.0.1:{listener}/public/hello")
             check(status == 200 and body == b"upstream", "GET /public/hello (anonymous rule): 200 from upstream")
-            stats = get(f"http://127.0.0.1:{admin}/stats?filter=wasm")[2].decode()
+            for _ in range(50):  # each worker hands its counters to Envoy on its tick
+                stats = get(f"http://127.0.0.1:{admin}/stats?filter=wasm")[2].decode()
+                if "tollgate.decision.missing_credentials: 1" in stats:
+                    break
+                time.sleep(0.1)
             check("tollgate.decision.missing_credentials: 1" in stats,
                   "Envoy counts the filter's decision (wasmcustom.tollgate.decision.missing_credentials)")
         finally:
