@@ -521,6 +521,20 @@ fn host_and_pure_rust_backends_agree_on_every_token() {
     let pure = Envoy::start(&config);
     assert!(stack.envoy.log().contains("verified by Envoy's BoringSSL"));
     assert!(pure.wait_for_log("verified in pure Rust", Duration::from_secs(5)));
+    // The new Envoy answers 503 until its first fetch of the token service's keys.
+    let reader = stack.token("reader", None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while call(
+        "GET",
+        &pure.url("/data"),
+        &[("authorization", &format!("Bearer {reader}"))],
+    )
+    .status
+        == 503
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let k = &stack.keys;
     let c = || claims(TEST_ISSUER, json!({}));
