@@ -6,6 +6,13 @@ when `taskset` and two CPUs are there) in front of one upstream Envoy that
 answers 200 itself (pinned, with the load generator `wrk`, to CPU 1). Rows run
 interleaved, several rounds; the table shows medians over rounds.
 
+Rows *-w2 run the proxy with two workers (`--concurrency 2`), so that Tollgate's
+workers share its counters in shared data as in production; a 2-core machine can
+only pin them to both CPUs, the load keeping CPU 1, for native and Tollgate alike.
+
+Rows H-*: the wasm floor plus one kind of host call, ten times per request; the
+report prices each host call Tollgate makes (bench/floor).
+
 Settings (environment): BENCH_SECONDS (3) per row and round, BENCH_ROUNDS (10),
 BENCH_CONNECTIONS (32), BENCH_POOL (20000 distinct tokens per algorithm for the
 cold rows: twice the cache bound, so every request misses), BENCH_MEMORY_TOKENS
@@ -223,6 +230,19 @@ def mint_dpop(s: Settings, tokens: Path):
                                      f"{DPOP_BASE}/data", s.dpop_proofs]], check=True)
 
 
+# Host-call probes (rows H-*): the floor plus one kind of host call, N times per
+# request (bench/floor). (probe, N, what one unit is, units per request).
+HOST_CALL_PROBES = [
+    ("header_map", 10, "get_http_request_headers (the whole map)", 10),
+    ("clock", 10, "get_current_time", 10),
+    ("source_address", 10, "get_property source.address", 10),
+    ("set_header", 10, "set_http_request_header (a new header)", 10),
+    ("set_header_map", 10, "set_http_request_headers: whole map + 10 new, one call", 1),
+    ("shared_read", 10, "get_shared_data (512 bytes)", 10),
+    ("shared_update", 10, "get_shared_data + set_shared_data with CAS", 10),
+    ("histogram", 10, "record_metric on a histogram", 10),
+]
+
 # Proxies that call the rate-limit service (FleetBackend, configs/rls_cluster.yaml).
 FLEET_PROXIES = ("tollgate_fleet", "tollgate_remote")
 
@@ -241,7 +261,18 @@ PROXIES = {
     "tollgate_memory": ["tollgate"],
     "tollgate_baseline": ["tollgate"],
     "tollgate_tls": ["tollgate"],
+    **{f"floor_{probe}": ["floor"] for probe, *_ in HOST_CALL_PROBES},
 }
+
+
+def base_proxy(proxy: str) -> str:
+    """The configuration a proxy runs: its name without the "@<workers>" suffix."""
+    return proxy.split("@")[0]
+
+
+def proxy_workers(proxy: str) -> int:
+    """Envoy's --concurrency for a proxy: "tollgate@2" runs two workers."""
+    return int(proxy.split("@")[1]) if "@" in proxy else 1
 
 
 @dataclass
@@ -284,6 +315,8 @@ def proxy_config(s: Settings, name: str, tokens: Path, ports: Ports, upstream: i
     values = {
         "port": ports.port, "admin_port": ports.admin, "upstream_port": upstream,
         "floor_wasm": s.floor_wasm,
+        "floor_probe": next((f"{probe} {n}" for probe, n, *_ in HOST_CALL_PROBES
+                             if name == f"floor_{probe}"), ""),
         "tollgate_wasm": s.baseline_wasm if name.endswith("_baseline") else s.tollgate_wasm,
         "issuer": ISSUER, "audience": AUDIENCE, "jwks": json.dumps(jwks),
         "cache_entries": CACHE_ENTRIES, "api_key": API_KEY,
@@ -328,10 +361,10 @@ def http_get(port: int, path: str, headers=None):
 
 
 class Envoy:
-    def __init__(self, s: Settings, name: str, config: Path, ports: Ports, cpus):
+    def __init__(self, s: Settings, name: str, config: Path, ports: Ports, cpus, workers=1):
         self.name, self.ports = name, ports
         self.log_path = RUN / f"{name}.log"
-        cmd = [str(s.envoy), "-c", str(config), "--concurrency", "1",
+        cmd = [str(s.envoy), "-c", str(config), "--concurrency", str(workers),
                "--disable-hot-restart", "--log-level", "warn"]
         with self.log_path.open("w") as log_file:
             self.proc = subprocess.Popen(pinned(cmd, cpus), cwd=ROOT, stdin=subprocess.DEVNULL,
@@ -516,10 +549,13 @@ def with_baseline_twins(rows: list) -> list:
     for row in rows:
         out.append(row)
         # The DPoP row needs a build that knows DPoP: no twin.
-        if row.proxy in ("tollgate", "tollgate_limits") and not row.id.endswith("-dpop"):
+        if (base_proxy(row.proxy) in ("tollgate", "tollgate_limits")
+                and not row.id.endswith("-dpop")):
             twin = f"{row.id}b"
             row.baseline = twin
-            out.append(Row(twin, f"{row.label} [baseline]", f"{row.proxy}_baseline", row.load,
+            workers = proxy_workers(row.proxy)
+            proxy = f"{base_proxy(row.proxy)}_baseline" + (f"@{workers}" if workers > 1 else "")
+            out.append(Row(twin, f"{row.label} [baseline]", proxy, row.load,
                            row.status, native=row.native))
     return out
 
@@ -552,6 +588,23 @@ def make_rows(tokens: Path, tls: bool) -> list:
         Row("7r-jwt", "Tollgate + rate limit + filter RLS call", "tollgate_remote",
             warm, native="7f-jwt"),
         Row("7f-jwt", "Tollgate + rate limit + native RLS call", "tollgate_fleet", warm),
+        # The probes, around a floor row of their own (each compared with it).
+        *[Row(f"H-{probe}", f"floor + {n} x {probe}", f"floor_{probe}", warm)
+          for probe, n, *_ in HOST_CALL_PROBES[:4]],
+        Row("H-floor", "wasm floor (beside the probes)", "floor", warm),
+        *[Row(f"H-{probe}", f"floor + {n} x {probe}", f"floor_{probe}", warm)
+          for probe, n, *_ in HOST_CALL_PROBES[4:]],
+        # Two workers (--concurrency 2): shared-data contention between VMs shows.
+        Row("4-w2", "Tollgate, warm, 2 workers", "tollgate@2", warm, native="3-w2"),
+        Row("3-w2", "native jwt_authn+cache, warm, 2 workers", "native@2", warm),
+        Row("7n-jwt-w2", "native jwt_authn + local_ratelimit, 2 workers", "native_limits@2",
+            warm),
+        Row("7-jwt-w2", "Tollgate + rate limit, warm JWT, 2 workers", "tollgate_limits@2",
+            warm, native="7n-jwt-w2"),
+        Row("7n-key-w2", "native api_key_auth + local_ratelimit, 2 workers",
+            "native_api_key@2", key),
+        Row("7-key-w2", "Tollgate + rate limit, API key, 2 workers", "tollgate_limits@2", key,
+            native="7n-key-w2"),
         *([Row("9-tls", "Tollgate over mTLS, warm unbound token", "tollgate_tls", warm,
                via="tls_client"),
            Row("9-bound", "Tollgate over mTLS, warm bound token", "tollgate_tls",
@@ -677,6 +730,20 @@ def summarize(rows) -> dict:
     return out
 
 
+def host_call_costs(rows) -> dict:
+    """Proxy CPU per host call, in microseconds, by probe: the median over rounds
+    of (CPU/req of the probe row - CPU/req of the floor beside it) / calls."""
+    by_id = {row.id: row for row in rows}
+    floor = by_id.get("H-floor")
+    out = {}
+    for probe, _, what, units in HOST_CALL_PROBES:
+        row = by_id.get(f"H-{probe}")
+        if floor and row:
+            out[probe] = (what, median([(a["cpu_us"] - b["cpu_us"]) / units
+                                        for a, b in zip(row.runs, floor.runs)]))
+    return out
+
+
 def evaluate_targets(rows, summary, memory) -> dict:
     """The issue's targets: name -> (value, comparison, threshold, met); a
     target whose rows were not run is left out."""
@@ -725,19 +792,20 @@ def evaluate_targets(rows, summary, memory) -> dict:
     return out
 
 
-def print_report(s, pin, summary, native_cache, memory, targets, tls_skipped):
+def print_report(s, pin, summary, native_cache, memory, targets, tls_skipped, host_calls):
     print()
     print(f"Tollgate bench: {s.rounds} rounds x {s.seconds} s per row, interleaved; "
           f"wrk -t1 -c{s.connections}, HTTP/1.1 keep-alive; medians over rounds.")
     if pin:
         print(f"Pinned with taskset: proxy under test (--concurrency 1) on CPU {pin[0]}; "
-              f"wrk and the upstream Envoy on CPU {pin[1]}.")
+              f"wrk and the upstream Envoy on CPU {pin[1]}. Rows *-w2 (--concurrency 2): "
+              f"the proxy on CPUs {pin[0]},{pin[1]}, sharing CPU {pin[1]} with the load.")
     else:
         print("Not pinned (no taskset, or fewer than 2 CPUs).")
-    fmt = "{:<7} {:<40} {:>8} {:>7} {:>7} {:>8} {:>6} {:>6} {:>19}"
+    fmt = "{:<16} {:<40} {:>8} {:>7} {:>7} {:>8} {:>6} {:>6} {:>19}"
     print(fmt.format("row", "configuration", "req/s", "p50 ms", "p99 ms", "CPU/req",
                      "CPU", "x row1", "x native"))
-    print("-" * 118)
+    print("-" * 127)
     for rid, r in summary.items():
         native = f"{r['vs_native']:.2f} (row {r['native']})" if r["vs_native"] else "-"
         print(fmt.format(rid, r["label"] + ("" if r["ok"] else " !"), f"{r['rps']:.0f}",
@@ -762,6 +830,12 @@ def print_report(s, pin, summary, native_cache, memory, targets, tls_skipped):
     if native_cache:
         print("native jwt_authn verified-JWT cache over all rows: "
               + ", ".join(f"{k} {v}" for k, v in sorted(native_cache.items())))
+    if host_calls:
+        print()
+        print("Host calls: proxy CPU per call (rows H-* against H-floor, same rounds; "
+              "medians of per-round differences):")
+        for probe, (what, us) in host_calls.items():
+            print(f"  {probe:<15} {us:6.2f} us  {what}")
     if memory:
         print()
         print(f"Memory: VmRSS of a fresh Envoy while {s.memory_tokens} distinct valid ES256 "
@@ -783,8 +857,9 @@ def print_report(s, pin, summary, native_cache, memory, targets, tls_skipped):
         print(EDDSA_GAP)
 
 
-def bench_line(s, pin, summary, memory, targets) -> dict:
+def bench_line(s, pin, summary, memory, targets, host_calls) -> dict:
     return {
+        "host_call_us": {k: round(us, 3) for k, (_, us) in host_calls.items()},
         "targets": {k: {"value": round(v, 3), "op": op, "threshold": t, "met": met}
                     for k, (v, op, t, met) in targets.items()},
         "targets_met": all(met for *_, met in targets.values() if met is not None),
@@ -841,9 +916,13 @@ def main():
             fleet = FleetBackend(s, load_cpus)
         for name in sorted({row.proxy for row in rows}):
             ports = free_ports()
-            config = proxy_config(s, name, tokens, ports, upstream_ports.port, name,
-                                  fleet.grpc_port if fleet else 0, tls)
-            envoys[name] = Envoy(s, name, config, ports, proxy_cpus)
+            config = proxy_config(s, base_proxy(name), tokens, ports, upstream_ports.port,
+                                  name.replace("@", "-w"), fleet.grpc_port if fleet else 0, tls)
+            workers = proxy_workers(name)
+            # Two workers get both CPUs (the load keeps CPU 1 too): as well as a
+            # 2-core machine can pin them, and the same for native and Tollgate.
+            cpus = (",".join(pin) if pin else None) if workers > 1 else proxy_cpus
+            envoys[name] = Envoy(s, name, config, ports, cpus, workers)
         if any(row.via for row in rows):
             ports = free_ports()
             config = tls_client_config(tls, ports, envoys["tollgate_tls"].port)
@@ -872,8 +951,9 @@ def main():
 
     summary = summarize(rows)
     targets = evaluate_targets(rows, summary, memory)
-    print_report(s, pin, summary, native_cache, memory, targets, tls_skipped)
-    line = bench_line(s, pin, summary, memory, targets)
+    host_calls = host_call_costs(rows)
+    print_report(s, pin, summary, native_cache, memory, targets, tls_skipped, host_calls)
+    line = bench_line(s, pin, summary, memory, targets, host_calls)
     print("BENCH " + json.dumps(line, separators=(",", ":")), flush=True)
     if not line["valid"]:
         sys.exit(1)
