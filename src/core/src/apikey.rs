@@ -8,9 +8,13 @@
 //!
 //! The key-set document is `tollgate_contract::api_key_set`.
 
+use crate::credentials::HeaderEdit;
 use crate::decision::Reason;
+use crate::identity::Caller;
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 use tollgate_contract::api_key_set::KeySetDocument;
 pub use tollgate_contract::cidr::Cidr;
 use tollgate_contract::key_hashing::from_hex;
@@ -31,6 +35,19 @@ pub struct KeyEntry {
     pub expires_at: Option<u64>,
     pub allowed_cidrs: Vec<Cidr>,
     pub enabled: bool,
+    /// What the key stands for, built on its first use (see [`KeyIdentity`]).
+    pub identity: OnceLock<Arc<KeyIdentity>>,
+}
+
+/// What a valid key stands for: the caller, the claims rules read, and the
+/// identity headers. The same for every request with the key, so it is built
+/// once, on the key's first use, and kept with the key set. A key set belongs
+/// to one worker, whose settings (and so header names) never change.
+#[derive(Debug)]
+pub struct KeyIdentity {
+    pub caller: Arc<Caller>,
+    pub claims: Map<String, Value>,
+    pub headers: Arc<[HeaderEdit]>,
 }
 
 /// A parsed key set, indexed by digest.
@@ -116,6 +133,7 @@ impl KeySet {
                     expires_at: key.expires_at,
                     allowed_cidrs,
                     enabled: key.enabled,
+                    identity: OnceLock::new(),
                 };
                 if set.by_digest.insert(digest, entry).is_some() {
                     return Err(bad(at("hash"), "the same key is listed twice"));

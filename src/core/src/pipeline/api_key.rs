@@ -1,8 +1,11 @@
 //! Stage: API-key authentication. The key's digest is looked up in the key set
 //! (inline, or polled from the token service); its consumer becomes the caller.
+//! What a key stands for (caller, claims, identity headers) is built on its
+//! first use and kept with the key set: later requests with it only look it up.
 
 use super::decide::{unavailable, Authenticated, Authorizer, Failure};
 use super::identity_headers::header_safe;
+use crate::apikey::{Consumer, KeyEntry, KeyIdentity};
 use crate::config::ApiKeySource;
 use crate::credentials::{HeaderEdit, RequestView};
 use crate::decision::Reason;
@@ -16,7 +19,6 @@ impl Authorizer<'_> {
     pub(super) fn authenticate_api_key(
         &self,
         key: &str,
-        hash: &TokenDigest,
         rule: &Rule,
         req: &RequestView<'_>,
     ) -> Result<Authenticated, Failure> {
@@ -30,31 +32,19 @@ impl Authorizer<'_> {
                 .api_keys()
                 .ok_or_else(|| unavailable(Reason::ApiKeysUnavailable, src))?,
         };
+        let hash = TokenDigest::of(key);
         let digest = k.hashing.digest_from_sha256(key, &hash.0);
         let (consumer, entry) = set.verify_digest(&digest, req.client_ip, self.now)?;
+        let known = entry
+            .identity
+            .get_or_init(|| Arc::new(self.key_identity(consumer, entry)));
         let scopes: Vec<&str> = consumer.scopes.iter().map(String::as_str).collect();
-        let mut claims = Map::new();
-        claims.insert("sub".into(), Value::from(consumer.id.as_str()));
-        claims.insert("client_id".into(), Value::from(consumer.id.as_str()));
-        claims.insert("scope".into(), Value::from(scopes.join(" ")));
-        if let Some(tenant) = &consumer.tenant {
-            claims.insert("tenant".into(), Value::from(tenant.as_str()));
-        }
-        let caller = Arc::new(Caller {
-            provider: "api_key".to_string(),
-            subject: Some(consumer.id.clone()),
-            client_id: Some(consumer.id.clone()),
-            consumer: Some(consumer.id.clone()),
-            tenant: consumer.tenant.clone(),
-            api_key_id: Some(entry.id.clone()),
-            jti: None,
-        });
         if !requirement.allow_anonymous {
             requirement
-                .authorize(&scopes, &[], &claims)
-                .map_err(|r| Failure::from(r).of(&caller))?;
+                .authorize(&scopes, &[], &known.claims)
+                .map_err(|r| Failure::from(r).of(&known.caller))?;
         }
-        let mut limits = self.limit_checks(rule, req, Some((&caller, &claims)));
+        let mut limits = self.limit_checks(rule, req, Some((&known.caller, &known.claims)));
         let plan = consumer
             .plan
             .as_ref()
@@ -68,27 +58,54 @@ impl Authorizer<'_> {
                 });
             }
         }
-        let id = &s.identity;
-        let mut identity: Vec<HeaderEdit> = Vec::with_capacity(7);
+        Ok(Authenticated {
+            caller: Arc::clone(&known.caller),
+            identity: Arc::clone(&known.headers),
+            digest: hash,
+            limits,
+            proof: None,
+        })
+    }
+
+    /// The caller, claims and identity headers of a key of `consumer`.
+    fn key_identity(&self, consumer: &Consumer, entry: &KeyEntry) -> KeyIdentity {
+        let scope = consumer.scopes.join(" ");
+        let mut claims = Map::new();
+        claims.insert("sub".into(), Value::from(consumer.id.as_str()));
+        claims.insert("client_id".into(), Value::from(consumer.id.as_str()));
+        claims.insert("scope".into(), Value::from(scope.as_str()));
+        if let Some(tenant) = &consumer.tenant {
+            claims.insert("tenant".into(), Value::from(tenant.as_str()));
+        }
+        let caller = Arc::new(Caller {
+            provider: "api_key".to_string(),
+            subject: Some(consumer.id.clone()),
+            client_id: Some(consumer.id.clone()),
+            consumer: Some(consumer.id.clone()),
+            tenant: consumer.tenant.clone(),
+            api_key_id: Some(entry.id.clone()),
+            jti: None,
+        });
+        let id = &self.settings.identity;
+        let mut headers: Vec<HeaderEdit> = Vec::with_capacity(7);
         let mut set_header = |name: &str, value: &str| {
             if header_safe(value) {
-                identity.push(HeaderEdit::Set(name.to_string(), value.to_string()));
+                headers.push(HeaderEdit::Set(name.to_string(), value.to_string()));
             }
         };
         set_header(&id.subject, &consumer.id);
         set_header(&id.client_id, &consumer.id);
         set_header(&id.consumer, &consumer.id);
         set_header(&id.api_key_id, &entry.id);
-        set_header(&id.scopes, &scopes.join(" "));
+        set_header(&id.scopes, &scope);
         set_header(&id.provider, "api_key");
         if let Some(tenant) = &consumer.tenant {
             set_header(&id.tenant, tenant);
         }
-        Ok(Authenticated {
+        KeyIdentity {
             caller,
-            identity: identity.into(),
-            limits,
-            proof: None,
-        })
+            claims,
+            headers: headers.into(),
+        }
     }
 }

@@ -104,18 +104,20 @@ impl Authorizer<'_> {
                 self.deny(at, Reason::MissingCredentials, None, None)
             };
         };
-        let (hash, result) = match &credential {
+        let (result, credential_text) = match &credential {
             Credential::Jwt(token, location) => {
-                let hash = TokenDigest::of(token);
                 let Some(location) = locations.get(*location) else {
+                    let hash = TokenDigest::of(token);
                     return self.deny(at, Reason::MissingCredentials, None, Some(hash));
                 };
-                (hash, self.authenticate(token, &hash, location, rule, req))
+                (self.authenticate(token, location, rule, req), token)
             }
-            Credential::ApiKey(key) => {
-                let hash = TokenDigest::of(key);
-                (hash, self.authenticate_api_key(key, &hash, rule, req))
-            }
+            Credential::ApiKey(key) => (self.authenticate_api_key(key, rule, req), key),
+        };
+        // A refused credential's fingerprint (an accepted one's comes with it).
+        let hash = match &result {
+            Ok(authenticated) => authenticated.digest,
+            Err(_) => TokenDigest::of(credential_text),
         };
         match result {
             Ok(Authenticated {
@@ -123,6 +125,7 @@ impl Authorizer<'_> {
                 identity,
                 limits,
                 proof,
+                digest: _,
             }) => {
                 let reason = if requirement.allow_anonymous {
                     Reason::Anonymous
@@ -193,6 +196,8 @@ impl Authorizer<'_> {
 
 pub(super) struct Authenticated {
     pub caller: Arc<Caller>,
+    /// The credential's SHA-256, its fingerprint.
+    pub digest: TokenDigest,
     pub identity: Arc<[HeaderEdit]>,
     pub limits: Vec<LimitCheck>,
     /// A DPoP proof that passed every stateless check: its `jti` is still to
@@ -631,7 +636,7 @@ mod tests {
             1,
             "the second decision used the cache"
         );
-        let cached = f.cache.borrow().get(&TokenDigest::of(&admin).0).unwrap();
+        let cached = f.cache.borrow().get(&admin).unwrap();
         let kept: Vec<&String> = cached.claims.keys().collect();
         assert_eq!(kept, ["roles"]);
     }

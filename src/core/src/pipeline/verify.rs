@@ -23,20 +23,19 @@ impl Authorizer<'_> {
     pub(super) fn authenticate(
         &self,
         token: &str,
-        hash: &TokenDigest,
         location: &TokenLocation,
         rule: &Rule,
         req: &RequestView<'_>,
     ) -> Result<Authenticated, Failure> {
         let requirement = &rule.requirement;
-        let verified = self.verified_token(token, hash, location, requirement)?;
+        let verified = self.verified_token(token, location, requirement)?;
         if let Err(reason) = self.check_window(&verified) {
-            self.cache.borrow_mut().remove(&hash.0);
+            self.cache.borrow_mut().remove(token);
             return Err(reason.into());
         }
         check_certificate_binding(verified.binding, requirement, req)
             .map_err(|r| Failure::from(r).of(&verified.caller))?;
-        self.check_revocation(&verified, hash)
+        self.check_revocation(&verified, token)
             .map_err(|f| f.of(&verified.caller))?;
         let proof = self.check_binding(&verified, token, location, req)?;
         let scopes: Vec<&str> = verified.scopes.iter().map(String::as_str).collect();
@@ -60,6 +59,7 @@ impl Authorizer<'_> {
             limits: self.limit_checks(rule, req, Some((&verified.caller, &verified.claims))),
             identity: Arc::clone(&verified.identity),
             caller: Arc::clone(&verified.caller),
+            digest: verified.digest,
             proof,
         })
     }
@@ -140,11 +140,10 @@ impl Authorizer<'_> {
     fn verified_token(
         &self,
         token: &str,
-        hash: &TokenDigest,
         location: &TokenLocation,
         requirement: &Requirement,
     ) -> Result<Arc<VerifiedToken>, Failure> {
-        let cached = self.cache.borrow().get(&hash.0);
+        let cached = self.cache.borrow().get(token);
         let usable = cached.filter(|v| self.same_keys(v));
         self.cache.borrow().count(usable.is_some());
         match usable {
@@ -154,7 +153,7 @@ impl Authorizer<'_> {
             }
             None => {
                 let v = Arc::new(self.verify(token, location, requirement)?);
-                self.cache.borrow_mut().insert(hash.0, v.clone());
+                self.cache.borrow_mut().insert(token, v.clone());
                 Ok(v)
             }
         }
@@ -170,11 +169,7 @@ impl Authorizer<'_> {
     }
 
     /// Stage: a token whose `jti` is on its provider's revocation feed is refused.
-    fn check_revocation(
-        &self,
-        verified: &VerifiedToken,
-        hash: &TokenDigest,
-    ) -> Result<(), Failure> {
+    fn check_revocation(&self, verified: &VerifiedToken, token: &str) -> Result<(), Failure> {
         let Some(feed) = self
             .settings
             .provider(verified.provider)
@@ -192,7 +187,7 @@ impl Authorizer<'_> {
             .as_deref()
             .is_some_and(|jti| list.contains(jti))
         {
-            self.cache.borrow_mut().remove(&hash.0);
+            self.cache.borrow_mut().remove(token);
             return Err(Reason::Revoked.into());
         }
         Ok(())
@@ -306,6 +301,7 @@ impl Authorizer<'_> {
             identity: identity.into(),
             claims,
             binding,
+            digest: TokenDigest::of(token),
         })
     }
 }
