@@ -1,10 +1,11 @@
 //! Verified-token cache, one per worker: a token seen again skips signature
 //! checking and JSON parsing. Bounded in entries and bytes.
 //!
-//! Keyed by the token itself: a hit compares the whole token, so no hash
-//! collision can hand one token another's verification, and a hit hashes the
-//! token only for the map (SipHash), not with SHA-256, which costs about 2 µs per
-//! request in the wasm VM. The token's SHA-256 fingerprint is computed once, on
+//! Looked up by a keyed hash of the token (SipHash under the worker's random
+//! key, computed once per request), and a hit compares the whole token: no
+//! collision, made or chance, can hand one token another's verification (it is
+//! a miss). A hit runs no SHA-256 over the token, which costs about 2 µs per
+//! request in the wasm VM: the token's SHA-256 fingerprint is computed once, on
 //! verification, and kept in the entry.
 //!
 //! An entry is only a shortcut for "this provider's keys verified this
@@ -19,7 +20,9 @@ use crate::identity::{Caller, TokenDigest};
 use crate::jwk::KeySet;
 use serde_json::{Map, Value};
 use std::cell::Cell;
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// What verification established about a token, ready for authorization.
@@ -57,7 +60,7 @@ impl VerifiedToken {
             .chain(self.jkt.iter().map(String::as_str))
             .chain(self.scopes.iter().map(String::as_str))
             .chain(self.roles.iter().map(String::as_str));
-        let mut bytes = heap(arc_block(token_len))
+        let mut bytes = heap(token_len)
             + heap(arc_block(size_of::<VerifiedToken>()))
             + heap(arc_block(size_of::<Caller>()))
             + strings.map(|s| heap(s.len())).sum::<usize>()
@@ -94,10 +97,22 @@ const BTREE_NODE: usize = 11 * (size_of::<String>() + size_of::<Value>()) + 4 * 
 
 /// Per entry, the cache's hash-map bucket (and control byte), doubled because
 /// the table grows by doubling, and four eviction-queue slots: the queue may
-/// hold twice as many tokens as entries before it is compacted, and it too
-/// grows by doubling. (The token's own block is counted once, shared by both.)
-const CACHE_SLOTS: usize =
-    2 * (size_of::<(Arc<str>, (Arc<VerifiedToken>, usize))>() + 1) + 4 * size_of::<Arc<str>>();
+/// hold twice as many keys as entries before it is compacted, and it too
+/// grows by doubling.
+const CACHE_SLOTS: usize = 2 * (size_of::<(CacheKey, Entry)>() + 1) + 4 * size_of::<CacheKey>();
+
+/// Where a token's entry is looked up: its keyed hash ([`TokenCache::key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey(u64);
+
+/// A cached verification, with the token it is for (compared on every hit) and
+/// its footprint.
+#[derive(Debug)]
+struct Entry {
+    token: Box<str>,
+    verified: Arc<VerifiedToken>,
+    size: usize,
+}
 
 /// The heap cost of a block of `len` bytes (none for an empty string or vector).
 fn heap(len: usize) -> usize {
@@ -134,9 +149,11 @@ pub struct TokenCache {
     max_entries: usize,
     max_bytes: usize,
     bytes: usize,
-    entries: HashMap<Arc<str>, (Arc<VerifiedToken>, usize)>,
-    /// Insertion order, for eviction; may hold tokens already removed.
-    order: VecDeque<Arc<str>>,
+    /// The random key of [`Self::key`], this worker's own.
+    hasher: RandomState,
+    entries: HashMap<CacheKey, Entry>,
+    /// Insertion order, for eviction; may hold keys already removed.
+    order: VecDeque<CacheKey>,
     /// Lookups since the last [`Self::take_counts`]: (hits, misses).
     counts: Cell<(u64, u64)>,
 }
@@ -147,6 +164,7 @@ impl TokenCache {
             max_entries,
             max_bytes,
             bytes: 0,
+            hasher: RandomState::new(),
             entries: HashMap::new(),
             order: VecDeque::new(),
             counts: Cell::new((0, 0)),
@@ -168,39 +186,52 @@ impl TokenCache {
         self.counts.replace((0, 0))
     }
 
-    pub fn get(&self, token: &str) -> Option<Arc<VerifiedToken>> {
-        self.entries.get(token).map(|(v, _)| v.clone())
+    /// Where `token` is looked up, inserted and removed: one pass over it.
+    pub fn key(&self, token: &str) -> CacheKey {
+        CacheKey(self.hasher.hash_one(token))
     }
 
-    pub fn remove(&mut self, token: &str) {
-        if let Some((_, size)) = self.entries.remove(token) {
-            self.bytes -= size;
+    /// The verification of exactly `token`, if cached.
+    pub fn get(&self, key: CacheKey, token: &str) -> Option<Arc<VerifiedToken>> {
+        self.entries
+            .get(&key)
+            .filter(|e| *e.token == *token)
+            .map(|e| e.verified.clone())
+    }
+
+    pub fn remove(&mut self, key: CacheKey) {
+        if let Some(e) = self.entries.remove(&key) {
+            self.bytes -= e.size;
         }
     }
 
-    /// Adds `token`'s verification, evicting the oldest entries to stay within
-    /// both bounds.
-    pub fn insert(&mut self, token: &str, verified: Arc<VerifiedToken>) {
+    /// Adds `token`'s verification (replacing whatever `key` held), evicting the
+    /// oldest entries to stay within both bounds.
+    pub fn insert(&mut self, key: CacheKey, token: &str, verified: Arc<VerifiedToken>) {
         let size = verified.footprint(token.len());
         if self.max_entries == 0 || size > self.max_bytes {
             return;
         }
-        self.remove(token);
+        self.remove(key);
         while self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            self.remove(&oldest);
+            self.remove(oldest);
         }
-        let token: Arc<str> = Arc::from(token);
-        self.entries.insert(token.clone(), (verified, size));
+        let entry = Entry {
+            token: token.into(),
+            verified,
+            size,
+        };
+        self.entries.insert(key, entry);
         self.bytes += size;
-        self.order.push_back(token);
-        // Keep the order queue from growing with tokens already gone: compact
+        self.order.push_back(key);
+        // Keep the order queue from growing with keys already gone: compact
         // it once they outnumber the live ones.
         if self.order.len() > 2 * self.entries.len().max(16) {
             let entries = &self.entries;
-            self.order.retain(|t| entries.contains_key(t));
+            self.order.retain(|k| entries.contains_key(k));
         }
     }
 
@@ -251,41 +282,60 @@ mod tests {
     fn bounded_by_entries_oldest_first() {
         let mut c = TokenCache::new(3, 1 << 20);
         for n in 0..5 {
-            c.insert(&name(n), token(n, 10));
+            put(&mut c, n, 10);
         }
         assert_eq!(c.len(), 3);
-        assert!(c.get(&name(0)).is_none() && c.get(&name(1)).is_none());
-        assert_eq!(c.get(&name(4)).unwrap().exp, 4);
+        assert!(get(&c, 0).is_none() && get(&c, 1).is_none());
+        assert_eq!(get(&c, 4).unwrap().exp, 4);
+    }
+
+    fn put(c: &mut TokenCache, n: usize, claim_bytes: usize) {
+        c.insert(c.key(&name(n)), &name(n), token(n, claim_bytes));
+    }
+
+    fn get(c: &TokenCache, n: usize) -> Option<Arc<VerifiedToken>> {
+        c.get(c.key(&name(n)), &name(n))
     }
 
     #[test]
     fn a_hit_takes_the_whole_token() {
         let mut c = TokenCache::new(10, 1 << 20);
-        c.insert("header.payload.signature", token(1, 10));
-        assert!(c.get("header.payload.signature").is_some());
+        let t = "header.payload.signature";
+        c.insert(c.key(t), t, token(1, 10));
+        assert!(c.get(c.key(t), t).is_some());
         for other in ["header.payload.signatur", "header.payload.signaturE", ""] {
-            assert!(c.get(other).is_none(), "{other:?}");
+            assert!(c.get(c.key(other), other).is_none(), "{other:?}");
+            // Even under the same key (a collision), another token is a miss.
+            assert!(c.get(c.key(t), other).is_none(), "{other:?}");
         }
+    }
+
+    #[test]
+    fn each_worker_hashes_under_its_own_key() {
+        let (a, b) = (TokenCache::new(1, 1), TokenCache::new(1, 1));
+        let t = "header.payload.signature";
+        assert_eq!(a.key(t), a.key(t));
+        assert_ne!(a.key(t), b.key(t));
     }
 
     #[test]
     fn bounded_by_bytes() {
         let mut c = TokenCache::new(1_000, 10_000);
         for n in 0..100 {
-            c.insert(&name(n), token(n, 1_000));
+            put(&mut c, n, 1_000);
         }
         assert!(c.bytes() <= 10_000, "{} bytes", c.bytes());
         assert!(c.len() < 10);
         // An entry larger than the whole cache is not kept.
-        c.insert(&name(500), token(500, 20_000));
-        assert!(c.get(&name(500)).is_none());
+        put(&mut c, 500, 20_000);
+        assert!(get(&c, 500).is_none());
     }
 
     #[test]
     fn many_distinct_tokens_stay_within_bounds() {
         let mut c = TokenCache::new(100, 1 << 20);
         for n in 0..100_000 {
-            c.insert(&name(n), token(n, 50));
+            put(&mut c, n, 50);
         }
         assert_eq!(c.len(), 100);
         assert!(c.order.len() <= 200);
@@ -294,11 +344,11 @@ mod tests {
     #[test]
     fn disabled_cache_keeps_nothing_and_remove_works() {
         let mut c = TokenCache::new(0, 1 << 20);
-        c.insert(&name(1), token(1, 1));
+        put(&mut c, 1, 1);
         assert!(c.is_empty());
         let mut c = TokenCache::new(10, 1 << 20);
-        c.insert(&name(1), token(1, 1));
-        c.remove(&name(1));
+        put(&mut c, 1, 1);
+        c.remove(c.key(&name(1)));
         assert!(c.is_empty() && c.bytes() == 0);
     }
 }

@@ -636,7 +636,10 @@ mod tests {
             1,
             "the second decision used the cache"
         );
-        let cached = f.cache.borrow().get(&admin).unwrap();
+        let cached = {
+            let cache = f.cache.borrow();
+            cache.get(cache.key(&admin), &admin).unwrap()
+        };
         let kept: Vec<&String> = cached.claims.keys().collect();
         assert_eq!(kept, ["roles"]);
     }

@@ -13,7 +13,7 @@ use crate::dpop::{nonce_at, nonce_ok, verify_proof, ProofTarget};
 use crate::identity::{Caller, TokenDigest};
 use crate::jwt::{check_validity_window, decode};
 use crate::policy::{roles_of, scopes_of, Requirement, Rule};
-use crate::token_cache::VerifiedToken;
+use crate::token_cache::{CacheKey, VerifiedToken};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -28,14 +28,15 @@ impl Authorizer<'_> {
         req: &RequestView<'_>,
     ) -> Result<Authenticated, Failure> {
         let requirement = &rule.requirement;
-        let verified = self.verified_token(token, location, requirement)?;
+        let key = self.cache.borrow().key(token);
+        let verified = self.verified_token(token, key, location, requirement)?;
         if let Err(reason) = self.check_window(&verified) {
-            self.cache.borrow_mut().remove(token);
+            self.cache.borrow_mut().remove(key);
             return Err(reason.into());
         }
         check_certificate_binding(verified.binding, requirement, req)
             .map_err(|r| Failure::from(r).of(&verified.caller))?;
-        self.check_revocation(&verified, token)
+        self.check_revocation(&verified, key)
             .map_err(|f| f.of(&verified.caller))?;
         let proof = self.check_binding(&verified, token, location, req)?;
         let scopes: Vec<&str> = verified.scopes.iter().map(String::as_str).collect();
@@ -140,10 +141,11 @@ impl Authorizer<'_> {
     fn verified_token(
         &self,
         token: &str,
+        key: CacheKey,
         location: &TokenLocation,
         requirement: &Requirement,
     ) -> Result<Arc<VerifiedToken>, Failure> {
-        let cached = self.cache.borrow().get(token);
+        let cached = self.cache.borrow().get(key, token);
         let usable = cached.filter(|v| self.same_keys(v));
         self.cache.borrow().count(usable.is_some());
         match usable {
@@ -153,7 +155,7 @@ impl Authorizer<'_> {
             }
             None => {
                 let v = Arc::new(self.verify(token, location, requirement)?);
-                self.cache.borrow_mut().insert(token, v.clone());
+                self.cache.borrow_mut().insert(key, token, v.clone());
                 Ok(v)
             }
         }
@@ -169,7 +171,7 @@ impl Authorizer<'_> {
     }
 
     /// Stage: a token whose `jti` is on its provider's revocation feed is refused.
-    fn check_revocation(&self, verified: &VerifiedToken, token: &str) -> Result<(), Failure> {
+    fn check_revocation(&self, verified: &VerifiedToken, key: CacheKey) -> Result<(), Failure> {
         let Some(feed) = self
             .settings
             .provider(verified.provider)
@@ -187,7 +189,7 @@ impl Authorizer<'_> {
             .as_deref()
             .is_some_and(|jti| list.contains(jti))
         {
-            self.cache.borrow_mut().remove(token);
+            self.cache.borrow_mut().remove(key);
             return Err(Reason::Revoked.into());
         }
         Ok(())
