@@ -157,6 +157,11 @@ impl KeySet {
         self.by_digest.is_empty()
     }
 
+    /// Whether any key is bound to address blocks (`allowed_cidrs`).
+    pub fn binds_addresses(&self) -> bool {
+        self.by_digest.values().any(|e| !e.allowed_cidrs.is_empty())
+    }
+
     /// Checks a presented key. The reasons differ for logs and metrics; the
     /// client sees one description for all of them (see `Reason`), so a
     /// caller without a valid key learns nothing about the keys that exist.

@@ -1,7 +1,7 @@
 //! Indices the request path needs, derived once from the compiled sections so
 //! that no request recomputes them.
 
-use super::{ApiKeys, Provider, RateLimits};
+use super::{ApiKeySource, ApiKeys, Provider, RateLimits};
 use crate::credentials::TokenLocation;
 use crate::policy::{ClaimCheck, Rule};
 use crate::ratelimit::LimitKey;
@@ -71,18 +71,32 @@ pub(super) fn retained_claims(rules: &[Rule], rate_limits: &RateLimits) -> Vec<S
     retained
 }
 
-/// Lock-outs, rate limits (anonymous callers count per address), API-key
-/// CIDRs and client-address conditions need the client address; without
-/// them, it is never looked up.
+/// Whether a decision can need the client address (a host call per request,
+/// about 0.7 µs): lock-outs, policies counting per address (keyed on it, or
+/// identity-keyed on a rule anonymous callers pass, who count per address),
+/// API keys that may be bound to address blocks (a fetched key set always may),
+/// client-address conditions. Without any, it is never looked up.
 pub(super) fn uses_client_ip(
     rules: &[Rule],
     rate_limits: &RateLimits,
     api_keys: Option<&ApiKeys>,
 ) -> bool {
+    let counts_per_address = |rule: &Rule| {
+        rule.limits.iter().any(|&id| {
+            rate_limits.policy(id).is_some_and(|p| match p.key {
+                LimitKey::ClientIp => true,
+                LimitKey::Header(_) => false,
+                _ => rule.requirement.allow_anonymous,
+            })
+        })
+    };
+    let address_bound_keys = api_keys.is_some_and(|k| match &k.key_set {
+        ApiKeySource::Local(set) => set.binds_addresses(),
+        ApiKeySource::Remote(_) => true,
+    });
     rate_limits.brute_force.is_some()
-        || !rate_limits.policies.is_empty()
-        || api_keys.is_some()
+        || address_bound_keys
         || rules
             .iter()
-            .any(|r| r.requirement.context.uses_client_address())
+            .any(|r| counts_per_address(r) || r.requirement.context.uses_client_address())
 }

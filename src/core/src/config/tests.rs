@@ -782,3 +782,52 @@ fn audit_and_anomaly_settings_are_checked() {
         assert!(e.field.starts_with(field), "{field}: {e}");
     }
 }
+
+#[test]
+fn the_client_address_is_looked_up_only_when_a_decision_can_need_it() {
+    let uses = |edit: &dyn Fn(&mut Value)| {
+        let mut c = base();
+        edit(&mut c);
+        parse_value(&c).unwrap().uses_client_ip
+    };
+    let policy =
+        |key: Value| json!({"policies": {"p": {"key": key, "limit": 10, "window": "60s"}}});
+    let key_set = |cidrs: Value| {
+        json!({"consumers": [{"id": "c", "scopes": [], "keys": [
+            {"id": "k", "hash": "ab".repeat(32), "allowed_cidrs": cidrs}]}]})
+        .to_string()
+    };
+    // Identity-keyed policies on a rule that needs a credential: never the address.
+    assert!(!uses(&|c| {
+        c["rate_limits"] = policy(json!("client_id"));
+        c["rules"][0]["rate_limits"] = json!(["p"]);
+    }));
+    assert!(!uses(&|c| {
+        c["rate_limits"] = policy(json!({"header": "x-app"}));
+        c["rules"][1]["rate_limits"] = json!(["p"]);
+    }));
+    // Anonymous callers count per address; an address-keyed policy always does.
+    assert!(uses(&|c| {
+        c["rate_limits"] = policy(json!("client_id"));
+        c["rules"][1]["rate_limits"] = json!(["p"]);
+    }));
+    assert!(uses(&|c| {
+        c["rate_limits"] = policy(json!("client_ip"));
+        c["rules"][0]["rate_limits"] = json!(["p"]);
+    }));
+    assert!(uses(&|c| {
+        c["rate_limits"] =
+            json!({"brute_force": {"max_failures": 5, "window": "60s", "lockout": "60s"}});
+    }));
+    // API keys: only when one may be bound to address blocks.
+    assert!(!uses(&|c| {
+        c["api_keys"] = json!({"key_set": {"inline_string": key_set(json!([]))}});
+    }));
+    assert!(uses(&|c| {
+        c["api_keys"] = json!({"key_set": {"inline_string": key_set(json!(["10.0.0.0/8"]))}});
+    }));
+    assert!(uses(&|c| {
+        c["api_keys"] = json!({"remote_key_set": {
+            "http_uri": {"uri": "http://ts/keys", "cluster": "ts"}}});
+    }));
+}
