@@ -294,3 +294,81 @@ fn keys_managed_by_the_token_service_rotate_through_polling_without_restart() {
         );
     }
 }
+
+/// With nothing else in the configuration needing the client address, a fetched
+/// key set decides whether requests look it up: once the token service publishes
+/// a key bound to 127.0.0.2, that key works from there and nowhere else, and the
+/// decision event names the address it was judged by.
+#[test]
+fn a_fetched_key_bound_to_an_address_is_judged_by_the_callers_address() {
+    let stack = Stack::builder()
+        .token_service(|t| t.client("key-admin", "tollgate:admin"))
+        .plugin_config(|c| {
+            // No lock-outs, signals, per-address limits or address conditions.
+            let c = c.as_object_mut().unwrap();
+            c.remove("anomalies");
+            c["rate_limits"]
+                .as_object_mut()
+                .unwrap()
+                .remove("brute_force");
+            for rule in c["rules"].as_array_mut().unwrap() {
+                let rule = rule.as_object_mut().unwrap();
+                if rule["requires"].get("allow_anonymous").is_some() {
+                    rule.remove("rate_limits");
+                }
+                if let Some(context) = rule["requires"].get_mut("context") {
+                    context.as_object_mut().unwrap().remove("client_address");
+                }
+            }
+        })
+        .start();
+    let within = Duration::from_secs(3);
+    let operator = stack.token("key-admin", None);
+    let loads = key_set_loads(&stack);
+    admin(
+        &stack,
+        &operator,
+        "POST",
+        "/admin/consumers",
+        json!({"id": "partner-c", "scopes": "read:data"}),
+    );
+    let bound = admin(
+        &stack,
+        &operator,
+        "POST",
+        "/admin/api-keys",
+        json!({"consumer": "partner-c", "allowed_cidrs": ["127.0.0.2/32"]}),
+    );
+    let bound = bound["api_key"].as_str().unwrap().to_owned();
+    next_key_set_load(&stack, loads, within);
+    let_workers_sync();
+    let port = stack.ports.listener;
+    let from = |source: &str| {
+        let r =
+            support::from_address::request(source, port, "GET", "/data", &[("x-api-key", &bound)]);
+        let id = r.header("x-request-id").expect("x-request-id").to_string();
+        (r, id)
+    };
+    let (allowed, allowed_id) = from("127.0.0.2");
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(
+        allowed.json()["headers"]["x-tollgate-consumer"],
+        "partner-c"
+    );
+    let (refused, refused_id) = from("127.0.0.3");
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    let stats = stack.envoy.settled_stats();
+    assert_eq!(
+        support::envoy::counter(&stats, "tollgate.decision.api_key_address_not_allowed"),
+        1
+    );
+    let event = |id: &str| {
+        let line = stack
+            .envoy
+            .access_log_line(id, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no access-log line for {id}"));
+        line["tollgate"]["value"].clone()
+    };
+    assert_eq!(event(&allowed_id)["client_ip"], "127.0.0.2");
+    assert_eq!(event(&refused_id)["client_ip"], "127.0.0.3");
+}

@@ -55,6 +55,8 @@ pub struct KeyIdentity {
 pub struct KeySet {
     pub consumers: Vec<Consumer>,
     by_digest: HashMap<[u8; 32], KeyEntry>,
+    /// Whether any key is bound to address blocks (`allowed_cidrs`).
+    binds_addresses: bool,
 }
 
 /// The key set's problem, with the JSON path of the culprit.
@@ -135,6 +137,7 @@ impl KeySet {
                     enabled: key.enabled,
                     identity: OnceLock::new(),
                 };
+                set.binds_addresses |= !entry.allowed_cidrs.is_empty();
                 if set.by_digest.insert(digest, entry).is_some() {
                     return Err(bad(at("hash"), "the same key is listed twice"));
                 }
@@ -157,9 +160,10 @@ impl KeySet {
         self.by_digest.is_empty()
     }
 
-    /// Whether any key is bound to address blocks (`allowed_cidrs`).
+    /// Whether any key is bound to address blocks (`allowed_cidrs`): then
+    /// requests need their client address looked up.
     pub fn binds_addresses(&self) -> bool {
-        self.by_digest.values().any(|e| !e.allowed_cidrs.is_empty())
+        self.binds_addresses
     }
 
     /// Checks a presented key. The reasons differ for logs and metrics; the

@@ -289,6 +289,26 @@ impl Worker {
             .unwrap_or(false)
     }
 
+    /// Whether requests need their client address looked up (a host call): a
+    /// decision can need it ([`Settings::uses_client_ip`]), or the fetched API-key
+    /// set binds keys to address blocks.
+    pub fn needs_client_ip(&self) -> bool {
+        self.settings.uses_client_ip
+            || self
+                .api_keys
+                .borrow()
+                .as_ref()
+                .and_then(RemoteDoc::value)
+                .is_some_and(|set| set.binds_addresses())
+    }
+
+    /// Whether an API-key set is fetched: a request held for a fetch may then be
+    /// decided on a key set that binds addresses, so its address is looked up
+    /// before it waits.
+    pub fn fetches_api_keys(&self) -> bool {
+        self.api_keys.borrow().is_some()
+    }
+
     /// Whether another request may be parked.
     pub(crate) fn may_park(&self) -> bool {
         self.parked.borrow().len() < MAX_PARKED
@@ -744,6 +764,37 @@ mod tests {
             parse(config.to_string().as_bytes()).unwrap(),
             Box::new(PureVerifier),
         )
+    }
+
+    #[test]
+    fn a_fetched_key_set_that_binds_addresses_makes_requests_need_theirs() {
+        let jwks = json!({"keys": [es256_jwk(&ES256KeyPair::generate(), "k")]}).to_string();
+        let config = json!({
+            "providers": {"idp": {"issuer": "https://idp.test",
+                "local_jwks": {"inline_string": jwks}}},
+            "api_keys": {"remote_key_set": {"http_uri": {"uri": "http://ts/keys", "cluster": "ts"}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"credentials": ["api_key"]}}]
+        });
+        let w = Worker::new(
+            parse(config.to_string().as_bytes()).unwrap(),
+            Box::new(PureVerifier),
+        );
+        let host = FakeHost::at_secs(NOW);
+        assert!(w.fetches_api_keys());
+        assert!(!w.needs_client_ip(), "no key set yet: nothing to judge");
+        let (_, doc) = w.on_tick(host.host()).started[0];
+        let load = |cidrs: serde_json::Value| {
+            let set = json!({"consumers": [{"id": "c", "scopes": [], "keys": [
+                {"id": "k", "hash": "ab".repeat(32), "allowed_cidrs": cidrs}]}]});
+            let body = FetchResponse::Body(set.to_string().into_bytes(), None);
+            w.complete_fetch(host.host(), doc, &body);
+        };
+        load(json!([]));
+        assert!(!w.needs_client_ip(), "no key is bound to addresses");
+        load(json!(["203.0.113.0/24"]));
+        assert!(w.needs_client_ip());
+        load(json!([]));
+        assert!(!w.needs_client_ip());
     }
 
     #[test]

@@ -47,6 +47,30 @@ impl TollgateHttp {
         }
     }
 
+    /// The client's address, as `client_ip` in the configuration defines it
+    /// (the peer, or the trusted hop's `X-Forwarded-For` entry): one property read.
+    fn resolve_client_ip(&mut self) {
+        let peer = self
+            .get_property(vec!["source", "address"])
+            .and_then(|b| String::from_utf8(b).ok());
+        let xff = self
+            .headers
+            .iter()
+            .find(|(n, _)| n == "x-forwarded-for")
+            .map(|(_, v)| v.as_slice());
+        let source = self.shared.worker.settings.client_ip;
+        self.client_ip = client_ip::resolve(source, peer.as_deref(), xff);
+    }
+
+    /// Before a request is held for a fetch: the key set it will be decided on
+    /// may bind keys to addresses, so it needs its own, looked up while its
+    /// context is the current one.
+    fn resolve_client_ip_before_holding(&mut self) {
+        if self.client_ip.is_none() && self.shared.worker.fetches_api_keys() {
+            self.resolve_client_ip();
+        }
+    }
+
     /// Whether the request is held for a callout of its own.
     fn waiting(&self) -> bool {
         self.waiting_for.is_some() || self.limit_call.is_some()
@@ -116,6 +140,7 @@ impl TollgateHttp {
                 doc,
                 received_us,
             } => {
+                self.resolve_client_ip_before_holding();
                 self.waiting_for = Some((token, doc));
                 self.received_us = received_us;
                 Action::Pause
@@ -137,6 +162,7 @@ impl TollgateHttp {
                 }
             }
             Step::Park { doc, received_us } => {
+                self.resolve_client_ip_before_holding();
                 self.shared.worker.park(ParkedRequest {
                     context: self.context_id,
                     doc,
@@ -211,17 +237,8 @@ impl Context for TollgateHttp {
 impl HttpContext for TollgateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.headers = request_headers();
-        if self.shared.worker.settings.uses_client_ip {
-            let peer = self
-                .get_property(vec!["source", "address"])
-                .and_then(|b| String::from_utf8(b).ok());
-            let xff = self
-                .headers
-                .iter()
-                .find(|(n, _)| n == "x-forwarded-for")
-                .map(|(_, v)| v.as_slice());
-            let source = self.shared.worker.settings.client_ip;
-            self.client_ip = client_ip::resolve(source, peer.as_deref(), xff);
+        if self.shared.worker.needs_client_ip() {
+            self.resolve_client_ip();
         }
         let step = self.run(pipeline::on_request);
         let action = self.apply(step, false);

@@ -74,8 +74,8 @@ pub(super) fn retained_claims(rules: &[Rule], rate_limits: &RateLimits) -> Vec<S
 /// Whether a decision can need the client address (a host call per request,
 /// about 0.7 µs): lock-outs, policies counting per address (keyed on it, or
 /// identity-keyed on a rule anonymous callers pass, who count per address),
-/// API keys that may be bound to address blocks (a fetched key set always may),
-/// client-address conditions. Without any, it is never looked up.
+/// inline API keys bound to address blocks, client-address conditions. A
+/// fetched key set is judged when it loads ([`crate::worker::Worker::needs_client_ip`]).
 pub(super) fn uses_client_ip(
     rules: &[Rule],
     rate_limits: &RateLimits,
@@ -92,7 +92,7 @@ pub(super) fn uses_client_ip(
     };
     let address_bound_keys = api_keys.is_some_and(|k| match &k.key_set {
         ApiKeySource::Local(set) => set.binds_addresses(),
-        ApiKeySource::Remote(_) => true,
+        ApiKeySource::Remote(_) => false,
     });
     rate_limits.brute_force.is_some()
         || address_bound_keys

@@ -826,7 +826,8 @@ fn the_client_address_is_looked_up_only_when_a_decision_can_need_it() {
     assert!(uses(&|c| {
         c["api_keys"] = json!({"key_set": {"inline_string": key_set(json!(["10.0.0.0/8"]))}});
     }));
-    assert!(uses(&|c| {
+    // A fetched key set is judged when it loads (the worker's `needs_client_ip`).
+    assert!(!uses(&|c| {
         c["api_keys"] = json!({"remote_key_set": {
             "http_uri": {"uri": "http://ts/keys", "cluster": "ts"}}});
     }));
