@@ -747,7 +747,8 @@ fn a_key_rotation_right_after_a_fetch_fails_no_request() {
 }
 
 #[test]
-fn a_flood_of_random_kids_costs_a_bounded_number_of_fetches() {
+fn a_flood_of_random_kids_costs_a_bounded_number_of_fetches_and_a_rotation_inside_it_fails_no_request(
+) {
     // Without the lock-out, which would stop the flood first.
     let stack = Stack::builder()
         .plugin_config(|c| {
@@ -762,20 +763,60 @@ fn a_flood_of_random_kids_costs_a_bounded_number_of_fetches() {
     let issuer = issuer_of(&good);
     let fetches = jwks_fetches(&stack);
     let started = Instant::now();
-    for i in 0..60 {
-        let key = ES256KeyPair::generate().with_key_id(&format!("random-{i}"));
-        let token = key.sign(claims(&issuer, json!({}))).unwrap();
-        let r = get_with(&stack, "/data", &token);
-        assert_eq!(r.status, 401, "{}", r.body);
-        assert!(r.body.contains("unknown_key") || r.body.contains("invalid_token"));
-    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (flood, new_key_status) = std::thread::scope(|s| {
+        // Eight senders of random kids, each its own new kid every request.
+        let senders: Vec<_> = (0..8)
+            .map(|t| {
+                let (stack, issuer, stop) = (&stack, &issuer, &stop);
+                s.spawn(move || {
+                    let mut statuses = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 4 {
+                        let kid = format!("random-{t}-{i}");
+                        let key = ES256KeyPair::generate().with_key_id(&kid);
+                        let token = key.sign(claims(issuer, json!({}))).unwrap();
+                        let r = get_with(stack, "/data", &token);
+                        assert!(
+                            r.body.contains("unknown_key") || r.body.contains("invalid_token"),
+                            "{}",
+                            r.body
+                        );
+                        statuses.push(r.status);
+                        i += 1;
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        // The flood has spent the on-demand budget; the issuer rotates now.
+        std::thread::sleep(Duration::from_secs(3));
+        stack.tokens.rotate_keys(None);
+        let new = stack.token("reader", None);
+        let new_key_status = get_with(&stack, "/data", &new).status;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let flood: Vec<u16> = senders
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        (flood, new_key_status)
+    });
+    assert_eq!(
+        new_key_status, 200,
+        "the first token of a key published during the flood is served"
+    );
+    assert!(
+        flood.len() >= 32 && flood.iter().all(|s| *s == 401),
+        "{flood:?}"
+    );
     let elapsed = started.elapsed().as_secs();
     let more = jwks_fetches(&stack) - fetches;
     // Process-wide: a burst of 3, then one per interval / 3 (5 s / 3).
     let bound = 3 + elapsed * 3 / 5 + 1;
     assert!(
         more <= bound,
-        "{more} JWKS fetches for 60 random kids in {elapsed} s (bound {bound})"
+        "{more} JWKS fetches for {} random kids in {elapsed} s (bound {bound})",
+        flood.len()
     );
     assert_eq!(get_with(&stack, "/data", &good).status, 200);
 }

@@ -503,15 +503,25 @@ impl Worker {
         }
     }
 
-    /// Picks up documents other workers fetched. True if any changed.
-    pub fn sync(&self, shared: &dyn SharedData, now_ms: u64) -> bool {
-        let mut changed = false;
-        for id in self.doc_ids() {
-            changed |= self
-                .with_doc(id, |doc| doc.sync(shared, now_ms))
-                .unwrap_or(false);
-        }
-        changed
+    /// Picks up documents other workers fetched. Returns the ones that changed.
+    pub fn sync(&self, shared: &dyn SharedData, now_ms: u64) -> Vec<DocId> {
+        self.doc_ids()
+            .into_iter()
+            .filter(|&id| {
+                self.with_doc(id, |doc| doc.sync(shared, now_ms))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// How long a request may stay parked for a document with no fetch
+    /// underway: until the on-demand budget allows the next fetch (a tick starts
+    /// it), and a tick more. Past that it is decided with what the worker has.
+    fn longest_park_ms(&self, id: DocId) -> u64 {
+        let spacing = self
+            .with_doc(id, |doc| doc.on_demand_spacing_ms())
+            .unwrap_or(0);
+        spacing + 2 * TICK_STEADY.as_millis() as u64
     }
 
     fn loading(&self) -> bool {
@@ -526,27 +536,37 @@ impl Worker {
     /// share of the rate-limit table. Returns the tick period to use next.
     pub fn on_tick(&self, host: Host<'_>) -> Tick {
         let now_ms = host.clock.now().as_millis() as u64;
-        let changed: Vec<DocId> = self
-            .doc_ids()
-            .into_iter()
-            .filter(|&id| {
-                self.with_doc(id, |doc| doc.sync(host.shared, now_ms))
-                    .unwrap_or(false)
-            })
-            .collect();
-        // Requests parked on a fetch another worker made, or on one that
-        // never ended, are decided with what the worker has now.
+        let changed = self.sync(host.shared, now_ms);
+        // Requests parked for a document no worker is fetching (the on-demand
+        // budget was spent when they came, or the fetch they waited for ended
+        // without what they need): a fetch on demand as soon as the budget allows.
+        let mut started: Vec<(u32, DocId)> = Vec::new();
+        let mut waiting: Vec<DocId> = Vec::new();
+        for p in self.parked.borrow().iter() {
+            if !waiting.contains(&p.doc) {
+                waiting.push(p.doc);
+            }
+        }
+        for id in waiting {
+            if !changed.contains(&id) && !self.fetch_underway(host.shared, id, now_ms) {
+                if let Some(token) = self.start_fetch(host, id, FetchTrigger::OnDemand, now_ms) {
+                    started.push((token, id));
+                }
+            }
+        }
+        // Parked requests are decided with what the worker has now once their
+        // document changed, or once they have waited as long as a fetch can take
+        // to be allowed.
         let woken = self.take_parked(|p| {
-            changed.contains(&p.doc) || !self.fetch_underway(host.shared, p.doc, now_ms)
+            changed.contains(&p.doc)
+                || (!self.fetch_underway(host.shared, p.doc, now_ms)
+                    && (now_ms * 1000).saturating_sub(p.received_us)
+                        > self.longest_park_ms(p.doc) * 1000)
         });
-        let started = self
-            .doc_ids()
-            .into_iter()
-            .filter_map(|id| {
-                self.start_fetch(host, id, FetchTrigger::Scheduled, now_ms)
-                    .map(|token| (token, id))
-            })
-            .collect();
+        started.extend(self.doc_ids().into_iter().filter_map(|id| {
+            self.start_fetch(host, id, FetchTrigger::Scheduled, now_ms)
+                .map(|token| (token, id))
+        }));
         self.watch.sync(&self.settings.anomalies, host.shared);
         let (hits, misses) = self.token_cache.borrow().take_counts();
         if hits + misses > 0 {
@@ -643,6 +663,8 @@ trait AnyDoc {
     ) -> Completion;
     fn sync(&mut self, shared: &dyn SharedData, now_ms: u64) -> bool;
     fn underway(&self, shared: &dyn SharedData, now_ms: u64) -> bool;
+    /// The spacing of on-demand fetches once a burst is spent.
+    fn on_demand_spacing_ms(&self) -> u64;
     /// Entries in the loaded document, `None` before one loads.
     fn size(&self) -> Option<usize>;
     /// When the loaded document was fetched, `None` before one loads.
@@ -719,6 +741,10 @@ impl<T: Countable> AnyDoc for RemoteDoc<T> {
 
     fn underway(&self, shared: &dyn SharedData, now_ms: u64) -> bool {
         self.fetch_underway(shared, now_ms)
+    }
+
+    fn on_demand_spacing_ms(&self) -> u64 {
+        self.policy.on_demand_ms / crate::remote::ON_DEMAND_BURST
     }
 
     fn size(&self) -> Option<usize> {

@@ -236,7 +236,7 @@ fn run(
                     | Reason::RevocationsUnavailable
                     | Reason::ApiKeysUnavailable
                     | Reason::UnknownKey
-            ) && worker.sync(host.shared, now_ms) =>
+            ) && !worker.sync(host.shared, now_ms).is_empty() =>
         {
             // Another worker loaded them (or the rotated keys) since this one
             // last looked.
@@ -271,11 +271,12 @@ fn run(
             Step::Respond(denial)
         }
         Outcome::FetchKeys { provider, kid } => {
-            // Another worker may already have the new keys.
-            if worker.sync(host.shared, now_ms) {
+            let doc = DocId::Keys(provider);
+            // Another worker may already have the new keys (another document's
+            // change says nothing about them).
+            if worker.sync(host.shared, now_ms).contains(&doc) {
                 return run(worker, host, req, Refetch::Spent, now_ms);
             }
-            let doc = DocId::Keys(provider);
             let received_us = req.received_us;
             if let Some(token) = worker.start_fetch(host, doc, FetchTrigger::OnDemand, now_ms) {
                 worker.note_kid_fetched(provider, kid.as_deref(), now_ms);
@@ -285,8 +286,11 @@ fn run(
                     received_us,
                 };
             }
-            // A rotation: many requests with the new `kid` at once, one fetch.
-            if worker.fetch_underway(host.shared, doc, now_ms) && worker.may_park() {
+            // A rotation: many requests with the new `kid` at once, one fetch. Or
+            // the on-demand budget is spent (a flood of unknown `kid`s): the
+            // request waits for the next fetch the budget allows, which a tick
+            // starts, instead of being refused a key that may have been published.
+            if worker.may_park() {
                 worker.note_kid_fetched(provider, kid.as_deref(), now_ms);
                 return Step::Park { doc, received_us };
             }
@@ -726,14 +730,15 @@ mod tests {
         assert_eq!(subject(&step).as_deref(), Some("bob"));
         assert_eq!(*host.metrics.decisions.borrow(), [Reason::Authenticated]);
 
-        // A key the refetched set lacks too: no second fetch within the interval.
+        // A key the refetched set lacks too: no second fetch within the interval;
+        // the request is held until a tick may fetch again.
         let stranger = ES256KeyPair::generate().with_key_id("stranger");
         let token = bearer(&sign(&stranger, "https://remote.test", "eve"));
         let step = on_request(&f.worker, host.host(), &request(&token, "192.0.2.1"));
-        let Step::Respond(denial) = step else {
-            panic!("expected a denial, got {step:?}");
-        };
-        assert_eq!(denial.reason, Reason::UnknownKey);
+        assert!(
+            matches!(step, Step::Park { .. }),
+            "held, not refused: {step:?}"
+        );
         assert_eq!(host.callouts.started.borrow().len(), 2);
     }
 
@@ -837,16 +842,37 @@ mod tests {
         assert_eq!(host.callouts.started.borrow().len(), 2);
     }
 
+    /// Decides what a tick hands back, after completing the fetches it started
+    /// with `jwks`. Returns the steps of the requests it woke.
+    fn tick_and_decide(f: &Fixture, host: &FakeHost, jwks: &serde_json::Value) -> Vec<Step> {
+        let tick = f.worker.on_tick(host.host());
+        let mut woken = tick.woken;
+        for (_, doc) in tick.started {
+            let body = FetchResponse::Body(jwks.to_string().into_bytes(), None);
+            woken.extend(f.worker.complete_fetch(host.host(), doc, &body));
+        }
+        woken
+            .iter()
+            .map(|p| resume(&f.worker, host.host(), &p.view()))
+            .collect()
+    }
+
     #[test]
     fn a_flood_of_random_kids_costs_a_bounded_number_of_fetches() {
         let f = fixture(|_| {});
         let host = FakeHost::at_secs(NOW);
         let old = ES256KeyPair::generate().with_key_id("old");
         load_remote_keys(&f, &host, &[(&old, "old")]);
-        let jwks = json!({"keys": [es256_jwk(&old, "old")]}).to_string();
+        let jwks = json!({"keys": [es256_jwk(&old, "old")]});
         let mut refused = 0;
+        let mut count = |step: &Step| {
+            if let Step::Respond(d) = step {
+                assert_eq!(d.reason, Reason::UnknownKey);
+                refused += 1;
+            }
+        };
         let mut last_fetched = String::new();
-        // 200 requests over 20 s, each with a kid nobody publishes.
+        // 200 requests over 20 s, each with a kid nobody publishes; a tick a second.
         for i in 0..200u32 {
             host.clock
                 .as_ref()
@@ -854,40 +880,143 @@ mod tests {
                 .advance(std::time::Duration::from_millis(100));
             let key = ES256KeyPair::generate().with_key_id(&format!("random-{i}"));
             let headers = bearer(&sign(&key, "https://remote.test", "mallory"));
-            let mut step = on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1"));
-            if let Step::Wait { doc, .. } = step {
-                last_fetched = format!("random-{i}");
-                f.worker.complete_fetch(
-                    host.host(),
-                    doc,
-                    &FetchResponse::Body(jwks.clone().into_bytes(), None),
-                );
-                step = resume(&f.worker, host.host(), &request(&headers, "192.0.2.1"));
+            match on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1")) {
+                Step::Wait { doc, .. } => {
+                    last_fetched = format!("random-{i}");
+                    let body = FetchResponse::Body(jwks.to_string().into_bytes(), None);
+                    // The fetch also wakes the requests held for it.
+                    for p in f.worker.complete_fetch(host.host(), doc, &body) {
+                        count(&resume(&f.worker, host.host(), &p.view()));
+                    }
+                    count(&resume(
+                        &f.worker,
+                        host.host(),
+                        &request(&headers, "192.0.2.1"),
+                    ));
+                }
+                // The budget is spent: held for the next fetch it allows.
+                Step::Park { doc, .. } => park(&f.worker, i, doc, headers),
+                step => count(&step),
             }
-            if let Step::Respond(d) = &step {
-                assert_eq!(d.reason, Reason::UnknownKey);
-                refused += 1;
+            if i % 10 == 9 {
+                tick_and_decide(&f, &host, &jwks)
+                    .iter()
+                    .for_each(&mut count);
             }
         }
-        assert_eq!(refused, 200);
+        // A kid a fetch has already looked for is refused at once, without another
+        // fetch, and so is one a held request is waiting for.
+        for kid in [last_fetched.as_str(), "random-199"] {
+            let key = ES256KeyPair::generate().with_key_id(kid);
+            let headers = bearer(&sign(&key, "https://remote.test", "mallory"));
+            let before = host.callouts.started.borrow().len();
+            let step = on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1"));
+            assert_eq!(status(&step), 401, "{kid}");
+            assert_eq!(host.callouts.started.borrow().len(), before);
+            count(&step);
+        }
+        for _ in 0..10 {
+            host.clock
+                .as_ref()
+                .unwrap()
+                .advance(std::time::Duration::from_secs(1));
+            tick_and_decide(&f, &host, &jwks)
+                .iter()
+                .for_each(&mut count);
+        }
+        assert_eq!(refused, 202, "every request refused, none left held");
         let on_demand = host.callouts.started.borrow().len() - 1;
-        // A burst of 3, then one per 10 s / 3: at most 3 + 6 in 20 s.
+        // A burst of 3, then one per 10 s / 3: at most 3 + 9 in 30 s.
         assert!(
-            (3..=9).contains(&on_demand),
+            (3..=12).contains(&on_demand),
             "{on_demand} on-demand fetches"
         );
+    }
 
-        // A kid a fetch has already looked for is refused without another fetch.
-        let key = ES256KeyPair::generate().with_key_id(&last_fetched);
-        let headers = bearer(&sign(&key, "https://remote.test", "mallory"));
-        let before = host.callouts.started.borrow().len();
+    #[test]
+    fn a_rotated_key_in_a_flood_of_random_kids_waits_for_the_next_fetch_instead_of_a_401() {
+        let f = fixture(|_| {});
+        let host = FakeHost::at_secs(NOW);
+        let old = ES256KeyPair::generate().with_key_id("old");
+        load_remote_keys(&f, &host, &[(&old, "old")]);
+        let published = json!({"keys": [es256_jwk(&old, "old")]});
+        // Random kids spend the on-demand budget (a burst of fetches).
+        let mut i = 0;
+        loop {
+            i += 1;
+            host.clock
+                .as_ref()
+                .unwrap()
+                .advance(std::time::Duration::from_millis(1_100));
+            let key = ES256KeyPair::generate().with_key_id(&format!("random-{i}"));
+            let headers = bearer(&sign(&key, "https://remote.test", "mallory"));
+            match on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1")) {
+                Step::Wait { doc, .. } => {
+                    let body = FetchResponse::Body(published.to_string().into_bytes(), None);
+                    f.worker.complete_fetch(host.host(), doc, &body);
+                }
+                Step::Park { doc, .. } => {
+                    park(&f.worker, i, doc, headers);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The issuer rotates now: the new key's first token is held, not refused.
+        let new = ES256KeyPair::generate().with_key_id("new");
+        let headers = bearer(&sign(&new, "https://remote.test", "bob"));
+        let step = on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1"));
+        let Step::Park { doc, .. } = step else {
+            panic!("expected the request to be held, got {step:?}");
+        };
+        park(&f.worker, 1_000, doc, headers);
+        let rotated = json!({"keys": [es256_jwk(&old, "old"), es256_jwk(&new, "new")]});
+        let mut steps = Vec::new();
+        for _ in 0..5 {
+            host.clock
+                .as_ref()
+                .unwrap()
+                .advance(std::time::Duration::from_secs(1));
+            steps.extend(tick_and_decide(&f, &host, &rotated));
+        }
+        assert_eq!(steps.len(), 2, "both held requests decided: {steps:?}");
+        assert_eq!(status(&steps[0]), 401, "the random kid");
+        assert_eq!(subject(&steps[1]).as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn a_new_kid_right_after_another_document_changed_still_gets_its_fetch() {
+        let feed = |c: &mut serde_json::Value| {
+            c["providers"]["remote"]["revocation_feed"] =
+                json!({"http_uri": {"uri": "http://idp/revocations", "cluster": "idp"}});
+        };
+        let f = fixture(feed);
+        let other = fixture(feed);
+        let host = FakeHost::at_secs(NOW);
+        let old = ES256KeyPair::generate().with_key_id("old");
+        let remote = f.worker.settings.provider_named("remote").unwrap();
+        let list = |jti: &str| {
+            let body = json!({"revoked": [{"jti": jti, "exp": NOW + 600}]}).to_string();
+            FetchResponse::Body(body.into_bytes(), None)
+        };
+        load_remote_keys(&f, &host, &[(&old, "old")]);
+        f.worker
+            .complete_fetch(host.host(), DocId::Revocations(remote), &list("a"));
+        other.worker.sync(&host.shared, NOW * 1000);
         host.clock
             .as_ref()
             .unwrap()
-            .advance(std::time::Duration::from_secs(5));
-        let step = on_request(&f.worker, host.host(), &request(&headers, "192.0.2.1"));
-        assert_eq!(status(&step), 401);
-        assert_eq!(host.callouts.started.borrow().len(), before);
+            .advance(std::time::Duration::from_secs(30));
+        // Worker f publishes a new revocation list; the issuer has rotated too.
+        f.worker
+            .complete_fetch(host.host(), DocId::Revocations(remote), &list("b"));
+        let new = ES256KeyPair::generate().with_key_id("new");
+        let headers = bearer(&sign(&new, "https://remote.test", "bob"));
+        let step = on_request(&other.worker, host.host(), &request(&headers, "192.0.2.1"));
+        let Step::Wait { doc, .. } = step else {
+            panic!("expected a fetch of the keys, got {step:?}");
+        };
+        assert_eq!(doc, DocId::Keys(remote));
     }
 
     #[test]
