@@ -21,8 +21,12 @@ Traffic, all through Envoy on 127.0.0.1:8080:
     locked out, 429).
 In the middle: `tollgate-token-service keys rotate` (new tokens must pass at once,
 the old ones too), then a new API key and a disabled one through the admin API.
+Access tokens live SOAK_TOKEN_TTL seconds, so that every token, revoked ones
+included, expires during the run; the soak replaces them before they do, and keeps
+sending the expired revoked ones.
 
-Every SOAK_CHUNK seconds (one wrk run) it reports Envoy's VmRSS and CPU, decisions/s
+Every SOAK_CHUNK seconds (one wrk run) it reports Envoy's VmRSS, heap (tcmalloc's
+`allocated`, from /memory) and CPU, decisions/s
 (deltas of the filter's `tollgate.decision.*` counters), 5xx and VM restarts. Then a
 verdict and a `SOAK {json}` line; exit status 1 when any of these is not zero:
   - 5xx: Envoy's `http.public.downstream_rq_5xx`, the filter's 503 decisions
@@ -38,7 +42,8 @@ verdict and a `SOAK {json}` line; exit status 1 when any of these is not zero:
 
 Settings (environment): SOAK_SECONDS (600), SOAK_CHUNK (30; at most a quarter of
 SOAK_SECONDS), SOAK_RATE (1000; 0: as fast as wrk goes), SOAK_CONNECTIONS (8),
-SOAK_CLIENTS (32), SOAK_CONSUMERS (16), SOAK_INVALID_RATE (100; 0: none), ENVOY
+SOAK_CLIENTS (32), SOAK_CONSUMERS (16), SOAK_INVALID_RATE (100; 0: none),
+SOAK_TOKEN_TTL (300), ENVOY
 (.venv/bin/envoy). Needs `make wasm bins` and wrk. Stdlib only. The demo secrets and
 the credentials wrk sends stay in bench/out/soak/run/ (mode 700), never in the output.
 """
@@ -110,6 +115,7 @@ class Settings:
     clients: int = env_int("SOAK_CLIENTS", 32)
     consumers: int = env_int("SOAK_CONSUMERS", 16)
     invalid_rate: int = env_int("SOAK_INVALID_RATE", 100)
+    token_ttl: int = env_int("SOAK_TOKEN_TTL", 300)
     envoy: Path = Path(os.environ.get("ENVOY", ROOT / ".venv/bin/envoy")).resolve()
 
     def chunks(self):
@@ -180,7 +186,8 @@ class Stack:
         self.run_dir.mkdir(parents=True, mode=0o700)
         # run.sh's banner has the demo secrets in it.
         self.banner = self.run_dir / "run.out"
-        env = dict(os.environ, TOLLGATE_RUN_DIR=str(self.run_dir), ENVOY=str(s.envoy))
+        env = dict(os.environ, TOLLGATE_RUN_DIR=str(self.run_dir), ENVOY=str(s.envoy),
+                   TOLLGATE_ACCESS_TOKEN_TTL=str(s.token_ttl))
         with self.banner.open("w") as out:
             self.proc = subprocess.Popen(["envoy/run.sh"], cwd=ROOT, env=env,
                                          stdin=subprocess.DEVNULL, stdout=out,
@@ -224,6 +231,12 @@ class Stack:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+    def heap_mib(self):
+        """What Envoy's own allocator (tcmalloc) has handed out: RSS outside it is
+        mostly the wasm VMs' memory (V8)."""
+        _, body = request("GET", "/memory", ADMIN)
+        return int(json.loads(body)["allocated"]) / 2**20
 
     def cpu_seconds(self):
         fields = Path(f"/proc/{self.envoy_pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -281,11 +294,10 @@ class Identities:
         self.valid = {f"soak-{i}": self.token(f"soak-{i}") for i in range(s.clients)}
         self.backend = self.token("backend", "read:data write:data")
         self.reader = self.token("reader")
-        self.revoked = [self.token("backend") for _ in range(2)]
-        for token in self.revoked:
-            status, body = self.post_form("/revoke", "backend", {"token": token.value})
-            if status != 200:
-                raise SystemExit(f"soak: /revoke answered {status}: {body}")
+        # Revoked tokens, newest last; kept after they expire. New ones are revoked
+        # a chunk before wrk uses them (the gateway polls every 2 s).
+        self.revoked = self.revoke_new()
+        self.revoked_next = []
         self.admin = self.admin_token()
         # consumer -> key; key ids of the soak's own keys
         self.api_keys = {"partner-a": stack.secrets["PARTNER_API_KEY"]}
@@ -296,6 +308,15 @@ class Identities:
                             {"id": consumer, "tenant": "soak", "scopes": "read:data"})
             self.key_ids[consumer], self.api_keys[consumer] = self.new_key(consumer)
         self.disabling, self.disabled = {}, {}
+
+    def revoke_new(self):
+        """Two new tokens, revoked."""
+        tokens = [self.token("backend") for _ in range(2)]
+        for token in tokens:
+            status, body = self.post_form("/revoke", "backend", {"token": token.value})
+            if status != 200:
+                raise SystemExit(f"soak: /revoke answered {status}: {body}")
+        return tokens
 
     def wait_until_known(self):
         """Until the gateway has the revocations and every key: each seen by one
@@ -348,8 +369,13 @@ class Identities:
         return created["id"], created["api_key"]
 
     def refresh_expiring(self, within):
-        """New tokens for those that expire within `within` seconds (long soaks)."""
+        """New tokens for those that expire within `within` seconds; revoked ones
+        are kept through their expiry, and new ones revoked for the next chunk."""
         soon = time.time() + within
+        self.revoked += self.revoked_next
+        self.revoked_next = []
+        if self.revoked[-1].expires_at < soon:
+            self.revoked_next = self.revoke_new()
         for client_id, token in self.valid.items():
             if token.expires_at < soon:
                 self.valid[client_id] = self.token(client_id)
@@ -382,7 +408,8 @@ class Identities:
 
 
 def schedule(weights):
-    """100 kinds in a smooth weighted round-robin: each kind spread evenly."""
+    """The kinds in a smooth weighted round-robin, as many times each as its
+    weight, each spread evenly over the cycle."""
     current = dict.fromkeys(weights, 0)
     total = sum(weights.values())
     order = []
@@ -580,6 +607,7 @@ def fmt_s(seconds):
 class Sample:
     t: float
     rss_mib: float
+    heap_mib: float
     cpu_pct: float
     decisions_per_s: float
     allowed_per_s: float
@@ -663,6 +691,7 @@ class Run:
     """What a soak gathered."""
     base: dict              # Envoy's stats when the traffic started
     rss_idle: float         # Envoy's RSS then
+    heap_idle: float        # and its heap
     samples: list = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
     events: dict = field(default_factory=dict)
@@ -698,17 +727,20 @@ def soak(s: Settings, stack: Stack, ids: Identities) -> Run:
     n_chunks, length = s.chunks()
     rotate_at, keys_at = max(1, n_chunks // 2 - 1), max(2, n_chunks // 2)
     mix = stack.run_dir / "mix.tsv"
-    run = Run(base=stack.stats(), rss_idle=stack.rss_mib())
+    run = Run(base=stack.stats(), rss_idle=stack.rss_mib(), heap_idle=stack.heap_mib())
     vm_lines_before = len(stack.vm_log_lines())
     print(f"\nTollgate soak: {n_chunks} x {length} s of mixed traffic through the sample stack "
           f"(Envoy --concurrency 2, pid {stack.envoy_pid}); wrk -t{s.connections} "
           f"-c{s.connections} paced to ~{s.rate or 'unlimited'} req/s, invalid credentials "
           f"at {s.invalid_rate}/s from {InvalidSender.ADDRESSES} other addresses; "
-          f"{s.clients} clients, {len(ids.api_keys)} API keys. Envoy RSS before traffic "
+          f"{s.clients} clients, {len(ids.api_keys)} API keys, tokens for {s.token_ttl} s. "
+          f"Envoy RSS before traffic "
           f"{run.rss_idle:.1f} MiB; {vm_counts(run.base)[1]} wasm VMs.")
-    print("Every chunk: Envoy's RSS and CPU, decisions/s (allowed/s), wrk's req/s; 5xx and "
-          "VM restarts so far; live rate-limit counters; load average.")
-    print(f"{'t s':>5} {'RSS MiB':>8} {'CPU%':>5} {'dec/s':>7} {'allow/s':>7} {'wrk/s':>6} "
+    print("Every chunk: Envoy's RSS, its heap (tcmalloc; the rest is mostly the wasm VMs) and "
+          "CPU, decisions/s (allowed/s), wrk's req/s; 5xx and VM restarts so far; live "
+          "rate-limit counters; load average.")
+    print(f"{'t s':>5} {'RSS MiB':>8} {'heap':>5} {'CPU%':>5} {'dec/s':>7} {'allow/s':>7} "
+          f"{'wrk/s':>6} "
           f"{'5xx':>4} {'VMre':>4} {'limit':>6} {'load':>5}  events", flush=True)
     sender = InvalidSender(s.invalid_rate, ids.valid["soak-0"].value)
     wrk, notes = None, []
@@ -768,7 +800,8 @@ def take_sample(stack, run, prev, now, start, result, notes) -> Sample:
     allowed = sum(d1.get(r, 0) - d0.get(r, 0) for r in ("authenticated", "anonymous"))
     envoy_5xx, filter_5xx = fivexx_now(stats1, run.base)
     sample = Sample(
-        t=t1 - start, rss_mib=stack.rss_mib(), cpu_pct=100 * (cpu1 - cpu0) / (t1 - t0),
+        t=t1 - start, rss_mib=stack.rss_mib(), heap_mib=stack.heap_mib(),
+        cpu_pct=100 * (cpu1 - cpu0) / (t1 - t0),
         decisions_per_s=(sum(d1.values()) - sum(d0.values())) / (t1 - t0),
         allowed_per_s=allowed / (t1 - t0),
         wrk_rps=result["requests"] / (result["duration_us"] / 1e6),
@@ -776,7 +809,7 @@ def take_sample(stack, run, prev, now, start, result, notes) -> Sample:
         restarts=restarts_since(stats1, run.base),
         limit_entries=stats1.get("tollgate.ratelimit.entries", 0),
         load=os.getloadavg()[0], note="; ".join(notes))
-    print(f"{sample.t:5.0f} {sample.rss_mib:8.1f} {sample.cpu_pct:5.0f} "
+    print(f"{sample.t:5.0f} {sample.rss_mib:8.1f} {sample.heap_mib:5.1f} {sample.cpu_pct:5.0f} "
           f"{sample.decisions_per_s:7.0f} {sample.allowed_per_s:7.0f} {sample.wrk_rps:6.0f} "
           f"{sample.fivexx:4d} {sample.restarts:4d} {sample.limit_entries:6d} "
           f"{sample.load:5.1f}  {sample.note}", flush=True)
@@ -809,7 +842,9 @@ def report(s: Settings, run: Run):
     print(f"Envoy RSS: {rss_idle:.1f} MiB before traffic, {first.rss_mib:.1f} after the first "
           f"chunk, max {rss_max:.1f}, last {last.rss_mib:.1f} "
           f"({last.rss_mib - first.rss_mib:+.1f} MiB "
-          f"since the first chunk, {last.rss_mib - half.rss_mib:+.1f} over the second half).")
+          f"since the first chunk, {last.rss_mib - half.rss_mib:+.1f} over the second half); "
+          f"Envoy's heap {run.heap_idle:.1f} MiB before traffic, {first.heap_mib:.1f} after the "
+          f"first chunk, {last.heap_mib:.1f} at the end.")
     if "rotation" in events:
         r = events["rotation"]
         print(f"Key rotation: kid {r['old_kid']} -> {r['new_kid']}; the first uses of new-key "
@@ -849,6 +884,8 @@ def report(s: Settings, run: Run):
         "rss_mib": {"idle": round(rss_idle, 1), "first": round(first.rss_mib, 1),
                     "max": round(rss_max, 1), "last": round(last.rss_mib, 1),
                     "series": [[round(x.t), round(x.rss_mib, 1)] for x in samples]},
+        "heap_mib": {"idle": round(run.heap_idle, 1),
+                     "series": [[round(x.t), round(x.heap_mib, 1)] for x in samples]},
         "decisions_per_s": {"mean": round(sum(made.values()) / elapsed),
                             "series": [[round(x.t), round(x.decisions_per_s)] for x in samples]},
         "decisions": made,
