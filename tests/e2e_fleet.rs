@@ -338,8 +338,11 @@ fn a_slow_backend_hits_the_timeout() {
         let took = started.elapsed();
         eprintln!("{path}: {} after {took:?}", reply.status);
         assert_eq!(reply.status, status, "{path}");
+        // Envoy's timer may fire a few ms before the client's clock says the
+        // timeout passed (CI saw 98.6 ms for 0.1 s).
+        let slack = Duration::from_millis(10);
         assert!(
-            took >= Duration::from_millis(timeout) && took < Duration::from_millis(1500),
+            took + slack >= Duration::from_millis(timeout) && took < Duration::from_millis(1500),
             "{path} took {took:?}"
         );
     }
@@ -442,33 +445,43 @@ fn requests_parked_behind_a_key_rotation_make_their_remote_calls() {
     let url = stack.envoy.url("/data");
     let old = stack.token("reader", None);
     assert_eq!(get(&agent, &url, &old).status, 200);
-    stack.tokens.rotate_keys(None);
-    let new = stack.token("reader", None);
-    let statuses: Vec<u16> = std::thread::scope(|s| {
-        let calls: Vec<_> = (0..24)
-            .map(|_| s.spawn(|| get(&support::http_agent(), &url, &new).status))
-            .collect();
-        calls.into_iter().map(|c| c.join().unwrap()).collect()
-    });
-    assert!(
-        statuses.iter().all(|s| *s == 200),
-        "every request with the new key is served: {statuses:?}\n{}",
-        stack.envoy.log()
-    );
+    // Whether a request parks depends on it arriving while the fetch is underway:
+    // rotate again (up to three times) until one did.
+    let mut requests = 1;
+    let mut foreign = 0;
+    for _ in 0..3 {
+        stack.tokens.rotate_keys(None);
+        let new = stack.token("reader", None);
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..24)
+                .map(|_| s.spawn(|| get(&support::http_agent(), &url, &new).status))
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        requests += statuses.len() as u64;
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "every request with the new key is served: {statuses:?}\n{}",
+            stack.envoy.log()
+        );
+        foreign = stack.envoy.log().matches("made for parked request").count();
+        if foreign > 0 {
+            break;
+        }
+    }
     let stats = backend.stats();
     assert_eq!(
         (stats["calls"].as_u64(), stats["ok"].as_u64()),
-        (Some(25), Some(25)),
+        (Some(requests), Some(requests)),
         "one call per request: {stats}"
     );
     let stats = stack.envoy.settled_stats();
-    assert_eq!(rls_stat(&stats, FLEET_POLICY, "ok"), 25);
-    let log = stack.envoy.log();
-    let foreign = log.matches("made for parked request").count();
+    assert_eq!(rls_stat(&stats, FLEET_POLICY, "ok"), requests);
     eprintln!("{foreign} remote calls made for parked requests from another context");
     assert!(
         foreign > 0,
-        "no request was parked: the test missed its point\n{log}"
+        "no request was parked in three rotations: the test missed its point\n{}",
+        stack.envoy.log()
     );
 }
 
