@@ -280,7 +280,16 @@ impl Worker {
         let tried = self.kids_fetched.borrow().iter().any(|(p, k, at)| {
             *p == provider && k == kid && now_ms.saturating_sub(*at) < keys.policy.on_demand_ms
         });
-        !tried || keys.fetch_underway(shared, now_ms)
+        // A `kid` noted for a fetch still underway, or still to come (requests are
+        // held for it), has not been looked for yet.
+        !tried
+            || keys.fetch_underway(shared, now_ms)
+            || self.holds_requests_for(DocId::Keys(provider))
+    }
+
+    /// Whether requests are held for a fetch of `id`.
+    fn holds_requests_for(&self, id: DocId) -> bool {
+        self.parked.borrow().iter().any(|p| p.doc == id)
     }
 
     /// Whether some worker is fetching this document now.
