@@ -54,6 +54,13 @@ pub struct FetchPolicy {
     pub on_demand_ms: u64,
 }
 
+impl FetchPolicy {
+    /// The spacing of on-demand fetches once a burst is spent.
+    pub fn on_demand_spacing_ms(&self) -> u64 {
+        self.on_demand_ms / ON_DEMAND_BURST
+    }
+}
+
 /// Why a worker wants to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchTrigger {
@@ -235,6 +242,11 @@ impl<T> RemoteDoc<T> {
         self.value.clone()
     }
 
+    /// The held document, borrowed (no reference count touched).
+    pub fn held(&self) -> Option<&T> {
+        self.value.as_deref()
+    }
+
     /// When the held document was fetched (ms since the epoch), if one is held.
     pub fn fetched_at(&self) -> Option<u64> {
         self.value.as_ref().map(|_| self.fetched_at_ms)
@@ -293,7 +305,7 @@ impl<T> RemoteDoc<T> {
             Some((bytes, cas)) => (Schedule::parse(&bytes), Some(cas)),
             None => (None, None),
         };
-        let spacing = self.policy.on_demand_ms / ON_DEMAND_BURST;
+        let spacing = self.policy.on_demand_spacing_ms();
         let tat = current.map_or(0, |s| s.on_demand_tat_ms);
         let due = match (trigger, current) {
             (_, None) => true,

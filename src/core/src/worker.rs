@@ -14,7 +14,7 @@ use crate::host::{CalloutError, Host, SharedData};
 use crate::jwk::{parse_jwks, KeySet, KeySource, Strictness};
 use crate::pipeline::{Authorizer, Outcome, RemoteState};
 use crate::ratelimit::table::Churn;
-use crate::remote::{Completion, FetchResult, FetchTrigger, RemoteDoc};
+use crate::remote::{Completion, FetchPolicy, FetchResult, FetchTrigger, RemoteDoc};
 use crate::revocation::RevocationList;
 use crate::token_cache::TokenCache;
 use std::cell::{Cell, RefCell};
@@ -307,8 +307,8 @@ impl Worker {
                 .api_keys
                 .borrow()
                 .as_ref()
-                .and_then(RemoteDoc::value)
-                .is_some_and(|set| set.binds_addresses())
+                .and_then(RemoteDoc::held)
+                .is_some_and(ApiKeySet::binds_addresses)
     }
 
     /// Whether an API-key set is fetched: a request held for a fetch may then be
@@ -528,7 +528,7 @@ impl Worker {
     /// it), and a tick more. Past that it is decided with what the worker has.
     fn longest_park_ms(&self, id: DocId) -> u64 {
         let spacing = self
-            .with_doc(id, |doc| doc.on_demand_spacing_ms())
+            .with_doc(id, |doc| doc.policy().on_demand_spacing_ms())
             .unwrap_or(0);
         spacing + 2 * TICK_STEADY.as_millis() as u64
     }
@@ -672,8 +672,7 @@ trait AnyDoc {
     ) -> Completion;
     fn sync(&mut self, shared: &dyn SharedData, now_ms: u64) -> bool;
     fn underway(&self, shared: &dyn SharedData, now_ms: u64) -> bool;
-    /// The spacing of on-demand fetches once a burst is spent.
-    fn on_demand_spacing_ms(&self) -> u64;
+    fn policy(&self) -> FetchPolicy;
     /// Entries in the loaded document, `None` before one loads.
     fn size(&self) -> Option<usize>;
     /// When the loaded document was fetched, `None` before one loads.
@@ -752,8 +751,8 @@ impl<T: Countable> AnyDoc for RemoteDoc<T> {
         self.fetch_underway(shared, now_ms)
     }
 
-    fn on_demand_spacing_ms(&self) -> u64 {
-        self.policy.on_demand_ms / crate::remote::ON_DEMAND_BURST
+    fn policy(&self) -> FetchPolicy {
+        self.policy
     }
 
     fn size(&self) -> Option<usize> {
