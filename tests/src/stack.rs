@@ -237,6 +237,10 @@ impl StackBuilder {
                     envoy.log()
                 );
             }
+            // Only the worker that fetched logs; the others pick the documents up on
+            // their next tick (every 200 ms while loading). Until then a public route
+            // treats a good token as no token (a cold CI run saw `anonymous`).
+            std::thread::sleep(Duration::from_millis(450));
         }
         Stack {
             envoy,
