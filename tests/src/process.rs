@@ -17,6 +17,10 @@ use tempfile::NamedTempFile;
 /// is picked and the moment a server binds it.
 const TEST_PORTS: std::ops::Range<u16> = 10_000..32_768;
 
+/// Ports [`free_port`] has handed out in this process.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 /// A random port that was free a moment ago on 127.0.0.1. Another process may still
 /// take it before it is used: launchers should retry with a new port if binding fails.
 pub fn free_port() -> u16 {
@@ -27,7 +31,12 @@ pub fn free_port() -> u16 {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         let port = TEST_PORTS.start + u16::try_from(hasher.finish() % span).unwrap_or(0);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Never the same port twice in one test binary: its tests run in parallel, and
+        // a port handed out but not bound yet is still free (a cold CI run had two
+        // Envoys pick one port, and the second could not bind it).
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
